@@ -1,0 +1,370 @@
+// The blockwise loss engine behind crossEntropy and linearCrossEntropy on the reference
+// backend. It walks tiles of (rows × classes), vocabulary tiles outermost:
+//   forward:  per row an online log-sum-exp plus the few sums its options need
+//             (label logit, Σ w·z for smoothing, Σ z² for squentropy, StableMax's Σ s(z),
+//             sparsemax candidates); nothing of size N×V is kept;
+//   backward: recompute each tile, turn it into dloss/dx with math.ts's epilogue, and hand
+//             it to the logit source (which folds it into dE/dW, or writes dLogits).
+// Where the logits come from is the LogitSource's business, so both losses share this code.
+
+import { sparsemaxThreshold } from './sparse.js';
+import {
+  NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX, effectiveLogit, effectiveSlope, expShifted, gradCoefficient,
+  lseRescale, lseValue, rowGrad, rowLoss, stablemaxLogS, stablemaxS,
+  type LossConstants, type RowGrad, type RowStats,
+} from './math.js';
+
+export type Reduction = 'mean' | 'sum' | 'none';
+
+export interface LossConfig extends LossConstants {
+  rows: number;
+  labels: Int32Array;
+  ignoreIndex: number;
+  reduction: Reduction;
+  classWeights: Float32Array | null;
+  softcap: number; // 0 = off
+  invTemperature: number;
+  computeGrad: boolean;
+  gradScale: number | Float32Array;
+  filterEps: number; // 0 = exact
+  tileRows: number;
+  tileCols: number;
+}
+
+/** Where raw logits come from, and where their gradient goes, one tile at a time. */
+export interface LogitSource {
+  /** Raw logits of rows [r0, r0 + nr) × classes [c0, c0 + nc) into `out` (row stride nc). */
+  fill(r0: number, nr: number, c0: number, nc: number, out: Float64Array): void;
+  /** Called before the backward visits the row tiles of classes [c0, c0 + nc). */
+  beginClassTile(c0: number, nc: number): void;
+  /** dloss/dx for that tile (row stride nc). Skipped tiles are never passed. */
+  accumulateGrad(r0: number, nr: number, c0: number, nc: number, grad: Float64Array): void;
+  endClassTile(c0: number, nc: number): void;
+}
+
+export interface LossOutput {
+  loss: number | Float32Array;
+  lse: Float32Array;
+  /** Tiles the backward skipped through filterEps, of all it visited. */
+  skippedTiles: number;
+  visitedTiles: number;
+}
+
+// Sparsemax support lies within 1 of the row max; rows keep those candidates up to this
+// many, and rows with more fall back to Michelot's fixed-point passes over the tiles.
+const SPARSEMAX_CANDIDATE_CAP = 256;
+
+class SparsemaxCandidates {
+  values: Float64Array[];
+  counts: Int32Array;
+  overflow: Uint8Array;
+  constructor(rows: number) {
+    this.values = new Array<Float64Array>(rows);
+    this.counts = new Int32Array(rows);
+    this.overflow = new Uint8Array(rows);
+  }
+  push(row: number, z: number, floor: number): void {
+    if (this.overflow[row]) return;
+    let buf = this.values[row];
+    let n = this.counts[row]!;
+    if (buf === undefined) buf = this.values[row] = new Float64Array(8);
+    if (n === buf.length) {
+      let kept = 0; // drop values that a larger max has since pushed out of reach
+      for (let i = 0; i < n; i++) if (buf[i]! > floor) buf[kept++] = buf[i]!;
+      n = kept;
+      if (n === buf.length) {
+        if (n >= SPARSEMAX_CANDIDATE_CAP) {
+          this.overflow[row] = 1;
+          this.values[row] = new Float64Array(0);
+          return;
+        }
+        const grown = new Float64Array(n * 2);
+        grown.set(buf);
+        buf = this.values[row] = grown;
+      }
+    }
+    buf[n] = z;
+    this.counts[row] = n + 1;
+  }
+}
+
+function emptyStats(): RowStats {
+  return {
+    lse: 0, zLabel: 0, sumWeightedZ: 0, sumSqOthers: 0, stableSum: 0, sumWeightedLogS: 0, tau: 0, omega: 0,
+    support: 0,
+  };
+}
+
+export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
+  const N = cfg.rows;
+  const V = cfg.vocab;
+  const { labels, classWeights } = cfg;
+  const TR = Math.max(1, Math.min(cfg.tileRows, N));
+  const TC = Math.max(1, Math.min(cfg.tileCols, V));
+  const needSmooth = cfg.smoothing > 0;
+  const needSq = cfg.squentropy !== 0;
+  const stable = cfg.normalizer === NORMALIZER_STABLEMAX;
+  const sparse = cfg.normalizer === NORMALIZER_SPARSEMAX;
+
+  const rowMax = new Float64Array(N).fill(-Infinity);
+  const rowSum = new Float64Array(N);
+  const zLabel = new Float64Array(N);
+  const sumWZ = needSmooth ? new Float64Array(N) : null;
+  const sumSq = needSq ? new Float64Array(N) : null;
+  const stableSum = stable ? new Float64Array(N) : null;
+  const sumWLogS = stable && needSmooth ? new Float64Array(N) : null;
+  const candidates = sparse ? new SparsemaxCandidates(N) : null;
+
+  const tile = new Float64Array(TR * TC);
+
+  /** Fills the tile with effective logits z (softcap, temperature). */
+  const loadTile = (r0: number, nr: number, c0: number, nc: number): void => {
+    source.fill(r0, nr, c0, nc, tile);
+    const count = nr * nc;
+    if (cfg.softcap > 0 || cfg.invTemperature !== 1) {
+      for (let i = 0; i < count; i++) tile[i] = effectiveLogit(tile[i]!, cfg.softcap, cfg.invTemperature);
+    }
+  };
+
+  // ---- forward: one pass over the tiles
+  for (let c0 = 0; c0 < V; c0 += TC) {
+    const nc = Math.min(TC, V - c0);
+    for (let r0 = 0; r0 < N; r0 += TR) {
+      const nr = Math.min(TR, N - r0);
+      loadTile(r0, nr, c0, nc);
+      for (let r = 0; r < nr; r++) {
+        const row = r0 + r;
+        const o = r * nc;
+        let tMax = -Infinity;
+        for (let j = 0; j < nc; j++) tMax = Math.max(tMax, tile[o + j]!);
+        let tSum = 0;
+        for (let j = 0; j < nc; j++) tSum += expShifted(tile[o + j]!, tMax);
+        const m = Math.max(rowMax[row]!, tMax); // online merge of (max, Σ exp) partials
+        rowSum[row] = m === -Infinity ? 0 : lseRescale(rowSum[row]!, rowMax[row]!, m) + lseRescale(tSum, tMax, m);
+        rowMax[row] = m;
+        const t = labels[row]! - c0;
+        if (t >= 0 && t < nc) zLabel[row] = tile[o + t]!;
+        if (sumWZ !== null) {
+          let s = 0;
+          if (classWeights === null) for (let j = 0; j < nc; j++) s += tile[o + j]!;
+          else for (let j = 0; j < nc; j++) s += classWeights[c0 + j]! * tile[o + j]!;
+          sumWZ[row] += s;
+        }
+        if (sumSq !== null) {
+          let s = 0;
+          for (let j = 0; j < nc; j++) if (j !== t) s += tile[o + j]! * tile[o + j]!;
+          sumSq[row] += s;
+        }
+        if (stableSum !== null) {
+          let s = 0;
+          for (let j = 0; j < nc; j++) s += stablemaxS(tile[o + j]!);
+          stableSum[row] += s;
+          if (sumWLogS !== null) {
+            let sl = 0;
+            for (let j = 0; j < nc; j++) sl += (classWeights === null ? 1 : classWeights[c0 + j]!) * stablemaxLogS(tile[o + j]!);
+            sumWLogS[row] += sl;
+          }
+        }
+        if (candidates !== null) {
+          const floor = m - 1;
+          for (let j = 0; j < nc; j++) if (tile[o + j]! > floor) candidates.push(row, tile[o + j]!, floor);
+        }
+      }
+    }
+  }
+
+  const lse = new Float64Array(N);
+  for (let row = 0; row < N; row++) lse[row] = lseValue({ max: rowMax[row]!, sum: rowSum[row]! });
+
+  // ---- sparsemax thresholds: exact from candidates, Michelot passes for crowded rows
+  let tau: Float64Array | null = null;
+  let omega: Float64Array | null = null;
+  let support: Float64Array | null = null;
+  if (candidates !== null) {
+    tau = new Float64Array(N);
+    omega = new Float64Array(N);
+    support = new Float64Array(N);
+    const crowded: number[] = [];
+    for (let row = 0; row < N; row++) {
+      if (candidates.overflow[row]) {
+        crowded.push(row);
+        continue;
+      }
+      const n = candidates.counts[row]!;
+      const th = n > 0 ? sparsemaxThreshold(candidates.values[row]!, n) : { tau: NaN, support: 0, sumSq: NaN };
+      tau[row] = th.tau;
+      support[row] = th.support;
+      omega[row] = 0.5 * (th.sumSq - th.support * th.tau * th.tau) + 0.5;
+    }
+    if (crowded.length > 0) michelotThresholds(crowded, rowMax, tau, omega, support, N, V, TR, TC, loadTile, tile);
+  }
+
+  // ---- per-row losses and the reduction
+  const valid = new Uint8Array(N);
+  let nValid = 0;
+  let sumTargetWeights = 0;
+  for (let row = 0; row < N; row++) {
+    const t = labels[row]!;
+    if (t === cfg.ignoreIndex) continue;
+    valid[row] = 1;
+    nValid++;
+    sumTargetWeights += classWeights === null ? 1 : classWeights[t]!;
+  }
+  let sumWeights = V;
+  if (classWeights !== null) {
+    sumWeights = 0;
+    for (let j = 0; j < V; j++) sumWeights += classWeights[j]!;
+  }
+  const stats = emptyStats();
+  const fillStats = (row: number): RowStats => {
+    stats.lse = lse[row]!;
+    stats.zLabel = zLabel[row]!;
+    stats.sumWeightedZ = sumWZ === null ? 0 : sumWZ[row]!;
+    stats.sumSqOthers = sumSq === null ? 0 : sumSq[row]!;
+    stats.stableSum = stableSum === null ? 0 : stableSum[row]!;
+    stats.sumWeightedLogS = sumWLogS === null ? 0 : sumWLogS[row]!;
+    stats.tau = tau === null ? 0 : tau[row]!;
+    stats.omega = omega === null ? 0 : omega[row]!;
+    stats.support = support === null ? 0 : support[row]!;
+    return stats;
+  };
+
+  const perRow = cfg.reduction === 'none' ? new Float32Array(N) : null;
+  let totalWeighted = 0;
+  let totalUnweighted = 0;
+  const grads: (RowGrad | null)[] = cfg.computeGrad ? new Array<RowGrad | null>(N).fill(null) : [];
+  const invScale = cfg.computeGrad ? new Float64Array(N) : null;
+  for (let row = 0; row < N; row++) {
+    if (!valid[row]) continue;
+    const t = labels[row]!;
+    const wLabel = classWeights === null ? 1 : classWeights[t]!;
+    const st = fillStats(row);
+    const rl = rowLoss(cfg, st, wLabel, sumWeights);
+    if (perRow !== null) perRow[row] = rl.loss;
+    totalWeighted += rl.weighted;
+    totalUnweighted += rl.unweighted;
+    if (!cfg.computeGrad) continue;
+    const g = typeof cfg.gradScale === 'number' ? cfg.gradScale : cfg.gradScale[row]!;
+    let sW = g;
+    let sU = g;
+    if (cfg.reduction === 'mean') {
+      sW = sumTargetWeights === 0 ? 0 : g / sumTargetWeights;
+      sU = g / nValid;
+    }
+    grads[row] = rowGrad(cfg, st, rl, wLabel, sW, sU);
+    const scale = Math.max(Math.abs(sW), Math.abs(sU));
+    invScale![row] = scale > 0 ? 1 / scale : 0;
+  }
+  let loss: number | Float32Array;
+  if (perRow !== null) loss = perRow;
+  else if (cfg.reduction === 'sum') loss = totalWeighted + totalUnweighted;
+  else loss = nValid === 0 ? NaN : totalWeighted / sumTargetWeights + totalUnweighted / nValid;
+
+  // ---- backward: recompute each tile, form dloss/dx, skip tiles below filterEps
+  let skippedTiles = 0;
+  let visitedTiles = 0;
+  if (cfg.computeGrad && nValid > 0) {
+    const grad = new Float64Array(TR * TC);
+    for (let c0 = 0; c0 < V; c0 += TC) {
+      const nc = Math.min(TC, V - c0);
+      source.beginClassTile(c0, nc);
+      for (let r0 = 0; r0 < N; r0 += TR) {
+        const nr = Math.min(TR, N - r0);
+        let anyValid = false;
+        for (let r = 0; r < nr; r++) if (grads[r0 + r] !== null) anyValid = true;
+        if (!anyValid) continue;
+        visitedTiles++;
+        source.fill(r0, nr, c0, nc, tile);
+        let tileMaxCoef = 0;
+        for (let r = 0; r < nr; r++) {
+          const row = r0 + r;
+          const o = r * nc;
+          const rg = grads[row];
+          if (rg === null || rg === undefined) {
+            grad.fill(0, o, o + nc);
+            continue;
+          }
+          const t = labels[row]! - c0;
+          let rowMaxCoef = 0;
+          for (let j = 0; j < nc; j++) {
+            const x = tile[o + j]!;
+            const z = effectiveLogit(x, cfg.softcap, cfg.invTemperature);
+            const coef = gradCoefficient(rg, z, j === t, classWeights === null ? 1 : classWeights[c0 + j]!);
+            const a = Math.abs(coef);
+            if (!(a <= rowMaxCoef)) rowMaxCoef = a; // NaN counts as large: never filtered
+            grad[o + j] = coef * effectiveSlope(x, cfg.softcap, cfg.invTemperature);
+          }
+          const unscaled = rowMaxCoef * invScale![row]!;
+          if (!(unscaled <= tileMaxCoef)) tileMaxCoef = unscaled;
+        }
+        if (tileMaxCoef < cfg.filterEps) {
+          skippedTiles++;
+          continue;
+        }
+        source.accumulateGrad(r0, nr, c0, nc, grad);
+      }
+      source.endClassTile(c0, nc);
+    }
+  }
+  return { loss, lse: Float32Array.from(lse), skippedTiles, visitedTiles };
+}
+
+/**
+ * Michelot's fixed point for rows whose candidates overflowed: τ₀ = max − 1 ≤ τ, then
+ * τ ← (Σ_{z>τ} z − 1) / |{z > τ}| rises monotonically and stops, exactly, when the set
+ * {z > τ} no longer changes. Each step is one pass over the row's tiles.
+ */
+function michelotThresholds(
+  rows: number[], rowMax: Float64Array, tau: Float64Array, omega: Float64Array, support: Float64Array,
+  N: number, V: number, TR: number, TC: number,
+  loadTile: (r0: number, nr: number, c0: number, nc: number) => void, tile: Float64Array,
+): void {
+  const active = new Uint8Array(N);
+  for (const row of rows) {
+    active[row] = 1;
+    tau[row] = rowMax[row]! - 1;
+    support[row] = -1;
+  }
+  const count = new Float64Array(N);
+  const sum = new Float64Array(N);
+  const sumSq = new Float64Array(N);
+  let remaining = rows.length;
+  for (let iter = 0; remaining > 0 && iter < 10000; iter++) {
+    for (const row of rows) if (active[row]) count[row] = sum[row] = sumSq[row] = 0;
+    for (let c0 = 0; c0 < V; c0 += TC) {
+      const nc = Math.min(TC, V - c0);
+      for (let r0 = 0; r0 < N; r0 += TR) {
+        const nr = Math.min(TR, N - r0);
+        let any = false;
+        for (let r = 0; r < nr; r++) if (active[r0 + r]) any = true;
+        if (!any) continue;
+        loadTile(r0, nr, c0, nc);
+        for (let r = 0; r < nr; r++) {
+          const row = r0 + r;
+          if (!active[row]) continue;
+          const t = tau[row]!;
+          for (let j = 0; j < nc; j++) {
+            const z = tile[r * nc + j]!;
+            if (z > t) {
+              count[row]++;
+              sum[row] += z;
+              sumSq[row] += z * z;
+            }
+          }
+        }
+      }
+    }
+    for (const row of rows) {
+      if (!active[row]) continue;
+      const t = tau[row]!;
+      if (count[row] === support[row]) {
+        active[row] = 0;
+        remaining--;
+        omega[row] = 0.5 * (sumSq[row]! - count[row]! * t * t) + 0.5;
+        continue;
+      }
+      support[row] = count[row]!;
+      tau[row] = (sum[row]! - 1) / count[row]!;
+    }
+  }
+}

@@ -1,0 +1,63 @@
+// Gumbel-softmax (Jang et al. 2017) with counter-based noise: the same seed gives the
+// same samples on every backend (see math.ts, philox4x32).
+
+import { expShifted, gumbelFromUniform, lseOfBlock, lseValue, philox4x32, uniformFromWord } from './math.js';
+import type { RowwiseInput } from './rowwise.js';
+
+const TWO_32 = 4294967296;
+
+/** Gumbel noise for elements [0, count) of a tensor, seeded by an integer in [0, 2^53). */
+export function gumbelNoise(seed: number, count: number): Float64Array {
+  const noise = new Float64Array(count);
+  const words = new Uint32Array(4);
+  const k0 = seed % TWO_32;
+  const k1 = Math.floor(seed / TWO_32);
+  for (let e = 0; e < count; e += 4) {
+    const q = e / 4;
+    philox4x32(q % TWO_32, Math.floor(q / TWO_32), 0, 0, k0, k1, words);
+    for (let w = 0; w < 4 && e + w < count; w++) noise[e + w] = gumbelFromUniform(uniformFromWord(words[w]!));
+  }
+  return noise;
+}
+
+/** Soft samples y = softmax((x + g)/τ) as float64, row-major. */
+function softSamples(inp: RowwiseInput, tau: number, seed: number): Float64Array {
+  const { x, rows, cols } = inp;
+  const y = gumbelNoise(seed, rows * cols);
+  for (let i = 0; i < y.length; i++) y[i] = (x[i]! + y[i]!) / tau;
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    const lse = lseValue(lseOfBlock(y, base, base + cols));
+    for (let j = 0; j < cols; j++) y[base + j] = expShifted(y[base + j]!, lse);
+  }
+  return y;
+}
+
+export function gumbelSoftmax(inp: RowwiseInput, tau: number, hard: boolean, seed: number): Float32Array {
+  const { rows, cols } = inp;
+  const y = softSamples(inp, tau, seed);
+  if (!hard) return Float32Array.from(y);
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    let best = 0;
+    for (let j = 1; j < cols; j++) if (y[base + j]! > y[base + best]!) best = j; // first maximum wins ties
+    if (Number.isNaN(y[base + best]!)) out.fill(NaN, base, base + cols);
+    else out[base + best] = 1;
+  }
+  return out;
+}
+
+/** Straight-through: hard and soft samples share the soft gradient (1/τ)·y ⊙ (dy − Σ dy⊙y). */
+export function gumbelSoftmaxBackward(inp: RowwiseInput, dy: Float32Array, tau: number, seed: number): Float32Array {
+  const { rows, cols } = inp;
+  const y = softSamples(inp, tau, seed);
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    let dot = 0;
+    for (let j = 0; j < cols; j++) dot += dy[base + j]! * y[base + j]!;
+    for (let j = 0; j < cols; j++) out[base + j] = (y[base + j]! * (dy[base + j]! - dot)) / tau;
+  }
+  return out;
+}

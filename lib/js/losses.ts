@@ -1,0 +1,115 @@
+// crossEntropy and linearCrossEntropy on the reference backend: two logit sources for the
+// shared blockwise engine (fusedLoss.ts). The linear source computes each logit tile as
+// E_tile·W_tileᵀ + b and folds the tile's gradient into dE, dW and dBias at once, so the
+// N×V logits never exist.
+
+import { gemmNNAcc, gemmNT, gemmTNAcc } from './gemm.js';
+import { runFusedLoss, type LogitSource, type LossConfig } from './fusedLoss.js';
+
+/** Tiles sized so a logit tile (64×256 float64 = 128 KiB) and its W rows stay in cache. */
+export const DEFAULT_TILE_ROWS = 64;
+export const DEFAULT_TILE_COLS = 256;
+
+export type LossSettings = Omit<LossConfig, 'rows' | 'labels' | 'tileRows' | 'tileCols' | 'vocab'> & {
+  tileRows?: number;
+  tileCols?: number;
+};
+
+class DenseLogits implements LogitSource {
+  readonly dLogits: Float32Array | null;
+  constructor(private readonly x: Float32Array, private readonly V: number, withGrad: boolean) {
+    this.dLogits = withGrad ? new Float32Array(x.length) : null;
+  }
+  fill(r0: number, nr: number, c0: number, nc: number, out: Float64Array): void {
+    for (let r = 0; r < nr; r++) {
+      const src = (r0 + r) * this.V + c0;
+      for (let j = 0; j < nc; j++) out[r * nc + j] = this.x[src + j]!;
+    }
+  }
+  beginClassTile(): void {}
+  accumulateGrad(r0: number, nr: number, c0: number, nc: number, grad: Float64Array): void {
+    const d = this.dLogits!;
+    for (let r = 0; r < nr; r++) {
+      const dst = (r0 + r) * this.V + c0;
+      for (let j = 0; j < nc; j++) d[dst + j] = grad[r * nc + j]!;
+    }
+  }
+  endClassTile(): void {}
+}
+
+class LinearLogits implements LogitSource {
+  readonly dE: Float64Array | null;
+  readonly dW: Float32Array | null;
+  readonly dBias: Float64Array | null;
+  private readonly dWTile: Float64Array | null;
+  constructor(
+    private readonly E: Float32Array,
+    private readonly W: Float32Array,
+    private readonly bias: Float32Array | null,
+    private readonly N: number,
+    private readonly D: number,
+    V: number,
+    tileCols: number,
+    withGrad: boolean,
+  ) {
+    this.dE = withGrad ? new Float64Array(N * D) : null;
+    this.dW = withGrad ? new Float32Array(V * D) : null;
+    this.dWTile = withGrad ? new Float64Array(Math.min(tileCols, V) * D) : null;
+    this.dBias = withGrad && bias !== null ? new Float64Array(V) : null;
+  }
+  fill(r0: number, nr: number, c0: number, nc: number, out: Float64Array): void {
+    const D = this.D;
+    gemmNT(nr, nc, D, this.E, r0 * D, D, this.W, c0 * D, D, out, nc);
+    const b = this.bias;
+    if (b !== null) for (let r = 0; r < nr; r++) for (let j = 0; j < nc; j++) out[r * nc + j] += b[c0 + j]!;
+  }
+  beginClassTile(): void {
+    this.dWTile!.fill(0);
+  }
+  accumulateGrad(r0: number, nr: number, c0: number, nc: number, grad: Float64Array): void {
+    const D = this.D;
+    gemmNNAcc(nr, nc, D, grad, nc, this.W, c0 * D, D, this.dE!, r0 * D, D);
+    gemmTNAcc(nr, nc, D, grad, nc, this.E, r0 * D, D, this.dWTile!, 0, D);
+    const db = this.dBias;
+    if (db !== null) for (let r = 0; r < nr; r++) for (let j = 0; j < nc; j++) db[c0 + j] += grad[r * nc + j]!;
+  }
+  endClassTile(c0: number, nc: number): void {
+    // The W tile's gradient is complete once every row tile has been visited.
+    this.dW!.set(this.dWTile!.subarray(0, nc * this.D), c0 * this.D);
+  }
+}
+
+function config(s: LossSettings, rows: number, vocab: number, labels: Int32Array): LossConfig {
+  return {
+    ...s,
+    rows,
+    vocab,
+    labels,
+    tileRows: s.tileRows ?? DEFAULT_TILE_ROWS,
+    tileCols: s.tileCols ?? DEFAULT_TILE_COLS,
+  };
+}
+
+export function crossEntropyJs(logits: Float32Array, N: number, V: number, labels: Int32Array, s: LossSettings) {
+  const source = new DenseLogits(logits, V, s.computeGrad);
+  const out = runFusedLoss(config({ ...s, filterEps: 0 }, N, V, labels), source);
+  return { loss: out.loss, lse: out.lse, dLogits: source.dLogits };
+}
+
+export function linearCrossEntropyJs(
+  E: Float32Array, W: Float32Array, bias: Float32Array | null,
+  N: number, D: number, V: number, labels: Int32Array, s: LossSettings,
+) {
+  const cfg = config(s, N, V, labels);
+  const source = new LinearLogits(E, W, bias, N, D, V, cfg.tileCols, s.computeGrad);
+  const out = runFusedLoss(cfg, source);
+  return {
+    loss: out.loss,
+    lse: out.lse,
+    dEmbeddings: source.dE === null ? null : Float32Array.from(source.dE),
+    dClassifier: source.dW,
+    dBias: source.dBias === null ? null : Float32Array.from(source.dBias),
+    skippedTiles: out.skippedTiles,
+    visitedTiles: out.visitedTiles,
+  };
+}

@@ -1,0 +1,301 @@
+// The executable specification of cutloss's math: online log-sum-exp, StableMax's s(x),
+// softcap, Philox noise, and the per-row loss and gradient epilogues. Every backend
+// implements exactly these scalar functions (cuda/math/ mirrors this file one to one),
+// and every kernel composes them; README "Semantics" states the same formulas.
+
+// ---------------------------------------------------------------- online log-sum-exp
+// A partial reduction is (max, sum of exp(x - max)). Merging rescales both sums to the
+// larger max, so tiles can be reduced in any order (Milakov & Gimelshein 2018).
+
+export interface LseState {
+  max: number;
+  sum: number;
+}
+
+export const LSE_EMPTY: Readonly<LseState> = { max: -Infinity, sum: 0 };
+
+/** sum·exp(from − to), with an empty partial (sum 0, max −inf) staying 0 instead of NaN. */
+export function lseRescale(sum: number, from: number, to: number): number {
+  return sum === 0 ? 0 : sum * Math.exp(from - to);
+}
+
+/** exp(x − max), defined for the infinite maxima a row of ±inf produces. */
+export function expShifted(x: number, max: number): number {
+  if (max === Infinity || max === -Infinity) return x === max ? 1 : 0;
+  return Math.exp(x - max);
+}
+
+export function mergeLse(a: LseState, b: LseState): LseState {
+  const max = Math.max(a.max, b.max); // NaN propagates through Math.max
+  if (max === -Infinity) return { max, sum: 0 };
+  return { max, sum: lseRescale(a.sum, a.max, max) + lseRescale(b.sum, b.max, max) };
+}
+
+/** Partial state of a block of values (two passes over the block: max, then sum). */
+export function lseOfBlock(x: ArrayLike<number>, start = 0, end = x.length): LseState {
+  let max = -Infinity;
+  for (let i = start; i < end; i++) max = Math.max(max, x[i]!);
+  let sum = 0;
+  for (let i = start; i < end; i++) sum += expShifted(x[i]!, max);
+  return { max, sum };
+}
+
+/** log-sum-exp of a finished state: −inf for an empty row, ±inf passes through. */
+export function lseValue(s: LseState): number {
+  if (s.max === Infinity || s.max === -Infinity) return s.max;
+  return s.max + Math.log(s.sum);
+}
+
+// ---------------------------------------------------------------- StableMax
+// s(x) = x + 1 for x >= 0 and 1 / (1 - x) for x < 0 (Prieto et al. 2025): positive,
+// monotone, C1 at 0, and it grows linearly, so large logits never overflow.
+
+export function stablemaxS(x: number): number {
+  return x >= 0 ? x + 1 : 1 / (1 - x);
+}
+
+/** log s(x) without forming s(x) (keeps precision near 0 and for huge |x|). */
+export function stablemaxLogS(x: number): number {
+  return x >= 0 ? Math.log1p(x) : -Math.log1p(-x);
+}
+
+/** s'(x): 1 for x >= 0, s(x)² for x < 0. */
+export function stablemaxDs(x: number): number {
+  if (x >= 0) return 1;
+  const s = 1 / (1 - x);
+  return s * s;
+}
+
+/** s'(x) / s(x), the derivative of log s(x). */
+export function stablemaxDlogS(x: number): number {
+  return x >= 0 ? 1 / (x + 1) : 1 / (1 - x);
+}
+
+// ---------------------------------------------------------------- softcap
+// c·tanh(x / c) bounds logits to (−c, c); its slope is 1 − tanh².
+
+export function softcap(x: number, cap: number): number {
+  return cap * Math.tanh(x / cap);
+}
+
+export function softcapSlope(x: number, cap: number): number {
+  const t = Math.tanh(x / cap);
+  return 1 - t * t;
+}
+
+/** Raw logit → effective logit: softcap (cap 0 = off), then ÷ temperature. */
+export function effectiveLogit(x: number, cap: number, invTemperature: number): number {
+  return (cap > 0 ? cap * Math.tanh(x / cap) : x) * invTemperature;
+}
+
+/** dz/dx of effectiveLogit. */
+export function effectiveSlope(x: number, cap: number, invTemperature: number): number {
+  if (cap > 0) {
+    const t = Math.tanh(x / cap);
+    return (1 - t * t) * invTemperature;
+  }
+  return invTemperature;
+}
+
+// ---------------------------------------------------------------- Philox-4x32-10
+// Counter-based noise: element e of a tensor draws word (e mod 4) of Philox(counter
+// floor(e / 4), key seed), so any backend reproduces it from the index alone.
+
+const PHILOX_M0 = 0xd2511f53;
+const PHILOX_M1 = 0xcd9e8d57;
+const PHILOX_W0 = 0x9e3779b9;
+const PHILOX_W1 = 0xbb67ae85;
+
+/** High 32 bits of the 64-bit product of two uint32 (exact: 16-bit limbs). */
+function mulhi32(a: number, b: number): number {
+  const aLo = a & 0xffff;
+  const aHi = a >>> 16;
+  const bLo = b & 0xffff;
+  const bHi = b >>> 16;
+  const lolo = aLo * bLo;
+  const mid1 = aHi * bLo;
+  const mid2 = aLo * bHi;
+  const carry = ((lolo >>> 16) + (mid1 & 0xffff) + (mid2 & 0xffff)) >>> 16;
+  return (aHi * bHi + (mid1 >>> 16) + (mid2 >>> 16) + carry) >>> 0;
+}
+
+/** Philox-4x32 with 10 rounds; writes 4 uint32 words into `out`. */
+export function philox4x32(
+  c0: number, c1: number, c2: number, c3: number, k0: number, k1: number, out: Uint32Array,
+): void {
+  for (let round = 0; round < 10; round++) {
+    const hi0 = mulhi32(PHILOX_M0, c0);
+    const lo0 = Math.imul(PHILOX_M0, c0) >>> 0;
+    const hi1 = mulhi32(PHILOX_M1, c2);
+    const lo1 = Math.imul(PHILOX_M1, c2) >>> 0;
+    c0 = (hi1 ^ c1 ^ k0) >>> 0;
+    c1 = lo1;
+    c2 = (hi0 ^ c3 ^ k1) >>> 0;
+    c3 = lo0;
+    k0 = (k0 + PHILOX_W0) >>> 0;
+    k1 = (k1 + PHILOX_W1) >>> 0;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+/** A uint32 word → u in (0, 1), exact in fp32: 24 high bits plus half a step. */
+export function uniformFromWord(word: number): number {
+  return ((word >>> 8) + 0.5) * 5.9604644775390625e-8; // 2^-24
+}
+
+/** Standard Gumbel noise −log(−log u). */
+export function gumbelFromUniform(u: number): number {
+  return -Math.log(-Math.log(u));
+}
+
+// ---------------------------------------------------------------- loss epilogues
+// A row's loss from its reduced statistics (README "Losses"):
+//   a_j = (1 − α)·w_t·[j = t] + (α/V)·w_j,  C = Σ_j a_j·ℓ_j,  F = (1 − p_t)^γ,
+//   U = ε·(1 − p_t) + λ·lse² + σ·Σ_{j≠t} z_j² / (V − 1),  loss = F·C + U.
+
+export const NORMALIZER_SOFTMAX = 0;
+export const NORMALIZER_STABLEMAX = 1;
+export const NORMALIZER_SPARSEMAX = 2;
+
+export interface LossConstants {
+  vocab: number;
+  normalizer: number; // NORMALIZER_*
+  smoothing: number; // α
+  focalGamma: number; // γ
+  polyEpsilon: number; // ε
+  zLoss: number; // λ
+  squentropy: number; // σ: 1 or 0
+}
+
+/** What the forward pass reduces for each row (only the fields its options need). */
+export interface RowStats {
+  lse: number; // log Σ exp(z)
+  zLabel: number; // z_t
+  sumWeightedZ: number; // Σ_j w_j z_j (for smoothing)
+  sumSqOthers: number; // Σ_{j≠t} z_j² (squentropy)
+  stableSum: number; // S = Σ s(z_j)
+  sumWeightedLogS: number; // Σ_j w_j log s(z_j)
+  tau: number; // sparsemax threshold
+  omega: number; // ½ Σ_supp (z² − τ²) + ½
+  support: number; // |supp|
+}
+
+export interface RowLoss {
+  loss: number;
+  weighted: number; // F·C, the part reduced by the summed target weights
+  unweighted: number; // U
+  pLabel: number; // p_t under the normalizer
+  oneMinusPLabel: number;
+  focal: number; // F
+  ce: number; // C
+  targetMass: number; // Σ_j a_j
+}
+
+export function rowLoss(k: LossConstants, st: RowStats, wLabel: number, sumWeights: number): RowLoss {
+  const alpha = k.smoothing;
+  const keep = (1 - alpha) * wLabel;
+  const spread = alpha / k.vocab;
+  const targetMass = keep + spread * sumWeights;
+  let ce: number;
+  let pLabel: number;
+  let oneMinusPLabel: number;
+  if (k.normalizer === NORMALIZER_STABLEMAX) {
+    const logS = Math.log(st.stableSum);
+    const logSt = stablemaxLogS(st.zLabel);
+    ce = targetMass * logS - (keep * logSt + (alpha > 0 ? spread * st.sumWeightedLogS : 0));
+    const sLabel = stablemaxS(st.zLabel);
+    pLabel = sLabel / st.stableSum;
+    oneMinusPLabel = (st.stableSum - sLabel) / st.stableSum;
+  } else {
+    const normalizerValue = k.normalizer === NORMALIZER_SPARSEMAX ? st.omega : st.lse;
+    ce = targetMass * normalizerValue - (keep * st.zLabel + (alpha > 0 ? spread * st.sumWeightedZ : 0));
+    if (k.normalizer === NORMALIZER_SPARSEMAX) {
+      pLabel = Math.max(st.zLabel - st.tau, 0);
+      oneMinusPLabel = 1 - pLabel;
+    } else {
+      pLabel = Math.exp(st.zLabel - st.lse);
+      oneMinusPLabel = -Math.expm1(st.zLabel - st.lse); // accurate when p_t ≈ 1
+    }
+  }
+  const focal = k.focalGamma === 0 ? 1 : Math.pow(oneMinusPLabel, k.focalGamma);
+  let unweighted = 0;
+  if (k.polyEpsilon !== 0) unweighted += k.polyEpsilon * oneMinusPLabel;
+  if (k.zLoss !== 0) unweighted += k.zLoss * st.lse * st.lse;
+  if (k.squentropy !== 0 && k.vocab > 1) unweighted += (k.squentropy * st.sumSqOthers) / (k.vocab - 1);
+  const weighted = focal * ce;
+  return { loss: weighted + unweighted, weighted, unweighted, pLabel, oneMinusPLabel, focal, ce, targetMass };
+}
+
+/**
+ * Per-row constants of the gradient dloss/dz_k, given the row's reduction scales
+ * (sWeighted for F·C, sUnweighted for U). See gradCoefficient for their use.
+ */
+export interface RowGrad {
+  normalizer: number;
+  lse: number;
+  pLabel: number;
+  mass: number; // s_W·F·Σa_j
+  keep: number; // s_W·F·(1 − α)·w_t   (a_t's label part)
+  spread: number; // s_W·F·α/V         (times w_k)
+  kappa: number; // s_W·C·F' − s_U·ε    (times ∂p_t/∂z_k)
+  zCoef: number; // s_U·2λ·lse          (times softmax_k)
+  sqCoef: number; // s_U·2σ/(V − 1)     (times z_k, k ≠ t)
+  stableSum: number;
+  dlogSLabel: number; // s'(z_t)/s(z_t)
+  tau: number;
+  labelInSupport: boolean;
+  invSupport: number;
+}
+
+export function rowGrad(
+  k: LossConstants, st: RowStats, r: RowLoss, wLabel: number, sWeighted: number, sUnweighted: number,
+): RowGrad {
+  const g = k.focalGamma;
+  const omp = r.oneMinusPLabel;
+  // F' = −γ(1 − p_t)^(γ−1); at p_t = 1 its product with ∂p_t/∂z (also 0 there) has limit 0 unless γ = 1.
+  const dFocal = g === 0 ? 0 : omp > 0 ? -g * Math.pow(omp, g - 1) : g === 1 ? -1 : 0;
+  const sWF = sWeighted * r.focal;
+  return {
+    normalizer: k.normalizer,
+    lse: st.lse,
+    pLabel: r.pLabel,
+    mass: sWF * r.targetMass,
+    keep: sWF * (1 - k.smoothing) * wLabel,
+    spread: (sWF * k.smoothing) / k.vocab,
+    kappa: (dFocal === 0 ? 0 : sWeighted * r.ce * dFocal) - sUnweighted * k.polyEpsilon,
+    zCoef: sUnweighted * 2 * k.zLoss * st.lse,
+    sqCoef: k.vocab > 1 ? (sUnweighted * 2 * k.squentropy) / (k.vocab - 1) : 0,
+    stableSum: st.stableSum,
+    dlogSLabel: stablemaxDlogS(st.zLabel),
+    tau: st.tau,
+    labelInSupport: st.zLabel > st.tau,
+    invSupport: st.support > 0 ? 1 / st.support : 0,
+  };
+}
+
+/** dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k). */
+export function gradCoefficient(rg: RowGrad, z: number, isLabel: boolean, wK: number): number {
+  const softmaxK = expShifted(z, rg.lse);
+  let d = rg.zCoef * softmaxK - rg.spread * wK;
+  if (isLabel) d -= rg.keep;
+  else d += rg.sqCoef * z;
+  if (rg.normalizer === NORMALIZER_SOFTMAX) {
+    // ∂C = Σa·p_k − a_k; ∂p_t = p_t(δ_tk − p_k)
+    d += rg.mass * softmaxK + rg.kappa * rg.pLabel * ((isLabel ? 1 : 0) - softmaxK);
+  } else if (rg.normalizer === NORMALIZER_STABLEMAX) {
+    // ∂C = Σa·s'_k/S − a_k·s'_k/s_k; ∂p_t = p_t(δ_tk·s'_t/s_t − s'_k/S)
+    const dsOverS = stablemaxDs(z) / rg.stableSum;
+    const dlogS = stablemaxDlogS(z);
+    d += rg.mass * dsOverS + (rg.spread * wK + (isLabel ? rg.keep : 0)) * (1 - dlogS);
+    d += rg.kappa * rg.pLabel * ((isLabel ? rg.dlogSLabel : 0) - dsOverS);
+  } else {
+    // sparsemax: ∂C = Σa·p_k − a_k; ∂p_t = [t, k ∈ supp](δ_tk − 1/|supp|)
+    const inSupport = z > rg.tau;
+    d += rg.mass * (inSupport ? z - rg.tau : 0);
+    if (rg.labelInSupport && inSupport) d += rg.kappa * ((isLabel ? 1 : 0) - rg.invSupport);
+  }
+  return d;
+}

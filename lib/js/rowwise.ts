@@ -1,0 +1,125 @@
+// Row-wise normalizers on the reference backend: log-sum-exp, softmax and log-softmax
+// (temperature, mask), StableMax and log-StableMax, and their vector-Jacobian products.
+// Rows are reduced with the two-pass block scheme of math.ts; values are f32 in, f32 out,
+// with float64 arithmetic in between.
+
+import {
+  expShifted, lseOfBlock, lseValue, stablemaxDlogS, stablemaxDs, stablemaxLogS, stablemaxS,
+} from './math.js';
+
+export interface RowwiseInput {
+  x: Float32Array;
+  rows: number;
+  cols: number;
+}
+
+export interface SoftmaxOptions {
+  invTemperature: number;
+  /** 0 = masked; length rows·cols, or cols (shared by every row), or null. */
+  mask: Uint8Array | null;
+}
+
+function maskOffset(mask: Uint8Array | null, row: number, cols: number): number {
+  return mask !== null && mask.length !== cols ? row * cols : 0;
+}
+
+/** Scaled, masked row into `z` (masked → −inf); returns the row's log-sum-exp. */
+function loadRow(inp: RowwiseInput, row: number, o: SoftmaxOptions, z: Float64Array): number {
+  const { x, cols } = inp;
+  const base = row * cols;
+  const mo = maskOffset(o.mask, row, cols);
+  for (let j = 0; j < cols; j++) {
+    z[j] = o.mask !== null && o.mask[mo + j] === 0 ? -Infinity : x[base + j]! * o.invTemperature;
+  }
+  return lseValue(lseOfBlock(z, 0, cols));
+}
+
+export function logSumExp(inp: RowwiseInput, o: SoftmaxOptions): Float32Array {
+  const out = new Float32Array(inp.rows);
+  const z = new Float64Array(inp.cols);
+  for (let r = 0; r < inp.rows; r++) out[r] = loadRow(inp, r, o, z);
+  return out;
+}
+
+export function softmax(inp: RowwiseInput, o: SoftmaxOptions, log: boolean): Float32Array {
+  const { rows, cols } = inp;
+  const out = new Float32Array(rows * cols);
+  const z = new Float64Array(cols);
+  for (let r = 0; r < rows; r++) {
+    const lse = loadRow(inp, r, o, z);
+    const base = r * cols;
+    if (lse === -Infinity) {
+      out.fill(NaN, base, base + cols); // fully masked row: 0/0, as PyTorch
+      continue;
+    }
+    if (log) for (let j = 0; j < cols; j++) out[base + j] = z[j]! - lse;
+    else for (let j = 0; j < cols; j++) out[base + j] = expShifted(z[j]!, lse);
+  }
+  return out;
+}
+
+/** dx = (1/T)·y ⊙ (dy − Σ dy⊙y) for softmax; dx = (1/T)·(dy − y·Σ dy) for log-softmax. */
+export function softmaxBackward(inp: RowwiseInput, dy: Float32Array, o: SoftmaxOptions, log: boolean): Float32Array {
+  const { rows, cols } = inp;
+  const out = new Float32Array(rows * cols);
+  const z = new Float64Array(cols);
+  const mo = (r: number) => maskOffset(o.mask, r, cols);
+  for (let r = 0; r < rows; r++) {
+    const lse = loadRow(inp, r, o, z);
+    const base = r * cols;
+    if (lse === -Infinity) {
+      out.fill(NaN, base, base + cols);
+      continue;
+    }
+    let dot = 0;
+    for (let j = 0; j < cols; j++) {
+      const masked = o.mask !== null && o.mask[mo(r) + j] === 0;
+      if (masked) continue; // a masked output is constant: its dy does not flow back
+      dot += log ? dy[base + j]! : dy[base + j]! * expShifted(z[j]!, lse);
+    }
+    for (let j = 0; j < cols; j++) {
+      const y = expShifted(z[j]!, lse);
+      const masked = o.mask !== null && o.mask[mo(r) + j] === 0;
+      out[base + j] = masked ? 0 : (log ? dy[base + j]! - y * dot : y * (dy[base + j]! - dot)) * o.invTemperature;
+    }
+  }
+  return out;
+}
+
+export function stablemax(inp: RowwiseInput, log: boolean): Float32Array {
+  const { x, rows, cols } = inp;
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    let sum = 0;
+    for (let j = 0; j < cols; j++) sum += stablemaxS(x[base + j]!);
+    const logSum = Math.log(sum);
+    for (let j = 0; j < cols; j++) {
+      const v = x[base + j]!;
+      out[base + j] = log ? stablemaxLogS(v) - logSum : stablemaxS(v) / sum;
+    }
+  }
+  return out;
+}
+
+/**
+ * stablemax: dx_k = s'_k/S·(dy_k − Σ dy_j y_j);
+ * log-stablemax: dx_k = dy_k·s'_k/s_k − s'_k/S·Σ dy_j.
+ */
+export function stablemaxBackward(inp: RowwiseInput, dy: Float32Array, log: boolean): Float32Array {
+  const { x, rows, cols } = inp;
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    let sum = 0;
+    for (let j = 0; j < cols; j++) sum += stablemaxS(x[base + j]!);
+    let dot = 0;
+    for (let j = 0; j < cols; j++) dot += log ? dy[base + j]! : (dy[base + j]! * stablemaxS(x[base + j]!)) / sum;
+    for (let j = 0; j < cols; j++) {
+      const v = x[base + j]!;
+      const dsOverS = stablemaxDs(v) / sum;
+      out[base + j] = log ? dy[base + j]! * stablemaxDlogS(v) - dsOverS * dot : dsOverS * (dy[base + j]! - dot);
+    }
+  }
+  return out;
+}

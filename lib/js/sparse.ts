@@ -1,0 +1,144 @@
+// Sparse normalizers on the reference backend: sparsemax (Martins & Astudillo 2016) and
+// entmax-1.5 (Peters et al. 2019), with exact sort-based thresholds, and their VJPs.
+
+import type { RowwiseInput } from './rowwise.js';
+
+export interface SparsemaxThreshold {
+  tau: number;
+  support: number;
+  /** Σ_{supp} z², for the sparsemax loss's Ω. */
+  sumSq: number;
+}
+
+/**
+ * Exact τ with Σ max(z_j − τ, 0) = 1 over the values in `v[0..n)` (sorted in place,
+ * descending). Callers may pass only the values above any lower bound of τ.
+ */
+export function sparsemaxThreshold(v: Float64Array, n: number): SparsemaxThreshold {
+  const sorted = v.subarray(0, n).sort().reverse();
+  let cum = 0;
+  let cumSq = 0;
+  let tau = sorted[0]! - 1;
+  let support = 1;
+  let sumSq = sorted[0]! * sorted[0]!;
+  for (let k = 0; k < n; k++) {
+    const zk = sorted[k]!;
+    cum += zk;
+    cumSq += zk * zk;
+    const t = (cum - 1) / (k + 1);
+    if (zk > t) {
+      tau = t;
+      support = k + 1;
+      sumSq = cumSq;
+    } else break; // the support condition fails for every larger k once it fails
+  }
+  return { tau, support, sumSq };
+}
+
+export function sparsemax(inp: RowwiseInput): Float32Array {
+  const { x, rows, cols } = inp;
+  const out = new Float32Array(rows * cols);
+  const buf = new Float64Array(cols);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    for (let j = 0; j < cols; j++) buf[j] = x[base + j]!;
+    const { tau } = sparsemaxThreshold(buf, cols);
+    for (let j = 0; j < cols; j++) out[base + j] = Math.max(x[base + j]! - tau, 0);
+  }
+  return out;
+}
+
+/** dx_k = [k ∈ supp]·(dy_k − mean over supp of dy). */
+export function sparsemaxBackward(inp: RowwiseInput, dy: Float32Array): Float32Array {
+  const { x, rows, cols } = inp;
+  const out = new Float32Array(rows * cols);
+  const buf = new Float64Array(cols);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    for (let j = 0; j < cols; j++) buf[j] = x[base + j]!;
+    const { tau } = sparsemaxThreshold(buf, cols);
+    let sum = 0;
+    let count = 0;
+    for (let j = 0; j < cols; j++) {
+      if (x[base + j]! > tau) {
+        sum += dy[base + j]!;
+        count++;
+      }
+    }
+    const mean = count > 0 ? sum / count : 0;
+    for (let j = 0; j < cols; j++) out[base + j] = x[base + j]! > tau ? dy[base + j]! - mean : 0;
+  }
+  return out;
+}
+
+/**
+ * entmax-1.5 threshold for u = (z − max)/2: p_j = max(u_j − τ, 0)², Σ p = 1. For a support
+ * of the k largest, τ solves k τ² − 2 τ Σu + Σu² − 1 = 0 (the smaller root); the support
+ * is the largest k whose τ_k stays below u_(k).
+ */
+function entmaxThreshold(u: Float64Array, n: number, sortBuf: Float64Array): number {
+  for (let j = 0; j < n; j++) sortBuf[j] = u[j]!;
+  const sorted = sortBuf.subarray(0, n).sort().reverse();
+  let cum = 0;
+  let cumSq = 0;
+  let tau = NaN;
+  for (let k = 1; k <= n; k++) {
+    const uk = sorted[k - 1]!;
+    cum += uk;
+    cumSq += uk * uk;
+    const mean = cum / k;
+    const delta = Math.max((1 - (cumSq / k - mean * mean) * k) / k, 0);
+    const t = mean - Math.sqrt(delta);
+    if (t <= uk) tau = t; // holds for a prefix of k: the support
+    else break;
+  }
+  return tau;
+}
+
+function entmaxRow(x: Float32Array, base: number, cols: number, u: Float64Array, sortBuf: Float64Array): number {
+  let max = -Infinity;
+  for (let j = 0; j < cols; j++) max = Math.max(max, x[base + j]!);
+  for (let j = 0; j < cols; j++) u[j] = (x[base + j]! - max) / 2; // shift first: exact for huge logits
+  return entmaxThreshold(u, cols, sortBuf);
+}
+
+export function entmax15(inp: RowwiseInput): Float32Array {
+  const { x, rows, cols } = inp;
+  const out = new Float32Array(rows * cols);
+  const u = new Float64Array(cols);
+  const sortBuf = new Float64Array(cols);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    const tau = entmaxRow(x, base, cols, u, sortBuf);
+    for (let j = 0; j < cols; j++) {
+      const d = Math.max(u[j]! - tau, 0);
+      out[base + j] = d * d;
+    }
+  }
+  return out;
+}
+
+/** dx_k = √y_k·dy_k − √y_k·Σ_j √y_j dy_j / Σ_j √y_j. */
+export function entmax15Backward(inp: RowwiseInput, dy: Float32Array): Float32Array {
+  const { x, rows, cols } = inp;
+  const out = new Float32Array(rows * cols);
+  const u = new Float64Array(cols);
+  const sortBuf = new Float64Array(cols);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    const tau = entmaxRow(x, base, cols, u, sortBuf);
+    let sumRoot = 0;
+    let dot = 0;
+    for (let j = 0; j < cols; j++) {
+      const root = Math.max(u[j]! - tau, 0); // √y_j
+      sumRoot += root;
+      dot += root * dy[base + j]!;
+    }
+    const q = dot / sumRoot;
+    for (let j = 0; j < cols; j++) {
+      const root = Math.max(u[j]! - tau, 0);
+      out[base + j] = root * (dy[base + j]! - q);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,114 @@
+import { CutlossError, describe } from './errors.js';
+
+export type Dtype = 'f32' | 'bf16';
+
+/** Host data with an explicit shape; bf16 is raw bits in a Uint16Array. 1-D means one row. */
+export interface Tensor {
+  data: Float32Array | Uint16Array;
+  shape: [rows: number, cols: number] | [cols: number];
+  dtype?: Dtype;
+}
+
+/** A validated view of a tensor as a rows × cols matrix. */
+export interface Matrix {
+  data: Float32Array | Uint16Array;
+  rows: number;
+  cols: number;
+  dtype: Dtype;
+  shape: Tensor['shape'];
+}
+
+function isCount(n: unknown): n is number {
+  return typeof n === 'number' && Number.isInteger(n) && n >= 0 && n <= Number.MAX_SAFE_INTEGER;
+}
+
+export function dtypeOf(data: unknown, dtype: unknown, name: string): Dtype {
+  if (dtype !== undefined && dtype !== 'f32' && dtype !== 'bf16') {
+    throw new CutlossError('E_DTYPE', `${name}.dtype must be 'f32' or 'bf16', got ${describe(dtype)}`);
+  }
+  if (data instanceof Float32Array) {
+    if (dtype === 'bf16') {
+      throw new CutlossError('E_DTYPE', `${name}: dtype 'bf16' needs raw bits in a Uint16Array, got Float32Array`);
+    }
+    return 'f32';
+  }
+  if (data instanceof Uint16Array) {
+    if (dtype === 'f32') {
+      throw new CutlossError('E_DTYPE', `${name}: dtype 'f32' needs a Float32Array, got Uint16Array`);
+    }
+    return 'bf16';
+  }
+  throw new CutlossError(
+    'E_DTYPE',
+    `${name}.data must be a Float32Array (f32) or a Uint16Array (bf16 bits), got ${describe(data)}`,
+  );
+}
+
+/** Validates a Tensor argument and returns its matrix view. `minCols` guards V = 0. */
+export function asMatrix(t: unknown, name: string): Matrix {
+  if (t === null || typeof t !== 'object') {
+    throw new CutlossError('E_SHAPE', `${name} must be a tensor { data, shape, dtype? }, got ${describe(t)}`);
+  }
+  const { data, shape, dtype } = t as Tensor;
+  const dt = dtypeOf(data, dtype, name);
+  if (!Array.isArray(shape) || (shape.length !== 1 && shape.length !== 2) || !shape.every(isCount)) {
+    throw new CutlossError(
+      'E_SHAPE',
+      `${name}.shape must be [rows, cols] or [cols] of non-negative integers, got ${JSON.stringify(shape)}`,
+    );
+  }
+  const rows = shape.length === 2 ? shape[0] : 1;
+  const cols = shape.length === 2 ? shape[1]! : shape[0];
+  if (cols < 1) throw new CutlossError('E_SHAPE', `${name}: the last dimension must be at least 1, got ${cols}`);
+  if (rows * cols !== data.length) {
+    throw new CutlossError(
+      'E_SHAPE',
+      `${name}: shape [${shape.join(', ')}] needs ${rows * cols} elements, data has ${data.length}`,
+    );
+  }
+  return { data, rows, cols, dtype: dt, shape: (shape.length === 2 ? [rows, cols] : [cols]) as Tensor['shape'] };
+}
+
+/** Convenience constructor that validates. */
+export function tensor(data: Float32Array | Uint16Array, shape: Tensor['shape'], dtype?: Dtype): Tensor {
+  const m = asMatrix({ data, shape, dtype }, 'tensor');
+  return { data, shape: m.shape, dtype: m.dtype };
+}
+
+// bf16 is the top half of an f32: widening is a shift; narrowing rounds to nearest even.
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+export function bf16ToF32(bits: number): number {
+  u32Scratch[0] = bits << 16;
+  return f32Scratch[0]!;
+}
+
+export function f32ToBf16(x: number): number {
+  f32Scratch[0] = x;
+  const u = u32Scratch[0]!;
+  if ((u & 0x7f800000) === 0x7f800000 && (u & 0x007fffff) !== 0) return (u >>> 16) | 0x0040; // keep NaN a NaN
+  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** The matrix's values as f32 (a view when already f32, a widened copy for bf16). */
+export function toF32(m: Matrix): Float32Array {
+  if (m.dtype === 'f32') return m.data as Float32Array;
+  const src = m.data as Uint16Array;
+  const out = new Float32Array(src.length);
+  const outBits = new Uint32Array(out.buffer);
+  for (let i = 0; i < src.length; i++) outBits[i] = src[i]! << 16;
+  return out;
+}
+
+export function fromF32(values: Float32Array, dtype: Dtype): Float32Array | Uint16Array {
+  if (dtype === 'f32') return values;
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = f32ToBf16(values[i]!);
+  return out;
+}
+
+/** Wraps f32 results in a tensor of the input's dtype and shape. */
+export function resultLike(m: Matrix, values: Float32Array): Tensor {
+  return { data: fromF32(values, m.dtype), shape: [...m.shape] as Tensor['shape'], dtype: m.dtype };
+}
