@@ -1,0 +1,14 @@
+import * as tf from '@tensorflow/tfjs';
+import { linearCrossEntropy } from '../lib/index.js';
+await tf.setBackend('cpu');
+const N=256,D=512,V=32000;
+const E=new Float32Array(N*D).map(()=>Math.random()-0.5), W=new Float32Array(V*D).map(()=>(Math.random()-0.5)*0.1);
+const labels=Int32Array.from({length:N},()=>Math.floor(Math.random()*V));
+let t=performance.now();
+const r=linearCrossEntropy({data:E,shape:[N,D]},{data:W,shape:[V,D]},labels);
+console.log('cutloss', performance.now()-t, r.loss, process.resourceUsage().maxRSS);
+t=performance.now();
+const e=tf.tensor2d(E,[N,D]), w=tf.tensor2d(W,[V,D]), l=tf.tensor1d(labels,'int32');
+const g=((a:tf.Tensor,b:tf.Tensor)=>tf.losses.softmaxCrossEntropy(tf.oneHot(l,V),tf.matMul(a,b,false,true)) as tf.Scalar);
+const {value,grads}=tf.valueAndGrads(g as any)([e,w]) as any;
+console.log('tfjs', performance.now()-t, value, process.resourceUsage().maxRSS);

@@ -1,0 +1,37 @@
+// The blockwise claim, measured: linearCrossEntropy never holds the N×V logits. Each call
+// runs in a fresh process so its peak RSS growth is its own.
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+const probe = fileURLToPath(new URL('./fixtures/memory-probe.mjs', import.meta.url));
+const built = existsSync(fileURLToPath(new URL('../dist/esm/index.js', import.meta.url)));
+const MB = 1024 * 1024;
+
+function measure(N: number, D: number, V: number, withGrad: boolean) {
+  const out = execFileSync(process.execPath, ['--expose-gc', probe, String(N), String(D), String(V), withGrad ? '1' : '0'], {
+    encoding: 'utf8',
+  });
+  return JSON.parse(out) as { loss: number; growthBytes: number; returnedBytes: number; seconds: number };
+}
+
+describe.skipIf(!built)('blockwise memory (built package; npm test builds it)', () => {
+  it('N=1024, V=50000: peak growth far below the 195 MiB the logits would take', { timeout: 120_000 }, () => {
+    const [N, D, V] = [1024, 32, 50000];
+    const logitBytes = N * V * 4;
+    const fwd = measure(N, D, V, false);
+    const both = measure(N, D, V, true);
+    const net = both.growthBytes - both.returnedBytes;
+    console.log(
+      `linearCrossEntropy N=${N} D=${D} V=${V}: logits would be ${(logitBytes / MB).toFixed(0)} MiB; ` +
+        `peak RSS growth forward ${(fwd.growthBytes / MB).toFixed(1)} MiB (${fwd.seconds.toFixed(1)} s), ` +
+        `forward+backward ${(both.growthBytes / MB).toFixed(1)} MiB of which returned gradients ` +
+        `${(both.returnedBytes / MB).toFixed(1)} MiB (${both.seconds.toFixed(1)} s)`,
+    );
+    expect(Number.isFinite(fwd.loss)).toBe(true);
+    expect(Math.abs(both.loss - fwd.loss)).toBeLessThan(1e-9);
+    expect(fwd.growthBytes).toBeLessThan(64 * MB);
+    expect(net).toBeLessThan(64 * MB);
+  });
+});
