@@ -302,7 +302,7 @@ function checkSeed(seed: number): void {
 
 /** The uniforms u of semantics.md: element e = row·cols + col takes word e mod 4 of
  * Philox(counter [q mod 2^32, floor(q/2^32), 0, 0], key [seed mod 2^32, floor(seed/2^32)]),
- * q = floor(e/4); u = ((word >>> 8) + 0.5)·2^-24, computed exactly in float64. */
+ * q = floor(e/4); u = ((word >>> 9) + 0.5)·2^-23, exact in fp32 and float64. */
 export function gumbelUniforms(seed: number, rows: number, cols: number): number[][] {
   checkSeed(seed);
   const key: [number, number] = [seed % 2 ** 32, Math.floor(seed / 2 ** 32)];
@@ -318,7 +318,7 @@ export function gumbelUniforms(seed: number, rows: number, cols: number): number
         block = philox4x32_10([q % 2 ** 32, Math.floor(q / 2 ** 32), 0, 0], key);
         blockQ = q;
       }
-      row.push(((block[e % 4] >>> 8) + 0.5) * 2 ** -24);
+      row.push(((block[e % 4] >>> 9) + 0.5) * 2 ** -23);
     }
     out.push(row);
   }

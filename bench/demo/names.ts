@@ -29,9 +29,9 @@ if (unknown.length > 0) {
   process.exit(2);
 }
 
-const K = 3; // context length (characters)
-const DE = 12; // character embedding size
-const H = 192; // hidden units
+const K = 4; // context length (characters)
+const DE = 16; // character embedding size
+const H = 256; // hidden units
 const BATCH = 64;
 const LR = 4e-3; // Adam's peak rate, cosine-decayed to 10% over the run
 const MARGIN = 0.3; // nats below the unigram baseline needed to pass

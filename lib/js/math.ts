@@ -141,9 +141,9 @@ export function philox4x32(
   out[3] = c3;
 }
 
-/** A uint32 word → u in (0, 1), exact in fp32: 24 high bits plus half a step. */
+/** A uint32 word → u in (0, 1), exact in fp32 (so never rounded to 1): 23 high bits plus half a step. */
 export function uniformFromWord(word: number): number {
-  return ((word >>> 8) + 0.5) * 5.9604644775390625e-8; // 2^-24
+  return ((word >>> 9) + 0.5) * 1.1920928955078125e-7; // 2^-23; 23 bits + ½ fit a 24-bit significand
 }
 
 /** Standard Gumbel noise −log(−log u). */
