@@ -1,14 +1,18 @@
 // Peak-memory and timing helpers for the worker processes.
 //
-// Peak memory is the process's maxRSS (process.resourceUsage().maxRSS, KiB) read just before
-// and just after one call: growth = after − before. maxRSS is a high-water mark, so "before"
-// must not sit above the current RSS (leftovers of module loading or data generation would
-// hide the first part of the call's growth). On Linux we therefore reset the high-water mark
-// to the current RSS first (`echo 5 > /proc/self/clear_refs`, which getrusage follows);
-// where that is not possible the slack (maxRSS − RSS before the call) is reported instead,
-// and growth is then a lower bound that may be short by up to that slack.
+// Peak memory is read just before and just after one call: growth = peak after − peak before.
+// Two readings of the peak are taken:
+//   - process.resourceUsage().maxRSS (getrusage's ru_maxrss, KiB);
+//   - VmHWM from /proc/self/status (Linux: the high-water mark of this process's own memory).
+// They differ in a spawned child: Linux folds the RSS peak of the process *before exec* into
+// ru_maxrss, and with fork/vfork that is the parent's peak. So a child's maxRSS never reads
+// below its parent's peak RSS, and a call whose peak stays under that floor shows no growth
+// at all. VmHWM has no such floor, and `echo 5 > /proc/self/clear_refs` resets it to the
+// current RSS, so "before" is exactly the RSS at the start of the call (no leftovers from
+// module loading or input generation). On Linux the VmHWM reading is the primary one; the
+// maxRSS reading is reported next to it, and elsewhere it is the only one.
 
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 
 const KiB = 1024;
 
@@ -25,7 +29,7 @@ export async function settle(): Promise<void> {
   collect();
 }
 
-/** Resets the kernel's RSS high-water mark to the current RSS; false where not possible. */
+/** Resets the kernel's RSS high-water mark (VmHWM) to the current RSS; false where not possible. */
 function resetPeak(): boolean {
   if (process.platform !== 'linux') return false;
   try {
@@ -36,18 +40,35 @@ function resetPeak(): boolean {
   }
 }
 
+/** VmHWM and VmRSS in bytes, or null off Linux. */
+function procStatus(): { hwm: number; rss: number } | null {
+  try {
+    const s = readFileSync('/proc/self/status', 'utf8');
+    const hwm = /VmHWM:\s+(\d+)\s+kB/.exec(s);
+    const rss = /VmRSS:\s+(\d+)\s+kB/.exec(s);
+    if (hwm === null || rss === null) return null;
+    return { hwm: Number(hwm[1]) * KiB, rss: Number(rss[1]) * KiB };
+  } catch {
+    return null;
+  }
+}
+
 export interface PeakGrowth {
-  /** maxRSS after − maxRSS before, bytes. */
+  /** The primary reading, bytes: VmHWM growth where available (after a reset), else maxRSS growth. */
   growthBytes: number;
-  /** maxRSS before the call, bytes (after the reset when peakReset). */
+  source: 'VmHWM' | 'maxRSS';
+  /** process.resourceUsage().maxRSS after − before, bytes. */
+  maxRssGrowthBytes: number;
   maxRssBeforeBytes: number;
   maxRssAfterBytes: number;
+  /** VmHWM after − before (null off Linux), bytes. */
+  hwmGrowthBytes: number | null;
   /** Current RSS just before the call, bytes. */
   rssBeforeBytes: number;
-  /** Whether the high-water mark could be reset to the current RSS before the call. */
+  /** Whether VmHWM could be reset to the current RSS before the call. */
   peakReset: boolean;
-  /** maxRSS − RSS just before the call (≈ 0 after a reset), bytes. */
-  slackBytes: number;
+  /** maxRSS before − RSS before: how far maxRSS sat above the RSS (the floor described above). */
+  maxRssSlackBytes: number;
   /** Wall time of the call, ms. */
   ms: number;
 }
@@ -56,21 +77,27 @@ export interface PeakGrowth {
 export async function measurePeak<T>(fn: () => T): Promise<{ value: T; peak: PeakGrowth }> {
   await settle();
   const peakReset = resetPeak();
-  const rssBefore = process.memoryUsage().rss;
+  const st0 = procStatus();
+  const rssBefore = st0?.rss ?? process.memoryUsage().rss;
   const before = process.resourceUsage().maxRSS * KiB;
   const t0 = performance.now();
   const value = fn();
   const ms = performance.now() - t0;
   const after = process.resourceUsage().maxRSS * KiB;
+  const st1 = procStatus();
+  const hwmGrowth = st0 !== null && st1 !== null && peakReset ? st1.hwm - st0.hwm : null;
   return {
     value,
     peak: {
-      growthBytes: after - before,
+      growthBytes: hwmGrowth ?? after - before,
+      source: hwmGrowth !== null ? 'VmHWM' : 'maxRSS',
+      maxRssGrowthBytes: after - before,
       maxRssBeforeBytes: before,
       maxRssAfterBytes: after,
+      hwmGrowthBytes: hwmGrowth,
       rssBeforeBytes: rssBefore,
       peakReset,
-      slackBytes: Math.max(0, before - rssBefore),
+      maxRssSlackBytes: Math.max(0, before - rssBefore),
       ms,
     },
   };

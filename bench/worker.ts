@@ -108,11 +108,10 @@ async function tfjsRunner(inp: Inputs): Promise<{ run: Runner; warm: () => void;
       }
       const { value, grads } = tf.tidy(() => vg([e, w]));
       const loss = value.dataSync()[0]!;
-      // Copies, so the tensors can be disposed; not part of what tfjs itself needs.
       const dE = grads[0]!.dataSync() as Float32Array;
       const dW = grads[1]!.dataSync() as Float32Array;
       value.dispose();
-      // Keep the arrays alive past dispose (the cpu backend hands out its own buffers).
+      // The cpu backend hands out its own buffers: holding them keeps them alive past dispose.
       const out = { loss, dE, dW };
       grads.forEach((g) => g.dispose());
       return out;

@@ -453,9 +453,9 @@ function ceRowTerms(x: readonly Dual[], t: number, o: CeResolved): RowTerms {
   } else {
     const sm = sparsemaxRowD(z);
     p = sm.p;
-    const omega = dualSum(z.filter((_, k) => sm.support[k]).map((zk) => zk.square().sub(sm.tau.square())))
-      .mul(0.5)
-      .add(0.5);
+    // Ω = ½Σ_supp(z² − τ²) + ½ = τ + ½(1 + Σ p²) since Σ p = 1; the second form does not
+    // cancel catastrophically when |z| is huge.
+    const omega = sm.tau.add(dualSum(p.map((pk) => pk.square())).add(1).mul(0.5));
     ell = z.map((zj) => omega.sub(zj));
   }
 

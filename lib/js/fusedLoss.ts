@@ -191,10 +191,10 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
         continue;
       }
       const n = candidates.counts[row]!;
-      const th = n > 0 ? sparsemaxThreshold(candidates.values[row]!, n) : { tau: NaN, support: 0, sumSq: NaN };
+      const th = n > 0 ? sparsemaxThreshold(candidates.values[row]!, n) : { tau: NaN, support: 0, sumSqP: NaN };
       tau[row] = th.tau;
       support[row] = th.support;
-      omega[row] = 0.5 * (th.sumSq - th.support * th.tau * th.tau) + 0.5;
+      omega[row] = th.tau + 0.5 * (1 + th.sumSqP);
     }
     if (crowded.length > 0) michelotThresholds(crowded, rowMax, tau, omega, support, N, V, TR, TC, loadTile, tile);
   }
@@ -327,10 +327,10 @@ function michelotThresholds(
   }
   const count = new Float64Array(N);
   const sum = new Float64Array(N);
-  const sumSq = new Float64Array(N);
+  const sumSqP = new Float64Array(N); // Σ (z − τ)² over z > τ: ‖p‖² once τ is the fixed point
   let remaining = rows.length;
   for (let iter = 0; remaining > 0 && iter < 10000; iter++) {
-    for (const row of rows) if (active[row]) count[row] = sum[row] = sumSq[row] = 0;
+    for (const row of rows) if (active[row]) count[row] = sum[row] = sumSqP[row] = 0;
     for (let c0 = 0; c0 < V; c0 += TC) {
       const nc = Math.min(TC, V - c0);
       for (let r0 = 0; r0 < N; r0 += TR) {
@@ -348,7 +348,7 @@ function michelotThresholds(
             if (z > t) {
               count[row]++;
               sum[row] += z;
-              sumSq[row] += z * z;
+              sumSqP[row] += (z - t) * (z - t);
             }
           }
         }
@@ -360,7 +360,7 @@ function michelotThresholds(
       if (count[row] === support[row]) {
         active[row] = 0;
         remaining--;
-        omega[row] = 0.5 * (sumSq[row]! - count[row]! * t * t) + 0.5;
+        omega[row] = t + 0.5 * (1 + sumSqP[row]!);
         continue;
       }
       support[row] = count[row]!;

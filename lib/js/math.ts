@@ -179,7 +179,7 @@ export interface RowStats {
   stableSum: number; // S = Σ s(z_j)
   sumWeightedLogS: number; // Σ_j w_j log s(z_j)
   tau: number; // sparsemax threshold
-  omega: number; // ½ Σ_supp (z² − τ²) + ½
+  omega: number; // ½ Σ_supp (z² − τ²) + ½, computed as τ + ½(1 + Σ_supp (z − τ)²): no cancellation
   support: number; // |supp|
 }
 
@@ -281,7 +281,7 @@ export function gradCoefficient(rg: RowGrad, z: number, isLabel: boolean, wK: nu
   const softmaxK = expShifted(z, rg.lse);
   let d = rg.zCoef * softmaxK - rg.spread * wK;
   if (isLabel) d -= rg.keep;
-  else d += rg.sqCoef * z;
+  else if (rg.sqCoef !== 0) d += rg.sqCoef * z; // guarded: 0·(−inf) would be NaN
   if (rg.normalizer === NORMALIZER_SOFTMAX) {
     // ∂C = Σa·p_k − a_k; ∂p_t = p_t(δ_tk − p_k)
     d += rg.mass * softmaxK + rg.kappa * rg.pLabel * ((isLabel ? 1 : 0) - softmaxK);

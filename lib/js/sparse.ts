@@ -6,8 +6,8 @@ import type { RowwiseInput } from './rowwise.js';
 export interface SparsemaxThreshold {
   tau: number;
   support: number;
-  /** Σ_{supp} z², for the sparsemax loss's Ω. */
-  sumSq: number;
+  /** Σ_{supp} (z − τ)² = ‖p‖², for the sparsemax loss's Ω = τ + ½(1 + ‖p‖²). */
+  sumSqP: number;
 }
 
 /**
@@ -17,22 +17,20 @@ export interface SparsemaxThreshold {
 export function sparsemaxThreshold(v: Float64Array, n: number): SparsemaxThreshold {
   const sorted = v.subarray(0, n).sort().reverse();
   let cum = 0;
-  let cumSq = 0;
   let tau = sorted[0]! - 1;
   let support = 1;
-  let sumSq = sorted[0]! * sorted[0]!;
   for (let k = 0; k < n; k++) {
     const zk = sorted[k]!;
     cum += zk;
-    cumSq += zk * zk;
     const t = (cum - 1) / (k + 1);
     if (zk > t) {
       tau = t;
       support = k + 1;
-      sumSq = cumSq;
     } else break; // the support condition fails for every larger k once it fails
   }
-  return { tau, support, sumSq };
+  let sumSqP = 0;
+  for (let k = 0; k < support; k++) sumSqP += (sorted[k]! - tau) * (sorted[k]! - tau);
+  return { tau, support, sumSqP };
 }
 
 export function sparsemax(inp: RowwiseInput): Float32Array {

@@ -1,0 +1,47 @@
+// Comparison helpers shared by the suites: flatten nested rows, and assert closeness with
+// a tolerance relative to the magnitude of the expected values.
+import { expect } from 'vitest';
+
+export function flat(x: ArrayLike<number> | ReadonlyArray<ArrayLike<number>>): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < x.length; i++) {
+    const v = (x as ArrayLike<unknown>)[i];
+    if (typeof v === 'number') out.push(v);
+    else out.push(...Array.from(v as ArrayLike<number>));
+  }
+  return out;
+}
+
+/**
+ * |a − e| ≤ atol + rtol·max(|e|, scale) element-wise, where scale is the largest finite |e|
+ * (gradients are compared relative to their own size); NaN and ±inf must match exactly.
+ */
+export function expectClose(
+  actual: ArrayLike<number> | ReadonlyArray<ArrayLike<number>>,
+  expected: ArrayLike<number> | ReadonlyArray<ArrayLike<number>>,
+  { rtol = 1e-5, atol = 1e-7, label = '' } = {},
+): void {
+  const a = flat(actual);
+  const e = flat(expected);
+  expect(a.length, `${label}: length`).toBe(e.length);
+  let scale = 0;
+  for (const v of e) if (Number.isFinite(v)) scale = Math.max(scale, Math.abs(v));
+  for (let i = 0; i < e.length; i++) {
+    const [ai, ei] = [a[i]!, e[i]!];
+    if (!Number.isFinite(ei)) {
+      expect(ai, `${label}[${i}]`).toBe(ei);
+      continue;
+    }
+    const tol = atol + rtol * Math.max(Math.abs(ei), scale);
+    if (!(Math.abs(ai - ei) <= tol)) {
+      throw new Error(`${label}[${i}]: got ${ai}, expected ${ei} (|diff| ${Math.abs(ai - ei)} > tol ${tol})`);
+    }
+  }
+}
+
+/** Rows of n values drawn as multiples of 2^-12 in (−range, range): exact in f32 and bf16-free. */
+export function gridRows(rng: () => number, rows: number, cols: number, range = 4): number[][] {
+  return Array.from({ length: rows }, () =>
+    Array.from({ length: cols }, () => Math.round((rng() * 2 - 1) * range * 4096) / 4096),
+  );
+}
