@@ -138,7 +138,11 @@ function logStablemaxRowD(x: readonly Dual[]): Dual[] {
 /** Sparsemax with the exact threshold (Martins & Astudillo 2016, by sorting):
  * k = max{k : 1 + k·z_(k) > Σ_{j≤k} z_(j)}, τ = (Σ_{j≤k} z_(j) − 1)/k. The support is chosen
  * on values; τ is then a smooth function of the top-k logits, so duals differentiate it. */
-function sparsemaxRowD(z: readonly Dual[]): { p: Dual[]; tau: Dual; support: boolean[] } {
+function sparsemaxRowD(zIn: readonly Dual[]): { p: Dual[]; tau: Dual; shift: number; support: boolean[] } {
+  // Shift by the max value (a constant: sparsemax is shift-invariant) so huge logits keep
+  // their gaps in float64; τ is returned relative to `shift`.
+  const shift = Math.max(...zIn.map((zj) => zj.v));
+  const z = zIn.map((zj) => zj.sub(shift));
   const order = z.map((_, j) => j).sort((a, b) => z[b].v - z[a].v);
   let cumsum = 0;
   let k = 0;
@@ -150,14 +154,15 @@ function sparsemaxRowD(z: readonly Dual[]): { p: Dual[]; tau: Dual; support: boo
     .sub(1)
     .div(k);
   const p = z.map((zj) => zj.sub(tau).relu());
-  return { p, tau, support: p.map((pj) => pj.v > 0) };
+  return { p, tau, shift, support: p.map((pj) => pj.v > 0) };
 }
 
 /** 1.5-entmax (Peters et al. 2019): p_j = max(x_j/2 − τ, 0)² with Σ p = 1. Deliberately NOT
  * the sort-based closed form: τ is found by bisection on f(τ) = Σ max(x_j/2 − τ, 0)² − 1,
  * which is decreasing, with f(max/2 − 1) ≥ 0 and f(max/2) = −1. */
 function entmax15RowD(x: readonly Dual[]): Dual[] {
-  const h = x.map((xj) => xj.mul(0.5));
+  const top0 = Math.max(...x.map((xj) => xj.v)); // a constant shift, for huge logits
+  const h = x.map((xj) => xj.sub(top0).mul(0.5));
   const hv = values(h);
   const f = (t: number) => hv.reduce((acc, v) => acc + Math.max(v - t, 0) ** 2, 0) - 1;
   const top = Math.max(...hv);
@@ -455,8 +460,8 @@ function ceRowTerms(x: readonly Dual[], t: number, o: CeResolved): RowTerms {
     p = sm.p;
     // Ω = ½Σ_supp(z² − τ²) + ½ = τ + ½(1 + Σ p²) since Σ p = 1; the second form does not
     // cancel catastrophically when |z| is huge.
-    const omega = sm.tau.add(dualSum(p.map((pk) => pk.square())).add(1).mul(0.5));
-    ell = z.map((zj) => omega.sub(zj));
+    const omega = sm.tau.add(dualSum(p.map((pk) => pk.square())).add(1).mul(0.5)); // Ω − shift
+    ell = z.map((zj) => omega.sub(zj.sub(sm.shift)));
   }
 
   // a_j = (1 − α)·w_t·[j = t] + (α/V)·w_j; terms with a_j = 0 are skipped (never 0·inf).

@@ -63,14 +63,15 @@ class SparsemaxCandidates {
     this.counts = new Int32Array(rows);
     this.overflow = new Uint8Array(rows);
   }
-  push(row: number, z: number, floor: number): void {
+  /** Keeps z when it is within 1 of the running max (compared as a gap: exact for huge z). */
+  push(row: number, z: number, max: number): void {
     if (this.overflow[row]) return;
     let buf = this.values[row];
     let n = this.counts[row]!;
     if (buf === undefined) buf = this.values[row] = new Float64Array(8);
     if (n === buf.length) {
       let kept = 0; // drop values that a larger max has since pushed out of reach
-      for (let i = 0; i < n; i++) if (buf[i]! > floor) buf[kept++] = buf[i]!;
+      for (let i = 0; i < n; i++) if (buf[i]! - max > -1) buf[kept++] = buf[i]!;
       n = kept;
       if (n === buf.length) {
         if (n >= SPARSEMAX_CANDIDATE_CAP) {
@@ -90,7 +91,7 @@ class SparsemaxCandidates {
 
 function emptyStats(): RowStats {
   return {
-    lse: 0, zLabel: 0, sumWeightedZ: 0, sumSqOthers: 0, stableSum: 0, sumWeightedLogS: 0, tau: 0, omega: 0,
+    lse: 0, zLabel: 0, sumWeightedZ: 0, sumSqOthers: 0, stableSum: 0, sumWeightedLogS: 0, zMax: 0, tau: 0, omega: 0,
     support: 0,
   };
 }
@@ -166,8 +167,7 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
           }
         }
         if (candidates !== null) {
-          const floor = m - 1;
-          for (let j = 0; j < nc; j++) if (tile[o + j]! > floor) candidates.push(row, tile[o + j]!, floor);
+          for (let j = 0; j < nc; j++) if (tile[o + j]! - m > -1) candidates.push(row, tile[o + j]!, m);
         }
       }
     }
@@ -191,7 +191,9 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
         continue;
       }
       const n = candidates.counts[row]!;
-      const th = n > 0 ? sparsemaxThreshold(candidates.values[row]!, n) : { tau: NaN, support: 0, sumSqP: NaN };
+      const shifted = candidates.values[row]!;
+      for (let i = 0; i < n; i++) shifted[i] = shifted[i]! - rowMax[row]!; // τ relative to the max
+      const th = n > 0 ? sparsemaxThreshold(shifted, n) : { tau: NaN, support: 0, sumSqP: NaN };
       tau[row] = th.tau;
       support[row] = th.support;
       omega[row] = th.tau + 0.5 * (1 + th.sumSqP);
@@ -223,6 +225,7 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
     stats.sumSqOthers = sumSq === null ? 0 : sumSq[row]!;
     stats.stableSum = stableSum === null ? 0 : stableSum[row]!;
     stats.sumWeightedLogS = sumWLogS === null ? 0 : sumWLogS[row]!;
+    stats.zMax = rowMax[row]!;
     stats.tau = tau === null ? 0 : tau[row]!;
     stats.omega = omega === null ? 0 : omega[row]!;
     stats.support = support === null ? 0 : support[row]!;
@@ -312,7 +315,8 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
 /**
  * Michelot's fixed point for rows whose candidates overflowed: τ₀ = max − 1 ≤ τ, then
  * τ ← (Σ_{z>τ} z − 1) / |{z > τ}| rises monotonically and stops, exactly, when the set
- * {z > τ} no longer changes. Each step is one pass over the row's tiles.
+ * {z > τ} no longer changes. Each step is one pass over the row's tiles. Values are taken
+ * relative to the row max.
  */
 function michelotThresholds(
   rows: number[], rowMax: Float64Array, tau: Float64Array, omega: Float64Array, support: Float64Array,
@@ -322,7 +326,7 @@ function michelotThresholds(
   const active = new Uint8Array(N);
   for (const row of rows) {
     active[row] = 1;
-    tau[row] = rowMax[row]! - 1;
+    tau[row] = -1; // relative to the row max, like every sparsemax threshold here
     support[row] = -1;
   }
   const count = new Float64Array(N);
@@ -343,8 +347,9 @@ function michelotThresholds(
           const row = r0 + r;
           if (!active[row]) continue;
           const t = tau[row]!;
+          const m = rowMax[row]!;
           for (let j = 0; j < nc; j++) {
-            const z = tile[r * nc + j]!;
+            const z = tile[r * nc + j]! - m;
             if (z > t) {
               count[row]++;
               sum[row] += z;

@@ -178,8 +178,10 @@ export interface RowStats {
   sumSqOthers: number; // Σ_{j≠t} z_j² (squentropy)
   stableSum: number; // S = Σ s(z_j)
   sumWeightedLogS: number; // Σ_j w_j log s(z_j)
-  tau: number; // sparsemax threshold
-  omega: number; // ½ Σ_supp (z² − τ²) + ½, computed as τ + ½(1 + Σ_supp (z − τ)²): no cancellation
+  // Sparsemax values are kept relative to the row max m, so huge logits lose no precision.
+  zMax: number; // m
+  tau: number; // τ − m
+  omega: number; // Ω − m = (τ − m) + ½(1 + Σ_supp (z − τ)²), the stable form of ½ Σ_supp (z² − τ²) + ½
   support: number; // |supp|
 }
 
@@ -199,27 +201,31 @@ export function rowLoss(k: LossConstants, st: RowStats, wLabel: number, sumWeigh
   const keep = (1 - alpha) * wLabel;
   const spread = alpha / k.vocab;
   const targetMass = keep + spread * sumWeights;
-  let ce: number;
+  // ℓ_t and Σ_j w_j ℓ_j are formed as differences first (lse − z_t, not lse·a − z_t·a) so a row
+  // of huge logits keeps the precision of its gap.
+  let labelLoss: number;
+  let spreadLoss = 0;
   let pLabel: number;
   let oneMinusPLabel: number;
   if (k.normalizer === NORMALIZER_STABLEMAX) {
     const logS = Math.log(st.stableSum);
-    const logSt = stablemaxLogS(st.zLabel);
-    ce = targetMass * logS - (keep * logSt + (alpha > 0 ? spread * st.sumWeightedLogS : 0));
+    labelLoss = logS - stablemaxLogS(st.zLabel);
+    if (alpha > 0) spreadLoss = sumWeights * logS - st.sumWeightedLogS;
     const sLabel = stablemaxS(st.zLabel);
     pLabel = sLabel / st.stableSum;
     oneMinusPLabel = (st.stableSum - sLabel) / st.stableSum;
+  } else if (k.normalizer === NORMALIZER_SPARSEMAX) {
+    labelLoss = st.omega - (st.zLabel - st.zMax);
+    if (alpha > 0) spreadLoss = sumWeights * (st.omega + st.zMax) - st.sumWeightedZ;
+    pLabel = Math.max(st.zLabel - st.zMax - st.tau, 0);
+    oneMinusPLabel = 1 - pLabel;
   } else {
-    const normalizerValue = k.normalizer === NORMALIZER_SPARSEMAX ? st.omega : st.lse;
-    ce = targetMass * normalizerValue - (keep * st.zLabel + (alpha > 0 ? spread * st.sumWeightedZ : 0));
-    if (k.normalizer === NORMALIZER_SPARSEMAX) {
-      pLabel = Math.max(st.zLabel - st.tau, 0);
-      oneMinusPLabel = 1 - pLabel;
-    } else {
-      pLabel = Math.exp(st.zLabel - st.lse);
-      oneMinusPLabel = -Math.expm1(st.zLabel - st.lse); // accurate when p_t ≈ 1
-    }
+    labelLoss = st.lse - st.zLabel;
+    if (alpha > 0) spreadLoss = sumWeights * st.lse - st.sumWeightedZ;
+    pLabel = Math.exp(st.zLabel - st.lse);
+    oneMinusPLabel = -Math.expm1(st.zLabel - st.lse); // accurate when p_t ≈ 1
   }
+  const ce = keep * labelLoss + (alpha > 0 ? spread * spreadLoss : 0);
   const focal = k.focalGamma === 0 ? 1 : Math.pow(oneMinusPLabel, k.focalGamma);
   let unweighted = 0;
   if (k.polyEpsilon !== 0) unweighted += k.polyEpsilon * oneMinusPLabel;
@@ -245,7 +251,8 @@ export interface RowGrad {
   sqCoef: number; // s_U·2σ/(V − 1)     (times z_k, k ≠ t)
   stableSum: number;
   dlogSLabel: number; // s'(z_t)/s(z_t)
-  tau: number;
+  zMax: number;
+  tau: number; // relative to zMax
   labelInSupport: boolean;
   invSupport: number;
 }
@@ -270,8 +277,9 @@ export function rowGrad(
     sqCoef: k.vocab > 1 ? (sUnweighted * 2 * k.squentropy) / (k.vocab - 1) : 0,
     stableSum: st.stableSum,
     dlogSLabel: stablemaxDlogS(st.zLabel),
+    zMax: st.zMax,
     tau: st.tau,
-    labelInSupport: st.zLabel > st.tau,
+    labelInSupport: st.zLabel - st.zMax > st.tau,
     invSupport: st.support > 0 ? 1 / st.support : 0,
   };
 }
@@ -293,8 +301,9 @@ export function gradCoefficient(rg: RowGrad, z: number, isLabel: boolean, wK: nu
     d += rg.kappa * rg.pLabel * ((isLabel ? rg.dlogSLabel : 0) - dsOverS);
   } else {
     // sparsemax: ∂C = Σa·p_k − a_k; ∂p_t = [t, k ∈ supp](δ_tk − 1/|supp|)
-    const inSupport = z > rg.tau;
-    d += rg.mass * (inSupport ? z - rg.tau : 0);
+    const u = z - rg.zMax - rg.tau; // z − τ, formed relative to the max
+    const inSupport = u > 0;
+    d += rg.mass * (inSupport ? u : 0);
     if (rg.labelInSupport && inSupport) d += rg.kappa * ((isLabel ? 1 : 0) - rg.invSupport);
   }
   return d;

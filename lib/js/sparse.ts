@@ -33,15 +33,30 @@ export function sparsemaxThreshold(v: Float64Array, n: number): SparsemaxThresho
   return { tau, support, sumSqP };
 }
 
+/** Loads a row relative to its max (huge logits keep their gaps) and returns the max. */
+function loadShifted(x: Float32Array, base: number, cols: number, buf: Float64Array): number {
+  let max = -Infinity;
+  for (let j = 0; j < cols; j++) max = Math.max(max, x[base + j]!);
+  for (let j = 0; j < cols; j++) buf[j] = x[base + j]! - max;
+  return max;
+}
+
+/** τ of a row, relative to its max. */
+function rowThreshold(x: Float32Array, base: number, cols: number, buf: Float64Array, sortBuf: Float64Array): number {
+  loadShifted(x, base, cols, buf);
+  sortBuf.set(buf);
+  return sparsemaxThreshold(sortBuf, cols).tau;
+}
+
 export function sparsemax(inp: RowwiseInput): Float32Array {
   const { x, rows, cols } = inp;
   const out = new Float32Array(rows * cols);
   const buf = new Float64Array(cols);
+  const sortBuf = new Float64Array(cols);
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
-    for (let j = 0; j < cols; j++) buf[j] = x[base + j]!;
-    const { tau } = sparsemaxThreshold(buf, cols);
-    for (let j = 0; j < cols; j++) out[base + j] = Math.max(x[base + j]! - tau, 0);
+    const tau = rowThreshold(x, base, cols, buf, sortBuf);
+    for (let j = 0; j < cols; j++) out[base + j] = Math.max(buf[j]! - tau, 0);
   }
   return out;
 }
@@ -51,20 +66,20 @@ export function sparsemaxBackward(inp: RowwiseInput, dy: Float32Array): Float32A
   const { x, rows, cols } = inp;
   const out = new Float32Array(rows * cols);
   const buf = new Float64Array(cols);
+  const sortBuf = new Float64Array(cols);
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
-    for (let j = 0; j < cols; j++) buf[j] = x[base + j]!;
-    const { tau } = sparsemaxThreshold(buf, cols);
+    const tau = rowThreshold(x, base, cols, buf, sortBuf);
     let sum = 0;
     let count = 0;
     for (let j = 0; j < cols; j++) {
-      if (x[base + j]! > tau) {
+      if (buf[j]! > tau) {
         sum += dy[base + j]!;
         count++;
       }
     }
     const mean = count > 0 ? sum / count : 0;
-    for (let j = 0; j < cols; j++) out[base + j] = x[base + j]! > tau ? dy[base + j]! - mean : 0;
+    for (let j = 0; j < cols; j++) out[base + j] = buf[j]! > tau ? dy[base + j]! - mean : 0;
   }
   return out;
 }
@@ -94,9 +109,8 @@ function entmaxThreshold(u: Float64Array, n: number, sortBuf: Float64Array): num
 }
 
 function entmaxRow(x: Float32Array, base: number, cols: number, u: Float64Array, sortBuf: Float64Array): number {
-  let max = -Infinity;
-  for (let j = 0; j < cols; j++) max = Math.max(max, x[base + j]!);
-  for (let j = 0; j < cols; j++) u[j] = (x[base + j]! - max) / 2; // shift first: exact for huge logits
+  loadShifted(x, base, cols, u);
+  for (let j = 0; j < cols; j++) u[j] = u[j]! / 2;
   return entmaxThreshold(u, cols, sortBuf);
 }
 
