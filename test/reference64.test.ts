@@ -2,7 +2,7 @@
  * Tests of the float64 reference itself (test/reference64.ts), so the library's tests can
  * trust it: published known-answer vectors, closed forms worked out by hand, PyTorch facts,
  * dual-number gradients against central finite differences, and a third opinion from the
- * hand-derived gradient formulas of docs/semantics.md.
+ * hand-derived gradient formulas of README "Semantics".
  */
 import { describe, expect, it } from 'vitest';
 import {
@@ -79,7 +79,7 @@ function ceObjective(logits: number[][], labels: number[], o: CeOptions): number
   return (typeof o.gradScale === 'number' ? o.gradScale : 1) * (loss as number);
 }
 
-/** The dz/dx closed form of docs/semantics.md, transcribed literally (a third opinion). */
+/** The dz/dx closed form of README "Semantics", transcribed literally (a third opinion). */
 function docCeGrad(logits: number[][], labels: number[], o: CeOptions): number[][] {
   const V = logits[0].length;
   const red = o.reduction ?? 'mean';
@@ -366,7 +366,7 @@ describe('entmax15', () => {
 });
 
 // ---------------------------------------------------------------------------------------
-// Row-wise VJPs: dual numbers vs finite differences vs the formulas of semantics.md
+// Row-wise VJPs: dual numbers vs finite differences vs the formulas of README "Semantics"
 // ---------------------------------------------------------------------------------------
 
 describe('row-wise backward (Jᵀ·dy)', () => {
@@ -638,7 +638,7 @@ describe('crossEntropyGrad', () => {
     ['everything, sparsemax, none', { ...everything, normalizer: 'sparsemax', reduction: 'none', gradScale: [1, 2, 3, 4, 5] }],
   ];
 
-  it.each(cases)('%s: duals = central finite differences = semantics.md closed form', (_name, o) => {
+  it.each(cases)('%s: duals = central finite differences = README closed form', (_name, o) => {
     const labels = baseLabels.map((t) => (t === -100 ? (o.ignoreIndex ?? -100) : t));
     const grad = crossEntropyGrad(logits, labels, o);
     const fd = finiteDiff((v) => ceObjective(unflatten(v, N, V), labels, o), Float64Array.from(logits.flat()));

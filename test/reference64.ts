@@ -1,9 +1,9 @@
 /**
  * Independent float64 reference for the cutloss test suite.
  *
- * Everything is materialized straight from docs/semantics.md, one row at a time, in float64,
+ * Everything is materialized straight from README "Semantics", one row at a time, in float64,
  * with no blocking and no online tricks. Gradients and VJPs never use the hand-derived
- * formulas of semantics.md: they come from forward-mode automatic differentiation (dual
+ * formulas of README "Semantics": they come from forward-mode automatic differentiation (dual
  * numbers) of the very same forward code, one pass per input element. That is slow
  * (O(V²) per row) but exact up to rounding; keep V in the hundreds.
  *
@@ -305,7 +305,7 @@ function checkSeed(seed: number): void {
   if (!(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 53)) throw new RangeError(`seed must be an integer in [0, 2^53), got ${seed}`);
 }
 
-/** The uniforms u of semantics.md: element e = row·cols + col takes word e mod 4 of
+/** The uniforms u of README "Semantics": element e = row·cols + col takes word e mod 4 of
  * Philox(counter [q mod 2^32, floor(q/2^32), 0, 0], key [seed mod 2^32, floor(seed/2^32)]),
  * q = floor(e/4); u = ((word >>> 9) + 0.5)·2^-23, exact in fp32 and float64. */
 export function gumbelUniforms(seed: number, rows: number, cols: number): number[][] {
@@ -439,7 +439,7 @@ function effectiveLogits(x: readonly Dual[], o: CeResolved): Dual[] {
   return y.map((yj) => yj.div(o.temperature));
 }
 
-/** All of one row's loss, materialized from the table in semantics.md. */
+/** All of one row's loss, materialized from the tables of README "Semantics". */
 function ceRowTerms(x: readonly Dual[], t: number, o: CeResolved): RowTerms {
   const V = x.length;
   const z = effectiveLogits(x, o);
