@@ -146,6 +146,11 @@ describe('edge values', () => {
       expect(Array.from(y.subarray(3)).every(Number.isFinite)).toBe(true);
     }
     expect(lib.logSumExp(x)[0]).toBeNaN();
+    for (const hard of [false, true]) {
+      const g = lib.gumbelSoftmax(x, { seed: 3, hard }).data;
+      expect(Array.from(g.subarray(0, 3)).every(Number.isNaN)).toBe(true);
+      expect(Array.from(g.subarray(3)).every(Number.isFinite)).toBe(true);
+    }
   });
 });
 

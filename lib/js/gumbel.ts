@@ -41,8 +41,13 @@ export function gumbelSoftmax(inp: RowwiseInput, tau: number, hard: boolean, see
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     let best = 0;
-    for (let j = 1; j < cols; j++) if (y[base + j]! > y[base + best]!) best = j; // first maximum wins ties
-    if (Number.isNaN(y[base + best]!)) out.fill(NaN, base, base + cols);
+    let nan = false;
+    for (let j = 0; j < cols; j++) {
+      const v = y[base + j]!;
+      if (Number.isNaN(v)) nan = true;
+      else if (v > y[base + best]!) best = j; // the first maximum wins ties
+    }
+    if (nan) out.fill(NaN, base, base + cols); // no argmax exists: say so rather than guess
     else out[base + best] = 1;
   }
   return out;
