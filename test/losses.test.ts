@@ -263,6 +263,11 @@ describe('edge values', () => {
     expect(loss[1]).toBeCloseTo(Math.log(Math.exp(0) + Math.exp(1) + Math.exp(2)) - 2, 6);
     expect(crossEntropy(t, new Int32Array([1, 2])).loss).toBeNaN();
   });
+  it('linearCrossEntropy keeps IEEE semantics: 0·NaN in E·Wᵀ is NaN', () => {
+    const E = tensor(Float32Array.from([0, 1, 0, 1, 0, 1, 0, 1]), [4, 2]);
+    const W = tensor(Float32Array.from([NaN, 1, 1, 1]), [2, 2]);
+    expect(linearCrossEntropy(E, W, new Int32Array([1, 1, 1, 1]), { computeGrad: false }).loss).toBeNaN();
+  });
   it('a label at −inf has infinite loss', () => {
     const r = crossEntropy(tensor(Float32Array.from([-Infinity, 0]), [1, 2]), new Int32Array([0]));
     expect(r.loss).toBe(Infinity);

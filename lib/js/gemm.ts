@@ -1,133 +1,99 @@
-// The three tile products of the fused linear cross-entropy, in plain TypeScript:
-//   logits  X  = E·Wᵀ      (gemmNT: both operands row-major with D contiguous)
-//   dE     += G·W          (gemmNNAcc)
-//   dW     += Gᵀ·E         (gemmTNAcc)
-// Register blocking (4 rows × 2 or 4 columns held in locals) lets V8 keep partial sums in
-// registers; accumulation is float64.
+// The three tile products of the fused linear cross-entropy, in plain TypeScript, all one
+// accumulate-product kernel (gemmAcc) with different strides:
+//   logits  X += E·Wᵀ_tile  (gemmNNAcc, with the W tile transposed once per class tile)
+//   dE     += G·W           (gemmNNAcc)
+//   dW     += Gᵀ·E          (gemmTNAcc)
+// Accumulation is float64.
 
 type Vec = Float32Array | Float64Array;
 
-/** C[i·ldc + j] = Σ_d A[aOff + i·lda + d]·B[bOff + j·ldb + d] for i < m, j < n. */
-export function gemmNT(
-  m: number, n: number, k: number,
-  A: Vec, aOff: number, lda: number,
-  B: Vec, bOff: number, ldb: number,
-  C: Float64Array, ldc: number,
+/**
+ * C[p·ldc + d] += Σ_q K(p, q)·M[mOff + q·ldm + d] for p < P, d < Dk (q < Q), where
+ * K(p, q) = G[gOff + p·kp + q·kq]: with (kp, kq) = (ldg, 1) this is G·M, with (1, ldg) Gᵀ·M.
+ * A 4 × 4 block of K sits in locals while the d loop streams four rows of M and four of C,
+ * so each C element is loaded and stored once per sixteen products.
+ */
+function gemmAcc(
+  P: number, Q: number, Dk: number,
+  G: Vec, gOff: number, kp: number, kq: number,
+  M: Vec, mOff: number, ldm: number,
+  C: Float64Array, cOff: number, ldc: number,
+  skipZeros: boolean,
 ): void {
-  let i = 0;
-  for (; i + 4 <= m; i += 4) {
-    const a0 = aOff + i * lda;
-    const a1 = a0 + lda;
-    const a2 = a1 + lda;
-    const a3 = a2 + lda;
-    let j = 0;
-    for (; j + 2 <= n; j += 2) {
-      const b0 = bOff + j * ldb;
-      const b1 = b0 + ldb;
-      let c00 = 0, c01 = 0, c10 = 0, c11 = 0, c20 = 0, c21 = 0, c30 = 0, c31 = 0;
-      for (let d = 0; d < k; d++) {
-        const w0 = B[b0 + d]!;
-        const w1 = B[b1 + d]!;
-        const e0 = A[a0 + d]!;
-        const e1 = A[a1 + d]!;
-        const e2 = A[a2 + d]!;
-        const e3 = A[a3 + d]!;
-        c00 += e0 * w0; c01 += e0 * w1;
-        c10 += e1 * w0; c11 += e1 * w1;
-        c20 += e2 * w0; c21 += e2 * w1;
-        c30 += e3 * w0; c31 += e3 * w1;
+  let p = 0;
+  for (; p + 4 <= P; p += 4) {
+    const c0 = cOff + p * ldc;
+    const c1 = c0 + ldc;
+    const c2 = c1 + ldc;
+    const c3 = c2 + ldc;
+    let q = 0;
+    for (; q + 4 <= Q; q += 4) {
+      const g = gOff + p * kp + q * kq;
+      const k00 = G[g]!, k01 = G[g + kq]!, k02 = G[g + 2 * kq]!, k03 = G[g + 3 * kq]!;
+      const k10 = G[g + kp]!, k11 = G[g + kp + kq]!, k12 = G[g + kp + 2 * kq]!, k13 = G[g + kp + 3 * kq]!;
+      const k20 = G[g + 2 * kp]!, k21 = G[g + 2 * kp + kq]!, k22 = G[g + 2 * kp + 2 * kq]!, k23 = G[g + 2 * kp + 3 * kq]!;
+      const k30 = G[g + 3 * kp]!, k31 = G[g + 3 * kp + kq]!, k32 = G[g + 3 * kp + 2 * kq]!, k33 = G[g + 3 * kp + 3 * kq]!;
+      if (
+        skipZeros && k00 === 0 && k01 === 0 && k02 === 0 && k03 === 0 && k10 === 0 && k11 === 0 && k12 === 0 && k13 === 0 &&
+        k20 === 0 && k21 === 0 && k22 === 0 && k23 === 0 && k30 === 0 && k31 === 0 && k32 === 0 && k33 === 0
+      ) continue; // ignored rows cost nothing in the backward (the forward keeps 0·NaN = NaN)
+      const m0 = mOff + q * ldm;
+      const m1 = m0 + ldm;
+      const m2 = m1 + ldm;
+      const m3 = m2 + ldm;
+      for (let d = 0; d < Dk; d++) {
+        const a = M[m0 + d]!, b = M[m1 + d]!, c = M[m2 + d]!, e = M[m3 + d]!;
+        C[c0 + d] += k00 * a + k01 * b + k02 * c + k03 * e;
+        C[c1 + d] += k10 * a + k11 * b + k12 * c + k13 * e;
+        C[c2 + d] += k20 * a + k21 * b + k22 * c + k23 * e;
+        C[c3 + d] += k30 * a + k31 * b + k32 * c + k33 * e;
       }
-      const c = i * ldc + j;
-      C[c] = c00; C[c + 1] = c01;
-      C[c + ldc] = c10; C[c + ldc + 1] = c11;
-      C[c + 2 * ldc] = c20; C[c + 2 * ldc + 1] = c21;
-      C[c + 3 * ldc] = c30; C[c + 3 * ldc + 1] = c31;
     }
-    for (; j < n; j++) {
-      const b0 = bOff + j * ldb;
-      let c0 = 0, c1 = 0, c2 = 0, c3 = 0;
-      for (let d = 0; d < k; d++) {
-        const w = B[b0 + d]!;
-        c0 += A[a0 + d]! * w; c1 += A[a1 + d]! * w; c2 += A[a2 + d]! * w; c3 += A[a3 + d]! * w;
+    for (; q < Q; q++) {
+      const g = gOff + p * kp + q * kq;
+      const k0 = G[g]!, k1 = G[g + kp]!, k2 = G[g + 2 * kp]!, k3 = G[g + 3 * kp]!;
+      const m0 = mOff + q * ldm;
+      for (let d = 0; d < Dk; d++) {
+        const a = M[m0 + d]!;
+        C[c0 + d] += k0 * a;
+        C[c1 + d] += k1 * a;
+        C[c2 + d] += k2 * a;
+        C[c3 + d] += k3 * a;
       }
-      const c = i * ldc + j;
-      C[c] = c0; C[c + ldc] = c1; C[c + 2 * ldc] = c2; C[c + 3 * ldc] = c3;
     }
   }
-  for (; i < m; i++) {
-    const a0 = aOff + i * lda;
-    for (let j = 0; j < n; j++) {
-      const b0 = bOff + j * ldb;
-      let s = 0;
-      for (let d = 0; d < k; d++) s += A[a0 + d]! * B[b0 + d]!;
-      C[i * ldc + j] = s;
+  for (; p < P; p++) {
+    const c0 = cOff + p * ldc;
+    for (let q = 0; q < Q; q++) {
+      const k = G[gOff + p * kp + q * kq]!;
+      if (skipZeros && k === 0) continue;
+      const m0 = mOff + q * ldm;
+      for (let d = 0; d < Dk; d++) C[c0 + d] += k * M[m0 + d]!;
     }
   }
 }
 
 /**
- * C[i·ldc + d] += Σ_j G[i·ldg + j]·B[bOff + j·ldb + d] for i < m, d < k (j < n).
- * Four j at a time, so each C element is loaded and stored once per four products.
+ * C[cOff + i·ldc + d] += Σ_j G[gOff + i·ldg + j]·B[bOff + j·ldb + d] for i < m, d < k (j < n):
+ * logits += E·Wᵀ_tile, dE += G·W. `skipZeros` skips 4 × 4 blocks of G that are all zero.
  */
 export function gemmNNAcc(
   m: number, n: number, k: number,
-  G: Float64Array, ldg: number,
+  G: Vec, gOff: number, ldg: number,
   B: Vec, bOff: number, ldb: number,
   C: Float64Array, cOff: number, ldc: number,
+  skipZeros = false,
 ): void {
-  for (let i = 0; i < m; i++) {
-    const g = i * ldg;
-    const c = cOff + i * ldc;
-    let j = 0;
-    for (; j + 4 <= n; j += 4) {
-      const g0 = G[g + j]!, g1 = G[g + j + 1]!, g2 = G[g + j + 2]!, g3 = G[g + j + 3]!;
-      if (g0 === 0 && g1 === 0 && g2 === 0 && g3 === 0) continue;
-      const b0 = bOff + j * ldb;
-      const b1 = b0 + ldb;
-      const b2 = b1 + ldb;
-      const b3 = b2 + ldb;
-      for (let d = 0; d < k; d++) {
-        C[c + d] += g0 * B[b0 + d]! + g1 * B[b1 + d]! + g2 * B[b2 + d]! + g3 * B[b3 + d]!;
-      }
-    }
-    for (; j < n; j++) {
-      const g0 = G[g + j]!;
-      if (g0 === 0) continue;
-      const b0 = bOff + j * ldb;
-      for (let d = 0; d < k; d++) C[c + d] += g0 * B[b0 + d]!;
-    }
-  }
+  gemmAcc(m, n, k, G, gOff, ldg, 1, B, bOff, ldb, C, cOff, ldc, skipZeros);
 }
 
-/**
- * C[j·ldc + d] += Σ_i G[i·ldg + j]·A[aOff + i·lda + d] for j < n, d < k (i < m).
- * Four i at a time, for the same reason as gemmNNAcc.
- */
+/** C[cOff + j·ldc + d] += Σ_i G[gOff + i·ldg + j]·A[aOff + i·lda + d] for j < n, d < k (i < m): dW += Gᵀ·E. */
 export function gemmTNAcc(
   m: number, n: number, k: number,
-  G: Float64Array, ldg: number,
+  G: Vec, gOff: number, ldg: number,
   A: Vec, aOff: number, lda: number,
   C: Float64Array, cOff: number, ldc: number,
+  skipZeros = false,
 ): void {
-  for (let j = 0; j < n; j++) {
-    const c = cOff + j * ldc;
-    let i = 0;
-    for (; i + 4 <= m; i += 4) {
-      const g0 = G[i * ldg + j]!, g1 = G[(i + 1) * ldg + j]!, g2 = G[(i + 2) * ldg + j]!, g3 = G[(i + 3) * ldg + j]!;
-      if (g0 === 0 && g1 === 0 && g2 === 0 && g3 === 0) continue;
-      const a0 = aOff + i * lda;
-      const a1 = a0 + lda;
-      const a2 = a1 + lda;
-      const a3 = a2 + lda;
-      for (let d = 0; d < k; d++) {
-        C[c + d] += g0 * A[a0 + d]! + g1 * A[a1 + d]! + g2 * A[a2 + d]! + g3 * A[a3 + d]!;
-      }
-    }
-    for (; i < m; i++) {
-      const g0 = G[i * ldg + j]!;
-      if (g0 === 0) continue;
-      const a0 = aOff + i * lda;
-      for (let d = 0; d < k; d++) C[c + d] += g0 * A[a0 + d]!;
-    }
-  }
+  gemmAcc(n, m, k, G, gOff, 1, ldg, A, aOff, lda, C, cOff, ldc, skipZeros);
 }

@@ -3,7 +3,7 @@
 // E_tile·W_tileᵀ + b and folds the tile's gradient into dE, dW and dBias at once, so the
 // N×V logits never exist.
 
-import { gemmNNAcc, gemmNT, gemmTNAcc } from './gemm.js';
+import { gemmNNAcc, gemmTNAcc } from './gemm.js';
 import { runFusedLoss, type LogitSource, type LossConfig } from './fusedLoss.js';
 
 /** Tiles sized so a logit tile (64×256 float64 = 128 KiB) and its W rows stay in cache. */
@@ -42,6 +42,9 @@ class LinearLogits implements LogitSource {
   readonly dW: Float32Array | null;
   readonly dBias: Float64Array | null;
   private readonly dWTile: Float64Array | null;
+  private readonly wT: Float64Array;
+  private wTileStart = -1;
+  private wTileCols = 0;
   constructor(
     private readonly E: Float32Array,
     private readonly W: Float32Array,
@@ -56,20 +59,36 @@ class LinearLogits implements LogitSource {
     this.dW = withGrad ? new Float32Array(V * D) : null;
     this.dWTile = withGrad ? new Float64Array(Math.min(tileCols, V) * D) : null;
     this.dBias = withGrad && bias !== null ? new Float64Array(V) : null;
+    this.wT = new Float64Array(Math.min(tileCols, V) * D);
   }
   fill(r0: number, nr: number, c0: number, nc: number, out: Float64Array): void {
     const D = this.D;
-    gemmNT(nr, nc, D, this.E, r0 * D, D, this.W, c0 * D, D, out, nc);
+    if (c0 !== this.wTileStart || nc !== this.wTileCols) this.transposeWTile(c0, nc);
+    out.fill(0, 0, nr * nc);
+    gemmNNAcc(nr, D, nc, this.E, r0 * D, D, this.wT, 0, nc, out, 0, nc);
     const b = this.bias;
     if (b !== null) for (let r = 0; r < nr; r++) for (let j = 0; j < nc; j++) out[r * nc + j] += b[c0 + j]!;
+  }
+  /**
+   * Wᵀ of the class tile, so logits accumulate as X += E[:, d]·Wᵀ[d, :] with the class index
+   * contiguous; every row tile of the tile reuses it (the walk is class-tile outermost).
+   */
+  private transposeWTile(c0: number, nc: number): void {
+    const { D, W, wT } = this;
+    for (let j = 0; j < nc; j++) {
+      const src = (c0 + j) * D;
+      for (let d = 0; d < D; d++) wT[d * nc + j] = W[src + d]!;
+    }
+    this.wTileStart = c0;
+    this.wTileCols = nc;
   }
   beginClassTile(): void {
     this.dWTile!.fill(0);
   }
   accumulateGrad(r0: number, nr: number, c0: number, nc: number, grad: Float64Array): void {
     const D = this.D;
-    gemmNNAcc(nr, nc, D, grad, nc, this.W, c0 * D, D, this.dE!, r0 * D, D);
-    gemmTNAcc(nr, nc, D, grad, nc, this.E, r0 * D, D, this.dWTile!, 0, D);
+    gemmNNAcc(nr, nc, D, grad, 0, nc, this.W, c0 * D, D, this.dE!, r0 * D, D, true);
+    gemmTNAcc(nr, nc, D, grad, 0, nc, this.E, r0 * D, D, this.dWTile!, 0, D, true);
     const db = this.dBias;
     if (db !== null) for (let r = 0; r < nr; r++) for (let j = 0; j < nc; j++) db[c0 + j] += grad[r * nc + j]!;
   }
