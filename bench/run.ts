@@ -16,6 +16,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, readSync, rmSync, writeFi
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { linearChart, type ChartGroup } from './chart.js';
 import type { WorkerResult, WorkerSpec } from './worker.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -323,6 +324,16 @@ const results = {
 const outFile = path.join(outDir, 'results.json');
 writeFileSync(outFile, `${JSON.stringify(results, null, 2)}\n`);
 console.log(`wrote ${path.relative(root, outFile)}`);
+const chartFile = path.join(outDir, 'chart.svg');
+const groups: ChartGroup[] = linear.map((e) => ({
+  label: `V = ${e.V}`,
+  bars: [e.cutloss, e.tfjs].filter((r): r is WorkerResult => r !== null).map((r) => ({
+    name: r.spec.impl, seconds: r.medianMs / 1000, growthMiB: r.memory.growthBytes / 2 ** 20,
+  })),
+}));
+const caption = `linearCrossEntropy E [${LINEAR.N}, ${LINEAR.D}], W [V, ${LINEAR.D}], f32; ${String(info.cpuModel)}, ${String(info.cores)} cores, Node ${String(info.node)}`;
+writeFileSync(chartFile, linearChart(groups, caption));
+console.log(`wrote ${path.relative(root, chartFile)}`);
 if (failed) {
   console.error('bench: cutloss and tfjs disagree; the comparison above is not of the same computation');
   process.exitCode = 1;

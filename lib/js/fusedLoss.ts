@@ -9,8 +9,8 @@
 
 import { sparsemaxThreshold } from './sparse.js';
 import {
-  NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX, effectiveLogit, effectiveSlope, expShifted, gradCoefficient,
-  lseRescale, lseValue, rowGrad, rowLoss, stablemaxLogS, stablemaxS,
+  NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX, effectiveLogit, effectiveSlope, gradCoefficient, lseOfBlock,
+  lseValue, mergeLse, rowGrad, rowLoss, stablemaxLogS, stablemaxS,
   type LossConstants, type RowGrad, type RowStats,
 } from './math.js';
 
@@ -136,13 +136,11 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
       for (let r = 0; r < nr; r++) {
         const row = r0 + r;
         const o = r * nc;
-        let tMax = -Infinity;
-        for (let j = 0; j < nc; j++) tMax = Math.max(tMax, tile[o + j]!);
-        let tSum = 0;
-        for (let j = 0; j < nc; j++) tSum += expShifted(tile[o + j]!, tMax);
-        const m = Math.max(rowMax[row]!, tMax); // online merge of (max, Σ exp) partials
-        rowSum[row] = m === -Infinity ? 0 : lseRescale(rowSum[row]!, rowMax[row]!, m) + lseRescale(tSum, tMax, m);
+        // online log-sum-exp: the tile's (max, Σ exp) partial merged into the row's
+        const merged = mergeLse({ max: rowMax[row]!, sum: rowSum[row]! }, lseOfBlock(tile, o, o + nc));
+        const m = merged.max;
         rowMax[row] = m;
+        rowSum[row] = merged.sum;
         const t = labels[row]! - c0;
         if (t >= 0 && t < nc) zLabel[row] = tile[o + t]!;
         if (sumWZ !== null) {
