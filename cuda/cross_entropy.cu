@@ -1,0 +1,203 @@
+// Cross-entropy from logits with every option of README "Losses" (label smoothing, class
+// weights, z-loss, softcap, temperature, softmax / StableMax / sparsemax normalizers, focal,
+// Poly-1, squentropy). The forward reads each row once: the online log-sum-exp and the few
+// sums the options need are reduced together (plus, for sparsemax, Michelot's threshold
+// passes), and the row's loss is finished by rowLoss of cuda/math/loss.cuh. It leaves
+// RowStats per row so the backward, after the host has formed the reduction scales, writes
+// dLogits in a second pass from gradCoefficient alone, with no reduction and no barrier.
+// This is lib/js/fusedLoss.ts with a dense logit source, one block per row.
+#include "common.cuh"
+
+namespace cutloss {
+namespace CUTLOSS_KERNEL_NS {
+
+// rowStats layout: kRowStatFloats floats per row, the RowStats fields at these offsets.
+enum RowStatOffset : int {
+  kStatLse = 0,
+  kStatZLabel = 1,
+  kStatSumWeightedZ = 2,
+  kStatSumSqOthers = 3,
+  kStatStableSum = 4,
+  kStatSumWeightedLogS = 5,
+  kStatZMax = 6,
+  kStatTau = 7,
+  kStatOmega = 8,
+  kStatSupport = 9,
+  kStatCount = 10,
+};
+static_assert(kStatCount <= kRowStatFloats, "RowStats must fit in the rowStats stride");
+
+// ---------------------------------------------------------------- kernels
+
+__device__ __forceinline__ LossConstants lossConstants(const LossParams& p) {
+  return LossConstants{p.vocab, p.normalizer, p.smoothing, p.focalGamma, p.polyEpsilon, p.zLoss, p.squentropy};
+}
+
+__device__ __forceinline__ float classWeight(const LossParams& p, int j) {
+  return p.classWeights == nullptr ? 1.0f : p.classWeights[j];
+}
+
+/** A label the caller let through that is neither a class nor ignoreIndex gives NaN, never a wild read. */
+__device__ __forceinline__ bool isClass(int label, int cols) { return label >= 0 && label < cols; }
+
+/** Everything the forward reduces over a row, in one pass. */
+struct RowSums {
+  LseState lse;
+  float sumWeightedZ, sumSqOthers, stableSum, sumWeightedLogS;
+};
+__device__ __forceinline__ RowSums shuffleXor(RowSums v, int lane) {
+  return RowSums{shuffleXor(v.lse, lane), shuffleXor(v.sumWeightedZ, lane), shuffleXor(v.sumSqOthers, lane),
+                 shuffleXor(v.stableSum, lane), shuffleXor(v.sumWeightedLogS, lane)};
+}
+struct CombineRowSums {
+  __device__ __forceinline__ RowSums operator()(RowSums a, RowSums b) const {
+    return RowSums{mergeLse(a.lse, b.lse), a.sumWeightedZ + b.sumWeightedZ, a.sumSqOthers + b.sumSqOthers,
+                   a.stableSum + b.stableSum, a.sumWeightedLogS + b.sumWeightedLogS};
+  }
+};
+
+__global__ void __launch_bounds__(kMaxRowThreads)
+    crossEntropyForwardKernel(MatrixRef logits, const int32_t* labels, LossParams p, CrossEntropyForwardOut out) {
+  const int cols = static_cast<int>(logits.cols);
+  const LossConstants k = lossConstants(p);
+  // which sums the options need (uniform: every thread takes the same branches)
+  const bool smoothing = p.smoothing > 0.0f;
+  const bool squentropy = p.squentropy != 0.0f;
+  const bool stable = p.normalizer == kNormalizerStablemax;
+  const RowSums empty{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t row = blockIdx.x; row < logits.rows; row += gridDim.x) {
+    const int64_t base = row * logits.cols;  // int64: N·V may exceed 2^31
+    const int label = labels[row];
+    const auto z = [&](int j) {
+      return effectiveLogit(loadElement(logits.data, logits.dtype, base + j), p.softcap, p.invTemperature);
+    };
+    RowSums s = empty;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float zj = z(j);
+      s.lse = lsePush(s.lse, zj);
+      if (smoothing) s.sumWeightedZ += classWeight(p, j) * zj;
+      if (squentropy && j != label) s.sumSqOthers += zj * zj;
+      if (stable) {
+        s.stableSum += stablemaxS(zj);
+        if (smoothing) s.sumWeightedLogS += classWeight(p, j) * stablemaxLogS(zj);
+      }
+    }
+    s = blockAllReduce(s, CombineRowSums(), empty);
+
+    RowStats st;
+    st.lse = lseValue(s.lse);
+    st.zLabel = isClass(label, cols) ? z(label) : quietNaN();
+    st.sumWeightedZ = s.sumWeightedZ;
+    st.sumSqOthers = s.sumSqOthers;
+    st.stableSum = s.stableSum;
+    st.sumWeightedLogS = s.sumWeightedLogS;
+    st.zMax = s.lse.max;
+    st.tau = 0.0f;
+    st.omega = 0.0f;
+    st.support = 0.0f;
+    if (p.normalizer == kNormalizerSparsemax) {
+      const float zMax = st.zMax;
+      const SparsemaxThreshold th = sparsemaxThresholdOfRow([&](int j) { return z(j) - zMax; }, cols, zMax);
+      st.tau = th.tau;
+      st.support = th.support;
+      st.omega = th.tau + 0.5f * (1.0f + th.sumSqP);
+    }
+
+    if (threadIdx.x == 0) {
+      float* stats = out.rowStats + row * kRowStatFloats;
+      stats[kStatLse] = st.lse;
+      stats[kStatZLabel] = st.zLabel;
+      stats[kStatSumWeightedZ] = st.sumWeightedZ;
+      stats[kStatSumSqOthers] = st.sumSqOthers;
+      stats[kStatStableSum] = st.stableSum;
+      stats[kStatSumWeightedLogS] = st.sumWeightedLogS;
+      stats[kStatZMax] = st.zMax;
+      stats[kStatTau] = st.tau;
+      stats[kStatOmega] = st.omega;
+      stats[kStatSupport] = st.support;
+      out.lse[row] = st.lse;  // every row's, ignored ones too
+      if (label == p.ignoreIndex) {
+        out.weighted[row] = 0.0f;
+        out.unweighted[row] = 0.0f;
+      } else {
+        const float wLabel = isClass(label, cols) ? classWeight(p, label) : quietNaN();
+        const RowLoss rl = rowLoss(k, st, wLabel, p.sumWeights);
+        out.weighted[row] = rl.weighted;
+        out.unweighted[row] = rl.unweighted;
+      }
+    }
+  }
+}
+
+/**
+ * dLogits = gradCoefficient(z)·dz/dx per element. Each thread rebuilds the row's RowGrad
+ * from the stored RowStats (a few scalar operations), so threads never wait on each other.
+ */
+__global__ void __launch_bounds__(kMaxRowThreads)
+    crossEntropyBackwardKernel(MatrixRef logits, const int32_t* labels, LossParams p, const float* rowStats,
+                               const float* scaleWeighted, const float* scaleUnweighted, MutMatrixRef dLogits) {
+  const int cols = static_cast<int>(logits.cols);
+  const LossConstants k = lossConstants(p);
+  for (int64_t row = blockIdx.x; row < logits.rows; row += gridDim.x) {
+    const int64_t base = row * logits.cols;
+    const int label = labels[row];
+    if (label == p.ignoreIndex) {  // no loss, no gradient
+      for (int j = threadIdx.x; j < cols; j += blockDim.x) storeElement(dLogits.data, dLogits.dtype, base + j, 0.0f);
+      continue;
+    }
+    const float* stats = rowStats + row * kRowStatFloats;
+    RowStats st;
+    st.lse = stats[kStatLse];
+    st.zLabel = stats[kStatZLabel];
+    st.sumWeightedZ = stats[kStatSumWeightedZ];
+    st.sumSqOthers = stats[kStatSumSqOthers];
+    st.stableSum = stats[kStatStableSum];
+    st.sumWeightedLogS = stats[kStatSumWeightedLogS];
+    st.zMax = stats[kStatZMax];
+    st.tau = stats[kStatTau];
+    st.omega = stats[kStatOmega];
+    st.support = stats[kStatSupport];
+    const float wLabel = isClass(label, cols) ? classWeight(p, label) : quietNaN();
+    const RowLoss rl = rowLoss(k, st, wLabel, p.sumWeights);
+    const RowGrad rg = rowGrad(k, st, rl, wLabel, scaleWeighted[row], scaleUnweighted[row]);
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float x = loadElement(logits.data, logits.dtype, base + j);
+      const float zj = effectiveLogit(x, p.softcap, p.invTemperature);
+      const float coef = gradCoefficient(rg, zj, j == label, classWeight(p, j));
+      storeElement(dLogits.data, dLogits.dtype, base + j, coef * effectiveSlope(x, p.softcap, p.invTemperature));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- launchers
+
+inline void checkLossShape(const char* op, const MatrixRef& logits, const LossParams& p) {
+  checkRowShape(op, logits.rows, logits.cols);
+  if (p.vocab != logits.cols) {
+    throwInvalid(op, "vocab " + std::to_string(p.vocab) + " but logits have " + std::to_string(logits.cols) + " columns");
+  }
+  if (p.normalizer < kNormalizerSoftmax || p.normalizer > kNormalizerSparsemax) {
+    throwInvalid(op, "unknown normalizer " + std::to_string(p.normalizer));
+  }
+}
+
+void crossEntropyForward(const MatrixRef& logits, const int32_t* labels, const LossParams& p,
+                         const CrossEntropyForwardOut& out, Stream s) {
+  checkLossShape("crossEntropyForward", logits, p);
+  if (logits.rows == 0) return;
+  CUTLOSS_RUN("crossEntropyForward", crossEntropyForwardKernel, rowBlocks(logits.rows), rowThreads(logits.cols), 0, s,
+              logits, labels, p, out);
+}
+
+void crossEntropyBackward(const MatrixRef& logits, const int32_t* labels, const LossParams& p, const float* rowStats,
+                          const float* scaleWeighted, const float* scaleUnweighted, const MutMatrixRef& dLogits,
+                          Stream s) {
+  checkLossShape("crossEntropyBackward", logits, p);
+  checkSameShape("crossEntropyBackward", "dLogits", logits.rows, logits.cols, dLogits.rows, dLogits.cols);
+  if (logits.rows == 0) return;
+  CUTLOSS_RUN("crossEntropyBackward", crossEntropyBackwardKernel, rowBlocks(logits.rows), rowThreads(logits.cols), 0, s,
+              logits, labels, p, rowStats, scaleWeighted, scaleUnweighted, dLogits);
+}
+
+}  // namespace CUTLOSS_KERNEL_NS
+}  // namespace cutloss

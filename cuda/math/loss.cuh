@@ -1,0 +1,165 @@
+// The per-row loss and gradient epilogues of README "Losses", mirroring lib/js/math.ts:
+//   a_j = (1 − α)·w_t·[j = t] + (α/V)·w_j,  C = Σ_j a_j·ℓ_j,  F = (1 − p_t)^γ,
+//   U = ε·(1 − p_t) + λ·lse² + σ·Σ_{j≠t} z_j² / (V − 1),  loss = F·C + U.
+// A kernel reduces a row to RowStats once; rowLoss turns them into the row's loss, rowGrad
+// into the few per-row constants that gradCoefficient needs for each element. fp32 here,
+// float64 in the reference.
+#pragma once
+
+#include "lse.cuh"
+#include "scalar.cuh"
+#include "stablemax.cuh"
+
+namespace cutloss {
+
+constexpr int kNormalizerSoftmax = 0;
+constexpr int kNormalizerStablemax = 1;
+constexpr int kNormalizerSparsemax = 2;
+
+struct LossConstants {
+  int vocab;
+  int normalizer;     // kNormalizer*
+  float smoothing;    // α
+  float focalGamma;   // γ
+  float polyEpsilon;  // ε
+  float zLoss;        // λ
+  float squentropy;   // σ: 1 or 0
+};
+
+/** What the forward pass reduces for each row (only the fields its options need). */
+struct RowStats {
+  float lse;              // log Σ exp(z)
+  float zLabel;           // z_t
+  float sumWeightedZ;     // Σ_j w_j z_j (for smoothing)
+  float sumSqOthers;      // Σ_{j≠t} z_j² (squentropy)
+  float stableSum;        // S = Σ s(z_j)
+  float sumWeightedLogS;  // Σ_j w_j log s(z_j)
+  // Sparsemax values are kept relative to the row max m, so huge logits lose no precision.
+  float zMax;     // m
+  float tau;      // τ − m
+  float omega;    // Ω − m = (τ − m) + ½(1 + Σ_supp (z − τ)²)
+  float support;  // |supp|
+};
+
+struct RowLoss {
+  float loss;
+  float weighted;    // F·C, the part reduced by the summed target weights
+  float unweighted;  // U
+  float pLabel;      // p_t under the normalizer
+  float oneMinusPLabel;
+  float focal;       // F
+  float ce;          // C
+  float targetMass;  // Σ_j a_j
+};
+
+CUTLOSS_HD RowLoss rowLoss(const LossConstants& k, const RowStats& st, float wLabel, float sumWeights) {
+  const float alpha = k.smoothing;
+  const float keep = (1.0f - alpha) * wLabel;
+  const float spread = alpha / static_cast<float>(k.vocab);
+  const float targetMass = keep + spread * sumWeights;
+  // ℓ_t and Σ_j w_j ℓ_j are formed as differences first (lse − z_t, not lse·a − z_t·a) so a row
+  // of huge logits keeps the precision of its gap.
+  float labelLoss, pLabel, oneMinusPLabel;
+  float spreadLoss = 0.0f;
+  if (k.normalizer == kNormalizerStablemax) {
+    const float logS = logf(st.stableSum);
+    labelLoss = logS - stablemaxLogS(st.zLabel);
+    if (alpha > 0.0f) spreadLoss = sumWeights * logS - st.sumWeightedLogS;
+    const float sLabel = stablemaxS(st.zLabel);
+    pLabel = sLabel / st.stableSum;
+    oneMinusPLabel = (st.stableSum - sLabel) / st.stableSum;
+  } else if (k.normalizer == kNormalizerSparsemax) {
+    labelLoss = st.omega - (st.zLabel - st.zMax);
+    if (alpha > 0.0f) spreadLoss = sumWeights * (st.omega + st.zMax) - st.sumWeightedZ;
+    pLabel = maxPropagatingNaN(st.zLabel - st.zMax - st.tau, 0.0f);
+    oneMinusPLabel = 1.0f - pLabel;
+  } else {
+    labelLoss = st.lse - st.zLabel;
+    if (alpha > 0.0f) spreadLoss = sumWeights * st.lse - st.sumWeightedZ;
+    pLabel = expf(st.zLabel - st.lse);
+    oneMinusPLabel = -expm1f(st.zLabel - st.lse);  // accurate when p_t ≈ 1
+  }
+  const float ce = keep * labelLoss + (alpha > 0.0f ? spread * spreadLoss : 0.0f);
+  const float focal = k.focalGamma == 0.0f ? 1.0f : powf(oneMinusPLabel, k.focalGamma);
+  float unweighted = 0.0f;
+  if (k.polyEpsilon != 0.0f) unweighted += k.polyEpsilon * oneMinusPLabel;
+  if (k.zLoss != 0.0f) unweighted += k.zLoss * st.lse * st.lse;
+  if (k.squentropy != 0.0f && k.vocab > 1) unweighted += (k.squentropy * st.sumSqOthers) / static_cast<float>(k.vocab - 1);
+  const float weighted = focal * ce;
+  return RowLoss{weighted + unweighted, weighted, unweighted, pLabel, oneMinusPLabel, focal, ce, targetMass};
+}
+
+/**
+ * Per-row constants of the gradient dloss/dz_k, given the row's reduction scales
+ * (sWeighted for F·C, sUnweighted for U). See gradCoefficient for their use.
+ */
+struct RowGrad {
+  int normalizer;
+  float lse;
+  float pLabel;
+  float mass;        // s_W·F·Σa_j
+  float keep;        // s_W·F·(1 − α)·w_t   (a_t's label part)
+  float spread;      // s_W·F·α/V           (times w_k)
+  float kappa;       // s_W·C·F' − s_U·ε    (times ∂p_t/∂z_k)
+  float zCoef;       // s_U·2λ·lse          (times softmax_k)
+  float sqCoef;      // s_U·2σ/(V − 1)      (times z_k, k ≠ t)
+  float stableSum;
+  float dlogSLabel;  // s'(z_t)/s(z_t)
+  float zMax;
+  float tau;         // relative to zMax
+  bool labelInSupport;
+  float invSupport;
+};
+
+CUTLOSS_HD RowGrad rowGrad(const LossConstants& k, const RowStats& st, const RowLoss& r, float wLabel, float sWeighted,
+                           float sUnweighted) {
+  const float g = k.focalGamma;
+  const float omp = r.oneMinusPLabel;
+  // F' = −γ(1 − p_t)^(γ−1); at p_t = 1 its product with ∂p_t/∂z (also 0 there) has limit 0 unless γ = 1.
+  const float dFocal = g == 0.0f ? 0.0f : omp > 0.0f ? -g * powf(omp, g - 1.0f) : g == 1.0f ? -1.0f : 0.0f;
+  const float sWF = sWeighted * r.focal;
+  RowGrad rg;
+  rg.normalizer = k.normalizer;
+  rg.lse = st.lse;
+  rg.pLabel = r.pLabel;
+  rg.mass = sWF * r.targetMass;
+  rg.keep = sWF * (1.0f - k.smoothing) * wLabel;
+  rg.spread = (sWF * k.smoothing) / static_cast<float>(k.vocab);
+  rg.kappa = (dFocal == 0.0f ? 0.0f : sWeighted * r.ce * dFocal) - sUnweighted * k.polyEpsilon;
+  rg.zCoef = sUnweighted * 2.0f * k.zLoss * st.lse;
+  rg.sqCoef = k.vocab > 1 ? (sUnweighted * 2.0f * k.squentropy) / static_cast<float>(k.vocab - 1) : 0.0f;
+  rg.stableSum = st.stableSum;
+  rg.dlogSLabel = stablemaxDlogS(st.zLabel);
+  rg.zMax = st.zMax;
+  rg.tau = st.tau;
+  rg.labelInSupport = st.zLabel - st.zMax > st.tau;
+  rg.invSupport = st.support > 0.0f ? 1.0f / st.support : 0.0f;
+  return rg;
+}
+
+/** dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k). */
+CUTLOSS_HD float gradCoefficient(const RowGrad& rg, float z, bool isLabel, float wK) {
+  const float softmaxK = expShifted(z, rg.lse);
+  float d = rg.zCoef * softmaxK - rg.spread * wK;
+  if (isLabel) d -= rg.keep;
+  else if (rg.sqCoef != 0.0f) d += rg.sqCoef * z;  // guarded: 0·(−inf) would be NaN
+  if (rg.normalizer == kNormalizerSoftmax) {
+    // ∂C = Σa·p_k − a_k; ∂p_t = p_t(δ_tk − p_k)
+    d += rg.mass * softmaxK + rg.kappa * rg.pLabel * ((isLabel ? 1.0f : 0.0f) - softmaxK);
+  } else if (rg.normalizer == kNormalizerStablemax) {
+    // ∂C = Σa·s'_k/S − a_k·s'_k/s_k; ∂p_t = p_t(δ_tk·s'_t/s_t − s'_k/S)
+    const float dsOverS = stablemaxDs(z) / rg.stableSum;
+    const float dlogS = stablemaxDlogS(z);
+    d += rg.mass * dsOverS + (rg.spread * wK + (isLabel ? rg.keep : 0.0f)) * (1.0f - dlogS);
+    d += rg.kappa * rg.pLabel * ((isLabel ? rg.dlogSLabel : 0.0f) - dsOverS);
+  } else {
+    // sparsemax: ∂C = Σa·p_k − a_k; ∂p_t = [t, k ∈ supp](δ_tk − 1/|supp|)
+    const float u = z - rg.zMax - rg.tau;  // z − τ, formed relative to the max
+    const bool inSupport = u > 0.0f;
+    d += rg.mass * (inSupport ? u : 0.0f);
+    if (rg.labelInSupport && inSupport) d += rg.kappa * ((isLabel ? 1.0f : 0.0f) - rg.invSupport);
+  }
+  return d;
+}
+
+}  // namespace cutloss

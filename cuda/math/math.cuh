@@ -1,0 +1,11 @@
+// Every shared formula of cutloss in one include: cuda/math/ mirrors lib/js/math.ts one to
+// one (test/math-parity.test.ts holds them equal), and kernels compose nothing else.
+#pragma once
+
+#include "bf16.cuh"
+#include "loss.cuh"
+#include "lse.cuh"
+#include "philox.cuh"
+#include "scalar.cuh"
+#include "softcap.cuh"
+#include "stablemax.cuh"

@@ -1,0 +1,105 @@
+// Calls the emulated kernel launchers (cutloss::emu) directly, through the small driver
+// test/kernels/kernel_runner.cc: requests are batched into one child process, each run in
+// the fiber order it names. The driver computes nothing; tests compare what comes back.
+import { execFileSync } from 'node:child_process';
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const root = fileURLToPath(new URL('../..', import.meta.url));
+
+export type FiberOrder = 'forward' | 'reverse' | 'shuffled';
+export const ORDERS: FiberOrder[] = ['forward', 'reverse', 'shuffled'];
+
+export interface KernelRequest {
+  op: string;
+  order: FiberOrder;
+  keys: Record<string, string | number | boolean>;
+  blobs: Record<string, Float32Array | Uint16Array | Uint8Array | Int32Array>;
+}
+
+export type KernelResponse = { ok: true; blobs: Record<string, Uint8Array> } | { ok: false; error: string };
+
+/**
+ * Builds the driver against the kernel sources in cuda/, or against a copy of cuda/ whose
+ * files `patch` rewrites (to show that a broken kernel is caught). Returns the executable.
+ */
+export function buildRunner(patch?: (file: string, text: string) => string): string {
+  const work = mkdtempSync(path.join(tmpdir(), 'cutloss-kernels-'));
+  let cudaDir = path.join(root, 'cuda');
+  if (patch !== undefined) {
+    cudaDir = path.join(work, 'cuda');
+    cpSync(path.join(root, 'cuda'), cudaDir, { recursive: true });
+    for (const f of ['common.cuh', 'rowwise.cu', 'sparse.cu', 'gumbel.cu', 'cross_entropy.cu']) {
+      const p = path.join(cudaDir, f);
+      writeFileSync(p, patch(f, readFileSync(p, 'utf8')));
+    }
+    cpSync(path.join(root, 'test/kernels'), path.join(work, 'test/kernels'), { recursive: true });
+  }
+  const source = patch === undefined ? path.join(root, 'test/kernels/kernel_runner.cc') : path.join(work, 'test/kernels/kernel_runner.cc');
+  const exe = path.join(work, 'kernel_runner');
+  execFileSync('g++', ['-std=c++17', '-O1', '-Wall', '-Wextra', '-Werror', '-I', cudaDir, source,
+    path.join(cudaDir, 'simt/simt.cc'), '-o', exe], { cwd: root, stdio: 'pipe' });
+  return exe;
+}
+
+function keyText(v: string | number | boolean): string {
+  if (typeof v === 'boolean') return v ? '1' : '0';
+  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : String(Math.fround(v));
+  return v;
+}
+
+/** Runs every request in one process; responses in request order. */
+export function runKernels(exe: string, requests: KernelRequest[], orderSeed = 20240531): KernelResponse[] {
+  const parts: Buffer[] = [];
+  for (const r of requests) {
+    const tokens = [`op=${r.op}`, `order=${r.order}`, `orderSeed=${orderSeed}`];
+    for (const [k, v] of Object.entries(r.keys)) tokens.push(`${k}=${keyText(v)}`);
+    const blobs = Object.entries(r.blobs);
+    for (const [name, data] of blobs) tokens.push(`@${name}=${data.byteLength}`);
+    parts.push(Buffer.from(tokens.join(' ') + '\n'));
+    for (const [, data] of blobs) parts.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+  }
+  const out = execFileSync(exe, { input: Buffer.concat(parts), maxBuffer: 1 << 30 });
+  const responses: KernelResponse[] = [];
+  let at = 0;
+  while (at < out.length) {
+    const nl = out.indexOf(10, at);
+    const header = out.subarray(at, nl).toString('utf8');
+    at = nl + 1;
+    if (header.startsWith('error')) {
+      responses.push({ ok: false, error: header });
+      continue;
+    }
+    const blobs: Record<string, Uint8Array> = {};
+    for (const token of header.split(' ').slice(1)) {
+      const [name, bytes] = token.slice(1).split('=') as [string, string];
+      const n = Number(bytes);
+      blobs[name] = new Uint8Array(out.subarray(at, at + n)); // a copy, aligned for typed views
+      at += n;
+    }
+    responses.push({ ok: true, blobs });
+  }
+  if (responses.length !== requests.length) throw new Error(`${requests.length} requests, ${responses.length} responses`);
+  return responses;
+}
+
+/** The blob as f32 values (bf16 bits widened). */
+export function blobValues(r: KernelResponse, name: string, dtype: 'f32' | 'bf16' = 'f32'): Float32Array {
+  if (!r.ok) throw new Error(r.error);
+  const b = r.blobs[name];
+  if (b === undefined) throw new Error(`no blob ${name}`);
+  if (dtype === 'f32') return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+  const bits = new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2);
+  const out = new Float32Array(bits.length);
+  const outBits = new Uint32Array(out.buffer);
+  for (let i = 0; i < bits.length; i++) outBits[i] = bits[i]! << 16;
+  return out;
+}
+
+/** Raw bytes of a blob, for bit-for-bit comparisons across fiber orders. */
+export function blobBytes(r: KernelResponse, name: string): Uint8Array {
+  if (!r.ok) throw new Error(r.error);
+  return r.blobs[name]!;
+}
