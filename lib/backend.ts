@@ -2,9 +2,12 @@
 // Every candidate is probed once and its failure reason kept, so backends() can tell the
 // user exactly why a faster path is not in use.
 
+import type { DeviceBackendName } from './device.js';
 import { CutlossError } from './errors.js';
 import type { ResolvedLossOptions } from './options.js';
 import { jsBackend } from './js/index.js';
+import { native } from './native.js';
+import { FALLBACK_OPS, NATIVE_OPS, NativeBackend } from './nativeBackend.js';
 import type { Matrix } from './tensor.js';
 
 export type BackendName = 'cuda' | 'cuda-emu' | 'cpu' | 'js';
@@ -44,6 +47,15 @@ export interface Backend {
   gumbelSoftmaxBackward(x: Matrix, dy: Float32Array, tau: number, seed: number): Float32Array;
   crossEntropy(logits: Matrix, labels: Int32Array, o: ResolvedLossOptions): CrossEntropyOutput;
   linearCrossEntropy(E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions): LinearCrossEntropyOutput;
+  /** Twins of the heavy ops that run off the JS thread; without them, the facade defers the sync op. */
+  readonly async?: AsyncBackendOps;
+}
+
+export interface AsyncBackendOps {
+  logSumExp(x: Matrix, o: SoftmaxSettings): Promise<Float32Array>;
+  softmax(x: Matrix, o: SoftmaxSettings, log: boolean): Promise<Float32Array>;
+  crossEntropy(logits: Matrix, labels: Int32Array, o: ResolvedLossOptions): Promise<CrossEntropyOutput>;
+  linearCrossEntropy(E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions): Promise<LinearCrossEntropyOutput>;
 }
 
 export interface BackendInfo {
@@ -54,9 +66,65 @@ export interface BackendInfo {
   details: Record<string, string | number | boolean>;
 }
 
-const NOT_BUILT = 'not built: this version of cutloss ships only the TypeScript reference backend';
+const CPU_NOT_BUILT = 'not built: the native CPU backend comes in a later version of cutloss';
 
-function probe(name: BackendName): { backend: Backend | null; info: BackendInfo } {
+type Probe = { backend: Backend | null; info: BackendInfo };
+
+/** The first available backend after the native ones, for ops they have no kernel for. */
+function nextAfterNative(): Backend {
+  for (const n of ['cpu', 'js'] as const) {
+    const b = probeAll().get(n)!.backend;
+    if (b !== null) return b;
+  }
+  return jsBackend;
+}
+
+function probeNative(name: DeviceBackendName): Probe {
+  const { addon, error } = native();
+  if (addon === null) {
+    return { backend: null, info: { name, available: false, reason: `the native addon did not load: ${error}`, details: {} } };
+  }
+  const build = addon.build;
+  const details: BackendInfo['details'] = {
+    build: build.tool,
+    nativeOps: NATIVE_OPS.join(', '),
+    fallbackOps: FALLBACK_OPS.join(', '),
+  };
+  const backend = new NativeBackend(name, addon, nextAfterNative);
+  if (name === 'cuda-emu') {
+    return {
+      backend,
+      info: {
+        name, available: true, details,
+        reason: 'the CUDA kernels run on the CPU under the SIMT emulator: slow, for developing and testing kernels; ' +
+          'chosen only by name',
+      },
+    };
+  }
+  if (!build.cuda) {
+    return { backend: null, info: { name, available: false, reason: `built without CUDA: ${build.withoutCudaReason}`, details } };
+  }
+  details.cudaVersion = build.cudaVersion ?? '';
+  details.architectures = build.cudaArchitectures ?? '';
+  const s = addon.cudaStatus();
+  details.runtimeVersion = s.runtimeVersion;
+  details.driverVersion = s.driverVersion;
+  if (s.code !== 0) {
+    return { backend: null, info: { name, available: false, reason: `${s.name} (${s.code}): ${s.message}`, details } };
+  }
+  if (s.devices === 0) return { backend: null, info: { name, available: false, reason: 'no CUDA device', details } };
+  details.devices = s.devices;
+  details.device = s.deviceName ?? '';
+  details.computeCapability = s.computeCapability ?? '';
+  details.totalMemory = s.totalMemory ?? 0;
+  return {
+    backend,
+    info: { name, available: true, details, reason: `${s.deviceName} (compute capability ${s.computeCapability})` },
+  };
+}
+
+function probe(name: BackendName): Probe {
+  if (name === 'cuda' || name === 'cuda-emu') return probeNative(name);
   if (name === 'js') {
     return {
       backend: jsBackend,
@@ -68,17 +136,21 @@ function probe(name: BackendName): { backend: Backend | null; info: BackendInfo 
       },
     };
   }
-  return { backend: null, info: { name, available: false, reason: NOT_BUILT, details: {} } };
+  return { backend: null, info: { name, available: false, reason: CPU_NOT_BUILT, details: {} } };
 }
 
-const ORDER: BackendName[] = ['cuda', 'cpu', 'js']; // automatic choice, fastest first
+// Automatic choice, fastest first. cuda-emu is never chosen automatically: it is slow.
+const ORDER: BackendName[] = ['cuda', 'cpu', 'js'];
 const ALL: BackendName[] = ['cuda', 'cuda-emu', 'cpu', 'js'];
 
-let probed: Map<BackendName, ReturnType<typeof probe>> | null = null;
+let probed: Map<BackendName, Probe> | null = null;
 let selected: Backend | null = null;
 
-function probeAll(): Map<BackendName, ReturnType<typeof probe>> {
-  if (probed === null) probed = new Map(ALL.map((n) => [n, probe(n)]));
+function probeAll(): Map<BackendName, Probe> {
+  if (probed === null) {
+    probed = new Map();
+    for (const n of ALL) probed.set(n, probe(n)); // in order: the native ones fall back to cpu, js
+  }
   return probed;
 }
 
@@ -102,7 +174,30 @@ function pick(name: BackendName | 'auto'): Backend {
 
 /** Every backend, whether it can run here, and why not. */
 export function backends(): BackendInfo[] {
-  return ALL.map((n) => ({ ...probeAll().get(n)!.info }));
+  return ALL.map((n) => {
+    const info = probeAll().get(n)!.info;
+    return { ...info, details: { ...info.details } };
+  });
+}
+
+/** The native backend that owns device tensors of this name; E_BACKEND with the reason when absent. */
+export function deviceBackend(name: DeviceBackendName): NativeBackend {
+  const p = probeAll().get(name)!;
+  if (p.backend === null) throw new CutlossError('E_BACKEND', `backend '${name}' is unavailable: ${p.info.reason}`);
+  return p.backend as NativeBackend;
+}
+
+/** Where upload() puts tensors by default: the selected backend when it is a device, else cuda. */
+export function defaultDeviceBackend(): NativeBackend {
+  const current = currentBackend();
+  if (current instanceof NativeBackend) return current;
+  const cuda = probeAll().get('cuda')!;
+  if (cuda.backend !== null) return cuda.backend as NativeBackend;
+  throw new CutlossError(
+    'E_BACKEND',
+    `upload: no device backend: cuda is unavailable (${cuda.info.reason}); pass { backend: 'cuda-emu' } or ` +
+      `setBackend('cuda-emu') to use the emulator`,
+  );
 }
 
 /** The backend the next call uses (CUTLOSS_BACKEND is read on first use). */

@@ -1,9 +1,17 @@
 // cutloss public API: validates arguments, resolves options, dispatches to the selected
-// backend, and returns results in the input's kind of storage. Names and shapes follow
-// DESIGN.md's contract; README "Semantics" gives every formula.
+// backend, and returns results in the input's kind of storage: host tensors in, host tensors
+// out; device tensors in, device tensors out, on the backend that holds them. Names and
+// shapes follow DESIGN.md's contract; README "Semantics" gives every formula.
 
-import { currentBackend, type SoftmaxSettings } from './backend.js';
+import {
+  currentBackend, defaultDeviceBackend, deviceBackend,
+  type AsyncBackendOps, type Backend, type CrossEntropyOutput, type LinearCrossEntropyOutput, type SoftmaxSettings,
+} from './backend.js';
+import { DeviceTensor, deviceArg, type DeviceBackendName } from './device.js';
 import { CutlossError, describe } from './errors.js';
+import type {
+  DeviceCrossEntropyOutput, DeviceLinearCrossEntropyOutput, NativeBackend,
+} from './nativeBackend.js';
 import {
   asOptionsObject, checkKnownKeys, resolveLabels, resolveLossOptions, resolveTemperature,
   type CrossEntropyOptions, type LinearCrossEntropyOptions,
@@ -13,6 +21,7 @@ import { asMatrix, resultLike, toF32, type Matrix, type Tensor } from './tensor.
 export { CutlossError, type CutlossErrorCode } from './errors.js';
 export { backends, getBackend, setBackend, type BackendInfo, type BackendName } from './backend.js';
 export { tensor, bf16ToF32, f32ToBf16, type Tensor, type Dtype } from './tensor.js';
+export { DeviceTensor, type DeviceBackendName } from './device.js';
 export type { CrossEntropyOptions, LinearCrossEntropyOptions, Normalizer, Reduction } from './options.js';
 
 export interface SoftmaxOptions {
@@ -45,9 +54,73 @@ export interface LinearCrossEntropyResult {
   lse?: Float32Array;
 }
 
+/** A loss on device tensors: the loss and lse on the host, gradients on the device. */
+export interface DeviceCrossEntropyResult {
+  loss: number | Float32Array;
+  dLogits?: DeviceTensor;
+  lse?: Float32Array;
+}
+
+export interface DeviceLinearCrossEntropyResult {
+  loss: number | Float32Array;
+  dEmbeddings?: DeviceTensor;
+  dClassifier?: DeviceTensor;
+  dBias?: Float32Array;
+  lse?: Float32Array;
+}
+
+export interface UploadOptions {
+  /** Default: the selected backend when it is cuda or cuda-emu, else cuda. */
+  backend?: DeviceBackendName;
+}
+
+// ---------------------------------------------------------------- device tensors
+
+/** Copies a host tensor to a device backend; the handle stays there until disposed. */
+export function upload(t: Tensor, options?: UploadOptions): DeviceTensor {
+  const m = asMatrix(t, 'upload: tensor');
+  const o = asOptionsObject(options, 'upload');
+  checkKnownKeys(o, ['backend'], 'upload');
+  let b: NativeBackend;
+  if (o.backend === undefined) b = defaultDeviceBackend();
+  else if (o.backend === 'cuda' || o.backend === 'cuda-emu') b = deviceBackend(o.backend);
+  else throw new CutlossError('E_BACKEND', `upload: options.backend must be 'cuda' or 'cuda-emu', got ${describe(o.backend)}`);
+  return b.upload(m);
+}
+
+/** A host copy of a device tensor. */
+export function download(t: DeviceTensor): Tensor {
+  return deviceArg(t, 'download: tensor').download();
+}
+
+/** The backend holding x (checked live), and that every other tensor input is on it too. */
+function onDevice(x: DeviceTensor, fn: string, others: [unknown, string][] = []): NativeBackend {
+  deviceArg(x, `${fn}: x`);
+  for (const [t, name] of others) deviceArg(t, `${fn}: ${name}`, x.backend);
+  return deviceBackend(x.backend);
+}
+
+function hostOnly(values: [unknown, string][], fn: string): void {
+  for (const [t, name] of values) {
+    if (t instanceof DeviceTensor) {
+      throw new CutlossError('E_BACKEND', `${fn}: ${name} is a DeviceTensor but the other inputs are host tensors: upload them too`);
+    }
+  }
+}
+
+function asyncOps(b: Backend): AsyncBackendOps {
+  if (b.async !== undefined) return b.async;
+  return {
+    logSumExp: (x, o) => later(() => b.logSumExp(x, o)),
+    softmax: (x, o, log) => later(() => b.softmax(x, o, log)),
+    crossEntropy: (logits, labels, o) => later(() => b.crossEntropy(logits, labels, o)),
+    linearCrossEntropy: (E, W, labels, o) => later(() => b.linearCrossEntropy(E, W, labels, o)),
+  };
+}
+
 // ---------------------------------------------------------------- argument checks
 
-function softmaxSettings(x: Matrix, options: unknown, fn: string, allowMask = true): SoftmaxSettings {
+function softmaxSettings(x: { rows: number; cols: number }, options: unknown, fn: string, allowMask = true): SoftmaxSettings {
   const o = asOptionsObject(options, fn);
   checkKnownKeys(o, allowMask ? ['temperature', 'mask'] : ['temperature'], fn);
   const invTemperature = 1 / resolveTemperature(o);
@@ -81,6 +154,15 @@ function upstream(x: Matrix, dy: unknown, fn: string): Float32Array {
   return toF32(m);
 }
 
+/** A device upstream gradient: x's shape, on x's backend (checked by onDevice). */
+function deviceUpstream(x: DeviceTensor, dy: unknown, fn: string): DeviceTensor {
+  const d = deviceArg(dy, `${fn}: dy`, x.backend);
+  if (d.rows !== x.rows || d.cols !== x.cols) {
+    throw new CutlossError('E_SHAPE', `${fn}: dy has shape [${d.rows}, ${d.cols}], x has [${x.rows}, ${x.cols}]`);
+  }
+  return d;
+}
+
 interface GumbelSettings {
   tau: number;
   hard: boolean;
@@ -110,89 +192,168 @@ function gumbelSettings(options: unknown, fn: string, needSeed: boolean): Gumbel
 // ---------------------------------------------------------------- row-wise ops
 
 /** log Σ_j exp(x_j / T) per row, over unmasked entries (−inf for a fully masked row). */
-export function logSumExp(x: Tensor, options?: SoftmaxOptions): Float32Array {
+export function logSumExp(x: Tensor, options?: SoftmaxOptions): Float32Array;
+export function logSumExp(x: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
+export function logSumExp(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Float32Array | DeviceTensor {
+  if (x instanceof DeviceTensor) {
+    return onDevice(x, 'logSumExp').device.logSumExp(x, softmaxSettings(x, options, 'logSumExp'));
+  }
   const m = asMatrix(x, 'logSumExp: x');
   return currentBackend().logSumExp(m, softmaxSettings(m, options, 'logSumExp'));
 }
 
-export function softmax(x: Tensor, options?: SoftmaxOptions): Tensor {
-  const m = asMatrix(x, 'softmax: x');
-  return resultLike(m, currentBackend().softmax(m, softmaxSettings(m, options, 'softmax'), false));
+export function softmax(x: Tensor, options?: SoftmaxOptions): Tensor;
+export function softmax(x: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
+export function softmax(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Tensor | DeviceTensor {
+  return softmaxOf(x, options, false, 'softmax');
 }
 
-export function logSoftmax(x: Tensor, options?: SoftmaxOptions): Tensor {
-  const m = asMatrix(x, 'logSoftmax: x');
-  return resultLike(m, currentBackend().softmax(m, softmaxSettings(m, options, 'logSoftmax'), true));
+export function logSoftmax(x: Tensor, options?: SoftmaxOptions): Tensor;
+export function logSoftmax(x: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
+export function logSoftmax(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Tensor | DeviceTensor {
+  return softmaxOf(x, options, true, 'logSoftmax');
 }
 
-export function softmaxBackward(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Tensor {
-  const m = asMatrix(x, 'softmaxBackward: x');
-  const g = upstream(m, dy, 'softmaxBackward');
-  return resultLike(m, currentBackend().softmaxBackward(m, g, softmaxSettings(m, options, 'softmaxBackward'), false));
+function softmaxOf(x: Tensor | DeviceTensor, options: unknown, log: boolean, fn: string): Tensor | DeviceTensor {
+  if (x instanceof DeviceTensor) return onDevice(x, fn).device.softmax(x, softmaxSettings(x, options, fn), log);
+  const m = asMatrix(x, `${fn}: x`);
+  return resultLike(m, currentBackend().softmax(m, softmaxSettings(m, options, fn), log));
 }
 
-export function logSoftmaxBackward(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Tensor {
-  const m = asMatrix(x, 'logSoftmaxBackward: x');
-  const g = upstream(m, dy, 'logSoftmaxBackward');
-  return resultLike(m, currentBackend().softmaxBackward(m, g, softmaxSettings(m, options, 'logSoftmaxBackward'), true));
+export function softmaxBackward(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Tensor;
+export function softmaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
+export function softmaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: SoftmaxOptions): Tensor | DeviceTensor {
+  return softmaxBackwardOf(x, dy, options, false, 'softmaxBackward');
+}
+
+export function logSoftmaxBackward(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Tensor;
+export function logSoftmaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
+export function logSoftmaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: SoftmaxOptions): Tensor | DeviceTensor {
+  return softmaxBackwardOf(x, dy, options, true, 'logSoftmaxBackward');
+}
+
+function softmaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unknown, log: boolean, fn: string): Tensor | DeviceTensor {
+  if (x instanceof DeviceTensor) {
+    const b = onDevice(x, fn, [[dy, 'dy']]);
+    return b.device.softmaxBackward(x, deviceUpstream(x, dy, fn), softmaxSettings(x, options, fn), log);
+  }
+  hostOnly([[dy, 'dy']], fn);
+  const m = asMatrix(x, `${fn}: x`);
+  const g = upstream(m, dy, fn);
+  return resultLike(m, currentBackend().softmaxBackward(m, g, softmaxSettings(m, options, fn), log));
 }
 
 /** StableMax: s(x_j) / Σ s(x_k), s(x) = x + 1 (x ≥ 0), 1 / (1 − x) (x < 0). */
-export function stablemax(x: Tensor): Tensor {
-  const m = asMatrix(x, 'stablemax: x');
-  return resultLike(m, currentBackend().stablemax(m, false));
+export function stablemax(x: Tensor): Tensor;
+export function stablemax(x: DeviceTensor): DeviceTensor;
+export function stablemax(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
+  return stablemaxOf(x, false, 'stablemax');
 }
 
-export function logStablemax(x: Tensor): Tensor {
-  const m = asMatrix(x, 'logStablemax: x');
-  return resultLike(m, currentBackend().stablemax(m, true));
+export function logStablemax(x: Tensor): Tensor;
+export function logStablemax(x: DeviceTensor): DeviceTensor;
+export function logStablemax(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
+  return stablemaxOf(x, true, 'logStablemax');
 }
 
-export function stablemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor {
-  noOptions(options, 'stablemaxBackward');
-  const m = asMatrix(x, 'stablemaxBackward: x');
-  return resultLike(m, currentBackend().stablemaxBackward(m, upstream(m, dy, 'stablemaxBackward'), false));
+function stablemaxOf(x: Tensor | DeviceTensor, log: boolean, fn: string): Tensor | DeviceTensor {
+  if (x instanceof DeviceTensor) return onDevice(x, fn).device.stablemax(x, log);
+  const m = asMatrix(x, `${fn}: x`);
+  return resultLike(m, currentBackend().stablemax(m, log));
 }
 
-export function logStablemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor {
-  noOptions(options, 'logStablemaxBackward');
-  const m = asMatrix(x, 'logStablemaxBackward: x');
-  return resultLike(m, currentBackend().stablemaxBackward(m, upstream(m, dy, 'logStablemaxBackward'), true));
+export function stablemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
+export function stablemaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
+export function stablemaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
+  return stablemaxBackwardOf(x, dy, options, false, 'stablemaxBackward');
+}
+
+export function logStablemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
+export function logStablemaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
+export function logStablemaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
+  return stablemaxBackwardOf(x, dy, options, true, 'logStablemaxBackward');
+}
+
+function stablemaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unknown, log: boolean, fn: string): Tensor | DeviceTensor {
+  noOptions(options, fn);
+  if (x instanceof DeviceTensor) {
+    const b = onDevice(x, fn, [[dy, 'dy']]);
+    return b.device.stablemaxBackward(x, deviceUpstream(x, dy, fn), log);
+  }
+  hostOnly([[dy, 'dy']], fn);
+  const m = asMatrix(x, `${fn}: x`);
+  return resultLike(m, currentBackend().stablemaxBackward(m, upstream(m, dy, fn), log));
 }
 
 /** Euclidean projection onto the simplex: max(x_j − τ, 0) with an exact τ. */
-export function sparsemax(x: Tensor): Tensor {
+export function sparsemax(x: Tensor): Tensor;
+export function sparsemax(x: DeviceTensor): DeviceTensor;
+export function sparsemax(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
+  if (x instanceof DeviceTensor) return onDevice(x, 'sparsemax').device.sparsemax(x);
   const m = asMatrix(x, 'sparsemax: x');
   return resultLike(m, currentBackend().sparsemax(m));
 }
 
-export function sparsemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor {
+export function sparsemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
+export function sparsemaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
+export function sparsemaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
   noOptions(options, 'sparsemaxBackward');
+  if (x instanceof DeviceTensor) {
+    const b = onDevice(x, 'sparsemaxBackward', [[dy, 'dy']]);
+    return b.device.sparsemaxBackward(x, deviceUpstream(x, dy, 'sparsemaxBackward'));
+  }
+  hostOnly([[dy, 'dy']], 'sparsemaxBackward');
   const m = asMatrix(x, 'sparsemaxBackward: x');
   return resultLike(m, currentBackend().sparsemaxBackward(m, upstream(m, dy, 'sparsemaxBackward')));
 }
 
 /** 1.5-entmax: max(x_j / 2 − τ, 0)² with an exact τ. */
-export function entmax15(x: Tensor): Tensor {
+export function entmax15(x: Tensor): Tensor;
+export function entmax15(x: DeviceTensor): DeviceTensor;
+export function entmax15(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
+  if (x instanceof DeviceTensor) return onDevice(x, 'entmax15').device.entmax15(x);
   const m = asMatrix(x, 'entmax15: x');
   return resultLike(m, currentBackend().entmax15(m));
 }
 
-export function entmax15Backward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor {
+export function entmax15Backward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
+export function entmax15Backward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
+export function entmax15Backward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
   noOptions(options, 'entmax15Backward');
+  if (x instanceof DeviceTensor) {
+    const b = onDevice(x, 'entmax15Backward', [[dy, 'dy']]);
+    return b.device.entmax15Backward(x, deviceUpstream(x, dy, 'entmax15Backward'));
+  }
+  hostOnly([[dy, 'dy']], 'entmax15Backward');
   const m = asMatrix(x, 'entmax15Backward: x');
   return resultLike(m, currentBackend().entmax15Backward(m, upstream(m, dy, 'entmax15Backward')));
 }
 
 /** softmax((x + g) / τ) with Philox Gumbel noise g; `hard` gives the straight-through one-hot. */
-export function gumbelSoftmax(x: Tensor, options?: GumbelSoftmaxOptions): Tensor {
+export function gumbelSoftmax(x: Tensor, options?: GumbelSoftmaxOptions): Tensor;
+export function gumbelSoftmax(x: DeviceTensor, options?: GumbelSoftmaxOptions): DeviceTensor;
+export function gumbelSoftmax(x: Tensor | DeviceTensor, options?: GumbelSoftmaxOptions): Tensor | DeviceTensor {
+  if (x instanceof DeviceTensor) {
+    const b = onDevice(x, 'gumbelSoftmax');
+    const g = gumbelSettings(options, 'gumbelSoftmax', false);
+    return b.device.gumbelSoftmax(x, g.tau, g.hard, g.seed);
+  }
   const m = asMatrix(x, 'gumbelSoftmax: x');
   const g = gumbelSettings(options, 'gumbelSoftmax', false);
   return resultLike(m, currentBackend().gumbelSoftmax(m, g.tau, g.hard, g.seed));
 }
 
 /** The soft sample's VJP (also for hard samples); needs the forward's seed and tau. */
-export function gumbelSoftmaxBackward(x: Tensor, dy: Tensor, options: GumbelSoftmaxOptions): Tensor {
+export function gumbelSoftmaxBackward(x: Tensor, dy: Tensor, options: GumbelSoftmaxOptions): Tensor;
+export function gumbelSoftmaxBackward(x: DeviceTensor, dy: DeviceTensor, options: GumbelSoftmaxOptions): DeviceTensor;
+export function gumbelSoftmaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options: GumbelSoftmaxOptions): Tensor | DeviceTensor {
+  if (x instanceof DeviceTensor) {
+    const b = onDevice(x, 'gumbelSoftmaxBackward', [[dy, 'dy']]);
+    const d = deviceUpstream(x, dy, 'gumbelSoftmaxBackward');
+    const g = gumbelSettings(options, 'gumbelSoftmaxBackward', true);
+    return b.device.gumbelSoftmaxBackward(x, d, g.tau, g.seed);
+  }
+  hostOnly([[dy, 'dy']], 'gumbelSoftmaxBackward');
   const m = asMatrix(x, 'gumbelSoftmaxBackward: x');
   const g = gumbelSettings(options, 'gumbelSoftmaxBackward', true);
   return resultLike(m, currentBackend().gumbelSoftmaxBackward(m, upstream(m, dy, 'gumbelSoftmaxBackward'), g.tau, g.seed));
@@ -201,14 +362,38 @@ export function gumbelSoftmaxBackward(x: Tensor, dy: Tensor, options: GumbelSoft
 // ---------------------------------------------------------------- losses
 
 /** Cross-entropy from logits [N, V] with every option of README "Losses". */
-export function crossEntropy(logits: Tensor, labels: Int32Array, options?: CrossEntropyOptions): CrossEntropyResult {
+export function crossEntropy(logits: Tensor, labels: Int32Array, options?: CrossEntropyOptions): CrossEntropyResult;
+export function crossEntropy(logits: DeviceTensor, labels: Int32Array, options?: CrossEntropyOptions): DeviceCrossEntropyResult;
+export function crossEntropy(
+  logits: Tensor | DeviceTensor, labels: Int32Array, options?: CrossEntropyOptions,
+): CrossEntropyResult | DeviceCrossEntropyResult {
+  if (logits instanceof DeviceTensor) {
+    const b = onDevice(logits, 'crossEntropy');
+    const { o, t } = lossArgs(logits, labels, options);
+    return deviceLossResult(b.device.crossEntropy(logits, t, o), o.returnLse);
+  }
   const m = asMatrix(logits, 'crossEntropy: logits');
-  const o = resolveLossOptions(options, m.rows, m.cols, m.dtype, false);
-  const t = resolveLabels(labels, m.rows, m.cols, o.ignoreIndex);
-  const out = currentBackend().crossEntropy(m, t, o);
+  const { o, t } = lossArgs(m, labels, options);
+  return crossEntropyResult(m, currentBackend().crossEntropy(m, t, o), o.returnLse);
+}
+
+function lossArgs(logits: { rows: number; cols: number; dtype: Matrix['dtype'] }, labels: unknown, options: unknown) {
+  const o = resolveLossOptions(options, logits.rows, logits.cols, logits.dtype, false);
+  const t = resolveLabels(labels, logits.rows, logits.cols, o.ignoreIndex);
+  return { o, t };
+}
+
+function crossEntropyResult(m: Matrix, out: CrossEntropyOutput, returnLse: boolean): CrossEntropyResult {
   const result: CrossEntropyResult = { loss: out.loss };
   if (out.dLogits !== null) result.dLogits = resultLike(m, out.dLogits);
-  if (o.returnLse) result.lse = out.lse;
+  if (returnLse) result.lse = out.lse;
+  return result;
+}
+
+function deviceLossResult(out: DeviceCrossEntropyOutput, returnLse: boolean): DeviceCrossEntropyResult {
+  const result: DeviceCrossEntropyResult = { loss: out.loss };
+  if (out.dLogits !== null) result.dLogits = out.dLogits;
+  if (returnLse) result.lse = out.lse;
   return result;
 }
 
@@ -218,9 +403,29 @@ export function crossEntropy(logits: Tensor, labels: Int32Array, options?: Cross
  */
 export function linearCrossEntropy(
   embeddings: Tensor, classifier: Tensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
-): LinearCrossEntropyResult {
+): LinearCrossEntropyResult;
+export function linearCrossEntropy(
+  embeddings: DeviceTensor, classifier: DeviceTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
+): DeviceLinearCrossEntropyResult;
+export function linearCrossEntropy(
+  embeddings: Tensor | DeviceTensor, classifier: Tensor | DeviceTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
+): LinearCrossEntropyResult | DeviceLinearCrossEntropyResult {
+  if (embeddings instanceof DeviceTensor) {
+    const b = onDevice(embeddings, 'linearCrossEntropy', [[classifier, 'classifier']]);
+    const W = classifier as DeviceTensor;
+    const { o, t } = linearArgs(embeddings, W, labels, options);
+    return deviceLinearResult(b.device.linearCrossEntropy(embeddings, W, t, o), o.returnLse);
+  }
+  hostOnly([[classifier, 'classifier']], 'linearCrossEntropy');
   const E = asMatrix(embeddings, 'linearCrossEntropy: embeddings');
   const W = asMatrix(classifier, 'linearCrossEntropy: classifier');
+  const { o, t } = linearArgs(E, W, labels, options);
+  return linearResult(E, W, currentBackend().linearCrossEntropy(E, W, t, o), o.returnLse);
+}
+
+type Shaped = { rows: number; cols: number; dtype: Matrix['dtype'] };
+
+function linearArgs(E: Shaped, W: Shaped, labels: unknown, options: unknown) {
   if (E.cols !== W.cols) {
     throw new CutlossError(
       'E_SHAPE',
@@ -230,17 +435,31 @@ export function linearCrossEntropy(
   const dtype = E.dtype === 'bf16' || W.dtype === 'bf16' ? 'bf16' : 'f32';
   const o = resolveLossOptions(options, E.rows, W.rows, dtype, true);
   const t = resolveLabels(labels, E.rows, W.rows, o.ignoreIndex);
-  const out = currentBackend().linearCrossEntropy(E, W, t, o);
+  return { o, t };
+}
+
+function linearResult(E: Matrix, W: Matrix, out: LinearCrossEntropyOutput, returnLse: boolean): LinearCrossEntropyResult {
   const result: LinearCrossEntropyResult = { loss: out.loss };
   if (out.dEmbeddings !== null) result.dEmbeddings = resultLike(E, out.dEmbeddings);
   if (out.dClassifier !== null) result.dClassifier = resultLike(W, out.dClassifier);
   if (out.dBias !== null) result.dBias = out.dBias;
-  if (o.returnLse) result.lse = out.lse;
+  if (returnLse) result.lse = out.lse;
   return result;
 }
 
-// The reference backend computes on the calling thread; the async twins still settle
-// asynchronously (errors reject, never throw), so code written for them works on every backend.
+function deviceLinearResult(out: DeviceLinearCrossEntropyOutput, returnLse: boolean): DeviceLinearCrossEntropyResult {
+  const result: DeviceLinearCrossEntropyResult = { loss: out.loss };
+  if (out.dEmbeddings !== null) result.dEmbeddings = out.dEmbeddings;
+  if (out.dClassifier !== null) result.dClassifier = out.dClassifier;
+  if (out.dBias !== null) result.dBias = out.dBias;
+  if (returnLse) result.lse = out.lse;
+  return result;
+}
+
+// ---------------------------------------------------------------- async twins
+// They settle asynchronously and reject (never throw) on bad input. Native backends run the
+// work on the libuv pool; the reference backend runs it on the JS thread after the current tick.
+
 function later<T>(fn: () => T): Promise<T> {
   return new Promise((resolve, reject) => {
     setImmediate(() => {
@@ -253,14 +472,69 @@ function later<T>(fn: () => T): Promise<T> {
   });
 }
 
+export function logSumExpAsync(x: Tensor, options?: SoftmaxOptions): Promise<Float32Array>;
+export function logSumExpAsync(x: DeviceTensor, options?: SoftmaxOptions): Promise<DeviceTensor>;
+export async function logSumExpAsync(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Promise<Float32Array | DeviceTensor> {
+  if (x instanceof DeviceTensor) {
+    return onDevice(x, 'logSumExpAsync').deviceAsync.logSumExp(x, softmaxSettings(x, options, 'logSumExpAsync'));
+  }
+  const m = asMatrix(x, 'logSumExpAsync: x');
+  return asyncOps(currentBackend()).logSumExp(m, softmaxSettings(m, options, 'logSumExpAsync'));
+}
+
+export function softmaxAsync(x: Tensor, options?: SoftmaxOptions): Promise<Tensor>;
+export function softmaxAsync(x: DeviceTensor, options?: SoftmaxOptions): Promise<DeviceTensor>;
+export function softmaxAsync(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Promise<Tensor | DeviceTensor> {
+  return softmaxOfAsync(x, options, false, 'softmaxAsync');
+}
+
+export function logSoftmaxAsync(x: Tensor, options?: SoftmaxOptions): Promise<Tensor>;
+export function logSoftmaxAsync(x: DeviceTensor, options?: SoftmaxOptions): Promise<DeviceTensor>;
+export function logSoftmaxAsync(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Promise<Tensor | DeviceTensor> {
+  return softmaxOfAsync(x, options, true, 'logSoftmaxAsync');
+}
+
+async function softmaxOfAsync(x: Tensor | DeviceTensor, options: unknown, log: boolean, fn: string): Promise<Tensor | DeviceTensor> {
+  if (x instanceof DeviceTensor) return onDevice(x, fn).deviceAsync.softmax(x, softmaxSettings(x, options, fn), log);
+  const m = asMatrix(x, `${fn}: x`);
+  return resultLike(m, await asyncOps(currentBackend()).softmax(m, softmaxSettings(m, options, fn), log));
+}
+
+export function crossEntropyAsync(logits: Tensor, labels: Int32Array, options?: CrossEntropyOptions): Promise<CrossEntropyResult>;
 export function crossEntropyAsync(
-  logits: Tensor, labels: Int32Array, options?: CrossEntropyOptions,
-): Promise<CrossEntropyResult> {
-  return later(() => crossEntropy(logits, labels, options));
+  logits: DeviceTensor, labels: Int32Array, options?: CrossEntropyOptions,
+): Promise<DeviceCrossEntropyResult>;
+export async function crossEntropyAsync(
+  logits: Tensor | DeviceTensor, labels: Int32Array, options?: CrossEntropyOptions,
+): Promise<CrossEntropyResult | DeviceCrossEntropyResult> {
+  if (logits instanceof DeviceTensor) {
+    const b = onDevice(logits, 'crossEntropyAsync');
+    const { o, t } = lossArgs(logits, labels, options);
+    return deviceLossResult(await b.deviceAsync.crossEntropy(logits, t, o), o.returnLse);
+  }
+  const m = asMatrix(logits, 'crossEntropy: logits');
+  const { o, t } = lossArgs(m, labels, options);
+  return crossEntropyResult(m, await asyncOps(currentBackend()).crossEntropy(m, t, o), o.returnLse);
 }
 
 export function linearCrossEntropyAsync(
   embeddings: Tensor, classifier: Tensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
-): Promise<LinearCrossEntropyResult> {
-  return later(() => linearCrossEntropy(embeddings, classifier, labels, options));
+): Promise<LinearCrossEntropyResult>;
+export function linearCrossEntropyAsync(
+  embeddings: DeviceTensor, classifier: DeviceTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
+): Promise<DeviceLinearCrossEntropyResult>;
+export async function linearCrossEntropyAsync(
+  embeddings: Tensor | DeviceTensor, classifier: Tensor | DeviceTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
+): Promise<LinearCrossEntropyResult | DeviceLinearCrossEntropyResult> {
+  if (embeddings instanceof DeviceTensor) {
+    const b = onDevice(embeddings, 'linearCrossEntropyAsync', [[classifier, 'classifier']]);
+    const W = classifier as DeviceTensor;
+    const { o, t } = linearArgs(embeddings, W, labels, options);
+    return deviceLinearResult(await b.deviceAsync.linearCrossEntropy(embeddings, W, t, o), o.returnLse);
+  }
+  hostOnly([[classifier, 'classifier']], 'linearCrossEntropyAsync');
+  const E = asMatrix(embeddings, 'linearCrossEntropy: embeddings');
+  const W = asMatrix(classifier, 'linearCrossEntropy: classifier');
+  const { o, t } = linearArgs(E, W, labels, options);
+  return linearResult(E, W, await asyncOps(currentBackend()).linearCrossEntropy(E, W, t, o), o.returnLse);
 }

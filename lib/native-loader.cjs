@@ -1,0 +1,29 @@
+'use strict';
+// Loads the cutloss addon with node-gyp-build from the package root: build/Release (built at
+// install) or prebuilds/. This file runs from lib/ (sources, under vitest), dist/esm and
+// dist/cjs alike, so it finds the root by walking up to cutloss's own package.json.
+const fs = require('node:fs');
+const path = require('node:path');
+
+function packageRoot(start) {
+  for (let dir = start; ; dir = path.dirname(dir)) {
+    try {
+      if (JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')).name === 'cutloss') return dir;
+    } catch {
+      // no package.json here, or not JSON (dist/cjs has its own, named nothing)
+    }
+    if (path.dirname(dir) === dir) return null;
+  }
+}
+
+function loadAddon() {
+  const root = packageRoot(__dirname);
+  if (root === null) return { addon: null, root: null, error: `no cutloss package.json above ${__dirname}` };
+  try {
+    return { addon: require('node-gyp-build')(root), root, error: null };
+  } catch (e) {
+    return { addon: null, root, error: e instanceof Error ? e.message : String(e) };
+  }
+}
+
+module.exports = { loadAddon };

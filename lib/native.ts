@@ -1,0 +1,191 @@
+// The native addon as TypeScript sees it (src/addon.cc, src/ops.cc): loaded once on first
+// use, its load error kept for backends(), and its coded errors turned into CutlossErrors.
+// Device memory is named by numeric ids; the addon checks every argument it is given.
+
+import { CutlossError, type CutlossErrorCode } from './errors.js';
+import { loadAddon } from './native-loader.cjs';
+
+/** Entry points change together with this number (src/addon.cc kInterfaceVersion). */
+export const NATIVE_INTERFACE_VERSION = 1;
+
+/** 0: the SIMT emulator (cuda-emu); 1: a real GPU (cuda). */
+export type NativeBackendCode = 0 | 1;
+
+/** dtype 0 = f32, 1 = bf16; the buffer `id` holds at least rows·cols elements. */
+export interface NativeMatrix {
+  id: number;
+  dtype: 0 | 1;
+  rows: number;
+  cols: number;
+}
+
+/** Resolved loss options as the kernels take them (cuda/kernels.h LossParams). */
+export interface NativeLossParams {
+  normalizer: number;
+  smoothing: number;
+  focalGamma: number;
+  polyEpsilon: number;
+  zLoss: number;
+  squentropy: number;
+  softcap: number;
+  invTemperature: number;
+  ignoreIndex: number;
+}
+
+/** Per-row outputs of the loss forward, and the opaque state its backward needs. */
+export interface NativeCrossEntropyForward {
+  lse: number;
+  weighted: number;
+  unweighted: number;
+  state: number;
+}
+
+export interface CudaStatus {
+  built: boolean;
+  /** cudaGetDeviceCount's cudaError_t (0 = success; -1 when built without CUDA). */
+  code: number;
+  name: string;
+  message: string;
+  devices: number;
+  runtimeVersion: number;
+  driverVersion: number;
+  deviceName?: string;
+  computeCapability?: string;
+  totalMemory?: number;
+}
+
+export interface NativeBuildInfo {
+  tool: string;
+  cuda: boolean;
+  cudaVersion?: string;
+  cudaArchitectures?: string;
+  withoutCudaReason?: string;
+}
+
+/** Kernel entry points; each returns the id of a new buffer (or ids, for the loss forward). */
+export interface NativeOps {
+  logSumExp(x: NativeMatrix, invTemperature: number, mask: Uint8Array | null): number;
+  softmax(x: NativeMatrix, invTemperature: number, mask: Uint8Array | null, log: boolean): number;
+  softmaxBackward(x: NativeMatrix, dy: NativeMatrix, invTemperature: number, mask: Uint8Array | null, log: boolean): number;
+  stablemax(x: NativeMatrix, log: boolean): number;
+  stablemaxBackward(x: NativeMatrix, dy: NativeMatrix, log: boolean): number;
+  sparsemax(x: NativeMatrix): number;
+  sparsemaxBackward(x: NativeMatrix, dy: NativeMatrix): number;
+  entmax15(x: NativeMatrix): number;
+  entmax15Backward(x: NativeMatrix, dy: NativeMatrix): number;
+  gumbelSoftmax(x: NativeMatrix, tau: number, hard: boolean, seed: number): number;
+  gumbelSoftmaxBackward(x: NativeMatrix, dy: NativeMatrix, tau: number, seed: number): number;
+  crossEntropyForward(
+    logits: NativeMatrix, labels: Int32Array, params: NativeLossParams, classWeights: Float32Array | null,
+  ): NativeCrossEntropyForward;
+  crossEntropyBackward(state: number, scaleWeighted: Float32Array, scaleUnweighted: Float32Array): number;
+}
+
+export type NativeOpName = keyof NativeOps;
+
+/** `<op>Async`: the same call run on the libuv pool, settling with the same result. */
+export type NativeAsyncOps = {
+  [K in NativeOpName as `${K}Async`]: (...args: Parameters<NativeOps[K]>) => Promise<ReturnType<NativeOps[K]>>;
+};
+
+export interface NativeAddon extends NativeOps, NativeAsyncOps {
+  interfaceVersion: number;
+  build: NativeBuildInfo;
+  /** Zero-filled device memory. */
+  alloc(backend: NativeBackendCode, byteLength: number): number;
+  /** A device copy of a typed array. */
+  upload(backend: NativeBackendCode, data: ArrayBufferView): number;
+  /** Copies the whole buffer into `out`, whose byte length must match. */
+  download(id: number, out: ArrayBufferView): void;
+  /** Forgets an id; the memory goes once no running call uses it. False when unknown. */
+  free(id: number): boolean;
+  byteLength(id: number): number;
+  /** Buffers alive (held by ids or running calls), their bytes, and ids held. */
+  stats(): { buffers: number; bytes: number; handles: number };
+  cudaStatus(): CudaStatus;
+  setEmulatorOrder(order: number, seed: number): void;
+  emulatorOrder(): { order: number; seed: number };
+}
+
+export interface NativeLoad {
+  addon: NativeAddon | null;
+  /** Why the addon is not usable. */
+  error: string | null;
+}
+
+let loaded: NativeLoad | null = null;
+
+/** The addon, loaded on first call. */
+export function native(): NativeLoad {
+  if (loaded === null) {
+    const r = loadAddon();
+    const addon = r.addon as NativeAddon | null;
+    if (addon === null) {
+      loaded = { addon: null, error: r.error ?? 'the addon did not load' };
+    } else if (addon.interfaceVersion !== NATIVE_INTERFACE_VERSION) {
+      loaded = {
+        addon: null,
+        error: `the addon in ${r.root} has interface ${String(addon.interfaceVersion)}, this JavaScript needs ` +
+          `${NATIVE_INTERFACE_VERSION}: rebuild it (npm run build:native)`,
+      };
+    } else {
+      applyOrderFromEnvironment(addon); // a bad value throws here, and again on the next call
+      loaded = { addon, error: null };
+    }
+  }
+  return loaded;
+}
+
+const CODES: ReadonlySet<string> = new Set<CutlossErrorCode>([
+  'E_SHAPE', 'E_DTYPE', 'E_LABEL', 'E_OPTION', 'E_DISPOSED', 'E_BACKEND', 'E_OOM', 'E_INTERNAL',
+]);
+
+/** The addon throws Errors with a `code`; callers get CutlossErrors with the same code. */
+export function fromNativeError(e: unknown): unknown {
+  if (e instanceof Error && !(e instanceof CutlossError)) {
+    const code = (e as Error & { code?: unknown }).code;
+    if (typeof code === 'string' && CODES.has(code)) return new CutlossError(code as CutlossErrorCode, e.message);
+  }
+  return e;
+}
+
+// ---------------------------------------------------------------- emulator fiber order
+
+export type FiberOrder = 'forward' | 'reverse' | 'shuffled';
+const ORDERS: FiberOrder[] = ['forward', 'reverse', 'shuffled'];
+
+/**
+ * Test hook: the order in which the emulator resumes a block's threads in later cuda-emu
+ * calls (process-wide). Kernels must give the same answer in every order; a race shows up
+ * as a difference. Also settable as CUTLOSS_EMU_ORDER=forward|reverse|shuffled[:seed].
+ */
+export function setEmulatorOrder(order: FiberOrder, seed = 0): void {
+  const { addon, error } = native();
+  if (addon === null) throw new CutlossError('E_BACKEND', `cuda-emu is unavailable: ${error}`);
+  const index = ORDERS.indexOf(order);
+  if (index < 0) throw new CutlossError('E_OPTION', `setEmulatorOrder: order must be one of ${ORDERS.join(', ')}`);
+  try {
+    addon.setEmulatorOrder(index, seed);
+  } catch (e) {
+    throw fromNativeError(e);
+  }
+}
+
+export function emulatorOrder(): { order: FiberOrder; seed: number } {
+  const { addon, error } = native();
+  if (addon === null) throw new CutlossError('E_BACKEND', `cuda-emu is unavailable: ${error}`);
+  const o = addon.emulatorOrder();
+  return { order: ORDERS[o.order]!, seed: o.seed };
+}
+
+function applyOrderFromEnvironment(addon: NativeAddon): void {
+  const spec = typeof process !== 'undefined' ? process.env.CUTLOSS_EMU_ORDER : undefined;
+  if (spec === undefined || spec === '') return;
+  const [name, seedText] = spec.split(':');
+  const index = ORDERS.indexOf(name as FiberOrder);
+  const seed = seedText === undefined ? 0 : Number(seedText);
+  if (index < 0 || !Number.isSafeInteger(seed) || seed < 0) {
+    throw new CutlossError('E_OPTION', `CUTLOSS_EMU_ORDER must be forward, reverse or shuffled[:seed], got '${spec}'`);
+  }
+  addon.setEmulatorOrder(index, seed);
+}

@@ -1,0 +1,471 @@
+// The native backends, cuda (a real GPU) and cuda-emu (the same kernels under the SIMT
+// emulator). Each op is written once as a plan: a generator that yields native calls and does
+// the host work between them (the loss reduction). A plan runs now on the JS thread, or with
+// each call on the libuv pool (the async twins). Host tensors are uploaded, run, downloaded;
+// device tensors stay where they are. Ops without a native kernel yet run on the next backend.
+
+import type {
+  AsyncBackendOps, Backend, CrossEntropyOutput, LinearCrossEntropyOutput, SoftmaxSettings,
+} from './backend.js';
+import { CutlossError } from './errors.js';
+import { BACKEND_CODE, adopt, nativeMatrix, type DeviceBackendName, type DeviceTensor } from './device.js';
+import {
+  fromNativeError, type NativeAddon, type NativeAsyncOps, type NativeCrossEntropyForward, type NativeLossParams,
+  type NativeOpName, type NativeOps,
+} from './native.js';
+import type { ResolvedLossOptions } from './options.js';
+import { fromF32, toF32, type Dtype, type Matrix, type Tensor } from './tensor.js';
+
+/** Ops with a native kernel (README names); the rest fall through to the next backend. */
+export const NATIVE_OPS = [
+  'logSumExp', 'softmax', 'logSoftmax', 'softmaxBackward', 'logSoftmaxBackward', 'stablemax', 'logStablemax',
+  'stablemaxBackward', 'logStablemaxBackward', 'sparsemax', 'sparsemaxBackward', 'entmax15', 'entmax15Backward',
+  'gumbelSoftmax', 'gumbelSoftmaxBackward', 'crossEntropy',
+];
+export const FALLBACK_OPS = ['linearCrossEntropy'];
+
+export interface DeviceCrossEntropyOutput {
+  loss: number | Float32Array;
+  lse: Float32Array;
+  dLogits: DeviceTensor | null;
+}
+
+export interface DeviceLinearCrossEntropyOutput {
+  loss: number | Float32Array;
+  lse: Float32Array;
+  dEmbeddings: DeviceTensor | null;
+  dClassifier: DeviceTensor | null;
+  dBias: Float32Array | null;
+}
+
+/** Every op on device tensors. Inputs are validated by the facade and on this backend. */
+export interface DeviceOps {
+  logSumExp(x: DeviceTensor, o: SoftmaxSettings): DeviceTensor;
+  softmax(x: DeviceTensor, o: SoftmaxSettings, log: boolean): DeviceTensor;
+  softmaxBackward(x: DeviceTensor, dy: DeviceTensor, o: SoftmaxSettings, log: boolean): DeviceTensor;
+  stablemax(x: DeviceTensor, log: boolean): DeviceTensor;
+  stablemaxBackward(x: DeviceTensor, dy: DeviceTensor, log: boolean): DeviceTensor;
+  sparsemax(x: DeviceTensor): DeviceTensor;
+  sparsemaxBackward(x: DeviceTensor, dy: DeviceTensor): DeviceTensor;
+  entmax15(x: DeviceTensor): DeviceTensor;
+  entmax15Backward(x: DeviceTensor, dy: DeviceTensor): DeviceTensor;
+  gumbelSoftmax(x: DeviceTensor, tau: number, hard: boolean, seed: number): DeviceTensor;
+  gumbelSoftmaxBackward(x: DeviceTensor, dy: DeviceTensor, tau: number, seed: number): DeviceTensor;
+  crossEntropy(logits: DeviceTensor, labels: Int32Array, o: ResolvedLossOptions): DeviceCrossEntropyOutput;
+  linearCrossEntropy(E: DeviceTensor, W: DeviceTensor, labels: Int32Array, o: ResolvedLossOptions): DeviceLinearCrossEntropyOutput;
+}
+
+export type DeviceAsyncOps = {
+  [K in keyof DeviceOps]: (...args: Parameters<DeviceOps[K]>) => Promise<ReturnType<DeviceOps[K]>>;
+};
+
+// ---------------------------------------------------------------- plans
+
+interface NativeCall<K extends NativeOpName = NativeOpName> {
+  op: K;
+  args: Parameters<NativeOps[K]>;
+}
+
+type Plan<T> = Generator<NativeCall, T, unknown>;
+
+function call<K extends NativeOpName>(op: K, ...args: Parameters<NativeOps[K]>): NativeCall {
+  return { op, args } as NativeCall;
+}
+
+function invoke(fn: unknown, args: unknown[]): unknown {
+  return (fn as (...a: unknown[]) => unknown)(...args);
+}
+
+function runNow<T>(addon: NativeAddon, plan: Plan<T>): T {
+  let step = plan.next();
+  while (!step.done) {
+    let result: unknown;
+    try {
+      result = invoke(addon[step.value.op], step.value.args);
+    } catch (e) {
+      step = plan.throw(fromNativeError(e)); // the plan's finally blocks free what it holds
+      continue;
+    }
+    step = plan.next(result);
+  }
+  return step.value;
+}
+
+async function runOffThread<T>(addon: NativeAddon, plan: Plan<T>): Promise<T> {
+  let step = plan.next();
+  while (!step.done) {
+    let result: unknown;
+    try {
+      const name = `${step.value.op}Async` as keyof NativeAsyncOps;
+      result = await invoke(addon[name], step.value.args);
+    } catch (e) {
+      step = plan.throw(fromNativeError(e));
+      continue;
+    }
+    step = plan.next(result);
+  }
+  return step.value;
+}
+
+/**
+ * The addon refuses views of a SharedArrayBuffer (another thread could write them while it
+ * copies); the public API accepts them, so they go across as a snapshot.
+ */
+function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int32Array>(a: T): T;
+function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int32Array>(a: T | null): T | null;
+function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int32Array>(a: T | null): T | null {
+  return a !== null && a.buffer instanceof SharedArrayBuffer ? (a.slice() as T) : a;
+}
+
+/** Fallbacks that compute on the JS thread do it after the current tick, as the js backend does. */
+function afterThisTick(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+function nativeLossParams(o: ResolvedLossOptions): NativeLossParams {
+  return {
+    normalizer: o.normalizer, smoothing: o.smoothing, focalGamma: o.focalGamma, polyEpsilon: o.polyEpsilon,
+    zLoss: o.zLoss, squentropy: o.squentropy, softcap: o.softcap, invTemperature: o.invTemperature,
+    ignoreIndex: o.ignoreIndex,
+  };
+}
+
+/** The loss from per-row terms and each row's gradient scales s_W, s_U (README "Losses"). */
+export function reduceLoss(
+  labels: Int32Array, weighted: Float32Array, unweighted: Float32Array, o: ResolvedLossOptions,
+): { loss: number | Float32Array; valid: number; scaleWeighted: Float32Array; scaleUnweighted: Float32Array } {
+  const N = labels.length;
+  const w = o.classWeights;
+  let valid = 0;
+  let sumTargetWeights = 0;
+  let totalWeighted = 0;
+  let totalUnweighted = 0;
+  for (let i = 0; i < N; i++) {
+    const t = labels[i]!;
+    if (t === o.ignoreIndex) continue;
+    valid++;
+    sumTargetWeights += w === null ? 1 : w[t]!;
+    totalWeighted += weighted[i]!;
+    totalUnweighted += unweighted[i]!;
+  }
+  let loss: number | Float32Array;
+  if (o.reduction === 'none') {
+    const perRow = new Float32Array(N);
+    for (let i = 0; i < N; i++) if (labels[i] !== o.ignoreIndex) perRow[i] = weighted[i]! + unweighted[i]!;
+    loss = perRow;
+  } else if (o.reduction === 'sum') {
+    loss = totalWeighted + totalUnweighted;
+  } else {
+    loss = valid === 0 ? NaN : totalWeighted / sumTargetWeights + totalUnweighted / valid;
+  }
+  const scaleWeighted = new Float32Array(N);
+  const scaleUnweighted = new Float32Array(N);
+  if (o.computeGrad) {
+    for (let i = 0; i < N; i++) {
+      if (labels[i] === o.ignoreIndex) continue;
+      const g = typeof o.gradScale === 'number' ? o.gradScale : o.gradScale[i]!;
+      if (o.reduction === 'mean') {
+        scaleWeighted[i] = sumTargetWeights === 0 ? 0 : g / sumTargetWeights;
+        scaleUnweighted[i] = g / valid;
+      } else {
+        scaleWeighted[i] = g;
+        scaleUnweighted[i] = g;
+      }
+    }
+  }
+  return { loss, valid, scaleWeighted, scaleUnweighted };
+}
+
+// ---------------------------------------------------------------- the backend
+
+export class NativeBackend implements Backend {
+  readonly code: 0 | 1;
+  readonly device: DeviceOps;
+  readonly deviceAsync: DeviceAsyncOps;
+  readonly async: AsyncBackendOps;
+
+  constructor(
+    readonly name: DeviceBackendName,
+    private readonly addon: NativeAddon,
+    /** The next available backend, for ops this one has no kernel for. */
+    private readonly fallback: () => Backend,
+  ) {
+    this.code = BACKEND_CODE[name];
+    this.device = this.deviceOps();
+    this.deviceAsync = this.deviceAsyncOps();
+    this.async = {
+      logSumExp: (x, o) => this.onHostAsync([x], ([t]) => this.logSumExpPlan(t!, o)),
+      softmax: (x, o, log) => this.onHostAsync([x], ([t]) => this.softmaxPlan(t!, o, log)),
+      crossEntropy: async (logits, labels, o) => {
+        const t = this.upload(logits);
+        try {
+          return this.toHost(await runOffThread(this.addon, this.crossEntropyPlan(t, labels, o)));
+        } finally {
+          t.dispose();
+        }
+      },
+      linearCrossEntropy: async (E, W, labels, o) => {
+        const b = this.fallback();
+        if (b.async !== undefined) return b.async.linearCrossEntropy(E, W, labels, o);
+        await afterThisTick();
+        return b.linearCrossEntropy(E, W, labels, o);
+      },
+    };
+  }
+
+  upload(m: Matrix): DeviceTensor {
+    let id: number;
+    try {
+      id = this.addon.upload(this.code, unshared(m.data));
+    } catch (e) {
+      throw fromNativeError(e);
+    }
+    return adopt(this.name, id, m.shape, m.dtype);
+  }
+
+  private zeros(shape: Tensor['shape'], dtype: Dtype): DeviceTensor {
+    const n = shape.length === 2 ? shape[0] * shape[1]! : shape[0];
+    let id: number;
+    try {
+      id = this.addon.alloc(this.code, n * (dtype === 'bf16' ? 2 : 4));
+    } catch (e) {
+      throw fromNativeError(e);
+    }
+    return adopt(this.name, id, shape, dtype);
+  }
+
+  /** Reads a temporary f32 buffer of n elements and frees it. */
+  private take(id: number, n: number): Float32Array {
+    const out = new Float32Array(n);
+    try {
+      this.addon.download(id, out);
+    } catch (e) {
+      throw fromNativeError(e);
+    } finally {
+      this.addon.free(id);
+    }
+    return out;
+  }
+
+  // ---- one plan per op
+
+  private *logSumExpPlan(x: DeviceTensor, o: SoftmaxSettings): Plan<DeviceTensor> {
+    const id = (yield call('logSumExp', nativeMatrix(x, 'x'), o.invTemperature, unshared(o.mask))) as number;
+    return adopt(this.name, id, [x.rows], 'f32');
+  }
+  private *softmaxPlan(x: DeviceTensor, o: SoftmaxSettings, log: boolean): Plan<DeviceTensor> {
+    const id = (yield call('softmax', nativeMatrix(x, 'x'), o.invTemperature, unshared(o.mask), log)) as number;
+    return adopt(this.name, id, x.shape, x.dtype);
+  }
+  private *softmaxBackwardPlan(x: DeviceTensor, dy: DeviceTensor, o: SoftmaxSettings, log: boolean): Plan<DeviceTensor> {
+    const id = (yield call('softmaxBackward', nativeMatrix(x, 'x'), nativeMatrix(dy, 'dy'), o.invTemperature, unshared(o.mask), log)) as number;
+    return adopt(this.name, id, x.shape, x.dtype);
+  }
+  private *stablemaxPlan(x: DeviceTensor, log: boolean): Plan<DeviceTensor> {
+    const id = (yield call('stablemax', nativeMatrix(x, 'x'), log)) as number;
+    return adopt(this.name, id, x.shape, x.dtype);
+  }
+  private *stablemaxBackwardPlan(x: DeviceTensor, dy: DeviceTensor, log: boolean): Plan<DeviceTensor> {
+    const id = (yield call('stablemaxBackward', nativeMatrix(x, 'x'), nativeMatrix(dy, 'dy'), log)) as number;
+    return adopt(this.name, id, x.shape, x.dtype);
+  }
+  private *sparsemaxPlan(x: DeviceTensor): Plan<DeviceTensor> {
+    const id = (yield call('sparsemax', nativeMatrix(x, 'x'))) as number;
+    return adopt(this.name, id, x.shape, x.dtype);
+  }
+  private *sparsemaxBackwardPlan(x: DeviceTensor, dy: DeviceTensor): Plan<DeviceTensor> {
+    const id = (yield call('sparsemaxBackward', nativeMatrix(x, 'x'), nativeMatrix(dy, 'dy'))) as number;
+    return adopt(this.name, id, x.shape, x.dtype);
+  }
+  private *entmax15Plan(x: DeviceTensor): Plan<DeviceTensor> {
+    const id = (yield call('entmax15', nativeMatrix(x, 'x'))) as number;
+    return adopt(this.name, id, x.shape, x.dtype);
+  }
+  private *entmax15BackwardPlan(x: DeviceTensor, dy: DeviceTensor): Plan<DeviceTensor> {
+    const id = (yield call('entmax15Backward', nativeMatrix(x, 'x'), nativeMatrix(dy, 'dy'))) as number;
+    return adopt(this.name, id, x.shape, x.dtype);
+  }
+  private *gumbelSoftmaxPlan(x: DeviceTensor, tau: number, hard: boolean, seed: number): Plan<DeviceTensor> {
+    const id = (yield call('gumbelSoftmax', nativeMatrix(x, 'x'), tau, hard, seed)) as number;
+    return adopt(this.name, id, x.shape, x.dtype);
+  }
+  private *gumbelSoftmaxBackwardPlan(x: DeviceTensor, dy: DeviceTensor, tau: number, seed: number): Plan<DeviceTensor> {
+    const id = (yield call('gumbelSoftmaxBackward', nativeMatrix(x, 'x'), nativeMatrix(dy, 'dy'), tau, seed)) as number;
+    return adopt(this.name, id, x.shape, x.dtype);
+  }
+
+  /** The forward per row on the device; the reduction and its scales on the host; then the backward. */
+  private *crossEntropyPlan(logits: DeviceTensor, labels: Int32Array, o: ResolvedLossOptions): Plan<DeviceCrossEntropyOutput> {
+    const N = logits.rows;
+    const params = nativeLossParams(o);
+    const fwd = (yield call('crossEntropyForward', nativeMatrix(logits, 'logits'), unshared(labels), params, unshared(o.classWeights))) as NativeCrossEntropyForward;
+    try {
+      const lse = this.take(fwd.lse, N);
+      const r = reduceLoss(labels, this.take(fwd.weighted, N), this.take(fwd.unweighted, N), o);
+      if (!o.computeGrad) return { loss: r.loss, lse, dLogits: null };
+      if (r.valid === 0) return { loss: r.loss, lse, dLogits: this.zeros(logits.shape, logits.dtype) };
+      const id = (yield call('crossEntropyBackward', fwd.state, r.scaleWeighted, r.scaleUnweighted)) as number;
+      return { loss: r.loss, lse, dLogits: adopt(this.name, id, logits.shape, logits.dtype) };
+    } finally {
+      for (const id of [fwd.lse, fwd.weighted, fwd.unweighted, fwd.state]) this.addon.free(id);
+    }
+  }
+
+  private deviceOps(): DeviceOps {
+    const now = <T>(plan: Plan<T>): T => runNow(this.addon, plan);
+    return {
+      logSumExp: (x, o) => now(this.logSumExpPlan(x, o)),
+      softmax: (x, o, log) => now(this.softmaxPlan(x, o, log)),
+      softmaxBackward: (x, dy, o, log) => now(this.softmaxBackwardPlan(x, dy, o, log)),
+      stablemax: (x, log) => now(this.stablemaxPlan(x, log)),
+      stablemaxBackward: (x, dy, log) => now(this.stablemaxBackwardPlan(x, dy, log)),
+      sparsemax: (x) => now(this.sparsemaxPlan(x)),
+      sparsemaxBackward: (x, dy) => now(this.sparsemaxBackwardPlan(x, dy)),
+      entmax15: (x) => now(this.entmax15Plan(x)),
+      entmax15Backward: (x, dy) => now(this.entmax15BackwardPlan(x, dy)),
+      gumbelSoftmax: (x, tau, hard, seed) => now(this.gumbelSoftmaxPlan(x, tau, hard, seed)),
+      gumbelSoftmaxBackward: (x, dy, tau, seed) => now(this.gumbelSoftmaxBackwardPlan(x, dy, tau, seed)),
+      crossEntropy: (logits, labels, o) => now(this.crossEntropyPlan(logits, labels, o)),
+      linearCrossEntropy: (E, W, labels, o) => this.linearOnFallback(E, W, labels, o),
+    };
+  }
+
+  private deviceAsyncOps(): DeviceAsyncOps {
+    const later = <T>(plan: Plan<T>): Promise<T> => runOffThread(this.addon, plan);
+    return {
+      logSumExp: async (x, o) => later(this.logSumExpPlan(x, o)),
+      softmax: async (x, o, log) => later(this.softmaxPlan(x, o, log)),
+      softmaxBackward: async (x, dy, o, log) => later(this.softmaxBackwardPlan(x, dy, o, log)),
+      stablemax: async (x, log) => later(this.stablemaxPlan(x, log)),
+      stablemaxBackward: async (x, dy, log) => later(this.stablemaxBackwardPlan(x, dy, log)),
+      sparsemax: async (x) => later(this.sparsemaxPlan(x)),
+      sparsemaxBackward: async (x, dy) => later(this.sparsemaxBackwardPlan(x, dy)),
+      entmax15: async (x) => later(this.entmax15Plan(x)),
+      entmax15Backward: async (x, dy) => later(this.entmax15BackwardPlan(x, dy)),
+      gumbelSoftmax: async (x, tau, hard, seed) => later(this.gumbelSoftmaxPlan(x, tau, hard, seed)),
+      gumbelSoftmaxBackward: async (x, dy, tau, seed) => later(this.gumbelSoftmaxBackwardPlan(x, dy, tau, seed)),
+      crossEntropy: async (logits, labels, o) => later(this.crossEntropyPlan(logits, labels, o)),
+      linearCrossEntropy: async (E, W, labels, o) => {
+        await afterThisTick();
+        return this.linearOnFallback(E, W, labels, o);
+      },
+    };
+  }
+
+  /** linearCrossEntropy has no kernel yet: the next backend runs it on host copies. */
+  private linearOnFallback(
+    E: DeviceTensor, W: DeviceTensor, labels: Int32Array, o: ResolvedLossOptions,
+  ): DeviceLinearCrossEntropyOutput {
+    const Em = hostMatrix(E.download());
+    const Wm = hostMatrix(W.download());
+    const out = this.fallback().linearCrossEntropy(Em, Wm, labels, o);
+    const back = (values: Float32Array | null, like: DeviceTensor): DeviceTensor | null =>
+      values === null ? null : this.upload(hostMatrix({ data: fromF32(values, like.dtype), shape: like.shape, dtype: like.dtype }));
+    return {
+      loss: out.loss, lse: out.lse, dBias: out.dBias,
+      dEmbeddings: back(out.dEmbeddings, E), dClassifier: back(out.dClassifier, W),
+    };
+  }
+
+  // ---- the Backend interface: host tensors in and out
+
+  /** Uploads the inputs, runs the plan, downloads its result as f32, frees everything. */
+  private onHost(inputs: Matrix[], plan: (t: DeviceTensor[]) => Plan<DeviceTensor>): Float32Array {
+    const uploaded: DeviceTensor[] = [];
+    try {
+      for (const m of inputs) uploaded.push(this.upload(m));
+      const out = runNow(this.addon, plan(uploaded));
+      try {
+        return toF32(hostMatrix(out.download()));
+      } finally {
+        out.dispose();
+      }
+    } finally {
+      for (const t of uploaded) t.dispose();
+    }
+  }
+
+  private async onHostAsync(inputs: Matrix[], plan: (t: DeviceTensor[]) => Plan<DeviceTensor>): Promise<Float32Array> {
+    const uploaded: DeviceTensor[] = [];
+    try {
+      for (const m of inputs) uploaded.push(this.upload(m));
+      const out = await runOffThread(this.addon, plan(uploaded));
+      try {
+        return toF32(hostMatrix(out.download()));
+      } finally {
+        out.dispose();
+      }
+    } finally {
+      for (const t of uploaded) t.dispose();
+    }
+  }
+
+  private toHost(r: DeviceCrossEntropyOutput): CrossEntropyOutput {
+    if (r.dLogits === null) return { loss: r.loss, lse: r.lse, dLogits: null };
+    try {
+      return { loss: r.loss, lse: r.lse, dLogits: toF32(hostMatrix(r.dLogits.download())) };
+    } finally {
+      r.dLogits.dispose();
+    }
+  }
+
+  logSumExp(x: Matrix, o: SoftmaxSettings): Float32Array {
+    return this.onHost([x], ([t]) => this.logSumExpPlan(t!, o));
+  }
+  softmax(x: Matrix, o: SoftmaxSettings, log: boolean): Float32Array {
+    return this.onHost([x], ([t]) => this.softmaxPlan(t!, o, log));
+  }
+  softmaxBackward(x: Matrix, dy: Float32Array, o: SoftmaxSettings, log: boolean): Float32Array {
+    return this.onHost([x, like(x, dy)], ([t, g]) => this.softmaxBackwardPlan(t!, g!, o, log));
+  }
+  stablemax(x: Matrix, log: boolean): Float32Array {
+    return this.onHost([x], ([t]) => this.stablemaxPlan(t!, log));
+  }
+  stablemaxBackward(x: Matrix, dy: Float32Array, log: boolean): Float32Array {
+    return this.onHost([x, like(x, dy)], ([t, g]) => this.stablemaxBackwardPlan(t!, g!, log));
+  }
+  sparsemax(x: Matrix): Float32Array {
+    return this.onHost([x], ([t]) => this.sparsemaxPlan(t!));
+  }
+  sparsemaxBackward(x: Matrix, dy: Float32Array): Float32Array {
+    return this.onHost([x, like(x, dy)], ([t, g]) => this.sparsemaxBackwardPlan(t!, g!));
+  }
+  entmax15(x: Matrix): Float32Array {
+    return this.onHost([x], ([t]) => this.entmax15Plan(t!));
+  }
+  entmax15Backward(x: Matrix, dy: Float32Array): Float32Array {
+    return this.onHost([x, like(x, dy)], ([t, g]) => this.entmax15BackwardPlan(t!, g!));
+  }
+  gumbelSoftmax(x: Matrix, tau: number, hard: boolean, seed: number): Float32Array {
+    return this.onHost([x], ([t]) => this.gumbelSoftmaxPlan(t!, tau, hard, seed));
+  }
+  gumbelSoftmaxBackward(x: Matrix, dy: Float32Array, tau: number, seed: number): Float32Array {
+    return this.onHost([x, like(x, dy)], ([t, g]) => this.gumbelSoftmaxBackwardPlan(t!, g!, tau, seed));
+  }
+  crossEntropy(logits: Matrix, labels: Int32Array, o: ResolvedLossOptions): CrossEntropyOutput {
+    const t = this.upload(logits);
+    try {
+      return this.toHost(runNow(this.addon, this.crossEntropyPlan(t, labels, o)));
+    } finally {
+      t.dispose();
+    }
+  }
+  linearCrossEntropy(E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions): LinearCrossEntropyOutput {
+    return this.fallback().linearCrossEntropy(E, W, labels, o);
+  }
+}
+
+/** The upstream gradient (f32, x's shape) as a matrix to upload. */
+function like(x: Matrix, dy: Float32Array): Matrix {
+  return { data: dy, rows: x.rows, cols: x.cols, dtype: 'f32', shape: x.shape };
+}
+
+function hostMatrix(t: Tensor): Matrix {
+  const rows = t.shape.length === 2 ? t.shape[0] : 1;
+  const cols = t.shape.length === 2 ? t.shape[1]! : t.shape[0];
+  return { data: t.data, rows, cols, dtype: t.dtype ?? 'f32', shape: t.shape };
+}
+
+export function unavailable(name: DeviceBackendName, reason: string): CutlossError {
+  return new CutlossError('E_BACKEND', `backend '${name}' is unavailable: ${reason}`);
+}

@@ -1,0 +1,36 @@
+// The CUDA runtime as the binding uses it: device discovery, memory, copies, synchronization.
+// Without CUTLOSS_WITH_CUDA every call says the build has no CUDA part.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace cutloss::cudahost {
+
+struct Status {
+  bool built;           // the addon was compiled with nvcc
+  int code;             // cudaGetDeviceCount's cudaError_t; 0 when it succeeded
+  std::string name;     // e.g. "cudaErrorInsufficientDriver"
+  std::string message;  // cudaGetErrorString
+  int devices;
+  int runtimeVersion;
+  int driverVersion;
+  std::string deviceName;  // device 0
+  int computeMajor;
+  int computeMinor;
+  size_t totalMemory;
+};
+
+/** Probed once per process: devices do not come and go under a running process. */
+const Status& status();
+/** Throws ArgError E_BACKEND with the reason when no usable device exists. */
+void requireAvailable();
+
+void* allocateZeroed(size_t bytes);
+void release(void* p) noexcept;
+void copyToDevice(void* dst, const void* src, size_t bytes);
+void copyToHost(void* dst, const void* src, size_t bytes);
+/** Waits for queued kernels; throws KernelError with the CUDA error of any that failed. */
+void synchronize();
+
+}  // namespace cutloss::cudahost

@@ -1,0 +1,3 @@
+// cuda/gumbel.cu (gumbelSoftmax, forward and backward) compiled for the SIMT emulator:
+// without __CUDACC__, cuda/runtime.h puts its launchers in cutloss::emu.
+#include "../../cuda/gumbel.cu"

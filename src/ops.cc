@@ -1,0 +1,428 @@
+// The kernel entry points. Each one reads and checks its arguments (device matrices by id,
+// host side inputs such as masks and labels copied at once), allocates its outputs, and
+// hands a KernelJob to runNow (name) or runLater (nameAsync, a Promise).
+#include <napi.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "boundary.h"
+#include "device_buffer.h"
+#include "job.h"
+#include "ops.h"
+
+namespace cutloss {
+
+namespace {
+
+constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
+constexpr int64_t kMaxElements = int64_t{1} << 53;
+
+struct MatrixArg {
+  std::shared_ptr<DeviceBuffer> buffer;
+  DType dtype;
+  int64_t rows;
+  int64_t cols;
+
+  Backend backend() const { return buffer->backend(); }
+  size_t bytes() const { return static_cast<size_t>(rows * cols) * dtypeSize(dtype); }
+  MatrixRef ref() const { return {buffer->data(), dtype, rows, cols}; }
+};
+
+/** A device matrix { id, dtype, rows, cols } whose buffer holds at least rows·cols elements. */
+MatrixArg readMatrix(const Napi::Value& v, const std::string& name) {
+  if (!v.IsObject()) {
+    throw ArgError("E_SHAPE", name + " must be a device matrix { id, dtype, rows, cols }");
+  }
+  Napi::Object o = v.As<Napi::Object>();
+  DType dtype = readDType(o.Get("dtype"), (name + ".dtype").c_str());
+  int64_t rows = readCount(o.Get("rows"), (name + ".rows").c_str(), kMaxDim);
+  int64_t cols = readCount(o.Get("cols"), (name + ".cols").c_str(), kMaxDim);
+  if (cols < 1) throw ArgError("E_SHAPE", name + ".cols must be at least 1");
+  if (rows * cols > kMaxElements) throw ArgError("E_SHAPE", name + " has more than 2^53 elements");
+  // Looked up last: the getters above may run JavaScript that frees buffers.
+  MatrixArg m{readBuffer(o.Get("id"), name.c_str()), dtype, rows, cols};
+  if (m.bytes() > m.buffer->bytes()) {
+    throw ArgError("E_SHAPE", name + ": [" + std::to_string(rows) + ", " + std::to_string(cols) + "] needs " +
+                                  std::to_string(m.bytes()) + " bytes, its buffer has " +
+                                  std::to_string(m.buffer->bytes()));
+  }
+  return m;
+}
+
+void requireSameBackend(const MatrixArg& x, const MatrixArg& other, const char* name) {
+  if (other.backend() != x.backend()) {
+    throw ArgError("E_BACKEND", std::string(name) + " is on " + backendName(other.backend()) + ", x is on " +
+                                    backendName(x.backend()));
+  }
+}
+
+void requireSameShape(const MatrixArg& x, const MatrixArg& dy) {
+  if (dy.rows != x.rows || dy.cols != x.cols) {
+    throw ArgError("E_SHAPE", "dy is [" + std::to_string(dy.rows) + ", " + std::to_string(dy.cols) + "], x is [" +
+                                  std::to_string(x.rows) + ", " + std::to_string(x.cols) + "]");
+  }
+}
+
+/** A finite number > 0 that stays finite and > 0 as a float (temperatures, tau). */
+float readPositive(const Napi::Value& v, const char* name) {
+  double d = readFinite(v, name);
+  float f = static_cast<float>(d);
+  if (!(f > 0) || !std::isfinite(f)) {
+    throw ArgError("E_OPTION", std::string(name) + " must be a number > 0 that a float can hold");
+  }
+  return f;
+}
+
+/** A finite number in [lo, hi] (within float range), as a float. */
+float readFloatIn(const Napi::Value& v, const char* name, double lo, double hi, const char* expected) {
+  double d = readFinite(v, name);
+  if (!(d >= lo && d <= hi)) throw ArgError("E_OPTION", std::string(name) + " must be " + expected);
+  return static_cast<float>(d);
+}
+
+int32_t readInt32(const Napi::Value& v, const char* name) {
+  double d = readFinite(v, name);
+  if (d != std::floor(d) || d < std::numeric_limits<int32_t>::min() || d > std::numeric_limits<int32_t>::max()) {
+    throw ArgError("E_OPTION", std::string(name) + " must be a 32-bit integer");
+  }
+  return static_cast<int32_t>(d);
+}
+
+std::unique_ptr<KernelJob> jobFor(const MatrixArg& x) {
+  auto job = std::make_unique<KernelJob>(x.backend());
+  job->keep(x.buffer);
+  return job;
+}
+
+/** The output like x: same dtype and shape. */
+MutMatrixRef outputLike(KernelJob& job, const MatrixArg& x) {
+  return {job.output(x.bytes()), x.dtype, x.rows, x.cols};
+}
+
+/** The mask argument: null, or a Uint8Array of rows·cols or cols (shared by every row). */
+SoftmaxParams readSoftmaxParams(KernelJob& job, const MatrixArg& x, const Napi::Value& invTemperature,
+                                const Napi::Value& mask) {
+  SoftmaxParams p;
+  p.invTemperature = readPositive(invTemperature, "invTemperature");
+  if (mask.IsNull() || mask.IsUndefined()) return p;
+  std::vector<uint8_t> m = copyUint8(mask, "mask");
+  size_t full = static_cast<size_t>(x.rows * x.cols);
+  if (m.size() != full && m.size() != static_cast<size_t>(x.cols)) {
+    throw ArgError("E_SHAPE", "mask must have rows·cols = " + std::to_string(full) + " or cols = " +
+                                  std::to_string(x.cols) + " elements, got " + std::to_string(m.size()));
+  }
+  auto buffer = DeviceBuffer::fromHost(x.backend(), m.data(), m.size());
+  p.mask = static_cast<const uint8_t*>(buffer->data());
+  p.maskShared = m.size() != full;
+  job.keep(std::move(buffer));
+  return p;
+}
+
+MatrixArg readUpstream(KernelJob& job, const MatrixArg& x, const Napi::Value& v) {
+  MatrixArg dy = readMatrix(v, "dy");
+  requireSameBackend(x, dy, "dy");
+  requireSameShape(x, dy);
+  job.keep(dy.buffer);
+  return dy;
+}
+
+// ---------------------------------------------------------------- row-wise ops
+
+std::unique_ptr<Job> makeLogSumExp(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  auto job = jobFor(x);
+  SoftmaxParams p = readSoftmaxParams(*job, x, info[1], info[2]);
+  auto* out = static_cast<float*>(job->output(static_cast<size_t>(x.rows) * sizeof(float)));
+  if (x.rows > 0) {
+    job->setLaunch([x = x.ref(), p, out](const KernelTable& k, Stream s) { k.logSumExp(x, p, out, s); });
+  }
+  return job;
+}
+
+std::unique_ptr<Job> makeSoftmax(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  auto job = jobFor(x);
+  SoftmaxParams p = readSoftmaxParams(*job, x, info[1], info[2]);
+  bool log = readBool(info[3], "log");
+  MutMatrixRef y = outputLike(*job, x);
+  if (x.rows > 0) {
+    job->setLaunch([x = x.ref(), p, log, y](const KernelTable& k, Stream s) { k.softmax(x, p, log, y, s); });
+  }
+  return job;
+}
+
+std::unique_ptr<Job> makeSoftmaxBackward(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  auto job = jobFor(x);
+  MatrixArg dy = readUpstream(*job, x, info[1]);
+  SoftmaxParams p = readSoftmaxParams(*job, x, info[2], info[3]);
+  bool log = readBool(info[4], "log");
+  MutMatrixRef dx = outputLike(*job, x);
+  if (x.rows > 0) {
+    job->setLaunch([x = x.ref(), dy = dy.ref(), p, log, dx](const KernelTable& k, Stream s) {
+      k.softmaxBackward(x, dy, p, log, dx, s);
+    });
+  }
+  return job;
+}
+
+std::unique_ptr<Job> makeStablemax(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  auto job = jobFor(x);
+  bool log = readBool(info[1], "log");
+  MutMatrixRef y = outputLike(*job, x);
+  if (x.rows > 0) job->setLaunch([x = x.ref(), log, y](const KernelTable& k, Stream s) { k.stablemax(x, log, y, s); });
+  return job;
+}
+
+std::unique_ptr<Job> makeStablemaxBackward(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  auto job = jobFor(x);
+  MatrixArg dy = readUpstream(*job, x, info[1]);
+  bool log = readBool(info[2], "log");
+  MutMatrixRef dx = outputLike(*job, x);
+  if (x.rows > 0) {
+    job->setLaunch([x = x.ref(), dy = dy.ref(), log, dx](const KernelTable& k, Stream s) {
+      k.stablemaxBackward(x, dy, log, dx, s);
+    });
+  }
+  return job;
+}
+
+/** sparsemax and entmax15, forward: y = f(x). */
+template <void (*KernelTable::*kernel)(const MatrixRef&, const MutMatrixRef&, Stream)>
+std::unique_ptr<Job> makeProjection(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  auto job = jobFor(x);
+  MutMatrixRef y = outputLike(*job, x);
+  if (x.rows > 0) job->setLaunch([x = x.ref(), y](const KernelTable& k, Stream s) { (k.*kernel)(x, y, s); });
+  return job;
+}
+
+/** sparsemax and entmax15, backward: dx from x and dy. */
+template <void (*KernelTable::*kernel)(const MatrixRef&, const MatrixRef&, const MutMatrixRef&, Stream)>
+std::unique_ptr<Job> makeProjectionBackward(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  auto job = jobFor(x);
+  MatrixArg dy = readUpstream(*job, x, info[1]);
+  MutMatrixRef dx = outputLike(*job, x);
+  if (x.rows > 0) {
+    job->setLaunch([x = x.ref(), dy = dy.ref(), dx](const KernelTable& k, Stream s) { (k.*kernel)(x, dy, dx, s); });
+  }
+  return job;
+}
+
+std::unique_ptr<Job> makeGumbelSoftmax(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  auto job = jobFor(x);
+  float tau = readPositive(info[1], "tau");
+  bool hard = readBool(info[2], "hard");
+  uint64_t seed = readSeed(info[3], "seed");
+  MutMatrixRef y = outputLike(*job, x);
+  if (x.rows > 0) {
+    job->setLaunch([x = x.ref(), tau, hard, seed, y](const KernelTable& k, Stream s) {
+      k.gumbelSoftmax(x, tau, hard, seed, y, s);
+    });
+  }
+  return job;
+}
+
+std::unique_ptr<Job> makeGumbelSoftmaxBackward(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  auto job = jobFor(x);
+  MatrixArg dy = readUpstream(*job, x, info[1]);
+  float tau = readPositive(info[2], "tau");
+  uint64_t seed = readSeed(info[3], "seed");
+  MutMatrixRef dx = outputLike(*job, x);
+  if (x.rows > 0) {
+    job->setLaunch([x = x.ref(), dy = dy.ref(), tau, seed, dx](const KernelTable& k, Stream s) {
+      k.gumbelSoftmaxBackward(x, dy, tau, seed, dx, s);
+    });
+  }
+  return job;
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+/**
+ * What the forward leaves for the backward. JavaScript holds it by id and cannot look inside,
+ * so the backward always sees the forward's own logits, labels, options and row statistics.
+ */
+class CrossEntropyState : public OpState {
+ public:
+  CrossEntropyState() : OpState(Kind::CrossEntropy) {}
+  MatrixArg logits;
+  std::shared_ptr<DeviceBuffer> labels;
+  std::shared_ptr<DeviceBuffer> classWeights;
+  std::shared_ptr<DeviceBuffer> rowStats;
+  LossParams params;
+};
+
+/** Resolved loss options (lib/options.ts), checked again: they reach kernels as they are. */
+LossParams readLossParams(const Napi::Value& v, int64_t vocab) {
+  if (!v.IsObject()) throw ArgError("E_OPTION", "params must be an object of resolved loss options");
+  Napi::Object o = v.As<Napi::Object>();
+  LossParams p;
+  p.vocab = static_cast<int32_t>(vocab);
+  double normalizer = readFinite(o.Get("normalizer"), "params.normalizer");
+  if (normalizer != 0 && normalizer != 1 && normalizer != 2) {
+    throw ArgError("E_OPTION", "params.normalizer must be 0 (softmax), 1 (stablemax) or 2 (sparsemax)");
+  }
+  p.normalizer = static_cast<int32_t>(normalizer);
+  constexpr double kFloatMax = 3.4e38;
+  p.smoothing = readFloatIn(o.Get("smoothing"), "params.smoothing", 0, 1, "in [0, 1)");
+  if (!(p.smoothing < 1)) throw ArgError("E_OPTION", "params.smoothing must be in [0, 1)");
+  p.focalGamma = readFloatIn(o.Get("focalGamma"), "params.focalGamma", 0, kFloatMax, "a float >= 0");
+  p.polyEpsilon = readFloatIn(o.Get("polyEpsilon"), "params.polyEpsilon", -kFloatMax, kFloatMax, "a float");
+  p.zLoss = readFloatIn(o.Get("zLoss"), "params.zLoss", 0, kFloatMax, "a float >= 0");
+  double squentropy = readFinite(o.Get("squentropy"), "params.squentropy");
+  if (squentropy != 0 && squentropy != 1) throw ArgError("E_OPTION", "params.squentropy must be 0 or 1");
+  p.squentropy = static_cast<float>(squentropy);
+  p.softcap = readFloatIn(o.Get("softcap"), "params.softcap", 0, kFloatMax, "a float >= 0 (0 = off)");
+  p.invTemperature = readPositive(o.Get("invTemperature"), "params.invTemperature");
+  p.ignoreIndex = readInt32(o.Get("ignoreIndex"), "params.ignoreIndex");
+  return p;
+}
+
+std::unique_ptr<Job> makeCrossEntropyForward(const Napi::CallbackInfo& info) {
+  MatrixArg logits = readMatrix(info[0], "logits");
+  const int64_t N = logits.rows;
+  const int64_t V = logits.cols;
+  std::vector<int32_t> labels = copyInt32(info[1], "labels");
+  LossParams p = readLossParams(info[2], V);
+  std::vector<float> weights;
+  if (!info[3].IsNull() && !info[3].IsUndefined()) {
+    weights = copyFloat32(info[3], "classWeights");
+    if (static_cast<int64_t>(weights.size()) != V) {
+      throw ArgError("E_SHAPE", "classWeights must have V = " + std::to_string(V) + " elements, got " +
+                                    std::to_string(weights.size()));
+    }
+  }
+  if (static_cast<int64_t>(labels.size()) != N) {
+    throw ArgError("E_SHAPE", "labels must have N = " + std::to_string(N) + " elements, got " +
+                                  std::to_string(labels.size()));
+  }
+  for (size_t i = 0; i < labels.size(); i++) {
+    int32_t t = labels[i];
+    if (t != p.ignoreIndex && (t < 0 || t >= V)) {
+      throw ArgError("E_LABEL", "labels[" + std::to_string(i) + "] = " + std::to_string(t) + " is outside [0, " +
+                                    std::to_string(V) + ") and is not ignoreIndex (" + std::to_string(p.ignoreIndex) +
+                                    ")");
+    }
+  }
+  double sumWeights = static_cast<double>(V);
+  if (!weights.empty()) {
+    sumWeights = 0;
+    for (size_t j = 0; j < weights.size(); j++) {
+      if (!std::isfinite(weights[j])) {
+        throw ArgError("E_OPTION", "classWeights[" + std::to_string(j) + "] must be finite");
+      }
+      sumWeights += weights[j];
+    }
+  }
+  p.sumWeights = static_cast<float>(sumWeights);
+
+  const Backend backend = logits.backend();
+  auto state = std::make_shared<CrossEntropyState>();
+  state->logits = logits;
+  state->labels = DeviceBuffer::fromHost(backend, labels.data(), labels.size() * sizeof(int32_t));
+  if (!weights.empty()) {
+    state->classWeights = DeviceBuffer::fromHost(backend, weights.data(), weights.size() * sizeof(float));
+    p.classWeights = static_cast<const float*>(state->classWeights->data());
+  }
+  state->rowStats = DeviceBuffer::allocate(backend, static_cast<size_t>(N) * kRowStatFloats * sizeof(float));
+  state->params = p;
+
+  auto job = jobFor(logits);
+  CrossEntropyForwardOut out{};
+  const size_t rowBytes = static_cast<size_t>(N) * sizeof(float);
+  out.lse = static_cast<float*>(job->output(rowBytes, "lse"));
+  out.weighted = static_cast<float*>(job->output(rowBytes, "weighted"));
+  out.unweighted = static_cast<float*>(job->output(rowBytes, "unweighted"));
+  out.rowStats = static_cast<float*>(state->rowStats->data());
+  if (N > 0) {
+    job->setLaunch([x = logits.ref(), t = static_cast<const int32_t*>(state->labels->data()), p, out](
+                       const KernelTable& k, Stream s) { k.crossEntropyForward(x, t, p, out, s); });
+  }
+  job->addState("state", std::move(state));
+  return job;
+}
+
+std::unique_ptr<Job> makeCrossEntropyBackward(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) throw ArgError("E_DISPOSED", "state is not a cross-entropy forward state");
+  auto found = handles::findState(info[0].As<Napi::Number>().DoubleValue());
+  if (!found || found->kind != OpState::Kind::CrossEntropy) {
+    throw ArgError("E_DISPOSED", "state does not name a live cross-entropy forward state");
+  }
+  auto state = std::static_pointer_cast<CrossEntropyState>(found);
+  const int64_t N = state->logits.rows;
+  std::vector<float> scaleWeighted = copyFloat32(info[1], "scaleWeighted");
+  std::vector<float> scaleUnweighted = copyFloat32(info[2], "scaleUnweighted");
+  if (static_cast<int64_t>(scaleWeighted.size()) != N || static_cast<int64_t>(scaleUnweighted.size()) != N) {
+    throw ArgError("E_SHAPE", "scaleWeighted and scaleUnweighted must have N = " + std::to_string(N) + " elements");
+  }
+  const Backend backend = state->logits.backend();
+  auto sW = DeviceBuffer::fromHost(backend, scaleWeighted.data(), scaleWeighted.size() * sizeof(float));
+  auto sU = DeviceBuffer::fromHost(backend, scaleUnweighted.data(), scaleUnweighted.size() * sizeof(float));
+
+  auto job = jobFor(state->logits);
+  job->keep(state->labels);
+  job->keep(state->classWeights);
+  job->keep(state->rowStats);
+  job->keep(sW);
+  job->keep(sU);
+  MutMatrixRef dLogits = outputLike(*job, state->logits);
+  if (N > 0) {
+    job->setLaunch([x = state->logits.ref(), t = static_cast<const int32_t*>(state->labels->data()),
+                    p = state->params, stats = static_cast<const float*>(state->rowStats->data()),
+                    w = static_cast<const float*>(sW->data()), u = static_cast<const float*>(sU->data()),
+                    dLogits](const KernelTable& k, Stream s) {
+      k.crossEntropyBackward(x, t, p, stats, w, u, dLogits, s);
+    });
+  }
+  return job;
+}
+
+// ---------------------------------------------------------------- registration
+
+using JobFactory = std::unique_ptr<Job> (*)(const Napi::CallbackInfo&);
+
+template <JobFactory make>
+Napi::Value callNow(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] { return runNow(info.Env(), make(info)); });
+}
+
+template <JobFactory make>
+Napi::Value callLater(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] { return runLater(info.Env(), make(info)); });
+}
+
+template <JobFactory make>
+void exportOp(Napi::Env env, Napi::Object exports, const std::string& name) {
+  exports.Set(name, Napi::Function::New(env, callNow<make>, name));
+  exports.Set(name + "Async", Napi::Function::New(env, callLater<make>, name + "Async"));
+}
+
+}  // namespace
+
+void registerOps(Napi::Env env, Napi::Object exports) {
+  exportOp<makeLogSumExp>(env, exports, "logSumExp");
+  exportOp<makeSoftmax>(env, exports, "softmax");
+  exportOp<makeSoftmaxBackward>(env, exports, "softmaxBackward");
+  exportOp<makeStablemax>(env, exports, "stablemax");
+  exportOp<makeStablemaxBackward>(env, exports, "stablemaxBackward");
+  exportOp<makeProjection<&KernelTable::sparsemax>>(env, exports, "sparsemax");
+  exportOp<makeProjectionBackward<&KernelTable::sparsemaxBackward>>(env, exports, "sparsemaxBackward");
+  exportOp<makeProjection<&KernelTable::entmax15>>(env, exports, "entmax15");
+  exportOp<makeProjectionBackward<&KernelTable::entmax15Backward>>(env, exports, "entmax15Backward");
+  exportOp<makeGumbelSoftmax>(env, exports, "gumbelSoftmax");
+  exportOp<makeGumbelSoftmaxBackward>(env, exports, "gumbelSoftmaxBackward");
+  exportOp<makeCrossEntropyForward>(env, exports, "crossEntropyForward");
+  exportOp<makeCrossEntropyBackward>(env, exports, "crossEntropyBackward");
+}
+
+}  // namespace cutloss
