@@ -14,13 +14,18 @@
         "src/job.cc",
         "src/launch.cc",
         "src/ops.cc",
+        "src/sharing.cc",
         "cuda/simt/simt.cc",
         "src/emu/rowwise.cc",
         "src/emu/sparse.cc",
         "src/emu/gumbel.cc",
-        "src/emu/cross_entropy.cc"
+        "src/emu/cross_entropy.cc",
+        "src/emu/linear_cross_entropy.cc",
+        "src/cpu/binding.cc",
+        "src/cpu/parallel.cc",
+        "src/cpu/host_memory.cc"
       ],
-      "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
+      "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except", "cutloss_cpu_kernels"],
       "defines": [
         "NAPI_VERSION=8",
         "NODE_ADDON_API_DISABLE_DEPRECATED",
@@ -31,6 +36,33 @@
       "cflags_cc!": ["-std=gnu++17", "-fno-exceptions"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"],
       "cflags!": ["-fno-exceptions"]
+    },
+    {
+      # The CPU backend's kernels (src/cpu): -O3 with SIMD clones (src/cpu/clones.h) and the
+      # flags that let the compiler vectorize their loops without changing IEEE results (loops
+      # are unswitched on the shared formulas' row-constant branches first, which GCC 12 cannot
+      # vectorize as selects); and
+      # OpenBLAS, linked statically when src/cpu/find-openblas.cjs finds it (as CMakeLists.txt
+      # does), its symbols kept inside the addon. Without it, the portable GEMM.
+      "target_name": "cutloss_cpu_kernels",
+      "type": "static_library",
+      "sources": [
+        "src/cpu/rowwise.cc",
+        "src/cpu/sparse.cc",
+        "src/cpu/gumbel.cc",
+        "src/cpu/cross_entropy.cc",
+        "src/cpu/linear_cross_entropy.cc",
+        "src/cpu/gemm.cc"
+      ],
+      "defines": ["<!@(node src/cpu/find-openblas.cjs defines)"],
+      "include_dirs": ["<!@(node src/cpu/find-openblas.cjs include)"],
+      "cflags_cc!": ["-std=gnu++17", "-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "--param=max-unswitch-insns=2000", "--param=max-unswitch-level=8", "-Wall", "-Wextra"],
+      "cflags!": ["-fno-exceptions"],
+      "link_settings": {
+        "libraries": ["<!@(node src/cpu/find-openblas.cjs libraries)"],
+        "ldflags": ["-Wl,--exclude-libs,ALL"]
+      }
     }
   ]
 }

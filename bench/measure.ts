@@ -103,6 +103,36 @@ export async function measurePeak<T>(fn: () => T): Promise<{ value: T; peak: Pea
   };
 }
 
+/** measurePeak for a call that settles asynchronously (a Promise-returning peer). */
+export async function measurePeakAsync<T>(fn: () => Promise<T>): Promise<{ value: T; peak: PeakGrowth }> {
+  await settle();
+  const peakReset = resetPeak();
+  const st0 = procStatus();
+  const rssBefore = st0?.rss ?? process.memoryUsage().rss;
+  const before = process.resourceUsage().maxRSS * KiB;
+  const t0 = performance.now();
+  const value = await fn();
+  const ms = performance.now() - t0;
+  const after = process.resourceUsage().maxRSS * KiB;
+  const st1 = procStatus();
+  const hwmGrowth = st0 !== null && st1 !== null && peakReset ? st1.hwm - st0.hwm : null;
+  return {
+    value,
+    peak: {
+      growthBytes: hwmGrowth ?? after - before,
+      source: hwmGrowth !== null ? 'VmHWM' : 'maxRSS',
+      maxRssGrowthBytes: after - before,
+      maxRssBeforeBytes: before,
+      maxRssAfterBytes: after,
+      hwmGrowthBytes: hwmGrowth,
+      rssBeforeBytes: rssBefore,
+      peakReset,
+      maxRssSlackBytes: Math.max(0, before - rssBefore),
+      ms,
+    },
+  };
+}
+
 export function median(xs: number[]): number {
   if (xs.length === 0) return NaN;
   const s = [...xs].sort((a, b) => a - b);

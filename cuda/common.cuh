@@ -159,6 +159,67 @@ __device__ __forceinline__ float blockMax(float v) { return blockAllReduce(v, Ma
 __device__ __forceinline__ FloatPair blockSum2(FloatPair v) { return blockAllReduce(v, AddPair(), FloatPair{0.0f, 0.0f}); }
 __device__ __forceinline__ LseState blockLse(LseState v) { return blockAllReduce(v, MergeLse(), lseEmpty()); }
 
+// ---------------------------------------------------------------- loss rows
+// What the loss kernels (cross_entropy.cu, linear_cross_entropy.cu) share: the rowStats
+// layout a forward leaves for its backward, and the per-class lookups of LossParams.
+
+// rowStats layout: kRowStatFloats floats per row, the RowStats fields at these offsets.
+enum RowStatOffset : int {
+  kStatLse = 0,
+  kStatZLabel = 1,
+  kStatSumWeightedZ = 2,
+  kStatSumSqOthers = 3,
+  kStatStableSum = 4,
+  kStatSumWeightedLogS = 5,
+  kStatZMax = 6,
+  kStatTau = 7,
+  kStatOmega = 8,
+  kStatSupport = 9,
+  kStatCount = 10,
+};
+static_assert(kStatCount <= kRowStatFloats, "RowStats must fit in the rowStats stride");
+
+__device__ __forceinline__ void storeRowStats(float* rowStats, int64_t row, const RowStats& st) {
+  float* stats = rowStats + row * kRowStatFloats;  // int64: N·16 may exceed 2^31
+  stats[kStatLse] = st.lse;
+  stats[kStatZLabel] = st.zLabel;
+  stats[kStatSumWeightedZ] = st.sumWeightedZ;
+  stats[kStatSumSqOthers] = st.sumSqOthers;
+  stats[kStatStableSum] = st.stableSum;
+  stats[kStatSumWeightedLogS] = st.sumWeightedLogS;
+  stats[kStatZMax] = st.zMax;
+  stats[kStatTau] = st.tau;
+  stats[kStatOmega] = st.omega;
+  stats[kStatSupport] = st.support;
+}
+
+__device__ __forceinline__ RowStats loadRowStats(const float* rowStats, int64_t row) {
+  const float* stats = rowStats + row * kRowStatFloats;
+  RowStats st;
+  st.lse = stats[kStatLse];
+  st.zLabel = stats[kStatZLabel];
+  st.sumWeightedZ = stats[kStatSumWeightedZ];
+  st.sumSqOthers = stats[kStatSumSqOthers];
+  st.stableSum = stats[kStatStableSum];
+  st.sumWeightedLogS = stats[kStatSumWeightedLogS];
+  st.zMax = stats[kStatZMax];
+  st.tau = stats[kStatTau];
+  st.omega = stats[kStatOmega];
+  st.support = stats[kStatSupport];
+  return st;
+}
+
+__device__ __forceinline__ LossConstants lossConstants(const LossParams& p) {
+  return LossConstants{p.vocab, p.normalizer, p.smoothing, p.focalGamma, p.polyEpsilon, p.zLoss, p.squentropy};
+}
+
+__device__ __forceinline__ float classWeight(const LossParams& p, int64_t j) {
+  return p.classWeights == nullptr ? 1.0f : p.classWeights[j];
+}
+
+/** A label the caller let through that is neither a class nor ignoreIndex gives NaN, never a wild read. */
+__device__ __forceinline__ bool isClass(int label, int64_t cols) { return label >= 0 && label < cols; }
+
 // ---------------------------------------------------------------- sparse thresholds
 // Both thresholds work on values relative to the row max m (so ±3e38 rows keep their gaps)
 // and read the row again on every pass instead of sorting it: the callers pass a functor,

@@ -11,34 +11,7 @@
 namespace cutloss {
 namespace CUTLOSS_KERNEL_NS {
 
-// rowStats layout: kRowStatFloats floats per row, the RowStats fields at these offsets.
-enum RowStatOffset : int {
-  kStatLse = 0,
-  kStatZLabel = 1,
-  kStatSumWeightedZ = 2,
-  kStatSumSqOthers = 3,
-  kStatStableSum = 4,
-  kStatSumWeightedLogS = 5,
-  kStatZMax = 6,
-  kStatTau = 7,
-  kStatOmega = 8,
-  kStatSupport = 9,
-  kStatCount = 10,
-};
-static_assert(kStatCount <= kRowStatFloats, "RowStats must fit in the rowStats stride");
-
 // ---------------------------------------------------------------- kernels
-
-__device__ __forceinline__ LossConstants lossConstants(const LossParams& p) {
-  return LossConstants{p.vocab, p.normalizer, p.smoothing, p.focalGamma, p.polyEpsilon, p.zLoss, p.squentropy};
-}
-
-__device__ __forceinline__ float classWeight(const LossParams& p, int j) {
-  return p.classWeights == nullptr ? 1.0f : p.classWeights[j];
-}
-
-/** A label the caller let through that is neither a class nor ignoreIndex gives NaN, never a wild read. */
-__device__ __forceinline__ bool isClass(int label, int cols) { return label >= 0 && label < cols; }
 
 /** Everything the forward reduces over a row, in one pass. */
 struct RowSums {
@@ -104,17 +77,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     }
 
     if (threadIdx.x == 0) {
-      float* stats = out.rowStats + row * kRowStatFloats;
-      stats[kStatLse] = st.lse;
-      stats[kStatZLabel] = st.zLabel;
-      stats[kStatSumWeightedZ] = st.sumWeightedZ;
-      stats[kStatSumSqOthers] = st.sumSqOthers;
-      stats[kStatStableSum] = st.stableSum;
-      stats[kStatSumWeightedLogS] = st.sumWeightedLogS;
-      stats[kStatZMax] = st.zMax;
-      stats[kStatTau] = st.tau;
-      stats[kStatOmega] = st.omega;
-      stats[kStatSupport] = st.support;
+      storeRowStats(out.rowStats, row, st);
       out.lse[row] = st.lse;  // every row's, ignored ones too
       if (label == p.ignoreIndex) {
         out.weighted[row] = 0.0f;
@@ -145,18 +108,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       for (int j = threadIdx.x; j < cols; j += blockDim.x) storeElement(dLogits.data, dLogits.dtype, base + j, 0.0f);
       continue;
     }
-    const float* stats = rowStats + row * kRowStatFloats;
-    RowStats st;
-    st.lse = stats[kStatLse];
-    st.zLabel = stats[kStatZLabel];
-    st.sumWeightedZ = stats[kStatSumWeightedZ];
-    st.sumSqOthers = stats[kStatSumSqOthers];
-    st.stableSum = stats[kStatStableSum];
-    st.sumWeightedLogS = stats[kStatSumWeightedLogS];
-    st.zMax = stats[kStatZMax];
-    st.tau = stats[kStatTau];
-    st.omega = stats[kStatOmega];
-    st.support = stats[kStatSupport];
+    const RowStats st = loadRowStats(rowStats, row);
     const float wLabel = isClass(label, cols) ? classWeight(p, label) : quietNaN();
     const RowLoss rl = rowLoss(k, st, wLabel, p.sumWeights);
     const RowGrad rg = rowGrad(k, st, rl, wLabel, scaleWeighted[row], scaleUnweighted[row]);

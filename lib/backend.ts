@@ -4,6 +4,7 @@
 
 import type { DeviceBackendName } from './device.js';
 import { CutlossError } from './errors.js';
+import { probeCpu } from './cpuBackend.js';
 import type { ResolvedLossOptions } from './options.js';
 import { jsBackend } from './js/index.js';
 import { native } from './native.js';
@@ -29,6 +30,8 @@ export interface LinearCrossEntropyOutput {
   dEmbeddings: Float32Array | null;
   dClassifier: Float32Array | null;
   dBias: Float32Array | null;
+  /** Native backends: device workspace of the fused kernels, in bytes. */
+  workspaceBytes?: number;
 }
 
 /** What a backend implements. Inputs are validated; outputs are f32 in row-major order. */
@@ -65,8 +68,6 @@ export interface BackendInfo {
   reason: string;
   details: Record<string, string | number | boolean>;
 }
-
-const CPU_NOT_BUILT = 'not built: the native CPU backend comes in a later version of cutloss';
 
 type Probe = { backend: Backend | null; info: BackendInfo };
 
@@ -136,7 +137,8 @@ function probe(name: BackendName): Probe {
       },
     };
   }
-  return { backend: null, info: { name, available: false, reason: CPU_NOT_BUILT, details: {} } };
+  const { addon, error } = native();
+  return probeCpu(addon, error);
 }
 
 // Automatic choice, fastest first. cuda-emu is never chosen automatically: it is slow.

@@ -20,8 +20,11 @@ import { asMatrix, resultLike, toF32, type Matrix, type Tensor } from './tensor.
 
 export { CutlossError, type CutlossErrorCode } from './errors.js';
 export { backends, getBackend, setBackend, type BackendInfo, type BackendName } from './backend.js';
+export { getThreads, setThreads } from './cpuBackend.js';
 export { tensor, bf16ToF32, f32ToBf16, type Tensor, type Dtype } from './tensor.js';
-export { DeviceTensor, type DeviceBackendName } from './device.js';
+export {
+  DeviceTensor, type DeviceBackendName, type DeviceOwnership, type DeviceTensorHandle, type FromPointerOptions,
+} from './device.js';
 export type { CrossEntropyOptions, LinearCrossEntropyOptions, Normalizer, Reduction } from './options.js';
 
 export interface SoftmaxOptions {
@@ -52,6 +55,8 @@ export interface LinearCrossEntropyResult {
   dClassifier?: Tensor;
   dBias?: Float32Array;
   lse?: Float32Array;
+  /** cuda and cuda-emu: the device workspace the fused kernels used (linearCrossEntropyWorkspaceBytes). */
+  workspaceBytes?: number;
 }
 
 /** A loss on device tensors: the loss and lse on the host, gradients on the device. */
@@ -67,6 +72,8 @@ export interface DeviceLinearCrossEntropyResult {
   dClassifier?: DeviceTensor;
   dBias?: Float32Array;
   lse?: Float32Array;
+  /** The device workspace the fused kernels used (linearCrossEntropyWorkspaceBytes). */
+  workspaceBytes: number;
 }
 
 export interface UploadOptions {
@@ -444,16 +451,65 @@ function linearResult(E: Matrix, W: Matrix, out: LinearCrossEntropyOutput, retur
   if (out.dClassifier !== null) result.dClassifier = resultLike(W, out.dClassifier);
   if (out.dBias !== null) result.dBias = out.dBias;
   if (returnLse) result.lse = out.lse;
+  if (out.workspaceBytes !== undefined) result.workspaceBytes = out.workspaceBytes;
   return result;
 }
 
 function deviceLinearResult(out: DeviceLinearCrossEntropyOutput, returnLse: boolean): DeviceLinearCrossEntropyResult {
-  const result: DeviceLinearCrossEntropyResult = { loss: out.loss };
+  const result: DeviceLinearCrossEntropyResult = { loss: out.loss, workspaceBytes: out.workspaceBytes };
   if (out.dEmbeddings !== null) result.dEmbeddings = out.dEmbeddings;
   if (out.dClassifier !== null) result.dClassifier = out.dClassifier;
   if (out.dBias !== null) result.dBias = out.dBias;
   if (returnLse) result.lse = out.lse;
   return result;
+}
+
+export interface LinearCrossEntropyWorkspaceOptions extends LinearCrossEntropyOptions {
+  /** dtype of the embeddings and the classifier (bf16 gradients need fp32 accumulators). Default 'f32'. */
+  dtype?: 'f32' | 'bf16';
+  /** Which native backend's kernels: default the selected backend when native, else cuda, else cuda-emu. */
+  backend?: DeviceBackendName;
+}
+
+/**
+ * Bytes of device workspace linearCrossEntropy's fused kernels (cuda, cuda-emu) allocate for
+ * E [N, D], W [V, D] with these options, beyond the inputs and the returned results: O(N + V)
+ * (per-row statistics and partials, sparsemax candidates), plus fp32 accumulators for bf16
+ * gradients, never N×V. The same figure comes back as `workspaceBytes` of each result.
+ */
+export function linearCrossEntropyWorkspaceBytes(
+  N: number, D: number, V: number, options?: LinearCrossEntropyWorkspaceOptions,
+): number {
+  const fn = 'linearCrossEntropyWorkspaceBytes';
+  for (const [name, v] of [['N', N], ['D', D], ['V', V]] as const) {
+    if (!Number.isSafeInteger(v) || v < (name === 'N' ? 0 : 1)) {
+      throw new CutlossError('E_SHAPE', `${fn}: ${name} must be an integer >= ${name === 'N' ? 0 : 1}, got ${describe(v)}`);
+    }
+  }
+  const { dtype = 'f32', backend, ...rest } = asOptionsObject(options, fn) as LinearCrossEntropyWorkspaceOptions;
+  if (dtype !== 'f32' && dtype !== 'bf16') {
+    throw new CutlossError('E_OPTION', `${fn}: options.dtype must be 'f32' or 'bf16', got ${describe(dtype)}`);
+  }
+  const o = resolveLossOptions(rest, N, V, dtype, true);
+  let b: NativeBackend;
+  if (backend === undefined) {
+    const current = currentBackend();
+    b = current.name === 'cuda' || current.name === 'cuda-emu' ? (current as NativeBackend) : nativeForPlanning();
+  } else if (backend === 'cuda' || backend === 'cuda-emu') {
+    b = deviceBackend(backend);
+  } else {
+    throw new CutlossError('E_BACKEND', `${fn}: options.backend must be 'cuda' or 'cuda-emu', got ${describe(backend)}`);
+  }
+  return b.linearWorkspaceBytes(N, D, V, o, dtype);
+}
+
+/** cuda when available, else cuda-emu: both run the same kernels with the same plan. */
+function nativeForPlanning(): NativeBackend {
+  try {
+    return deviceBackend('cuda');
+  } catch {
+    return deviceBackend('cuda-emu');
+  }
 }
 
 // ---------------------------------------------------------------- async twins

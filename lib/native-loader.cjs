@@ -26,4 +26,11 @@ function loadAddon() {
   }
 }
 
-module.exports = { loadAddon };
+/** cutloss's own package.json fields, for `cutloss doctor` and error messages. */
+function packageInfo() {
+  const root = packageRoot(__dirname);
+  if (root === null) return { root: null, version: 'unknown' };
+  return { root, version: JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).version };
+}
+
+module.exports = { loadAddon, packageInfo };

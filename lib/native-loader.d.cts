@@ -7,3 +7,5 @@ export interface AddonLoad {
   error: string | null;
 }
 export function loadAddon(): AddonLoad;
+/** The cutloss package root (null when not found) and its version. */
+export function packageInfo(): { root: string | null; version: string };

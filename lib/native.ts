@@ -6,7 +6,7 @@ import { CutlossError, type CutlossErrorCode } from './errors.js';
 import { loadAddon } from './native-loader.cjs';
 
 /** Entry points change together with this number (src/addon.cc kInterfaceVersion). */
-export const NATIVE_INTERFACE_VERSION = 1;
+export const NATIVE_INTERFACE_VERSION = 2;
 
 /** 0: the SIMT emulator (cuda-emu); 1: a real GPU (cuda). */
 export type NativeBackendCode = 0 | 1;
@@ -38,6 +38,26 @@ export interface NativeCrossEntropyForward {
   weighted: number;
   unweighted: number;
   state: number;
+}
+
+/** cuda/kernels.h LinearCeConfig: gemm 0 = auto, 1 = FMA tile, 2 = wmma tile. */
+export interface NativeLinearConfig {
+  filterEps: number;
+  deterministic: boolean;
+  tf32: boolean;
+  gemm: 0 | 1 | 2;
+  /** Blocks that share a row tile's vocabulary; absent = chosen from the shape. */
+  vocabSplits?: number;
+}
+
+/** Ids of the fused linear + cross-entropy outputs; the gradients when scales were given. */
+export interface NativeLinearCrossEntropy {
+  lse: number;
+  weighted: number;
+  unweighted: number;
+  dEmbeddings?: number;
+  dClassifier?: number;
+  dBias?: number;
 }
 
 export interface CudaStatus {
@@ -79,6 +99,11 @@ export interface NativeOps {
     logits: NativeMatrix, labels: Int32Array, params: NativeLossParams, classWeights: Float32Array | null,
   ): NativeCrossEntropyForward;
   crossEntropyBackward(state: number, scaleWeighted: Float32Array, scaleUnweighted: Float32Array): number;
+  linearCrossEntropy(
+    E: NativeMatrix, W: NativeMatrix, labels: Int32Array, params: NativeLossParams, classWeights: Float32Array | null,
+    bias: Float32Array | null, config: NativeLinearConfig, scaleWeighted: Float32Array | null,
+    scaleUnweighted: Float32Array | null,
+  ): NativeLinearCrossEntropy;
 }
 
 export type NativeOpName = keyof NativeOps;
@@ -97,12 +122,27 @@ export interface NativeAddon extends NativeOps, NativeAsyncOps {
   upload(backend: NativeBackendCode, data: ArrayBufferView): number;
   /** Copies the whole buffer into `out`, whose byte length must match. */
   download(id: number, out: ArrayBufferView): void;
+  /** Overwrites the whole buffer with `data`, whose byte length must match. */
+  write(id: number, data: ArrayBufferView): void;
+  /** The buffer's IPC handle (cuda) or shared memory name (cuda-emu), and the exporting process's tag. */
+  exportBuffer(id: number): { handle: Uint8Array; process: string };
+  /** A buffer over exported memory: a view in the exporting process, a mapping in another. */
+  importBuffer(backend: NativeBackendCode, handle: Uint8Array, process: string, byteOffset: number, byteLength: number): number;
+  /** A buffer over memory the caller owns; freeing it frees nothing. */
+  wrapPointer(backend: NativeBackendCode, address: bigint, byteLength: number, dtype: 0 | 1): number;
+  /** Where the buffer's memory starts (0n when empty). */
+  address(id: number): bigint;
   /** Forgets an id; the memory goes once no running call uses it. False when unknown. */
   free(id: number): boolean;
   byteLength(id: number): number;
   /** Buffers alive (held by ids or running calls), their bytes, and ids held. */
   stats(): { buffers: number; bytes: number; handles: number };
   cudaStatus(): CudaStatus;
+  /** Bytes of device workspace linearCrossEntropy allocates for these shapes (cuda/kernels.h linearCrossEntropyPlan). */
+  linearCrossEntropyWorkspaceBytes(
+    N: number, D: number, V: number, normalizer: number, config: NativeLinearConfig, withGrad: boolean, eDtype: 0 | 1,
+    wDtype: 0 | 1,
+  ): number;
   setEmulatorOrder(order: number, seed: number): void;
   emulatorOrder(): { order: number; seed: number };
 }

@@ -2,7 +2,8 @@
 // emulator). Each op is written once as a plan: a generator that yields native calls and does
 // the host work between them (the loss reduction). A plan runs now on the JS thread, or with
 // each call on the libuv pool (the async twins). Host tensors are uploaded, run, downloaded;
-// device tensors stay where they are. Ops without a native kernel yet run on the next backend.
+// device tensors stay where they are. Ops without a native kernel yet run on the next backend
+// (none at present: FALLBACK_OPS lists them).
 
 import type {
   AsyncBackendOps, Backend, CrossEntropyOutput, LinearCrossEntropyOutput, SoftmaxSettings,
@@ -10,19 +11,19 @@ import type {
 import { CutlossError } from './errors.js';
 import { BACKEND_CODE, adopt, nativeMatrix, type DeviceBackendName, type DeviceTensor } from './device.js';
 import {
-  fromNativeError, type NativeAddon, type NativeAsyncOps, type NativeCrossEntropyForward, type NativeLossParams,
-  type NativeOpName, type NativeOps,
+  fromNativeError, type NativeAddon, type NativeAsyncOps, type NativeCrossEntropyForward, type NativeLinearConfig,
+  type NativeLinearCrossEntropy, type NativeLossParams, type NativeOpName, type NativeOps,
 } from './native.js';
 import type { ResolvedLossOptions } from './options.js';
-import { fromF32, toF32, type Dtype, type Matrix, type Tensor } from './tensor.js';
+import { toF32, type Dtype, type Matrix, type Tensor } from './tensor.js';
 
 /** Ops with a native kernel (README names); the rest fall through to the next backend. */
 export const NATIVE_OPS = [
   'logSumExp', 'softmax', 'logSoftmax', 'softmaxBackward', 'logSoftmaxBackward', 'stablemax', 'logStablemax',
   'stablemaxBackward', 'logStablemaxBackward', 'sparsemax', 'sparsemaxBackward', 'entmax15', 'entmax15Backward',
-  'gumbelSoftmax', 'gumbelSoftmaxBackward', 'crossEntropy',
+  'gumbelSoftmax', 'gumbelSoftmaxBackward', 'crossEntropy', 'linearCrossEntropy',
 ];
-export const FALLBACK_OPS = ['linearCrossEntropy'];
+export const FALLBACK_OPS: string[] = [];
 
 export interface DeviceCrossEntropyOutput {
   loss: number | Float32Array;
@@ -36,6 +37,8 @@ export interface DeviceLinearCrossEntropyOutput {
   dEmbeddings: DeviceTensor | null;
   dClassifier: DeviceTensor | null;
   dBias: Float32Array | null;
+  /** Device workspace the kernels used (cuda/kernels.h linearCrossEntropyPlan). */
+  workspaceBytes: number;
 }
 
 /** Every op on device tensors. Inputs are validated by the facade and on this backend. */
@@ -117,11 +120,6 @@ function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int32Array
   return a !== null && a.buffer instanceof SharedArrayBuffer ? (a.slice() as T) : a;
 }
 
-/** Fallbacks that compute on the JS thread do it after the current tick, as the js backend does. */
-function afterThisTick(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
 function nativeLossParams(o: ResolvedLossOptions): NativeLossParams {
   return {
     normalizer: o.normalizer, smoothing: o.smoothing, focalGamma: o.focalGamma, polyEpsilon: o.polyEpsilon,
@@ -130,33 +128,28 @@ function nativeLossParams(o: ResolvedLossOptions): NativeLossParams {
   };
 }
 
-/** The loss from per-row terms and each row's gradient scales s_W, s_U (README "Losses"). */
-export function reduceLoss(
-  labels: Int32Array, weighted: Float32Array, unweighted: Float32Array, o: ResolvedLossOptions,
-): { loss: number | Float32Array; valid: number; scaleWeighted: Float32Array; scaleUnweighted: Float32Array } {
+/** The linear kernels' settings from the resolved options. */
+function linearConfig(o: ResolvedLossOptions): NativeLinearConfig {
+  return { filterEps: o.filterEps, deterministic: o.deterministic, tf32: o.tf32, gemm: 0 };
+}
+
+/**
+ * Each row's reduction scales s_W, s_U (README "Losses": g/Σw_t and g/n for the mean, g or
+ * g_i otherwise; 0 for ignored rows). They depend on labels and class weights only, so the
+ * fused linear kernels get them before the forward and do the backward in the same call.
+ */
+export function gradientScales(
+  labels: Int32Array, o: ResolvedLossOptions,
+): { valid: number; sumTargetWeights: number; scaleWeighted: Float32Array; scaleUnweighted: Float32Array } {
   const N = labels.length;
   const w = o.classWeights;
   let valid = 0;
   let sumTargetWeights = 0;
-  let totalWeighted = 0;
-  let totalUnweighted = 0;
   for (let i = 0; i < N; i++) {
     const t = labels[i]!;
     if (t === o.ignoreIndex) continue;
     valid++;
     sumTargetWeights += w === null ? 1 : w[t]!;
-    totalWeighted += weighted[i]!;
-    totalUnweighted += unweighted[i]!;
-  }
-  let loss: number | Float32Array;
-  if (o.reduction === 'none') {
-    const perRow = new Float32Array(N);
-    for (let i = 0; i < N; i++) if (labels[i] !== o.ignoreIndex) perRow[i] = weighted[i]! + unweighted[i]!;
-    loss = perRow;
-  } else if (o.reduction === 'sum') {
-    loss = totalWeighted + totalUnweighted;
-  } else {
-    loss = valid === 0 ? NaN : totalWeighted / sumTargetWeights + totalUnweighted / valid;
   }
   const scaleWeighted = new Float32Array(N);
   const scaleUnweighted = new Float32Array(N);
@@ -172,6 +165,32 @@ export function reduceLoss(
         scaleUnweighted[i] = g;
       }
     }
+  }
+  return { valid, sumTargetWeights, scaleWeighted, scaleUnweighted };
+}
+
+/** The loss from per-row terms and each row's gradient scales s_W, s_U (README "Losses"). */
+export function reduceLoss(
+  labels: Int32Array, weighted: Float32Array, unweighted: Float32Array, o: ResolvedLossOptions,
+): { loss: number | Float32Array; valid: number; scaleWeighted: Float32Array; scaleUnweighted: Float32Array } {
+  const N = labels.length;
+  const { valid, sumTargetWeights, scaleWeighted, scaleUnweighted } = gradientScales(labels, o);
+  let totalWeighted = 0;
+  let totalUnweighted = 0;
+  for (let i = 0; i < N; i++) {
+    if (labels[i] === o.ignoreIndex) continue;
+    totalWeighted += weighted[i]!;
+    totalUnweighted += unweighted[i]!;
+  }
+  let loss: number | Float32Array;
+  if (o.reduction === 'none') {
+    const perRow = new Float32Array(N);
+    for (let i = 0; i < N; i++) if (labels[i] !== o.ignoreIndex) perRow[i] = weighted[i]! + unweighted[i]!;
+    loss = perRow;
+  } else if (o.reduction === 'sum') {
+    loss = totalWeighted + totalUnweighted;
+  } else {
+    loss = valid === 0 ? NaN : totalWeighted / sumTargetWeights + totalUnweighted / valid;
   }
   return { loss, valid, scaleWeighted, scaleUnweighted };
 }
@@ -205,10 +224,13 @@ export class NativeBackend implements Backend {
         }
       },
       linearCrossEntropy: async (E, W, labels, o) => {
-        const b = this.fallback();
-        if (b.async !== undefined) return b.async.linearCrossEntropy(E, W, labels, o);
-        await afterThisTick();
-        return b.linearCrossEntropy(E, W, labels, o);
+        const [Et, Wt] = this.uploadBoth(E, W);
+        try {
+          return await this.linearToHost(await runOffThread(this.addon, this.linearCrossEntropyPlan(Et, Wt, labels, o)));
+        } finally {
+          Et.dispose();
+          Wt.dispose();
+        }
       },
     };
   }
@@ -221,6 +243,27 @@ export class NativeBackend implements Backend {
       throw fromNativeError(e);
     }
     return adopt(this.name, id, m.shape, m.dtype);
+  }
+
+  /** linearCrossEntropy's device workspace for these shapes and options (both inputs of `dtype`). */
+  linearWorkspaceBytes(N: number, D: number, V: number, o: ResolvedLossOptions, dtype: Dtype): number {
+    const code = dtype === 'bf16' ? 1 : 0;
+    try {
+      return this.addon.linearCrossEntropyWorkspaceBytes(N, D, V, o.normalizer, linearConfig(o), o.computeGrad, code, code);
+    } catch (e) {
+      throw fromNativeError(e);
+    }
+  }
+
+  /** Both inputs of the linear loss; the first is freed again if the second fails. */
+  private uploadBoth(E: Matrix, W: Matrix): [DeviceTensor, DeviceTensor] {
+    const Et = this.upload(E);
+    try {
+      return [Et, this.upload(W)];
+    } catch (e) {
+      Et.dispose();
+      throw e;
+    }
   }
 
   private zeros(shape: Tensor['shape'], dtype: Dtype): DeviceTensor {
@@ -311,6 +354,45 @@ export class NativeBackend implements Backend {
     }
   }
 
+  /**
+   * Fused linear + cross-entropy: the host forms the reduction scales from labels and class
+   * weights, one native call runs the forward and (with gradients) the backward, and the host
+   * reduces the per-row terms to the loss.
+   */
+  private *linearCrossEntropyPlan(
+    E: DeviceTensor, W: DeviceTensor, labels: Int32Array, o: ResolvedLossOptions,
+  ): Plan<DeviceLinearCrossEntropyOutput> {
+    const N = E.rows;
+    const config = linearConfig(o);
+    const scales = o.computeGrad ? gradientScales(labels, o) : null;
+    let workspaceBytes: number;
+    try {
+      workspaceBytes = this.addon.linearCrossEntropyWorkspaceBytes(
+        N, E.cols, W.rows, o.normalizer, config, o.computeGrad, E.dtype === 'bf16' ? 1 : 0, W.dtype === 'bf16' ? 1 : 0);
+    } catch (e) {
+      throw fromNativeError(e);
+    }
+    const r = (yield call(
+      'linearCrossEntropy', nativeMatrix(E, 'embeddings'), nativeMatrix(W, 'classifier'), unshared(labels),
+      nativeLossParams(o), unshared(o.classWeights), unshared(o.bias), config, scales?.scaleWeighted ?? null,
+      scales?.scaleUnweighted ?? null,
+    )) as NativeLinearCrossEntropy;
+    const dEmbeddings = r.dEmbeddings === undefined ? null : adopt(this.name, r.dEmbeddings, E.shape, E.dtype);
+    const dClassifier = r.dClassifier === undefined ? null : adopt(this.name, r.dClassifier, W.shape, W.dtype);
+    try {
+      const lse = this.take(r.lse, N);
+      const { loss } = reduceLoss(labels, this.take(r.weighted, N), this.take(r.unweighted, N), o);
+      const dBias = r.dBias === undefined ? null : this.take(r.dBias, W.rows);
+      return { loss, lse, dEmbeddings, dClassifier, dBias, workspaceBytes };
+    } catch (e) {
+      dEmbeddings?.dispose();
+      dClassifier?.dispose();
+      throw e;
+    } finally {
+      for (const id of [r.lse, r.weighted, r.unweighted, r.dBias]) if (id !== undefined) this.addon.free(id);
+    }
+  }
+
   private deviceOps(): DeviceOps {
     const now = <T>(plan: Plan<T>): T => runNow(this.addon, plan);
     return {
@@ -326,7 +408,7 @@ export class NativeBackend implements Backend {
       gumbelSoftmax: (x, tau, hard, seed) => now(this.gumbelSoftmaxPlan(x, tau, hard, seed)),
       gumbelSoftmaxBackward: (x, dy, tau, seed) => now(this.gumbelSoftmaxBackwardPlan(x, dy, tau, seed)),
       crossEntropy: (logits, labels, o) => now(this.crossEntropyPlan(logits, labels, o)),
-      linearCrossEntropy: (E, W, labels, o) => this.linearOnFallback(E, W, labels, o),
+      linearCrossEntropy: (E, W, labels, o) => now(this.linearCrossEntropyPlan(E, W, labels, o)),
     };
   }
 
@@ -345,25 +427,7 @@ export class NativeBackend implements Backend {
       gumbelSoftmax: async (x, tau, hard, seed) => later(this.gumbelSoftmaxPlan(x, tau, hard, seed)),
       gumbelSoftmaxBackward: async (x, dy, tau, seed) => later(this.gumbelSoftmaxBackwardPlan(x, dy, tau, seed)),
       crossEntropy: async (logits, labels, o) => later(this.crossEntropyPlan(logits, labels, o)),
-      linearCrossEntropy: async (E, W, labels, o) => {
-        await afterThisTick();
-        return this.linearOnFallback(E, W, labels, o);
-      },
-    };
-  }
-
-  /** linearCrossEntropy has no kernel yet: the next backend runs it on host copies. */
-  private linearOnFallback(
-    E: DeviceTensor, W: DeviceTensor, labels: Int32Array, o: ResolvedLossOptions,
-  ): DeviceLinearCrossEntropyOutput {
-    const Em = hostMatrix(E.download());
-    const Wm = hostMatrix(W.download());
-    const out = this.fallback().linearCrossEntropy(Em, Wm, labels, o);
-    const back = (values: Float32Array | null, like: DeviceTensor): DeviceTensor | null =>
-      values === null ? null : this.upload(hostMatrix({ data: fromF32(values, like.dtype), shape: like.shape, dtype: like.dtype }));
-    return {
-      loss: out.loss, lse: out.lse, dBias: out.dBias,
-      dEmbeddings: back(out.dEmbeddings, E), dClassifier: back(out.dClassifier, W),
+      linearCrossEntropy: async (E, W, labels, o) => later(this.linearCrossEntropyPlan(E, W, labels, o)),
     };
   }
 
@@ -409,6 +473,20 @@ export class NativeBackend implements Backend {
     }
   }
 
+  /** The linear loss's device gradients as host f32 values; frees them. */
+  private linearToHost(r: DeviceLinearCrossEntropyOutput): LinearCrossEntropyOutput {
+    const grads = [r.dEmbeddings, r.dClassifier];
+    try {
+      const host = (t: DeviceTensor | null) => (t === null ? null : toF32(hostMatrix(t.download())));
+      return {
+        loss: r.loss, lse: r.lse, dEmbeddings: host(r.dEmbeddings), dClassifier: host(r.dClassifier), dBias: r.dBias,
+        workspaceBytes: r.workspaceBytes,
+      };
+    } finally {
+      for (const t of grads) t?.dispose();
+    }
+  }
+
   logSumExp(x: Matrix, o: SoftmaxSettings): Float32Array {
     return this.onHost([x], ([t]) => this.logSumExpPlan(t!, o));
   }
@@ -451,7 +529,13 @@ export class NativeBackend implements Backend {
     }
   }
   linearCrossEntropy(E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions): LinearCrossEntropyOutput {
-    return this.fallback().linearCrossEntropy(E, W, labels, o);
+    const [Et, Wt] = this.uploadBoth(E, W);
+    try {
+      return this.linearToHost(runNow(this.addon, this.linearCrossEntropyPlan(Et, Wt, labels, o)));
+    } finally {
+      Et.dispose();
+      Wt.dispose();
+    }
   }
 }
 

@@ -43,6 +43,18 @@ export interface LinearCrossEntropyOptions extends CrossEntropyOptions {
   bias?: Float32Array;
   /** Skip backward tiles whose |dloss/dz| are all below this: 0 = exact, 'auto' = dtype ε / 32. */
   filterEps?: number | 'auto';
+  /**
+   * cuda / cuda-emu: reduce dE, dW and dBias in a fixed order (bit-identical from run to run)
+   * instead of with atomics; one more logit recomputation. Other backends are always deterministic.
+   */
+  deterministic?: boolean;
+  /** cuda / cuda-emu: f32 inputs through tf32 tensor cores (10-bit mantissas, ~1e-3 relative). Ignored elsewhere. */
+  tf32?: boolean;
+  /**
+   * cpu: the budget in bytes for a chunk of logits (rows × V × 4, at least one row); bigger
+   * chunks make the GEMMs more efficient. Default 32 MiB. Ignored elsewhere.
+   */
+  workspaceBytes?: number;
 }
 
 export interface ResolvedLossOptions {
@@ -62,13 +74,17 @@ export interface ResolvedLossOptions {
   returnLse: boolean;
   bias: Float32Array | null;
   filterEps: number;
+  deterministic: boolean;
+  tf32: boolean;
+  /** null: the backend's default. */
+  workspaceBytes: number | null;
 }
 
 const COMMON_KEYS = [
   'reduction', 'ignoreIndex', 'labelSmoothing', 'classWeights', 'zLoss', 'softcap', 'temperature', 'normalizer',
   'focalGamma', 'polyEpsilon', 'squentropy', 'computeGrad', 'gradScale', 'returnLse',
 ];
-const LINEAR_KEYS = [...COMMON_KEYS, 'bias', 'filterEps'];
+const LINEAR_KEYS = [...COMMON_KEYS, 'bias', 'filterEps', 'deterministic', 'tf32', 'workspaceBytes'];
 
 function optErr(name: string, expected: string, got: unknown): CutlossError {
   return new CutlossError('E_OPTION', `options.${name} must be ${expected}, got ${describe(got)}`);
@@ -173,6 +189,11 @@ export function resolveLossOptions(
 
   let bias: Float32Array | null = null;
   let filterEps = 0;
+  const deterministic = linear ? bool(o, 'deterministic', false) : false;
+  const tf32 = linear ? bool(o, 'tf32', false) : false;
+  const workspaceBytes = linear && o.workspaceBytes !== undefined
+    ? finite(o, 'workspaceBytes', 0, (v) => Number.isSafeInteger(v) && v >= 1, 'an integer number of bytes >= 1')
+    : null;
   if (linear) {
     bias = vectorOption(o, 'bias', vocab, 'V');
     const f = o.filterEps ?? (dtype === 'bf16' ? 'auto' : 0);
@@ -183,7 +204,8 @@ export function resolveLossOptions(
 
   return {
     reduction, ignoreIndex, smoothing, classWeights, zLoss, softcap, invTemperature: 1 / temperature, normalizer,
-    focalGamma, polyEpsilon, squentropy, computeGrad, gradScale, returnLse, bias, filterEps,
+    focalGamma, polyEpsilon, squentropy, computeGrad, gradScale, returnLse, bias, filterEps, deterministic, tf32,
+    workspaceBytes,
   };
 }
 

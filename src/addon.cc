@@ -10,6 +10,8 @@
 #include "device_buffer.h"
 #include "launch.h"
 #include "ops.h"
+#include "sharing.h"
+#include "cpu/binding.h"
 
 #ifndef CUTLOSS_BUILD_TOOL
 #define CUTLOSS_BUILD_TOOL "unknown"
@@ -22,7 +24,7 @@ namespace cutloss {
 namespace {
 
 // Bumped whenever an entry point changes, so a stale build is refused rather than misused.
-constexpr int kInterfaceVersion = 1;
+constexpr int kInterfaceVersion = 2;
 constexpr int64_t kMaxBytes = int64_t{1} << 53;
 
 Napi::Value Alloc(const Napi::CallbackInfo& info) {
@@ -50,6 +52,19 @@ Napi::Value Download(const Napi::CallbackInfo& info) {
                                     std::to_string(buffer->bytes()));
     }
     buffer->copyToHost(out.data, out.byteLength);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Write(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto buffer = readBuffer(info[0], "id");
+    HostView data = readHostView(info[1], "data");
+    if (data.byteLength != buffer->bytes()) {
+      throw ArgError("E_SHAPE", "data has " + std::to_string(data.byteLength) + " bytes, the buffer has " +
+                                    std::to_string(buffer->bytes()));
+    }
+    buffer->copyFromHost(data.data, data.byteLength);
     return info.Env().Undefined();
   });
 }
@@ -128,6 +143,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("alloc", Napi::Function::New(env, Alloc, "alloc"));
   exports.Set("upload", Napi::Function::New(env, Upload, "upload"));
   exports.Set("download", Napi::Function::New(env, Download, "download"));
+  exports.Set("write", Napi::Function::New(env, Write, "write"));
   exports.Set("free", Napi::Function::New(env, Free, "free"));
   exports.Set("byteLength", Napi::Function::New(env, ByteLength, "byteLength"));
   exports.Set("stats", Napi::Function::New(env, Stats, "stats"));
@@ -135,6 +151,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("setEmulatorOrder", Napi::Function::New(env, SetEmulatorOrder, "setEmulatorOrder"));
   exports.Set("emulatorOrder", Napi::Function::New(env, EmulatorOrder, "emulatorOrder"));
   registerOps(env, exports);
+  registerSharing(env, exports);
+  cpu::registerCpu(env, exports);
   return exports;
 }
 

@@ -183,6 +183,18 @@ HostView readHostView(const Napi::Value& v, const char* name) {
   return {info.data, info.byteLength};
 }
 
+HostView readTypedView(const Napi::Value& v, const char* name, napi_typedarray_type want) {
+  if (!v.IsTypedArray()) {
+    throw ArgError("E_DTYPE", std::string(name) + " must be a " + typedArrayName(want) + ", got " + describe(v));
+  }
+  TypedArrayInfo info = typedArrayInfo(v, name);
+  if (info.type != want) {
+    throw ArgError("E_DTYPE", std::string(name) + " must be a " + typedArrayName(want) + ", got a " +
+                                  typedArrayName(info.type));
+  }
+  return {info.data, info.byteLength};
+}
+
 DType readDType(const Napi::Value& v, const char* name) {
   if (v.IsNumber()) {
     double d = v.As<Napi::Number>().DoubleValue();

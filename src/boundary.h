@@ -47,6 +47,11 @@ struct HostView {
 };
 /** Any typed array (not a DataView) on a plain, attached ArrayBuffer. */
 HostView readHostView(const Napi::Value& v, const char* name);
+/**
+ * A typed array of the expected kind on a plain, attached ArrayBuffer, not copied: valid
+ * until JavaScript runs again (read it after every argument that may run a getter).
+ */
+HostView readTypedView(const Napi::Value& v, const char* name, napi_typedarray_type want);
 
 /** Element size of a dtype code, after checking the code. */
 DType readDType(const Napi::Value& v, const char* name);

@@ -1,5 +1,6 @@
 #include "cuda_host.h"
 
+#include <cstring>
 #include <mutex>
 
 #include "../cuda/kernels.h"
@@ -95,6 +96,49 @@ void synchronize() {
   if (err != cudaSuccess) fail(err, "kernel");
 }
 
+namespace {
+/** A CUDA failure the caller caused (a bad handle or pointer): E_BACKEND with CUDA's words. */
+[[noreturn]] void refuse(cudaError_t err, const std::string& what) {
+  cudaGetLastError();  // not sticky: clear it so later calls do not report it
+  throw ArgError("E_BACKEND", what + ": " + cudaGetErrorName(err) + " (" + std::to_string(static_cast<int>(err)) +
+                                  "): " + cudaGetErrorString(err));
+}
+}  // namespace
+
+std::string ipcHandle(void* base) {
+  requireAvailable();
+  cudaIpcMemHandle_t handle;
+  cudaError_t err = cudaIpcGetMemHandle(&handle, base);
+  if (err != cudaSuccess) refuse(err, "cudaIpcGetMemHandle");
+  return std::string(reinterpret_cast<const char*>(&handle), sizeof handle);
+}
+
+void* ipcOpen(const std::string& bytes) {
+  requireAvailable();
+  cudaIpcMemHandle_t handle;
+  if (bytes.size() != sizeof handle) {
+    throw ArgError("E_OPTION", "a CUDA IPC handle has " + std::to_string(sizeof handle) + " bytes, got " +
+                                   std::to_string(bytes.size()));
+  }
+  std::memcpy(&handle, bytes.data(), sizeof handle);
+  void* base = nullptr;
+  cudaError_t err = cudaIpcOpenMemHandle(&base, handle, cudaIpcMemLazyEnablePeerAccess);
+  if (err != cudaSuccess) {
+    refuse(err, "cudaIpcOpenMemHandle (was the exported tensor disposed, or its process ended?)");
+  }
+  return base;
+}
+
+void ipcClose(void* base) noexcept { cudaIpcCloseMemHandle(base); }
+
+bool isDeviceMemory(const void* p) {
+  requireAvailable();
+  cudaPointerAttributes attributes{};
+  cudaError_t err = cudaPointerGetAttributes(&attributes, p);
+  if (err != cudaSuccess) refuse(err, "cudaPointerGetAttributes");
+  return attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged;
+}
+
 #else  // no CUDA part in this build
 
 const Status& status() {
@@ -114,6 +158,19 @@ void release(void*) noexcept {}
 void copyToDevice(void*, const void*, size_t) { requireAvailable(); }
 void copyToHost(void*, const void*, size_t) { requireAvailable(); }
 void synchronize() { requireAvailable(); }
+std::string ipcHandle(void*) {
+  requireAvailable();
+  return {};
+}
+void* ipcOpen(const std::string&) {
+  requireAvailable();
+  return nullptr;
+}
+void ipcClose(void*) noexcept {}
+bool isDeviceMemory(const void*) {
+  requireAvailable();
+  return false;
+}
 
 #endif
 

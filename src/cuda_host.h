@@ -33,4 +33,12 @@ void copyToHost(void* dst, const void* src, size_t bytes);
 /** Waits for queued kernels; throws KernelError with the CUDA error of any that failed. */
 void synchronize();
 
+/** CUDA IPC handle bytes (cudaIpcMemHandle_t) of an allocation this process made with cudaMalloc. */
+std::string ipcHandle(void* base);
+/** Maps another process's exported allocation; returns its base. Throws ArgError E_BACKEND. */
+void* ipcOpen(const std::string& handle);
+void ipcClose(void* base) noexcept;
+/** Whether p points into device (or managed) memory; throws ArgError E_BACKEND when CUDA cannot tell. */
+bool isDeviceMemory(const void* p);
+
 }  // namespace cutloss::cudahost

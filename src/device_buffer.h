@@ -1,6 +1,8 @@
 // Device memory that JavaScript refers to by id. On the GPU it is cudaMalloc'd memory; under
-// the emulator it is host memory owned by the addon. JavaScript never sees a pointer: it
-// holds ids, and every id is looked up (and refused when unknown) before use.
+// the emulator it is host memory owned by the addon. JavaScript never holds a pointer to
+// memory cutloss owns: it holds ids, and every id is looked up (and refused when unknown)
+// before use. Memory cutloss does not own (an import from another process, a caller's
+// pointer) is a buffer too, one that never frees what it points at.
 #pragma once
 
 #include <napi.h>
@@ -8,6 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <string>
 
 namespace cutloss {
 
@@ -16,29 +20,56 @@ enum class Backend : int32_t { Emu = 0, Gpu = 1 };
 const char* backendName(Backend b);
 Backend readBackend(const Napi::Value& v, const char* name);
 
+/** Owned: allocated (and freed) by cutloss. Imported: mapped from an export. Wrapped: the caller's. */
+enum class Ownership : int32_t { Owned = 0, Imported = 1, Wrapped = 2 };
+
 class DeviceBuffer {
  public:
   /** Zero-filled, so no stale memory ever reaches JavaScript. Throws ArgError (E_OOM, E_BACKEND). */
   static std::shared_ptr<DeviceBuffer> allocate(Backend backend, size_t bytes);
   static std::shared_ptr<DeviceBuffer> fromHost(Backend backend, const void* data, size_t bytes);
+  /**
+   * Memory cutloss does not free: `holder` keeps an import mapped (its deleter unmaps it, or
+   * it holds the exporting buffer of this process); it is null for wrapped memory.
+   */
+  static std::shared_ptr<DeviceBuffer> borrow(Backend backend, Ownership ownership, void* data, size_t bytes,
+                                              std::shared_ptr<void> holder);
   ~DeviceBuffer();
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 
   Backend backend() const { return backend_; }
+  Ownership ownership() const { return ownership_; }
   size_t bytes() const { return bytes_; }
   void* data() const { return data_; }
   void copyToHost(void* dst, size_t bytes) const;
+  void copyFromHost(const void* src, size_t bytes);
+
+  /**
+   * cuda-emu, owned memory only: moves the pages into the POSIX shared memory object `name`
+   * in place (same address, same contents), so another process can map them; unlinked when
+   * this buffer is freed. Idempotent: returns the name it was shared under first.
+   */
+  std::string shareEmulated(const std::string& name);
+  /** cuda, owned memory only: the CUDA IPC handle bytes, asked for once. */
+  std::string ipcHandle();
 
   /** Buffers alive anywhere: referenced from JavaScript or held by a running job. */
   static size_t liveCount();
+  /** Bytes of the owned ones. */
   static size_t liveBytes();
 
  private:
-  DeviceBuffer(Backend backend, void* data, size_t bytes);
+  DeviceBuffer(Backend backend, Ownership ownership, void* data, size_t bytes, size_t mapped);
   Backend backend_;
+  Ownership ownership_;
   void* data_;
   size_t bytes_;
+  size_t mapped_;  // emulator memory: the length of its mapping (whole pages)
+  std::shared_ptr<void> holder_;
+  std::mutex shareMutex_;
+  std::string shmName_;
+  std::string ipcHandle_;
 };
 
 /** What an op leaves for its backward, opaque to JavaScript (see ops.cc). */

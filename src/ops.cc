@@ -387,6 +387,152 @@ std::unique_ptr<Job> makeCrossEntropyBackward(const Napi::CallbackInfo& info) {
   return job;
 }
 
+// ---------------------------------------------------------------- fused linear + cross-entropy
+
+/** Labels of N rows, each a class in [0, V) or ignoreIndex. */
+std::vector<int32_t> readLabels(const Napi::Value& v, int64_t N, int64_t V, int32_t ignoreIndex) {
+  std::vector<int32_t> labels = copyInt32(v, "labels");
+  if (static_cast<int64_t>(labels.size()) != N) {
+    throw ArgError("E_SHAPE", "labels must have N = " + std::to_string(N) + " elements, got " +
+                                  std::to_string(labels.size()));
+  }
+  for (size_t i = 0; i < labels.size(); i++) {
+    int32_t t = labels[i];
+    if (t != ignoreIndex && (t < 0 || t >= V)) {
+      throw ArgError("E_LABEL", "labels[" + std::to_string(i) + "] = " + std::to_string(t) + " is outside [0, " +
+                                    std::to_string(V) + ") and is not ignoreIndex (" + std::to_string(ignoreIndex) +
+                                    ")");
+    }
+  }
+  return labels;
+}
+
+/** An optional Float32Array of exactly n elements (null or undefined: empty). */
+std::vector<float> readOptionalVector(const Napi::Value& v, const char* name, int64_t n, const char* nName) {
+  if (v.IsNull() || v.IsUndefined()) return {};
+  std::vector<float> out = copyFloat32(v, name);
+  if (static_cast<int64_t>(out.size()) != n) {
+    throw ArgError("E_SHAPE", std::string(name) + " must have " + nName + " = " + std::to_string(n) +
+                                  " elements, got " + std::to_string(out.size()));
+  }
+  return out;
+}
+
+/** { filterEps, deterministic, tf32, gemm (0 auto, 1 fma, 2 wmma), vocabSplits? }. */
+LinearCeConfig readLinearConfig(const Napi::Value& v) {
+  if (!v.IsObject()) throw ArgError("E_OPTION", "config must be an object { filterEps, deterministic, tf32, gemm }");
+  Napi::Object o = v.As<Napi::Object>();
+  LinearCeConfig c;
+  c.filterEps = readFloatIn(o.Get("filterEps"), "config.filterEps", 0, 3.4e38, "a float >= 0");
+  c.deterministic = readBool(o.Get("deterministic"), "config.deterministic");
+  c.tf32 = readBool(o.Get("tf32"), "config.tf32");
+  double gemm = readFinite(o.Get("gemm"), "config.gemm");
+  if (gemm != 0 && gemm != 1 && gemm != 2) throw ArgError("E_OPTION", "config.gemm must be 0 (auto), 1 (fma) or 2 (wmma)");
+  c.gemm = static_cast<TileGemm>(static_cast<int32_t>(gemm));
+  Napi::Value splits = o.Get("vocabSplits");
+  if (!splits.IsUndefined()) c.vocabSplits = static_cast<int32_t>(readCount(splits, "config.vocabSplits", kLinearCeMaxSplits));
+  return c;
+}
+
+/**
+ * linearCrossEntropy(E, W, labels, params, classWeights, bias, config, scaleWeighted, scaleUnweighted):
+ * the forward, and with the scales (each row's s_W, s_U, formed by the caller) the backward in
+ * the same call. Returns ids { lse, weighted, unweighted } and, with the scales, { dEmbeddings,
+ * dClassifier } in E's and W's dtypes and dBias (f32) when there is a bias.
+ */
+std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info) {
+  MatrixArg E = readMatrix(info[0], "embeddings");
+  MatrixArg W = readMatrix(info[1], "classifier");
+  requireSameBackend(E, W, "classifier");
+  if (E.cols != W.cols) {
+    throw ArgError("E_SHAPE", "embeddings [N, D] and classifier [V, D] must share D; got D = " + std::to_string(E.cols) +
+                                  " and " + std::to_string(W.cols));
+  }
+  const int64_t N = E.rows;
+  const int64_t D = E.cols;
+  const int64_t V = W.rows;
+  if (V < 1) throw ArgError("E_SHAPE", "classifier must have at least one row (class)");
+  LossParams p = readLossParams(info[3], V);
+  std::vector<int32_t> labels = readLabels(info[2], N, V, p.ignoreIndex);
+  std::vector<float> weights = readOptionalVector(info[4], "classWeights", V, "V");
+  std::vector<float> bias = readOptionalVector(info[5], "bias", V, "V");
+  LinearCeConfig config = readLinearConfig(info[6]);
+  const bool withGrad = !info[7].IsNull() && !info[7].IsUndefined();
+  std::vector<float> scaleWeighted = withGrad ? readOptionalVector(info[7], "scaleWeighted", N, "N") : std::vector<float>{};
+  std::vector<float> scaleUnweighted = withGrad ? readOptionalVector(info[8], "scaleUnweighted", N, "N") : std::vector<float>{};
+  if (withGrad && static_cast<int64_t>(scaleUnweighted.size()) != N) {
+    throw ArgError("E_SHAPE", "scaleUnweighted must have N = " + std::to_string(N) + " elements with scaleWeighted");
+  }
+  double sumWeights = static_cast<double>(V);
+  if (!weights.empty()) {
+    sumWeights = 0;
+    for (size_t j = 0; j < weights.size(); j++) {
+      if (!std::isfinite(weights[j])) throw ArgError("E_OPTION", "classWeights[" + std::to_string(j) + "] must be finite");
+      sumWeights += weights[j];
+    }
+  }
+  p.sumWeights = static_cast<float>(sumWeights);
+
+  const Backend backend = E.backend();
+  auto job = jobFor(E);
+  job->keep(W.buffer);
+  auto upload = [&](const void* data, size_t bytes) -> const void* {
+    if (bytes == 0) return nullptr;
+    auto buffer = DeviceBuffer::fromHost(backend, data, bytes);
+    const void* ptr = buffer->data();
+    job->keep(std::move(buffer));
+    return ptr;
+  };
+  const auto* t = static_cast<const int32_t*>(upload(labels.data(), labels.size() * sizeof(int32_t)));
+  p.classWeights = static_cast<const float*>(upload(weights.data(), weights.size() * sizeof(float)));
+  const auto* b = static_cast<const float*>(upload(bias.data(), bias.size() * sizeof(float)));
+
+  LinearCeOut out;
+  const size_t rowBytes = static_cast<size_t>(N) * sizeof(float);
+  out.lse = static_cast<float*>(job->output(rowBytes, "lse"));
+  out.weighted = static_cast<float*>(job->output(rowBytes, "weighted"));
+  out.unweighted = static_cast<float*>(job->output(rowBytes, "unweighted"));
+  if (withGrad) {
+    out.scaleWeighted = static_cast<const float*>(upload(scaleWeighted.data(), rowBytes));
+    out.scaleUnweighted = static_cast<const float*>(upload(scaleUnweighted.data(), rowBytes));
+    out.dE = {job->output(E.bytes(), "dEmbeddings"), E.dtype, N, D};
+    out.dW = {job->output(W.bytes(), "dClassifier"), W.dtype, V, D};
+    if (b != nullptr) out.dBias = static_cast<float*>(job->output(static_cast<size_t>(V) * sizeof(float), "dBias"));
+  }
+  const LinearCePlan plan = linearCrossEntropyPlan(N, D, V, p.normalizer, config, withGrad, E.dtype, W.dtype);
+  void* workspace = nullptr;
+  if (N > 0) {
+    auto buffer = DeviceBuffer::allocate(backend, plan.bytes);
+    workspace = buffer->data();
+    job->keep(std::move(buffer));
+    job->setLaunch([e = E.ref(), w = W.ref(), b, t, p, config, out, workspace](const KernelTable& k, Stream s) {
+      k.linearCrossEntropy(e, w, b, t, p, config, out, workspace, s);
+    });
+  }
+  return job;
+}
+
+/** linearCrossEntropyWorkspaceBytes(N, D, V, normalizer, config, withGrad, eDtype, wDtype): the plan's figure. */
+Napi::Value LinearCrossEntropyWorkspaceBytes(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const int64_t N = readCount(info[0], "N", kMaxDim);
+    const int64_t D = readCount(info[1], "D", kMaxDim);
+    const int64_t V = readCount(info[2], "V", kMaxDim);
+    const double normalizer = readFinite(info[3], "normalizer");
+    if (normalizer != 0 && normalizer != 1 && normalizer != 2) {
+      throw ArgError("E_OPTION", "normalizer must be 0 (softmax), 1 (stablemax) or 2 (sparsemax)");
+    }
+    const LinearCeConfig config = readLinearConfig(info[4]);
+    const bool withGrad = readBool(info[5], "withGrad");
+    const DType eType = readDType(info[6], "eDtype");
+    const DType wType = readDType(info[7], "wDtype");
+    if (N == 0) return Napi::Number::New(info.Env(), 0);
+    const LinearCePlan plan =
+        linearCrossEntropyPlan(N, D, V, static_cast<int32_t>(normalizer), config, withGrad, eType, wType);
+    return Napi::Number::New(info.Env(), static_cast<double>(plan.bytes));
+  });
+}
+
 // ---------------------------------------------------------------- registration
 
 using JobFactory = std::unique_ptr<Job> (*)(const Napi::CallbackInfo&);
@@ -423,6 +569,9 @@ void registerOps(Napi::Env env, Napi::Object exports) {
   exportOp<makeGumbelSoftmaxBackward>(env, exports, "gumbelSoftmaxBackward");
   exportOp<makeCrossEntropyForward>(env, exports, "crossEntropyForward");
   exportOp<makeCrossEntropyBackward>(env, exports, "crossEntropyBackward");
+  exportOp<makeLinearCrossEntropy>(env, exports, "linearCrossEntropy");
+  exports.Set("linearCrossEntropyWorkspaceBytes",
+              Napi::Function::New(env, LinearCrossEntropyWorkspaceBytes, "linearCrossEntropyWorkspaceBytes"));
 }
 
 }  // namespace cutloss

@@ -1,65 +1,23 @@
 // crossEntropy and linearCrossEntropy against the independent float64 re-computation
 // (test/reference64.ts), central finite differences, closed forms and PyTorch facts, for
 // every option, reduction and normalizer, on odd shapes and across tile boundaries.
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  crossEntropy, linearCrossEntropy, tensor, type CrossEntropyOptions, type LinearCrossEntropyOptions,
+  crossEntropy, linearCrossEntropy, setBackend, tensor, type CrossEntropyOptions, type LinearCrossEntropyOptions,
 } from '../lib/index.js';
 import { linearCrossEntropyJs } from '../lib/js/losses.js';
 import { resolveLossOptions } from '../lib/options.js';
 import { expectClose, flat, gridRows } from './helpers.js';
 import * as ref from './reference64.js';
+import { CASES, V_ODD, labelsFor, weights } from './cases.js';
 
-type Case = [name: string, options: CrossEntropyOptions];
-
-const V_ODD = 37;
-const weights = Float32Array.from({ length: V_ODD }, (_, j) => 0.25 + ((j * 7) % 11) / 8);
-
-// Every option alone, then in combination, for all three reductions and normalizers.
-const CASES: Case[] = [
-  ['plain mean', {}],
-  ['sum', { reduction: 'sum' }],
-  ['none', { reduction: 'none' }],
-  ['none with per-row gradScale', { reduction: 'none', gradScale: Float32Array.from({ length: 9 }, (_, i) => (i % 3) - 0.5) }],
-  ['mean with gradScale', { gradScale: 2.5 }],
-  ['custom ignoreIndex', { ignoreIndex: 3 }],
-  ['label smoothing', { labelSmoothing: 0.1 }],
-  ['class weights', { classWeights: weights }],
-  ['class weights + smoothing', { classWeights: weights, labelSmoothing: 0.2 }],
-  ['z-loss', { zLoss: 1e-2 }],
-  ['softcap', { softcap: 2.5 }],
-  ['temperature', { temperature: 0.7 }],
-  ['softcap + temperature', { softcap: 3, temperature: 1.7 }],
-  ['focal γ=2', { focalGamma: 2 }],
-  ['focal γ=0.5', { focalGamma: 0.5 }],
-  ['Poly-1', { polyEpsilon: 1 }],
-  ['Poly-1 negative ε', { polyEpsilon: -0.5 }],
-  ['squentropy', { squentropy: true }],
-  ['stablemax', { normalizer: 'stablemax' }],
-  ['stablemax + smoothing + weights', { normalizer: 'stablemax', labelSmoothing: 0.15, classWeights: weights }],
-  ['stablemax + focal + Poly-1', { normalizer: 'stablemax', focalGamma: 1.5, polyEpsilon: 0.3 }],
-  ['sparsemax', { normalizer: 'sparsemax' }],
-  ['sparsemax + smoothing', { normalizer: 'sparsemax', labelSmoothing: 0.1 }],
-  ['sparsemax + focal + weights', { normalizer: 'sparsemax', focalGamma: 2, classWeights: weights }],
-  ['everything, sum', {
-    reduction: 'sum', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4, temperature: 1.3,
-    focalGamma: 1, polyEpsilon: 0.5, squentropy: true,
-  }],
-  ['everything, mean, stablemax', {
-    normalizer: 'stablemax', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4,
-    temperature: 0.8, focalGamma: 0.7, polyEpsilon: 0.2, squentropy: true, gradScale: 0.5,
-  }],
-];
+// The reference backend's suite (float64 inside, which the finite differences need); the cpu
+// backend runs the same matrix in test/native/cpu.test.ts.
+beforeAll(() => setBackend('js'));
+afterAll(() => setBackend('auto'));
 
 function refOptions(o: CrossEntropyOptions): ref.CeOptions {
   return o as ref.CeOptions;
-}
-
-/** Random labels with one ignored row (label −100, or the custom ignoreIndex). */
-function labelsFor(rng: () => number, N: number, V: number, o: CrossEntropyOptions): Int32Array {
-  const labels = Int32Array.from(ref.randomLabels(rng, N, V));
-  labels[Math.min(1, N - 1)] = o.ignoreIndex ?? -100;
-  return labels;
 }
 
 describe('crossEntropy matches the float64 re-computation for every option', () => {

@@ -1,26 +1,16 @@
 // Row-wise ops and their vector-Jacobian products against the float64 re-computation
 // (test/reference64.ts) and finite differences, on odd shapes and edge values, f32 and bf16.
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as lib from '../lib/index.js';
-import { tensor, type Tensor } from '../lib/index.js';
+import { setBackend, tensor, type Tensor } from '../lib/index.js';
 import { expectClose, gridRows } from './helpers.js';
 import * as ref from './reference64.js';
+import { OPS, SHAPES } from './cases.js';
 
-const SHAPES: [number, number][] = [[1, 1], [1, 2], [2, 1], [3, 7], [5, 33], [2, 300]];
-
-type Forward = (x: Tensor) => Tensor;
-type Backward = (x: Tensor, dy: Tensor) => Tensor;
-type RefForward = (rows: ref.Rows) => number[][];
-type RefBackward = (x: ref.Rows, dy: ref.Rows) => number[][];
-
-const OPS: [string, Forward, Backward, RefForward, RefBackward][] = [
-  ['softmax', (x) => lib.softmax(x), (x, dy) => lib.softmaxBackward(x, dy), ref.softmax, ref.softmaxBackward],
-  ['logSoftmax', (x) => lib.logSoftmax(x), (x, dy) => lib.logSoftmaxBackward(x, dy), ref.logSoftmax, ref.logSoftmaxBackward],
-  ['stablemax', lib.stablemax, lib.stablemaxBackward, ref.stablemax, ref.stablemaxBackward],
-  ['logStablemax', lib.logStablemax, lib.logStablemaxBackward, ref.logStablemax, ref.logStablemaxBackward],
-  ['sparsemax', lib.sparsemax, lib.sparsemaxBackward, ref.sparsemax, ref.sparsemaxBackward],
-  ['entmax15', lib.entmax15, lib.entmax15Backward, ref.entmax15, ref.entmax15Backward],
-];
+// The reference backend's suite (float64 inside, which the finite differences need); the cpu
+// backend runs the same matrix in test/native/cpu.test.ts.
+beforeAll(() => setBackend('js'));
+afterAll(() => setBackend('auto'));
 
 const asRows = (t: Tensor, rows: number, cols: number) => ref.toF64Rows(t.data, rows, cols);
 

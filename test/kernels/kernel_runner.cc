@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -18,6 +19,7 @@
 
 #include "../../cuda/cross_entropy.cu"
 #include "../../cuda/gumbel.cu"
+#include "../../cuda/linear_cross_entropy.cu"
 #include "../../cuda/rowwise.cu"
 #include "../../cuda/sparse.cu"
 
@@ -144,6 +146,46 @@ void run(Request& q, Response& r) {
     emu::crossEntropyBackward(input(q, "x", "xDtype"), static_cast<const int32_t*>(q.ptr("labels")), lossParams(q),
                               static_cast<const float*>(q.ptr("rowStats")), static_cast<const float*>(q.ptr("scaleWeighted")),
                               static_cast<const float*>(q.ptr("scaleUnweighted")), output(q, r, "dx"), s);
+  } else if (op == "linearCrossEntropy") {
+    // rows = N, cols = V, dim = D; E [N × D] in eDtype, W [V × D] in wDtype; gradients when scaleWeighted is given
+    const int64_t V = q.i64("cols"), D = q.i64("dim");
+    const DType eType = q.dtype("eDtype"), wType = q.dtype("wDtype");
+    Bytes& e = q.blob("E");
+    Bytes& w = q.blob("W");
+    if (e.size() != static_cast<size_t>(rows * D) * elementSize(eType) || w.size() != static_cast<size_t>(V * D) * elementSize(wType)) {
+      throw std::runtime_error("E or W has the wrong size");
+    }
+    LinearCeConfig c;
+    c.filterEps = q.has("filterEps") ? q.f32("filterEps") : 0.0f;
+    c.deterministic = q.flag("deterministic");
+    c.tf32 = q.flag("tf32");
+    c.gemm = static_cast<TileGemm>(q.has("gemm") ? q.i64("gemm") : 0);
+    c.vocabSplits = static_cast<int32_t>(q.has("vocabSplits") ? q.i64("vocabSplits") : 0);
+    const bool withGrad = q.ptr("scaleWeighted") != nullptr;
+    LinearCeOut out;
+    out.lse = reinterpret_cast<float*>(r.add("lse", static_cast<size_t>(rows) * 4).data());
+    out.weighted = reinterpret_cast<float*>(r.add("weighted", static_cast<size_t>(rows) * 4).data());
+    out.unweighted = reinterpret_cast<float*>(r.add("unweighted", static_cast<size_t>(rows) * 4).data());
+    if (withGrad) {
+      out.scaleWeighted = static_cast<const float*>(q.ptr("scaleWeighted"));
+      out.scaleUnweighted = static_cast<const float*>(q.ptr("scaleUnweighted"));
+      out.dE = MutMatrixRef{r.add("dE", static_cast<size_t>(rows * D) * elementSize(eType)).data(), eType, rows, D};
+      out.dW = MutMatrixRef{r.add("dW", static_cast<size_t>(V * D) * elementSize(wType)).data(), wType, V, D};
+      if (q.ptr("bias") != nullptr) out.dBias = reinterpret_cast<float*>(r.add("dBias", static_cast<size_t>(V) * 4).data());
+    }
+    const LossParams p = lossParams(q);
+    const LinearCePlan plan = linearCrossEntropyPlan(rows, D, V, p.normalizer, c, withGrad, eType, wType);
+    Bytes workspace(plan.bytes, 0xff);  // never assumed zero: the kernels initialize what they read
+    emu::linearCrossEntropy(MatrixRef{e.data(), eType, rows, D}, MatrixRef{w.data(), wType, V, D},
+                            static_cast<const float*>(q.ptr("bias")), static_cast<const int32_t*>(q.ptr("labels")), p, c,
+                            out, workspace.data(), s);
+    // the counters (tiles visited, skipped, Michelot rows left, passes) and the plan's figures
+    Bytes& info = r.add("info", 8 * 4);
+    const uint32_t* counters = reinterpret_cast<const uint32_t*>(workspace.data() + plan.counters);
+    const uint32_t words[8] = {counters[0], counters[1], counters[2], counters[3], static_cast<uint32_t>(plan.splits),
+                               static_cast<uint32_t>(plan.tilesPerSplit), static_cast<uint32_t>(plan.bytes),
+                               static_cast<uint32_t>(plan.bytes >> 32)};
+    std::memcpy(info.data(), words, sizeof words);
   } else {
     throw std::runtime_error("unknown op " + op);
   }

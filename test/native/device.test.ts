@@ -218,7 +218,7 @@ describe('ops on device tensors', () => {
     logits.dispose();
   });
 
-  it('linearCrossEntropy has no kernel yet: it runs on the next backend and returns device gradients', () => {
+  it('linearCrossEntropy runs its fused kernels on device tensors and returns device gradients', () => {
     const Eh = tensor(new Float32Array([0.1, -0.2, 0.3, 0.4, 0.5, -0.6]), [2, 3]);
     const Wh = tensor(new Float32Array([1, 0, -1, 0.5, 0.5, 0.5, -1, 2, 0, 0.3, 0.1, 0.2]), [4, 3]);
     const labels = new Int32Array([3, 1]);
@@ -228,11 +228,15 @@ describe('ops on device tensors', () => {
     const d = linearCrossEntropy(E, W, labels, o);
     setBackend('js');
     const h = linearCrossEntropy(Eh, Wh, labels, o);
-    expect(d.loss).toBe(h.loss);
+    // fp32 kernels against the float64 reference backend: DESIGN.md's 1e-5
+    expect(d.loss as number).toBeCloseTo(h.loss as number, 6);
     expect(d.dEmbeddings!.backend).toBe('cuda-emu');
-    expect(d.dEmbeddings!.download().data).toEqual(h.dEmbeddings!.data);
-    expect(d.dClassifier!.download().data).toEqual(h.dClassifier!.data);
-    expect(d.dBias).toEqual(h.dBias);
+    const close = (a: ArrayLike<number>, b: ArrayLike<number>) =>
+      Array.from(a).forEach((v, i) => expect(Math.abs(v - b[i]!)).toBeLessThan(1e-6));
+    close(d.dEmbeddings!.download().data, h.dEmbeddings!.data);
+    close(d.dClassifier!.download().data, h.dClassifier!.data);
+    close(d.dBias!, h.dBias!);
+    expect(d.workspaceBytes).toBeGreaterThan(0);
     for (const t of [E, W, d.dEmbeddings!, d.dClassifier!]) t.dispose();
   });
 

@@ -1,4 +1,4 @@
-// Fuzzes the addon's raw entry points (src/addon.cc, src/ops.cc) in a process of its own:
+// Fuzzes the addon's raw entry points (src/addon.cc, src/ops.cc, src/sharing.cc, src/cpu/binding.cc) in a process of its own:
 // thousands of calls with random, malformed and hostile arguments (wrong types, shapes that
 // overrun buffers, freed ids, detached and shared buffers, getters that free buffers or
 // detach arrays mid-call, sync and async). Every call must return or throw an Error whose
@@ -194,8 +194,120 @@ function floats(n) {
   return typedArray(Float32Array, n, () => (next() - 0.5) * 4);
 }
 
+function linearConfig() {
+  const c = { filterEps: pick([0, 2 ** -12, 1e30]), deterministic: bool(), tf32: bool(), gemm: int(3) };
+  if (chance(0.3)) c.vocabSplits = pick([0, 1, 2, 64, 65, -1]);
+  if (chance(0.1)) c[pick(Object.keys(c))] = anyValue();
+  return c;
+}
+
 /** Loss forward states the fuzzer holds for backward calls. */
 const states = [];
+/** What exportBuffer returned, for importBuffer calls. */
+const exported = [];
+
+function importArgs() {
+  const e = exported.length > 0 && chance(0.85) ? pick(exported) : null;
+  return [
+    maybe(() => pick([0, 0, 0, 1])),
+    maybe(() => (e !== null ? e.handle : typedArray(Uint8Array, int(40), () => 45 + int(60)))),
+    maybe(() => (e !== null && chance(0.9) ? e.process : pick(['x', '0-0', '']))),
+    maybe(() => pick([0, 0, 4, 8, 2, 2 ** 53])),
+    maybe(() => pick([0, 4, 16, 64, 4096, 2 ** 40, 2 ** 53])),
+  ];
+}
+
+// ---------------------------------------------------------------- the cpu backend (src/cpu/binding.cc)
+// Host arrays with explicit shapes, positional: (data, rows, cols, dtype). The only object
+// argument is the loss params, whose getters may detach the call's arrays before they are read.
+
+const count = (n, fallback) => (typeof n === 'number' && Number.isSafeInteger(n) && n >= 0 && n < 4096 ? n : fallback);
+
+/** [data, rows, cols, dtype]: usually consistent; sometimes an element short or over, or another kind of array. */
+function hostMatrix() {
+  const dtype = int(2);
+  const rows = chance(0.92) ? int(6) : pick([0, 2 ** 31, -1, 1.5, NaN]);
+  const cols = chance(0.92) ? 1 + int(40) : pick([0, 2 ** 31 - 1, 2 ** 40, -3]);
+  const n = count(rows * cols, int(8));
+  const length = chance(0.9) ? n : pick([n + 1, Math.max(0, n - 1)]);
+  const data = dtype === 1
+    ? typedArray(Uint16Array, length, () => 0x3f80 + int(0x400))
+    : typedArray(Float32Array, length, () => (next() - 0.5) * 20);
+  const m = [maybe(() => data, 0.05), maybe(() => rows, 0.03), maybe(() => cols, 0.03), maybe(() => dtype, 0.03)];
+  m.elements = n;
+  m.N = count(rows, 2);
+  m.V = count(cols, 3) || 3;
+  return m;
+}
+
+const upstreamOf = (m) => floats(chance(0.92) ? m.elements : m.elements + 1);
+const hostMask = (m) => (chance(0.5) ? null : typedArray(Uint8Array, chance(0.5) ? m.V : m.elements, () => int(2)));
+
+/** Loss params; sometimes with a getter that detaches every host array of this call before the call reads them. */
+function cpuParams() {
+  const p = lossParams();
+  if (!chance(0.05) || typeof p !== 'object' || p === null) return p;
+  const victims = hostInputs;
+  return {
+    ...p,
+    get normalizer() {
+      for (const v of victims) if (v.view.buffer.byteLength > 0) structuredClone(v.view.buffer, { transfer: [v.view.buffer] });
+      return 0;
+    },
+  };
+}
+
+function cpuEntries() {
+  const backward = (m, ...rest) => [m[0], maybe(() => upstreamOf(m)), m[1], m[2], m[3], ...rest];
+  return {
+    cpuLogSumExp: () => { const m = hostMatrix(); return [...m, maybe(positive), maybe(() => hostMask(m))]; },
+    cpuSoftmax: () => { const m = hostMatrix(); return [...m, maybe(positive), maybe(() => hostMask(m)), maybe(bool)]; },
+    cpuSoftmaxBackward: () => { const m = hostMatrix(); return backward(m, maybe(positive), maybe(() => hostMask(m)), maybe(bool)); },
+    cpuStablemax: () => [...hostMatrix(), maybe(bool)],
+    cpuStablemaxBackward: () => backward(hostMatrix(), maybe(bool)),
+    cpuSparsemax: () => hostMatrix(),
+    cpuSparsemaxBackward: () => backward(hostMatrix()),
+    cpuEntmax15: () => hostMatrix(),
+    cpuEntmax15Backward: () => backward(hostMatrix()),
+    cpuGumbelSoftmax: () => [...hostMatrix(), maybe(positive), maybe(bool), maybe(seedValue)],
+    cpuGumbelSoftmaxBackward: () => backward(hostMatrix(), maybe(positive), maybe(seedValue)),
+    cpuCrossEntropy: () => {
+      const m = hostMatrix();
+      const { N, V } = m;
+      const grad = chance(0.6);
+      return [
+        ...m, maybe(() => labels({ rows: N, cols: V })), cpuParams(), maybe(() => (chance(0.5) ? null : floats(chance(0.9) ? V : V + 1))),
+        maybe(() => (grad ? floats(chance(0.9) ? N : N + 1) : null), 0.04), maybe(() => (grad ? floats(N) : null), 0.04),
+      ];
+    },
+    cpuLinearCrossEntropy: () => {
+      const E = hostMatrix();
+      const { N, V: D } = E;
+      const V = chance(0.95) ? 1 + int(30) : pick([0, -1, 2 ** 31]);
+      const wDtype = int(2);
+      const nW = count(V * D, 4);
+      const W = wDtype === 1 ? typedArray(Uint16Array, chance(0.9) ? nW : nW + 1, () => 0x3f80 + int(0x400))
+        : typedArray(Float32Array, chance(0.9) ? nW : nW + 1, () => next() - 0.5);
+      const Vc = count(V, 3) || 3;
+      const grad = chance(0.6);
+      return [
+        ...E, maybe(() => W, 0.03), maybe(() => V, 0.02), maybe(() => wDtype, 0.02), maybe(() => labels({ rows: N, cols: Vc }), 0.03),
+        cpuParams(), maybe(() => (chance(0.5) ? null : floats(chance(0.95) ? Vc : Vc + 1)), 0.03),
+        maybe(() => (chance(0.5) ? null : floats(chance(0.95) ? Vc : Vc + 1)), 0.03),
+        maybe(() => (grad ? floats(chance(0.9) ? N : N + 1) : null), 0.04), maybe(() => (grad ? floats(N) : null), 0.04),
+        maybe(() => pick([0, 0, 2 ** -12, 1e30])), maybe(() => pick([1, 64, 4 * Vc * 4, 2 ** 26]), 0.05),
+      ];
+    },
+    cpuSgemm: () => {
+      const [M, N, K] = [int(9), int(9), int(9)];
+      return [maybe(bool), maybe(bool), maybe(() => M), maybe(() => N), maybe(() => K),
+        maybe(() => floats(chance(0.9) ? M * K : M * K + 1)), maybe(() => floats(chance(0.9) ? K * N : K * N + 2))];
+    },
+    cpuSetThreads: () => [maybe(() => pick([1, 2, 3]), 0.3)],
+    cpuSetGemm: () => [maybe(() => pick(['blas', 'portable', 'blas']), 0.2)],
+    cpuInfo: () => [],
+  };
+}
 
 /** Each entry point with a generator of plausible arguments; any argument may be replaced. */
 const ENTRIES = {
@@ -228,11 +340,44 @@ const ENTRIES = {
     const V = s && Number.isSafeInteger(s.cols) && s.cols > 0 && s.cols < 4096 ? s.cols : 3;
     return [x, maybe(() => labels(x)), lossParams(), maybe(() => (chance(0.5) ? null : floats(chance(0.9) ? V : V + 1)))];
   },
+  exportBuffer: () => [maybe(() => liveId(), 0.3)],
+  importBuffer: importArgs,
+  address: () => [maybe(() => liveId(), 0.3)],
+  // Only addresses no dtype or length makes valid: the emulator cannot tell a bad host
+  // address from a good one, so a wrap that succeeded could crash the next call that reads it.
+  // write() is not fuzzed: overwriting device memory is what it is for.
+  wrapPointer: () => [maybe(() => pick([0, 1])), pick([0n, -8n, 3n, 4097n, 2n ** 64n, 2n ** 64n - 1n, 4096, 'x', undefined]),
+    maybe(() => pick([0, 4, 16, 2 ** 53])), maybe(() => int(2))],
+  linearCrossEntropy: () => {
+    const E = matrix();
+    const s = sameShape(E);
+    const N = s && Number.isSafeInteger(s.rows) && s.rows >= 0 && s.rows < 4096 ? s.rows : int(4);
+    const D = s && Number.isSafeInteger(s.cols) && s.cols > 0 && s.cols < 4096 ? s.cols : 1 + int(3);
+    // W [V, D] over a buffer it fits, most of the time
+    const wid = liveId();
+    const wDtype = int(2);
+    const fits = Math.min(12, Math.floor(buffers.get(wid).length / (wDtype === 1 ? 2 : 4) / D));
+    const W = fits >= 1 && chance(0.9) ? { id: wid, dtype: wDtype, rows: fits, cols: D } : matrix();
+    const w = sameShape(W);
+    const V = w && Number.isSafeInteger(w.rows) && w.rows > 0 && w.rows < 4096 ? w.rows : 3;
+    const grad = chance(0.6);
+    return [
+      E, W, maybe(() => labels({ rows: N, cols: V })), lossParams(),
+      maybe(() => (chance(0.5) ? null : floats(chance(0.9) ? V : V + 1))), maybe(() => (chance(0.5) ? null : floats(chance(0.9) ? V : V + 1))),
+      maybe(linearConfig, 0.04), maybe(() => (grad ? floats(chance(0.9) ? N : N + 1) : null), 0.04),
+      maybe(() => (grad ? floats(N) : null), 0.04),
+    ];
+  },
+  linearCrossEntropyWorkspaceBytes: () => [
+    maybe(() => int(100)), maybe(() => 1 + int(100)), maybe(() => 1 + int(1000)), maybe(() => int(3)), maybe(linearConfig),
+    maybe(bool), maybe(() => int(2)), maybe(() => int(2)),
+  ],
   crossEntropyBackward: () => {
     const st = states.length > 0 && chance(0.9) ? pick(states) : null;
     const n = st !== null ? st.rows : int(5);
     return [maybe(() => (st !== null ? st.state : anyValue())), maybe(() => floats(chance(0.9) ? n : n + 2)), maybe(() => floats(n))];
   },
+  ...cpuEntries(),
 };
 
 // ---------------------------------------------------------------- checks
@@ -263,6 +408,14 @@ function adoptResult(name, args, r) {
     if (r === true) forget(args[0]);
     return;
   }
+  if (name === 'linearCrossEntropyWorkspaceBytes') {
+    if (typeof r !== 'number' || !Number.isSafeInteger(r) || r < 0) fail(`${name}: returned ${String(r)}`);
+    return;
+  }
+  if (name === 'linearCrossEntropy') {
+    for (const id of Object.values(r)) addon.free(id);
+    return;
+  }
   if (name === 'alloc' || name === 'upload' || (typeof r === 'number' && name !== 'byteLength')) {
     if (typeof r !== 'number' || !Number.isSafeInteger(r) || r <= 0) return fail(`${name}: returned ${String(r)}`);
     const n = addon.byteLength(r);
@@ -270,6 +423,10 @@ function adoptResult(name, args, r) {
     addon.download(r, out);
     if (buffers.size < 24) buffers.set(r, out);
     else addon.free(r);
+    return;
+  }
+  if (name === 'exportBuffer') {
+    if (exported.length < 16) exported.push(r);
     return;
   }
   if (name === 'crossEntropyForward') {
@@ -335,6 +492,10 @@ for (let i = 0; i < CALLS; i++) {
     // Sometimes free the inputs while the call runs: the job must keep them alive.
     if (chance(0.3)) {
       for (const a of args) if (a && typeof a === 'object' && typeof a.id === 'number') { addon.free(a.id); forget(a.id); }
+    }
+    // A cpu call copied its host arrays: detaching them now must not reach it.
+    if (name.startsWith('cpu') && chance(0.3)) {
+      for (const v of hostInputs) if (v.view.buffer.byteLength > 0) structuredClone(v.view.buffer, { transfer: [v.view.buffer] });
     }
     const settled = promise.then((r) => adoptResult(name, args, r), (e) => checkError(name, e));
     if (chance(0.5)) await settled;

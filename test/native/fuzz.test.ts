@@ -18,6 +18,10 @@ interface FuzzSummary {
 const KERNEL_ENTRIES = [
   'logSumExp', 'softmax', 'softmaxBackward', 'stablemax', 'stablemaxBackward', 'sparsemax', 'sparsemaxBackward',
   'entmax15', 'entmax15Backward', 'gumbelSoftmax', 'gumbelSoftmaxBackward', 'crossEntropyForward', 'crossEntropyBackward',
+  'linearCrossEntropy', 'linearCrossEntropyWorkspaceBytes',
+  'cpuLogSumExp', 'cpuSoftmax', 'cpuSoftmaxBackward', 'cpuStablemax', 'cpuStablemaxBackward', 'cpuSparsemax',
+  'cpuSparsemaxBackward', 'cpuEntmax15', 'cpuEntmax15Backward', 'cpuGumbelSoftmax', 'cpuGumbelSoftmaxBackward',
+  'cpuCrossEntropy', 'cpuLinearCrossEntropy', 'cpuSgemm',
 ];
 
 describe('native boundary fuzz', () => {
@@ -31,6 +35,8 @@ describe('native boundary fuzz', () => {
       expect(summary.calls).toBe(4000);
       // It reached every kernel with valid arguments, and the checks with invalid ones.
       for (const name of KERNEL_ENTRIES) expect(summary.returned[name] ?? 0, name).toBeGreaterThan(10);
+      for (const name of ['exportBuffer', 'importBuffer', 'address']) expect(summary.returned[name] ?? 0, name).toBeGreaterThan(5);
+      expect(summary.returned.wrapPointer ?? 0, 'wrapPointer is only given addresses it must refuse').toBe(0);
       for (const code of ['E_SHAPE', 'E_DTYPE', 'E_DISPOSED', 'E_OPTION', 'E_BACKEND', 'E_LABEL', 'E_OOM']) {
         expect(summary.errors[code] ?? 0, code).toBeGreaterThan(0);
       }

@@ -1,0 +1,738 @@
+// Fused linear + cross-entropy (Cut Cross-Entropy, Wijmans et al. 2024): the loss of
+// z = E·Wᵀ + b with every option of README "Losses", and dE, dW, dBias, without the N×V
+// logits ever reaching global memory. Each block owns a tile of kTile rows and walks a range
+// of vocabulary tiles; every logit tile is computed by the tile product of tile_gemm.cuh
+// (FMA or tensor cores), used at once, and forgotten.
+//
+// Forward. A block reduces each row of each tile to (max, Σ exp) and the sums its options
+// need (label logit, Σ w·z, Σ_{j≠t} z², Σ s(z), Σ w·log s(z)) and folds them into the row's
+// running state in shared memory. Blocks that share a row tile (its "splits") write one
+// partial per row, and a second tiny pass merges the partials in split order. We chose that
+// over per-row atomic merges: (max, sum) pairs have no atomic merge, a lock per row
+// serializes the splits, and the fixed order makes the forward bit-reproducible. The
+// partials are O(splits·N) with splits ≤ kLinearCeMaxSplits.
+//
+// Sparsemax. τ lies within 1 of the row max, so each split keeps the logits within 1 of its
+// running max (at most kLinearCeCandidates per row, compacted as the max grows); the merge
+// pass finds τ exactly from the union by Michelot's fixed point. Rows whose candidates
+// overflow fall back to Michelot passes over the vocabulary tiles (one GEMM pass each,
+// usually a handful), which are exact too. No extra pass when nothing overflows.
+//
+// Backward. The host forms each row's reduction scales (s_W, s_U) from labels and class
+// weights before the forward, so one call does both. Each tile is recomputed, turned into
+// G = ∂loss/∂x by gradCoefficient and the softcap slope, skipped when every coefficient
+// (before the scales) is below filterEps, and folded into fp32 accumulators:
+// dE += G·W_tile, dW_tile += Gᵀ·E, dBias += Σ_rows G. By default with atomics; in
+// deterministic mode one kernel owns dE row tiles (walking vocabulary tiles in order) and
+// another owns dW tiles and dBias (walking row tiles in order), which costs one more logit
+// recomputation but gives bit-identical gradients. bf16 gradients are accumulated in an fp32
+// workspace and rounded once at the end. Offsets are int64: N·D, V·D may exceed 2^31.
+#include "tile_gemm.cuh"
+
+namespace cutloss {
+namespace CUTLOSS_KERNEL_NS {
+
+// rowStats slots past the RowStats fields (common.cuh)
+constexpr int kStatMichelotActive = kStatCount;  // 1 while a crowded sparsemax row is iterated
+static_assert(kStatMichelotActive < kRowStatFloats, "rowStats stride too small");
+
+enum CounterIndex : int { kCounterVisited = 0, kCounterSkipped = 1, kCounterMichelotRows = 2, kCounterMichelotPasses = 3 };
+
+constexpr int kWarps = kTileThreads / 32;
+// The tile kernels say __launch_bounds__(kTileThreads, 1): given the block size alone, ptxas
+// aims at 4 blocks per SM (64 registers) and spills; they need 72 to 108 and no local memory.
+constexpr int kCandidateOverflow = -1;
+
+/** Everything a launch's kernels read; passed by value (a few hundred bytes). */
+struct LinearCeArgs {
+  MatrixRef E;  // [N × D]
+  MatrixRef W;  // [V × D]
+  const float* bias;
+  const int32_t* labels;
+  LossParams p;
+  float filterEps;
+  int64_t rowTiles;
+  int32_t vocabTiles;
+  int32_t splits;
+  int32_t tilesPerSplit;
+  uint32_t* counters;
+  float* rowStats;
+  float* partials;
+  float* candidates;
+  float* michelot;
+  const float* scaleWeighted;
+  const float* scaleUnweighted;
+  float* dE;  // fp32 accumulators
+  float* dW;
+  float* dBias;
+};
+
+// ---------------------------------------------------------------- operand loaders
+
+/** A(i, k) = E[r0 + i][k]: the rows of a logit tile. */
+struct EmbeddingRows {
+  static constexpr bool kContiguousK = true;
+  MatrixRef E;
+  int64_t r0;
+  __device__ __forceinline__ float at(int i, int k) const {
+    const int64_t r = r0 + i;
+    return r < E.rows && k < E.cols ? loadElement(E.data, E.dtype, r * E.cols + k) : 0.0f;
+  }
+};
+
+/** B(j, k) = W[c0 + j][k]: the classes of a logit tile. */
+struct ClassifierRows {
+  static constexpr bool kContiguousK = true;
+  MatrixRef W;
+  int64_t c0;
+  __device__ __forceinline__ float at(int j, int k) const {
+    const int64_t c = c0 + j;
+    return c < W.rows && k < W.cols ? loadElement(W.data, W.dtype, c * W.cols + k) : 0.0f;
+  }
+};
+
+/** A(i, k) = G[i][k]: dE = G·W. */
+struct GradRows {
+  static constexpr bool kContiguousK = true;
+  const FloatTile* g;
+  __device__ __forceinline__ float at(int i, int k) const { return k < kTile ? (*g)[i][k] : 0.0f; }
+};
+
+/** A(i, k) = G[k][i]: dW = Gᵀ·E. */
+struct GradColumns {
+  static constexpr bool kContiguousK = false;
+  const FloatTile* g;
+  __device__ __forceinline__ float at(int i, int k) const { return k < kTile ? (*g)[k][i] : 0.0f; }
+};
+
+/** B(j, k) = M[base + k][d0 + j]: columns d0.. of the rows a gradient tile meets (W for dE, E for dW). */
+struct MatrixColumns {
+  static constexpr bool kContiguousK = false;
+  MatrixRef M;
+  int64_t base;
+  int d0;
+  __device__ __forceinline__ float at(int j, int k) const {
+    const int64_t r = base + k;
+    const int d = d0 + j;
+    return r < M.rows && d < M.cols ? loadElement(M.data, M.dtype, r * M.cols + d) : 0.0f;
+  }
+};
+
+// ---------------------------------------------------------------- forward
+
+/** A row's running forward state; a plain aggregate, as it lives in __shared__. */
+struct RowPartial {
+  LseState lse;
+  float zLabel, sumWeightedZ, sumSqOthers, stableSum, sumWeightedLogS;
+  int candidates;  // kept so far, or kCandidateOverflow
+};
+
+/** What one tile adds to a row, reduced across the warp. */
+struct TileRowSums {
+  LseState lse;
+  float zLabel, sumWeightedZ, sumSqOthers, stableSum, sumWeightedLogS;
+};
+__device__ __forceinline__ TileRowSums shuffleXor(TileRowSums v, int lane) {
+  return TileRowSums{shuffleXor(v.lse, lane),         shuffleXor(v.zLabel, lane),     shuffleXor(v.sumWeightedZ, lane),
+                     shuffleXor(v.sumSqOthers, lane), shuffleXor(v.stableSum, lane), shuffleXor(v.sumWeightedLogS, lane)};
+}
+struct CombineTileRowSums {
+  __device__ __forceinline__ TileRowSums operator()(TileRowSums a, TileRowSums b) const {
+    return TileRowSums{mergeLse(a.lse, b.lse),          a.zLabel + b.zLabel, a.sumWeightedZ + b.sumWeightedZ,
+                       a.sumSqOthers + b.sumSqOthers, a.stableSum + b.stableSum,
+                       a.sumWeightedLogS + b.sumWeightedLogS};
+  }
+};
+
+/** combine() over the 4 lanes that share a tile row (aligned lane groups: xor 1, then 2). */
+template <class T, class Combine>
+__device__ __forceinline__ T rowGroupAllReduce(T v, Combine combine) {
+  v = combine(v, shuffleXor(v, 1));
+  return combine(v, shuffleXor(v, 2));
+}
+
+/** The effective logit z of tile element (m, n), or −inf past the vocabulary. */
+__device__ __forceinline__ float tileLogit(const LinearCeArgs& a, const FloatTile& c, int m, int n, int64_t c0, int nc) {
+  if (n >= nc) return negativeInfinity();
+  const float x = c[m][n] + (a.bias != nullptr ? a.bias[c0 + n] : 0.0f);
+  return effectiveLogit(x, a.p.softcap, a.p.invTemperature);
+}
+
+/**
+ * Sparsemax candidates of tile row m, appended in column order by the row's leader thread:
+ * the logits within 1 of the running max. When the list is full, the values a larger max
+ * has since pushed out of reach are dropped; if it is still full, the row overflows.
+ */
+__device__ void collectCandidates(const LinearCeArgs& a, const FloatTile& c, int m, int64_t c0, int nc, float max,
+                                  int& count, float* kept) {
+  for (int n = 0; n < nc && count != kCandidateOverflow; ++n) {
+    const float z = tileLogit(a, c, m, n, c0, nc);
+    if (!(z - max > -1.0f)) continue;  // as a gap: exact for huge logits; NaN is never a candidate
+    if (count == kLinearCeCandidates) {
+      int out = 0;
+      for (int i = 0; i < count; ++i) {
+        if (kept[i] - max > -1.0f) kept[out++] = kept[i];
+      }
+      count = out;
+      if (count == kLinearCeCandidates) {
+        count = kCandidateOverflow;
+        break;
+      }
+    }
+    kept[count++] = z;
+  }
+}
+
+/**
+ * Grid (rowTiles, splits): the block of row tile x walks the vocabulary tiles of split y and
+ * leaves one partial per row. Four threads share a tile row (16 columns each, interleaved so
+ * they read consecutive words); the first of them, the row's leader, owns its running state.
+ */
+template <class Gemm>
+__global__ void __launch_bounds__(kTileThreads, 1) linearCeForwardKernel(LinearCeArgs a) {
+  __shared__ SharedTile cTile;
+  FloatTile& c = cTile.v;
+  __shared__ RowPartial state[kTile];
+  const int64_t N = a.E.rows;
+  const int64_t V = a.W.rows;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int split = blockIdx.y;
+  const int firstTile = split * a.tilesPerSplit;
+  const int endTile = min(firstTile + a.tilesPerSplit, a.vocabTiles);
+  const int m = threadIdx.x / 4;
+  const int phase = threadIdx.x % 4;
+  const int64_t row = r0 + m;
+  const bool leader = phase == 0 && row < N;  // rows past N still take part in the shuffles
+  const int label = row < N ? a.labels[row] : 0;
+  const bool smoothing = a.p.smoothing > 0.0f;
+  const bool squentropy = a.p.squentropy != 0.0f;
+  const bool stable = a.p.normalizer == kNormalizerStablemax;
+  float* kept = a.candidates != nullptr && row < N
+                    ? a.candidates + (static_cast<int64_t>(split) * N + row) * kLinearCeCandidates
+                    : nullptr;
+  if (leader) state[m] = RowPartial{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0};
+  for (int vt = firstTile; vt < endTile; ++vt) {
+    const int64_t c0 = static_cast<int64_t>(vt) * kTile;
+    const int nc = static_cast<int>(min(static_cast<int64_t>(kTile), V - c0));
+    Gemm::product(EmbeddingRows{a.E, r0}, ClassifierRows{a.W, c0}, static_cast<int>(a.E.cols), c);
+    const int64_t t = static_cast<int64_t>(label) - c0;  // the label's column in this tile, if any
+    TileRowSums s{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int q = 0; q < kTile / 4; ++q) {
+      const int n = phase + 4 * q;
+      if (n >= nc || row >= N) break;
+      const float z = tileLogit(a, c, m, n, c0, nc);
+      s.lse = lsePush(s.lse, z);
+      if (n == t) s.zLabel = z;
+      if (smoothing) s.sumWeightedZ += classWeight(a.p, c0 + n) * z;
+      if (squentropy && n != t) s.sumSqOthers += z * z;
+      if (stable) {
+        s.stableSum += stablemaxS(z);
+        if (smoothing) s.sumWeightedLogS += classWeight(a.p, c0 + n) * stablemaxLogS(z);
+      }
+    }
+    s = rowGroupAllReduce(s, CombineTileRowSums());
+    if (leader) {
+      RowPartial& st = state[m];
+      st.lse = mergeLse(st.lse, s.lse);
+      st.zLabel += s.zLabel;  // one tile holds the label: the others add 0
+      st.sumWeightedZ += s.sumWeightedZ;
+      st.sumSqOthers += s.sumSqOthers;
+      st.stableSum += s.stableSum;
+      st.sumWeightedLogS += s.sumWeightedLogS;
+      if (kept != nullptr) collectCandidates(a, c, m, c0, nc, st.lse.max, st.candidates, kept);
+    }
+  }
+  if (leader) {
+    const RowPartial& st = state[m];
+    float* out = a.partials + (static_cast<int64_t>(split) * N + row) * kLinearCePartialFloats;
+    out[0] = st.lse.max;
+    out[1] = st.lse.sum;
+    out[2] = st.zLabel;
+    out[3] = st.sumWeightedZ;
+    out[4] = st.sumSqOthers;
+    out[5] = st.stableSum;
+    out[6] = st.sumWeightedLogS;
+    out[7] = static_cast<float>(st.candidates);
+  }
+}
+
+struct MichelotSums3 {
+  int count;
+  float sum, sumSqP;
+};
+__device__ __forceinline__ MichelotSums3 shuffleXor(MichelotSums3 v, int lane) {
+  return MichelotSums3{shuffleXor(v.count, lane), shuffleXor(v.sum, lane), shuffleXor(v.sumSqP, lane)};
+}
+struct AddMichelot3 {
+  __device__ __forceinline__ MichelotSums3 operator()(MichelotSums3 x, MichelotSums3 y) const {
+    return MichelotSums3{x.count + y.count, x.sum + y.sum, x.sumSqP + y.sumSqP};
+  }
+};
+
+/**
+ * One warp per row: merges the splits' partials in split order into RowStats, and for
+ * sparsemax finds τ from the candidates by Michelot's fixed point (common.cuh's
+ * sparsemaxThresholdOfRow over a short list); a row whose candidates overflowed is marked for
+ * the passes over the vocabulary instead.
+ */
+__global__ void __launch_bounds__(kTileThreads) linearCeMergeKernel(LinearCeArgs a) {
+  const int64_t N = a.E.rows;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (row >= N) return;  // whole warps: this kernel has no block barrier
+  TileRowSums s{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int overflow = 0;
+  for (int split = lane; split < a.splits; split += 32) {
+    const float* in = a.partials + (static_cast<int64_t>(split) * N + row) * kLinearCePartialFloats;
+    s = CombineTileRowSums()(s, TileRowSums{LseState{in[0], in[1]}, in[2], in[3], in[4], in[5], in[6]});
+    overflow |= in[7] < 0.0f ? 1 : 0;
+  }
+  s = warpAllReduce(s, CombineTileRowSums());
+  overflow = __any_sync(kFullWarp, overflow != 0);
+  RowStats st;
+  st.lse = lseValue(s.lse);
+  st.zLabel = s.zLabel;
+  st.sumWeightedZ = s.sumWeightedZ;
+  st.sumSqOthers = s.sumSqOthers;
+  st.stableSum = s.stableSum;
+  st.sumWeightedLogS = s.sumWeightedLogS;
+  st.zMax = s.lse.max;
+  st.tau = 0.0f;
+  st.omega = 0.0f;
+  st.support = 0.0f;
+  float active = 0.0f;
+  if (a.p.normalizer == kNormalizerSparsemax) {
+    const float m = st.zMax;
+    if (!(m > negativeInfinity() && m < positiveInfinity())) {
+      st.tau = quietNaN();
+      st.omega = quietNaN();
+    } else if (overflow) {
+      st.tau = -1.0f;  // Michelot's start, relative to the max; the passes take it from here
+      st.support = -1.0f;
+      active = a.labels[row] != a.p.ignoreIndex ? 1.0f : 0.0f;  // ignored rows need no τ
+    } else {
+      float tau = -1.0f;
+      int support = -1;
+      MichelotSums3 sums{0, 0.0f, 0.0f};
+      for (;;) {  // uniform across the warp: every lane sees the same reduced sums
+        sums = MichelotSums3{0, 0.0f, 0.0f};
+        for (int split = 0; split < a.splits; ++split) {
+          const int64_t slot = static_cast<int64_t>(split) * N + row;
+          const int kept = static_cast<int>(a.partials[slot * kLinearCePartialFloats + 7]);
+          const float* values = a.candidates + slot * kLinearCeCandidates;
+          for (int i = lane; i < kept; i += 32) {
+            const float z = values[i] - m;
+            if (z > tau) {
+              sums.count += 1;
+              sums.sum += z;
+              sums.sumSqP += (z - tau) * (z - tau);
+            }
+          }
+        }
+        sums = warpAllReduce(sums, AddMichelot3());
+        if (sums.count == support) break;
+        support = sums.count;
+        tau = maxPropagatingNaN(tau, (sums.sum - 1.0f) / static_cast<float>(sums.count));
+      }
+      st.tau = tau;
+      st.support = static_cast<float>(support);
+      st.omega = tau + 0.5f * (1.0f + sums.sumSqP);
+    }
+  }
+  if (lane == 0) {
+    storeRowStats(a.rowStats, row, st);
+    a.rowStats[row * kRowStatFloats + kStatMichelotActive] = active;
+    if (active != 0.0f) atomicAdd(a.counters + kCounterMichelotRows, 1u);
+  }
+}
+
+/**
+ * One Michelot step for the crowded rows, over the vocabulary tiles of split y: the count,
+ * Σ (z − m) and Σ (z − m − τ)² of the logits above τ. The thread layout is the forward's.
+ */
+template <class Gemm>
+__global__ void __launch_bounds__(kTileThreads, 1) linearCeMichelotPassKernel(LinearCeArgs a) {
+  __shared__ SharedTile cTile;
+  FloatTile& c = cTile.v;
+  const int64_t N = a.E.rows;
+  const int64_t V = a.W.rows;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int split = blockIdx.y;
+  const int m = threadIdx.x / 4;
+  const int phase = threadIdx.x % 4;
+  const int64_t row = r0 + m;
+  const float* stats = a.rowStats + (row < N ? row : 0) * kRowStatFloats;
+  const bool active = row < N && stats[kStatMichelotActive] != 0.0f;
+  const float max = active ? stats[kStatZMax] : 0.0f;
+  const float tau = active ? stats[kStatTau] : 0.0f;
+  // uniform, and no early return: the shuffles below stay in convergent code
+  const bool any = __syncthreads_or(active);
+  const int firstTile = split * a.tilesPerSplit;
+  const int endTile = any ? min(firstTile + a.tilesPerSplit, a.vocabTiles) : firstTile;
+  MichelotSums3 total{0, 0.0f, 0.0f};
+  for (int vt = firstTile; vt < endTile; ++vt) {
+    const int64_t c0 = static_cast<int64_t>(vt) * kTile;
+    const int nc = static_cast<int>(min(static_cast<int64_t>(kTile), V - c0));
+    Gemm::product(EmbeddingRows{a.E, r0}, ClassifierRows{a.W, c0}, static_cast<int>(a.E.cols), c);
+    MichelotSums3 s{0, 0.0f, 0.0f};
+    for (int q = 0; q < kTile / 4 && active; ++q) {
+      const int n = phase + 4 * q;
+      const float z = tileLogit(a, c, m, n, c0, nc) - max;
+      if (z > tau) {
+        s.count += 1;
+        s.sum += z;
+        s.sumSqP += (z - tau) * (z - tau);
+      }
+    }
+    total = AddMichelot3()(total, rowGroupAllReduce(s, AddMichelot3()));
+  }
+  if (active && phase == 0) {
+    float* out = a.michelot + (static_cast<int64_t>(split) * N + row) * 4;
+    out[0] = static_cast<float>(total.count);  // exact: counts stay below 2^24
+    out[1] = total.sum;
+    out[2] = total.sumSqP;
+  }
+}
+
+/** Merges a pass's partials in split order and moves τ, as sparsemaxThresholdOfRow's loop does. */
+__global__ void linearCeMichelotUpdateKernel(LinearCeArgs a) {
+  const int64_t N = a.E.rows;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row == 0) atomicAdd(a.counters + kCounterMichelotPasses, 1u);
+  if (row >= N) return;
+  float* stats = a.rowStats + row * kRowStatFloats;
+  if (stats[kStatMichelotActive] == 0.0f) return;
+  MichelotSums3 s{0, 0.0f, 0.0f};
+  for (int split = 0; split < a.splits; ++split) {
+    const float* in = a.michelot + (static_cast<int64_t>(split) * N + row) * 4;
+    s = AddMichelot3()(s, MichelotSums3{static_cast<int>(in[0]), in[1], in[2]});
+  }
+  const float tau = stats[kStatTau];
+  if (static_cast<float>(s.count) == stats[kStatSupport]) {  // the set {z > τ} stopped changing: τ is exact
+    stats[kStatOmega] = tau + 0.5f * (1.0f + s.sumSqP);
+    stats[kStatMichelotActive] = 0.0f;
+    return;
+  }
+  stats[kStatSupport] = static_cast<float>(s.count);
+  stats[kStatTau] = maxPropagatingNaN(tau, (s.sum - 1.0f) / static_cast<float>(s.count));  // never falls back
+  atomicAdd(a.counters + kCounterMichelotRows, 1u);
+}
+
+/** One thread per row: the row's loss terms from its finished RowStats, and its lse. */
+__global__ void linearCeFinishKernel(LinearCeArgs a, LinearCeOut out) {
+  const int64_t N = a.E.rows;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= N) return;
+  const RowStats st = loadRowStats(a.rowStats, row);
+  out.lse[row] = st.lse;  // every row's, ignored ones too
+  const int label = a.labels[row];
+  if (label == a.p.ignoreIndex) {
+    out.weighted[row] = 0.0f;
+    out.unweighted[row] = 0.0f;
+    return;
+  }
+  const float wLabel = isClass(label, a.p.vocab) ? classWeight(a.p, label) : quietNaN();
+  const RowLoss rl = rowLoss(lossConstants(a.p), st, wLabel, a.p.sumWeights);
+  out.weighted[row] = rl.weighted;
+  out.unweighted[row] = rl.unweighted;
+}
+
+// ---------------------------------------------------------------- backward
+
+/** Which gradients a backward kernel folds in, and how. */
+enum BackwardMode : int {
+  kBackwardAtomic = 0,    // grid (rowTiles, splits): dE, dW, dBias with atomics
+  kBackwardOwnRows = 1,   // grid (rowTiles): dE rows of its tile, vocabulary tiles in order
+  kBackwardOwnVocab = 2,  // grid (vocabTiles): dW rows and dBias of its tile, row tiles in order
+};
+
+/** A thread's row of the gradient tile: its per-row constants (cuda/math/loss.cuh). */
+struct ThreadRow {
+  bool valid;
+  int label;
+  float invScale;  // 1 / max(|s_W|, |s_U|): filtering looks at coefficients before the reduction scale
+  RowGrad rg;
+};
+
+__device__ __forceinline__ ThreadRow threadRow(const LinearCeArgs& a, int64_t row) {
+  ThreadRow r;
+  r.valid = false;
+  r.label = 0;
+  r.invScale = 0.0f;
+  if (row >= a.E.rows) return r;
+  r.label = a.labels[row];
+  if (r.label == a.p.ignoreIndex) return r;
+  r.valid = true;
+  const RowStats st = loadRowStats(a.rowStats, row);
+  const float wLabel = isClass(r.label, a.p.vocab) ? classWeight(a.p, r.label) : quietNaN();
+  const LossConstants k = lossConstants(a.p);
+  const RowLoss rl = rowLoss(k, st, wLabel, a.p.sumWeights);
+  const float sW = a.scaleWeighted[row];
+  const float sU = a.scaleUnweighted[row];
+  r.rg = rowGrad(k, st, rl, wLabel, sW, sU);
+  const float scale = fmaxf(fabsf(sW), fabsf(sU));
+  r.invScale = scale > 0.0f ? 1.0f / scale : 0.0f;
+  return r;
+}
+
+__device__ __forceinline__ void addTo(float* p, float v, bool atomic) {
+  if (atomic) {
+    atomicAdd(p, v);
+  } else {
+    *p += v;  // the block owns this element: no other block writes it
+  }
+}
+
+/** Adds the product tile c (rows × cols valid) into acc rows base.., columns d0.. (row stride ld). */
+__device__ __forceinline__ void addTile(const FloatTile& c, float* acc, int64_t base, int rows, int d0, int cols,
+                                        int64_t ld, bool atomic) {
+  for (int idx = threadIdx.x; idx < kTile * kTile; idx += kTileThreads) {
+    const int i = idx / kTile;
+    const int j = idx % kTile;
+    if (i < rows && j < cols) addTo(acc + (base + i) * ld + d0 + j, c[i][j], atomic);
+  }
+}
+
+/**
+ * One (row tile, vocabulary tile) of the backward: recompute the logits, form G, and fold it
+ * into the gradients this mode owns. `row` is the calling thread's ThreadRow for tile row
+ * threadIdx.x / 4; thread (m, phase) forms G[m][phase + 4·q].
+ */
+template <class Gemm, int Mode>
+__device__ void backwardTile(const LinearCeArgs& a, int64_t r0, int vt, const ThreadRow& row, FloatTile& c,
+                             FloatTile& g) {
+  const int64_t N = a.E.rows;
+  const int64_t V = a.W.rows;
+  const int D = static_cast<int>(a.E.cols);
+  const int64_t c0 = static_cast<int64_t>(vt) * kTile;
+  const int nc = static_cast<int>(min(static_cast<int64_t>(kTile), V - c0));
+  const int nr = static_cast<int>(min(static_cast<int64_t>(kTile), N - r0));
+  const bool atomic = Mode == kBackwardAtomic;
+  Gemm::product(EmbeddingRows{a.E, r0}, ClassifierRows{a.W, c0}, D, c);
+  const int m = threadIdx.x / 4;
+  const int phase = threadIdx.x % 4;
+  bool keep = false;
+CUTLOSS_UNROLL
+  for (int q = 0; q < kTile / 4; ++q) {
+    const int n = phase + 4 * q;
+    float gradient = 0.0f;
+    if (row.valid && n < nc) {
+      const float x = c[m][n] + (a.bias != nullptr ? a.bias[c0 + n] : 0.0f);
+      const float z = effectiveLogit(x, a.p.softcap, a.p.invTemperature);
+      const float coef = gradCoefficient(row.rg, z, c0 + n == row.label, classWeight(a.p, c0 + n));
+      if (!(fabsf(coef) * row.invScale < a.filterEps)) keep = true;  // NaN is never filtered
+      gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature);
+    }
+    g[m][n] = gradient;
+  }
+  keep = __syncthreads_or(keep);  // also: g is complete
+  if (Mode != kBackwardOwnVocab && threadIdx.x == 0) {
+    atomicAdd(a.counters + kCounterVisited, 1u);
+    if (!keep) atomicAdd(a.counters + kCounterSkipped, 1u);
+  }
+  if (!keep) return;  // uniform
+  const int column = threadIdx.x;
+  if (Mode != kBackwardOwnRows && a.dBias != nullptr && column < nc) {
+    float sum = 0.0f;
+    for (int i = 0; i < nr; ++i) sum += g[i][column];  // rows in order: the same sum in every mode
+    addTo(a.dBias + c0 + column, sum, atomic);
+  }
+  if (Mode != kBackwardOwnVocab) {
+    for (int d0 = 0; d0 < D; d0 += kTile) {  // dE[r0.., d0..] += G·W[c0.., d0..]
+      Gemm::product(GradRows{&g}, MatrixColumns{a.W, c0, d0}, nc, c);
+      addTile(c, a.dE, r0, nr, d0, min(kTile, D - d0), D, atomic);
+    }
+  }
+  if (Mode != kBackwardOwnRows) {
+    for (int d0 = 0; d0 < D; d0 += kTile) {  // dW[c0.., d0..] += Gᵀ·E[r0.., d0..]
+      Gemm::product(GradColumns{&g}, MatrixColumns{a.E, r0, d0}, nr, c);
+      addTile(c, a.dW, c0, nc, d0, min(kTile, D - d0), D, atomic);
+    }
+  }
+}
+
+template <class Gemm, int Mode>
+__global__ void __launch_bounds__(kTileThreads, 1) linearCeBackwardKernel(LinearCeArgs a) {
+  __shared__ SharedTile cTile, gTile;
+  FloatTile& c = cTile.v;
+  FloatTile& g = gTile.v;
+  if (Mode == kBackwardOwnVocab) {
+    const int vt = blockIdx.x;
+    for (int64_t rt = 0; rt < a.rowTiles; ++rt) {
+      const int64_t r0 = rt * kTile;
+      const ThreadRow row = threadRow(a, r0 + threadIdx.x / 4);
+      if (!__syncthreads_or(row.valid)) continue;  // uniform: no row of the tile has a gradient
+      backwardTile<Gemm, Mode>(a, r0, vt, row, c, g);
+    }
+    return;
+  }
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const ThreadRow row = threadRow(a, r0 + threadIdx.x / 4);
+  if (!__syncthreads_or(row.valid)) return;  // uniform
+  const int firstTile = Mode == kBackwardAtomic ? blockIdx.y * a.tilesPerSplit : 0;
+  const int endTile = Mode == kBackwardAtomic ? min(firstTile + a.tilesPerSplit, a.vocabTiles) : a.vocabTiles;
+  for (int vt = firstTile; vt < endTile; ++vt) backwardTile<Gemm, Mode>(a, r0, vt, row, c, g);
+}
+
+__global__ void fillKernel(float* p, int64_t n, float v) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    p[i] = v;
+  }
+}
+
+__global__ void zeroCountersKernel(uint32_t* counters, int first, int count) {
+  if (static_cast<int>(threadIdx.x) < count) counters[first + threadIdx.x] = 0u;
+}
+
+/** The fp32 accumulator into the output's dtype (bf16: rounded to nearest even, once). */
+__global__ void storeGradientKernel(const float* acc, MutMatrixRef out) {
+  const int64_t n = out.rows * out.cols;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    storeElement(out.data, out.dtype, i, acc[i]);
+  }
+}
+
+// ---------------------------------------------------------------- launchers
+
+/** Blocks for a grid-stride loop over n elements. */
+inline unsigned elementBlocks(int64_t n) {
+  const int64_t blocks = (n + 255) / 256;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
+}
+
+/** A word of the workspace on the host (the Michelot loop needs to know when to stop). */
+inline uint32_t readCounter(const uint32_t* p, Stream s) {
+#if defined(__CUDACC__)
+  uint32_t v = 0;
+  cudaError_t e = cudaMemcpyAsync(&v, p, sizeof v, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(s));
+  if (e == cudaSuccess) e = cudaStreamSynchronize(static_cast<cudaStream_t>(s));
+  if (e != cudaSuccess) {
+    throw KernelError(static_cast<int>(e), cudaGetErrorName(e), std::string("linearCrossEntropy: ") + cudaGetErrorString(e));
+  }
+  return v;
+#else
+  (void)s;
+  return *p;  // emulated device memory is host memory
+#endif
+}
+
+void zeroFloats(float* p, int64_t n, Stream s) {
+  if (n > 0) CUTLOSS_RUN("linearCrossEntropy", fillKernel, elementBlocks(n), 256, 0, s, p, n, 0.0f);
+}
+
+template <class Gemm>
+void runLinearCrossEntropy(const LinearCeArgs& a, const LinearCePlan& plan, const LinearCeOut& out,
+                           const LinearCeConfig& cfg, Stream s) {
+  const char* op = "linearCrossEntropy";
+  const int64_t N = a.E.rows;
+  const dim3 tiles(static_cast<unsigned>(plan.rowTiles), static_cast<unsigned>(plan.splits));
+  const unsigned rowWarps = static_cast<unsigned>((N + kWarps - 1) / kWarps);
+  const unsigned rowThreads = static_cast<unsigned>((N + 255) / 256);
+  CUTLOSS_RUN(op, zeroCountersKernel, 1, 32, 0, s, a.counters, 0, kLinearCeCounters);
+  const auto forward = &linearCeForwardKernel<Gemm>;
+  CUTLOSS_RUN(op, forward, tiles, kTileThreads, 0, s, a);
+  CUTLOSS_RUN(op, linearCeMergeKernel, rowWarps, kTileThreads, 0, s, a);
+  if (a.p.normalizer == kNormalizerSparsemax) {
+    // Crowded rows: Michelot passes until every τ is fixed. The set {z > τ} shrinks at each
+    // step, so V + 1 passes always suffice; in practice a handful.
+    const auto pass = &linearCeMichelotPassKernel<Gemm>;
+    uint32_t passes = 0;
+    while (readCounter(a.counters + kCounterMichelotRows, s) > 0 && passes <= static_cast<uint32_t>(a.p.vocab) + 1) {
+      CUTLOSS_RUN(op, pass, tiles, kTileThreads, 0, s, a);
+      CUTLOSS_RUN(op, zeroCountersKernel, 1, 32, 0, s, a.counters, static_cast<int>(kCounterMichelotRows), 1);
+      CUTLOSS_RUN(op, linearCeMichelotUpdateKernel, rowThreads, 256, 0, s, a);
+      ++passes;
+    }
+  }
+  CUTLOSS_RUN(op, linearCeFinishKernel, rowThreads, 256, 0, s, a, out);
+  if (out.scaleWeighted == nullptr) return;
+
+  const int64_t D = a.E.cols;
+  const int64_t V = a.W.rows;
+  zeroFloats(a.dE, N * D, s);
+  zeroFloats(a.dW, V * D, s);
+  if (a.dBias != nullptr) zeroFloats(a.dBias, V, s);
+  if (cfg.deterministic) {
+    const auto ownRows = &linearCeBackwardKernel<Gemm, kBackwardOwnRows>;
+    const auto ownVocab = &linearCeBackwardKernel<Gemm, kBackwardOwnVocab>;
+    CUTLOSS_RUN(op, ownRows, static_cast<unsigned>(plan.rowTiles), kTileThreads, 0, s, a);
+    CUTLOSS_RUN(op, ownVocab, static_cast<unsigned>(plan.vocabTiles), kTileThreads, 0, s, a);
+  } else {
+    const auto atomic = &linearCeBackwardKernel<Gemm, kBackwardAtomic>;
+    CUTLOSS_RUN(op, atomic, tiles, kTileThreads, 0, s, a);
+  }
+  if (a.dE != out.dE.data) CUTLOSS_RUN(op, storeGradientKernel, elementBlocks(N * D), 256, 0, s, a.dE, out.dE);
+  if (a.dW != out.dW.data) CUTLOSS_RUN(op, storeGradientKernel, elementBlocks(V * D), 256, 0, s, a.dW, out.dW);
+}
+
+void linearCrossEntropy(const MatrixRef& E, const MatrixRef& W, const float* bias, const int32_t* labels,
+                        const LossParams& p, const LinearCeConfig& c, const LinearCeOut& out, void* workspace,
+                        Stream s) {
+  const char* op = "linearCrossEntropy";
+  const int64_t N = E.rows;
+  const int64_t D = E.cols;
+  const int64_t V = W.rows;
+  if (N < 0 || D < 1 || V < 1 || D > INT32_MAX - kLinearCeTile || V > INT32_MAX - kLinearCeTile ||
+      N > INT32_MAX - kLinearCeTile) {
+    throwInvalid(op, "E [" + std::to_string(N) + " × " + std::to_string(D) + "], W [" + std::to_string(V) +
+                         " × ...] (need 1 <= D, V and N, D, V < 2^31 - 64)");
+  }
+  if (W.cols != D) throwInvalid(op, "W has " + std::to_string(W.cols) + " columns, E has " + std::to_string(D));
+  if (p.vocab != V) throwInvalid(op, "vocab " + std::to_string(p.vocab) + " but W has " + std::to_string(V) + " rows");
+  if (p.normalizer < kNormalizerSoftmax || p.normalizer > kNormalizerSparsemax) {
+    throwInvalid(op, "unknown normalizer " + std::to_string(p.normalizer));
+  }
+  const bool withGrad = out.scaleWeighted != nullptr;
+  if (withGrad) {
+    checkSameShape(op, "dE", N, D, out.dE.rows, out.dE.cols);
+    checkSameShape(op, "dW", V, D, out.dW.rows, out.dW.cols);
+  }
+  if (N == 0) return;
+  const LinearCePlan plan =
+      linearCrossEntropyPlan(N, D, V, p.normalizer, c, withGrad, withGrad ? out.dE.dtype : DType::F32,
+                             withGrad ? out.dW.dtype : DType::F32);
+  auto* base = static_cast<unsigned char*>(workspace);
+  const auto part = [base](size_t offset) { return offset == kLinearCeAbsent ? nullptr : base + offset; };
+
+  LinearCeArgs a;
+  a.E = E;
+  a.W = W;
+  a.bias = bias;
+  a.labels = labels;
+  a.p = p;
+  a.filterEps = c.filterEps;
+  a.rowTiles = plan.rowTiles;
+  a.vocabTiles = static_cast<int32_t>(plan.vocabTiles);
+  a.splits = plan.splits;
+  a.tilesPerSplit = plan.tilesPerSplit;
+  a.counters = reinterpret_cast<uint32_t*>(part(plan.counters));
+  a.rowStats = reinterpret_cast<float*>(part(plan.rowStats));
+  a.partials = reinterpret_cast<float*>(part(plan.partials));
+  a.candidates = reinterpret_cast<float*>(part(plan.candidates));
+  a.michelot = reinterpret_cast<float*>(part(plan.michelot));
+  a.scaleWeighted = out.scaleWeighted;
+  a.scaleUnweighted = out.scaleUnweighted;
+  // f32 gradients accumulate in place; bf16 ones in the fp32 workspace
+  a.dE = withGrad ? (plan.dEAccum != kLinearCeAbsent ? reinterpret_cast<float*>(part(plan.dEAccum))
+                                                    : static_cast<float*>(out.dE.data))
+                  : nullptr;
+  a.dW = withGrad ? (plan.dWAccum != kLinearCeAbsent ? reinterpret_cast<float*>(part(plan.dWAccum))
+                                                    : static_cast<float*>(out.dW.data))
+                  : nullptr;
+  a.dBias = withGrad ? out.dBias : nullptr;
+
+  const bool bothBf16 = E.dtype == DType::BF16 && W.dtype == DType::BF16;
+  const bool tensorCores = c.gemm == TileGemm::Wmma || (c.gemm == TileGemm::Auto && (bothBf16 || c.tf32));
+  if (!tensorCores) {
+    runLinearCrossEntropy<FmaTile>(a, plan, out, c, s);
+  } else if (bothBf16) {
+    runLinearCrossEntropy<WmmaBf16Tile>(a, plan, out, c, s);
+  } else {
+    runLinearCrossEntropy<WmmaTf32Tile>(a, plan, out, c, s);
+  }
+}
+
+}  // namespace CUTLOSS_KERNEL_NS
+}  // namespace cutloss

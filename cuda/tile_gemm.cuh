@@ -1,0 +1,166 @@
+// The tile product the fused linear + cross-entropy kernels are built on: one kTile × kTile
+// block of C = A·Bᵀ, summed over k in chunks staged through shared memory, left in a shared
+// float tile for the caller's epilogue. It is one swappable piece with three variants, chosen
+// per launch (linear_cross_entropy.cu):
+//   FmaTile       fp32 FMAs, 4 × 4 outputs per thread: exact fp32 products (f32 inputs)
+//   WmmaBf16Tile  nvcuda::wmma m16n16k16, bf16 operands, fp32 accumulation (bf16 inputs)
+//   WmmaTf32Tile  nvcuda::wmma m16n16k8, tf32 operands, fp32 accumulation (f32 inputs, opt-in)
+// Both operands are given as kTile "rows" by K: A(i, k) for the rows of C, B(j, k) for its
+// columns. Loaders return them as floats, 0 outside the matrix, so partial tiles and any K
+// need no special case; kContiguousK says which index walks memory, so consecutive threads
+// stage consecutive addresses. Under the SIMT emulator the wmma variants run on its fragment
+// emulation, so all three are tested without a GPU.
+#pragma once
+
+#include "common.cuh"
+
+// Loop unrolling for nvcc (accumulators stay in registers); host compilers decide for themselves.
+#if defined(__CUDACC__)
+#define CUTLOSS_UNROLL _Pragma("unroll")
+#else
+#define CUTLOSS_UNROLL
+#endif
+
+namespace cutloss {
+namespace CUTLOSS_KERNEL_NS {
+
+constexpr int kTile = kLinearCeTile;
+constexpr int kTileThreads = 256;   // 8 warps
+constexpr int kTileLd = kTile + 4;  // row stride of shared float tiles: a multiple of 4 (wmma), rows shift banks
+
+typedef float FloatTile[kTile][kTileLd];
+
+/** Kernels declare their tiles through this: wmma::store_matrix_sync needs 32-byte aligned rows. */
+struct alignas(32) SharedTile {
+  FloatTile v;
+};
+
+/** Stages operand rows [0, kTile) × k [k0, k0 + KC) through store(row, kk, value). */
+template <int KC, class Loader, class Store>
+__device__ __forceinline__ void stageOperand(const Loader& src, int k0, Store store) {
+  for (int idx = threadIdx.x; idx < kTile * KC; idx += kTileThreads) {
+    const int i = Loader::kContiguousK ? idx / KC : idx % kTile;
+    const int kk = Loader::kContiguousK ? idx % KC : idx / kTile;
+    store(i, kk, src.at(i, k0 + kk));
+  }
+}
+
+/** fp32 FMAs: thread (ty, tx) owns C rows ty + 16·i and columns tx + 16·j, so a warp reads
+ *  16 consecutive words of the B stage (no bank conflicts) and broadcasts 2 of the A stage. */
+struct FmaTile {
+  static constexpr int kK = 16;
+  struct Stage {
+    float a[kK][kTile + 1];  // a[k][i] = A(i, k)
+    float b[kK][kTile + 1];  // b[k][j] = B(j, k)
+  };
+  /** One stage per kernel, whatever loaders its products use. */
+  __device__ static Stage& stage() {
+    __shared__ Stage st;
+    return st;
+  }
+
+  template <class LoadA, class LoadB>
+  __device__ static void product(const LoadA& a, const LoadB& b, int K, FloatTile& c) {
+    Stage& st = stage();
+    const int ty = threadIdx.x / 16;
+    const int tx = threadIdx.x % 16;
+    float acc[4][4];
+CUTLOSS_UNROLL
+    for (int i = 0; i < 4; ++i) {
+CUTLOSS_UNROLL
+      for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    }
+    for (int k0 = 0; k0 < K; k0 += kK) {
+      __syncthreads();  // the previous chunk (or product) is read before the stage is overwritten
+      stageOperand<kK>(a, k0, [&](int i, int k, float v) { st.a[k][i] = v; });
+      stageOperand<kK>(b, k0, [&](int j, int k, float v) { st.b[k][j] = v; });
+      __syncthreads();
+CUTLOSS_UNROLL
+      for (int k = 0; k < kK; ++k) {
+        float av[4], bv[4];
+CUTLOSS_UNROLL
+        for (int i = 0; i < 4; ++i) av[i] = st.a[k][ty + 16 * i];
+CUTLOSS_UNROLL
+        for (int j = 0; j < 4; ++j) bv[j] = st.b[k][tx + 16 * j];
+CUTLOSS_UNROLL
+        for (int i = 0; i < 4; ++i) {
+CUTLOSS_UNROLL
+          for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+        }
+      }
+    }
+    __syncthreads();  // the caller is done reading c (the previous product)
+CUTLOSS_UNROLL
+    for (int i = 0; i < 4; ++i) {
+CUTLOSS_UNROLL
+      for (int j = 0; j < 4; ++j) c[ty + 16 * i][tx + 16 * j] = acc[i][j];
+    }
+    __syncthreads();  // c is complete for every thread
+  }
+};
+
+/** bf16 operands: exact for bf16 inputs; a gradient tile is rounded to nearest even. */
+__device__ __forceinline__ void stageValue(__nv_bfloat16& dst, float v) { dst = __float2bfloat16_rn(v); }
+/** tf32 operands (10 mantissa bits), rounded once when staged, as the hardware expects. */
+__device__ __forceinline__ void stageValue(float& dst, float v) { dst = nvcuda::wmma::__float_to_tf32(v); }
+
+/**
+ * Tensor cores through nvcuda::wmma. Warp w computes C rows 16·(w / 2) and columns
+ * 32·(w % 2) as two 16 × 16 accumulators. B is staged as B(j, k) at [j][k], which is the
+ * K × kTile matrix_b in column-major order. Element is __nv_bfloat16 (m16n16k16) or
+ * wmma::precision::tf32 (m16n16k8, staged as tf32-rounded floats).
+ */
+template <class Element, int KStep, class StageType, int KC, int Pad>
+struct WmmaTile {
+  static constexpr int kK = KC;
+  static constexpr int kLd = KC + Pad;  // 16-byte multiple (wmma), rows shift banks
+
+  struct alignas(32) Stage {  // fragment loads need 32-byte aligned rows
+    StageType a[kTile * kLd];
+    StageType b[kTile * kLd];
+  };
+
+  /** One stage per kernel, whatever loaders its products use. */
+  __device__ static Stage& stage() {
+    __shared__ Stage st;
+    return st;
+  }
+
+  template <class LoadA, class LoadB>
+  __device__ static void product(const LoadA& a, const LoadB& b, int K, FloatTile& c) {
+    namespace wmma = nvcuda::wmma;
+    Stage& st = stage();
+    const int warp = threadIdx.x / 32;
+    const int i0 = (warp / 2) * 16;
+    const int j0 = (warp % 2) * 32;
+    wmma::fragment<wmma::accumulator, 16, 16, KStep, float> acc0, acc1;
+    wmma::fill_fragment(acc0, 0.0f);
+    wmma::fill_fragment(acc1, 0.0f);
+    for (int k0 = 0; k0 < K; k0 += kK) {
+      __syncthreads();  // the previous chunk is read before the stage is overwritten
+      stageOperand<kK>(a, k0, [&](int i, int k, float v) { stageValue(st.a[i * kLd + k], v); });
+      stageOperand<kK>(b, k0, [&](int j, int k, float v) { stageValue(st.b[j * kLd + k], v); });
+      __syncthreads();
+CUTLOSS_UNROLL
+      for (int k = 0; k < kK; k += KStep) {
+        wmma::fragment<wmma::matrix_a, 16, 16, KStep, Element, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, KStep, Element, wmma::col_major> fb0, fb1;
+        wmma::load_matrix_sync(fa, st.a + i0 * kLd + k, kLd);
+        wmma::load_matrix_sync(fb0, st.b + j0 * kLd + k, kLd);
+        wmma::load_matrix_sync(fb1, st.b + (j0 + 16) * kLd + k, kLd);
+        wmma::mma_sync(acc0, fa, fb0, acc0);
+        wmma::mma_sync(acc1, fa, fb1, acc1);
+      }
+    }
+    __syncthreads();  // the caller is done reading c
+    wmma::store_matrix_sync(&c[i0][j0], acc0, kTileLd, wmma::mem_row_major);
+    wmma::store_matrix_sync(&c[i0][j0 + 16], acc1, kTileLd, wmma::mem_row_major);
+    __syncthreads();
+  }
+};
+
+using WmmaBf16Tile = WmmaTile<__nv_bfloat16, 16, __nv_bfloat16, 32, 8>;
+using WmmaTf32Tile = WmmaTile<nvcuda::wmma::precision::tf32, 8, float, 16, 4>;
+
+}  // namespace CUTLOSS_KERNEL_NS
+}  // namespace cutloss

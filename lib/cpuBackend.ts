@@ -1,0 +1,300 @@
+// The native CPU backend (src/cpu/): every op in C++ on host memory, on a pool of threads
+// with SIMD loops, and linearCrossEntropy on a statically linked OpenBLAS in chunks of rows
+// bounded by a workspace. Host arrays go to the addon as they are (a synchronous call reads
+// them in place; an async one copies them and runs on the libuv pool), and results come back
+// as new Float32Arrays. The loss reductions happen here, around one native call: each row's
+// gradient scales are known from the labels before it, and the per-row terms reduce after.
+
+import type { AsyncBackendOps, Backend, BackendInfo, CrossEntropyOutput, LinearCrossEntropyOutput, SoftmaxSettings } from './backend.js';
+import { CutlossError, describe } from './errors.js';
+import { fromNativeError, native as loadNative, type NativeAddon, type NativeLossParams } from './native.js';
+import { gradientScales, reduceLoss } from './nativeBackend.js';
+import type { ResolvedLossOptions } from './options.js';
+import type { Matrix } from './tensor.js';
+
+/** Default budget for linearCrossEntropy's chunk of logits (`workspaceBytes`). */
+export const DEFAULT_CPU_WORKSPACE_BYTES = 32 * 2 ** 20;
+
+type HostData = Float32Array | Uint16Array;
+type Dtype01 = 0 | 1;
+
+interface CpuLossRows {
+  lse: Float32Array;
+  weighted: Float32Array;
+  unweighted: Float32Array;
+}
+
+interface CpuCrossEntropyResult extends CpuLossRows {
+  dLogits?: Float32Array;
+}
+
+interface CpuLinearResult extends CpuLossRows {
+  dEmbeddings?: Float32Array;
+  dClassifier?: Float32Array;
+  dBias?: Float32Array;
+  chunkRows: number;
+  chunks: number;
+  workspaceBytes: number;
+  blocks: number;
+  skippedBlocks: number;
+}
+
+export interface CpuInfo {
+  gemm: { library: string; kernel: string; kernelNote: string; blasLinked: boolean };
+  simd: string;
+  threads: number;
+  defaultThreads: number;
+  flushesDenormals: boolean;
+}
+
+/** The addon's CPU entry points (src/cpu/binding.cc); each also exists as `<name>Async`. */
+export interface CpuOps {
+  cpuLogSumExp(x: HostData, rows: number, cols: number, dtype: Dtype01, invTemperature: number, mask: Uint8Array | null): Float32Array;
+  cpuSoftmax(x: HostData, rows: number, cols: number, dtype: Dtype01, invTemperature: number, mask: Uint8Array | null, log: boolean): Float32Array;
+  cpuSoftmaxBackward(
+    x: HostData, dy: Float32Array, rows: number, cols: number, dtype: Dtype01, invTemperature: number, mask: Uint8Array | null, log: boolean,
+  ): Float32Array;
+  cpuStablemax(x: HostData, rows: number, cols: number, dtype: Dtype01, log: boolean): Float32Array;
+  cpuStablemaxBackward(x: HostData, dy: Float32Array, rows: number, cols: number, dtype: Dtype01, log: boolean): Float32Array;
+  cpuSparsemax(x: HostData, rows: number, cols: number, dtype: Dtype01): Float32Array;
+  cpuSparsemaxBackward(x: HostData, dy: Float32Array, rows: number, cols: number, dtype: Dtype01): Float32Array;
+  cpuEntmax15(x: HostData, rows: number, cols: number, dtype: Dtype01): Float32Array;
+  cpuEntmax15Backward(x: HostData, dy: Float32Array, rows: number, cols: number, dtype: Dtype01): Float32Array;
+  cpuGumbelSoftmax(x: HostData, rows: number, cols: number, dtype: Dtype01, tau: number, hard: boolean, seed: number): Float32Array;
+  cpuGumbelSoftmaxBackward(x: HostData, dy: Float32Array, rows: number, cols: number, dtype: Dtype01, tau: number, seed: number): Float32Array;
+  cpuCrossEntropy(
+    logits: HostData, rows: number, cols: number, dtype: Dtype01, labels: Int32Array, params: NativeLossParams,
+    classWeights: Float32Array | null, scaleWeighted: Float32Array | null, scaleUnweighted: Float32Array | null,
+  ): CpuCrossEntropyResult;
+  cpuLinearCrossEntropy(
+    E: HostData, N: number, D: number, eDtype: Dtype01, W: HostData, V: number, wDtype: Dtype01, labels: Int32Array,
+    params: NativeLossParams, classWeights: Float32Array | null, bias: Float32Array | null,
+    scaleWeighted: Float32Array | null, scaleUnweighted: Float32Array | null, filterEps: number, workspaceBytes: number,
+  ): CpuLinearResult;
+  /** C = op(A)·op(B) [M, N] with the backend's GEMM (benchmarks, tests). */
+  cpuSgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array): Float32Array;
+}
+
+export type CpuAsyncOps = {
+  [K in keyof CpuOps as `${K}Async`]: (...args: Parameters<CpuOps[K]>) => Promise<ReturnType<CpuOps[K]>>;
+};
+
+export interface CpuAddon extends CpuOps, CpuAsyncOps {
+  cpuInfo(): CpuInfo;
+  cpuSetThreads(n: number): void;
+  /** 'blas' (OpenBLAS, where linked) or 'portable'; false when not available. */
+  cpuSetGemm(name: 'blas' | 'portable'): boolean;
+}
+
+/** The addon's CPU part, or null when this build of the addon has none. */
+export function cpuAddon(addon: NativeAddon | null): CpuAddon | null {
+  if (addon === null) return null;
+  const a = addon as unknown as Partial<CpuAddon>;
+  return typeof a.cpuInfo === 'function' && typeof a.cpuLinearCrossEntropy === 'function' ? (a as CpuAddon) : null;
+}
+
+// ---------------------------------------------------------------- helpers
+
+const dtypeCode = (m: Matrix): Dtype01 => (m.dtype === 'bf16' ? 1 : 0);
+
+/**
+ * The addon refuses views of a SharedArrayBuffer (another thread could write them while it
+ * reads); the public API accepts them, so they go across as a snapshot.
+ */
+function unshared<T extends HostData | Uint8Array | Int32Array>(a: T): T;
+function unshared<T extends HostData | Uint8Array | Int32Array>(a: T | null): T | null;
+function unshared<T extends HostData | Uint8Array | Int32Array>(a: T | null): T | null {
+  return a !== null && a.buffer instanceof SharedArrayBuffer ? (a.slice() as T) : a;
+}
+
+function lossParams(o: ResolvedLossOptions): NativeLossParams {
+  return {
+    normalizer: o.normalizer, smoothing: o.smoothing, focalGamma: o.focalGamma, polyEpsilon: o.polyEpsilon,
+    zLoss: o.zLoss, squentropy: o.squentropy, softcap: o.softcap, invTemperature: o.invTemperature,
+    ignoreIndex: o.ignoreIndex,
+  };
+}
+
+function native<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw fromNativeError(e);
+  }
+}
+
+async function nativeAsync<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw fromNativeError(e);
+  }
+}
+
+// ---------------------------------------------------------------- the backend
+
+export class CpuBackend implements Backend {
+  readonly name = 'cpu' as const;
+  readonly async: AsyncBackendOps;
+
+  constructor(private readonly addon: CpuAddon) {
+    const a = addon;
+    this.async = {
+      logSumExp: (x, o) =>
+        nativeAsync(() => a.cpuLogSumExpAsync(unshared(x.data), x.rows, x.cols, dtypeCode(x), o.invTemperature, unshared(o.mask))),
+      softmax: (x, o, log) =>
+        nativeAsync(() => a.cpuSoftmaxAsync(unshared(x.data), x.rows, x.cols, dtypeCode(x), o.invTemperature, unshared(o.mask), log)),
+      crossEntropy: async (logits, labels, o) => {
+        const s = o.computeGrad ? gradientScales(labels, o) : null;
+        const r = await nativeAsync(() => a.cpuCrossEntropyAsync(...this.crossEntropyArgs(logits, labels, o, s)));
+        return this.crossEntropyResult(labels, o, r);
+      },
+      linearCrossEntropy: async (E, W, labels, o) => {
+        const s = o.computeGrad ? gradientScales(labels, o) : null;
+        const r = await nativeAsync(() => a.cpuLinearCrossEntropyAsync(...this.linearArgs(E, W, labels, o, s)));
+        return this.linearResult(labels, o, r);
+      },
+    };
+  }
+
+  logSumExp(x: Matrix, o: SoftmaxSettings): Float32Array {
+    return native(() => this.addon.cpuLogSumExp(unshared(x.data), x.rows, x.cols, dtypeCode(x), o.invTemperature, unshared(o.mask)));
+  }
+  softmax(x: Matrix, o: SoftmaxSettings, log: boolean): Float32Array {
+    return native(() => this.addon.cpuSoftmax(unshared(x.data), x.rows, x.cols, dtypeCode(x), o.invTemperature, unshared(o.mask), log));
+  }
+  softmaxBackward(x: Matrix, dy: Float32Array, o: SoftmaxSettings, log: boolean): Float32Array {
+    return native(() =>
+      this.addon.cpuSoftmaxBackward(unshared(x.data), unshared(dy), x.rows, x.cols, dtypeCode(x), o.invTemperature, unshared(o.mask), log));
+  }
+  stablemax(x: Matrix, log: boolean): Float32Array {
+    return native(() => this.addon.cpuStablemax(unshared(x.data), x.rows, x.cols, dtypeCode(x), log));
+  }
+  stablemaxBackward(x: Matrix, dy: Float32Array, log: boolean): Float32Array {
+    return native(() => this.addon.cpuStablemaxBackward(unshared(x.data), unshared(dy), x.rows, x.cols, dtypeCode(x), log));
+  }
+  sparsemax(x: Matrix): Float32Array {
+    return native(() => this.addon.cpuSparsemax(unshared(x.data), x.rows, x.cols, dtypeCode(x)));
+  }
+  sparsemaxBackward(x: Matrix, dy: Float32Array): Float32Array {
+    return native(() => this.addon.cpuSparsemaxBackward(unshared(x.data), unshared(dy), x.rows, x.cols, dtypeCode(x)));
+  }
+  entmax15(x: Matrix): Float32Array {
+    return native(() => this.addon.cpuEntmax15(unshared(x.data), x.rows, x.cols, dtypeCode(x)));
+  }
+  entmax15Backward(x: Matrix, dy: Float32Array): Float32Array {
+    return native(() => this.addon.cpuEntmax15Backward(unshared(x.data), unshared(dy), x.rows, x.cols, dtypeCode(x)));
+  }
+  gumbelSoftmax(x: Matrix, tau: number, hard: boolean, seed: number): Float32Array {
+    return native(() => this.addon.cpuGumbelSoftmax(unshared(x.data), x.rows, x.cols, dtypeCode(x), tau, hard, seed));
+  }
+  gumbelSoftmaxBackward(x: Matrix, dy: Float32Array, tau: number, seed: number): Float32Array {
+    return native(() => this.addon.cpuGumbelSoftmaxBackward(unshared(x.data), unshared(dy), x.rows, x.cols, dtypeCode(x), tau, seed));
+  }
+
+  crossEntropy(logits: Matrix, labels: Int32Array, o: ResolvedLossOptions): CrossEntropyOutput {
+    const s = o.computeGrad ? gradientScales(labels, o) : null;
+    const r = native(() => this.addon.cpuCrossEntropy(...this.crossEntropyArgs(logits, labels, o, s)));
+    return this.crossEntropyResult(labels, o, r);
+  }
+
+  linearCrossEntropy(E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions): LinearCrossEntropyOutput {
+    const s = o.computeGrad ? gradientScales(labels, o) : null;
+    const r = native(() => this.addon.cpuLinearCrossEntropy(...this.linearArgs(E, W, labels, o, s)));
+    return this.linearResult(labels, o, r);
+  }
+
+  // ---- the losses' arguments and results
+
+  private crossEntropyArgs(
+    logits: Matrix, labels: Int32Array, o: ResolvedLossOptions, s: ReturnType<typeof gradientScales> | null,
+  ): Parameters<CpuOps['cpuCrossEntropy']> {
+    return [
+      unshared(logits.data), logits.rows, logits.cols, dtypeCode(logits), unshared(labels), lossParams(o),
+      unshared(o.classWeights), s?.scaleWeighted ?? null, s?.scaleUnweighted ?? null,
+    ];
+  }
+
+  private crossEntropyResult(labels: Int32Array, o: ResolvedLossOptions, r: CpuCrossEntropyResult): CrossEntropyOutput {
+    const { loss } = reduceLoss(labels, r.weighted, r.unweighted, o);
+    return { loss, lse: r.lse, dLogits: r.dLogits ?? null };
+  }
+
+  private linearArgs(
+    E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions, s: ReturnType<typeof gradientScales> | null,
+  ): Parameters<CpuOps['cpuLinearCrossEntropy']> {
+    return [
+      unshared(E.data), E.rows, E.cols, dtypeCode(E), unshared(W.data), W.rows, dtypeCode(W), unshared(labels), lossParams(o),
+      unshared(o.classWeights), unshared(o.bias), s?.scaleWeighted ?? null, s?.scaleUnweighted ?? null, o.filterEps,
+      o.workspaceBytes ?? DEFAULT_CPU_WORKSPACE_BYTES,
+    ];
+  }
+
+  private linearResult(labels: Int32Array, o: ResolvedLossOptions, r: CpuLinearResult): LinearCrossEntropyOutput {
+    const { loss } = reduceLoss(labels, r.weighted, r.unweighted, o);
+    return {
+      loss, lse: r.lse, dEmbeddings: r.dEmbeddings ?? null, dClassifier: r.dClassifier ?? null, dBias: r.dBias ?? null,
+      workspaceBytes: r.workspaceBytes,
+    };
+  }
+}
+
+// ---------------------------------------------------------------- selection
+
+/** The cpu entry of backends(): available with the addon's CPU part; details say what runs. */
+export function probeCpu(addon: NativeAddon | null, loadError: string | null): { backend: CpuBackend | null; info: BackendInfo } {
+  const name = 'cpu' as const;
+  if (addon === null) {
+    return { backend: null, info: { name, available: false, reason: `the native addon did not load: ${loadError}`, details: {} } };
+  }
+  const cpu = cpuAddon(addon);
+  if (cpu === null) {
+    return {
+      backend: null,
+      info: { name, available: false, reason: 'the native addon was built without the CPU backend: rebuild it (npm run build:native)', details: {} },
+    };
+  }
+  const i = cpu.cpuInfo();
+  const details: BackendInfo['details'] = (cpuDetails = {
+    gemm: i.gemm.library,
+    gemmKernel: i.gemm.kernel,
+    gemmKernelNote: i.gemm.kernelNote,
+    simd: i.simd,
+    threads: i.threads,
+    denormals: i.flushesDenormals ? 'flushed to zero (FTZ/DAZ) on cutloss threads' : 'IEEE (not flushed)',
+    workspaceBytes: DEFAULT_CPU_WORKSPACE_BYTES,
+  });
+  const reason = `${i.threads} thread${i.threads === 1 ? '' : 's'}, ${i.simd} kernels, GEMM: ${i.gemm.library}` +
+    (i.gemm.blasLinked ? ` with its ${i.gemm.kernel} kernels` : '');
+  return { backend: new CpuBackend(cpu), info: { name, available: true, reason, details } };
+}
+
+/** backends()'s details of cpu, kept current by setThreads. */
+let cpuDetails: BackendInfo['details'] | null = null;
+
+function loadedCpu(fn: string): CpuAddon {
+  const { addon, error } = loadNative();
+  const cpu = cpuAddon(addon);
+  if (cpu === null) {
+    throw new CutlossError('E_BACKEND', `${fn}: the cpu backend is unavailable: ${addon === null ? error : 'the addon was built without it'}`);
+  }
+  return cpu;
+}
+
+/**
+ * Threads the cpu backend uses (its kernels and its BLAS), for later calls. Default: the CPUs
+ * this process may run on, or CUTLOSS_THREADS. Waits for a running cpu call to finish.
+ */
+export function setThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 1 || n > 256) {
+    throw new CutlossError('E_OPTION', `setThreads: expected an integer in [1, 256], got ${describe(n)}`);
+  }
+  const cpu = loadedCpu('setThreads');
+  native(() => cpu.cpuSetThreads(n));
+  if (cpuDetails !== null) cpuDetails.threads = n;
+}
+
+/** The cpu backend's thread count. */
+export function getThreads(): number {
+  return loadedCpu('getThreads').cpuInfo().threads;
+}

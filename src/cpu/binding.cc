@@ -1,0 +1,566 @@
+// The CPU backend's entry points. Host data crosses as typed arrays with explicit shapes;
+// every argument is checked (src/boundary.h) before any memory is touched, in this order:
+// scalars and option objects first (reading an object may run a getter, which may detach an
+// array), typed arrays last. A synchronous call then reads the caller's arrays in place (no
+// JavaScript runs until it returns); an async call copies its inputs first, since JavaScript
+// runs while the libuv pool computes. Outputs are new Float32Arrays, allocated on the JS
+// thread before the work starts.
+#include "binding.h"
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../boundary.h"
+#include "../job.h"
+#include "gemm.h"
+#include "host_memory.h"
+#include "kernels.h"
+#include "parallel.h"
+
+namespace cutloss::cpu {
+
+namespace {
+
+constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
+constexpr int64_t kMaxElements = int64_t{1} << 53;
+
+// ---------------------------------------------------------------- jobs
+
+/** A Float32Array the job fills, kept alive by a reference until result() hands it over. */
+struct Output {
+  const char* name;
+  size_t length;
+  float* data;
+  Napi::Reference<Napi::ArrayBuffer> buffer;
+};
+
+/** How an output starts: zero-filled, or with any contents because the kernel writes every element. */
+enum class Fill { Zero, Overwritten };
+
+/**
+ * New ArrayBuffer memory of `bytes`: a large one from the output pool when it has one of the
+ * size (host_memory.h; returned to it by the finalizer), else a new mapping; small ones from
+ * V8. Where the runtime refuses external buffers, V8's allocator serves all sizes.
+ */
+Napi::ArrayBuffer newOutputBuffer(Napi::Env env, size_t bytes, Fill fill) {
+  if (bytes >= outputPool::kPooledMinBytes) {
+    void* data = outputPool::take(bytes);
+    std::unique_ptr<HostBuffer> fresh;
+    if (data == nullptr) {
+      fresh = std::make_unique<HostBuffer>(bytes);  // zero-filled by the kernel
+      data = fresh->data();
+    } else if (fill == Fill::Zero) {
+      std::memset(data, 0, bytes);
+    }
+    napi_value value = nullptr;
+    const napi_status status = napi_create_external_arraybuffer(
+        env, data, bytes, [](napi_env, void* p, void* hint) { outputPool::give(p, reinterpret_cast<size_t>(hint)); },
+        reinterpret_cast<void*>(bytes), &value);
+    if (status == napi_ok) {
+      if (fresh) fresh->detach();
+      return Napi::ArrayBuffer(env, value);
+    }
+    if (!fresh) outputPool::give(data, bytes);
+  }
+  return Napi::ArrayBuffer::New(env, bytes);
+}
+
+class CpuJob : public Job {
+ public:
+  explicit CpuJob(bool async) : async_(async) {}
+
+  /** The array's memory: the caller's own (sync), or a copy the job owns (async). */
+  const void* input(const HostView& view) {
+    if (!async_ || view.byteLength == 0) return view.data;
+    auto& copy = copies_.emplace_back(std::make_unique<HostBuffer>(view.byteLength));
+    std::memcpy(copy->data(), view.data, view.byteLength);
+    return copy->data();
+  }
+
+  /**
+   * A new Float32Array of `length`, created now on the JS thread and filled by run(): zero-filled,
+   * or (Fill::Overwritten) with stale contents of an earlier output that the kernel overwrites.
+   */
+  float* output(Napi::Env env, size_t length, const char* name = nullptr, Fill fill = Fill::Zero) {
+    Napi::ArrayBuffer ab = newOutputBuffer(env, length * sizeof(float), fill);
+    auto* data = static_cast<float*>(ab.Data());
+    outputs_.push_back(Output{name, length, data, Napi::Persistent(ab)});
+    return data;
+  }
+
+  void setWork(std::function<void()> work) { work_ = std::move(work); }
+  /** Adds fields (numbers) to a named result after the work ran. */
+  void setExtra(std::function<void(Napi::Env, Napi::Object&)> extra) { extra_ = std::move(extra); }
+
+  void run() override {
+    if (!work_) return;
+    CpuSession session;
+    work_();
+  }
+
+  Napi::Value result(Napi::Env env) override {
+    auto view = [&](Output& o) {
+      Napi::ArrayBuffer ab = o.buffer.Value();
+      o.buffer.Reset();
+      return Napi::Float32Array::New(env, o.length, ab, 0);
+    };
+    if (outputs_.size() == 1 && outputs_[0].name == nullptr && !extra_) return view(outputs_[0]);
+    Napi::Object out = Napi::Object::New(env);
+    for (auto& o : outputs_) out.Set(o.name, view(o));
+    if (extra_) extra_(env, out);
+    return out;
+  }
+
+ private:
+  bool async_;
+  std::vector<std::unique_ptr<HostBuffer>> copies_;
+  std::vector<Output> outputs_;
+  std::function<void()> work_;
+  std::function<void(Napi::Env, Napi::Object&)> extra_;
+};
+
+// ---------------------------------------------------------------- arguments
+
+/** A matrix given as (data, rows, cols, dtype) at info[at..at+3]; the data is read last (view()). */
+struct MatrixArgs {
+  Napi::Value data;
+  std::string name;
+  int64_t rows;
+  int64_t cols;
+  DType dtype;
+};
+
+MatrixArgs readMatrixArgs(const Napi::CallbackInfo& info, size_t at, const std::string& name) {
+  MatrixArgs m{info[at], name, 0, 0, DType::F32};
+  m.rows = readCount(info[at + 1], (name + " rows").c_str(), kMaxDim);
+  m.cols = readCount(info[at + 2], (name + " cols").c_str(), kMaxDim);
+  m.dtype = readDType(info[at + 3], (name + " dtype").c_str());
+  if (m.cols < 1) throw ArgError("E_SHAPE", name + ": cols must be at least 1");
+  if (m.rows * m.cols > kMaxElements) throw ArgError("E_SHAPE", name + " has more than 2^53 elements");
+  return m;
+}
+
+size_t elementsOf(const MatrixArgs& m) { return static_cast<size_t>(m.rows * m.cols); }
+
+HostMatrix viewMatrix(CpuJob& job, const MatrixArgs& m) {
+  const bool bf16 = m.dtype == DType::BF16;
+  HostView v = readTypedView(m.data, m.name.c_str(), bf16 ? napi_uint16_array : napi_float32_array);
+  const size_t want = elementsOf(m) * (bf16 ? 2 : 4);
+  if (v.byteLength != want) {
+    throw ArgError("E_SHAPE", m.name + ": [" + std::to_string(m.rows) + ", " + std::to_string(m.cols) + "] needs " +
+                                  std::to_string(elementsOf(m)) + " elements, the array has " +
+                                  std::to_string(v.byteLength / (bf16 ? 2 : 4)));
+  }
+  return HostMatrix{job.input(v), m.dtype, m.rows, m.cols};
+}
+
+/** A Float32Array of exactly n elements. */
+const float* viewFloats(CpuJob& job, const Napi::Value& v, const char* name, size_t n) {
+  HostView view = readTypedView(v, name, napi_float32_array);
+  if (view.byteLength != n * sizeof(float)) {
+    throw ArgError("E_SHAPE", std::string(name) + " must have " + std::to_string(n) + " elements, got " +
+                                  std::to_string(view.byteLength / sizeof(float)));
+  }
+  return static_cast<const float*>(job.input(view));
+}
+
+const float* viewOptionalFloats(CpuJob& job, const Napi::Value& v, const char* name, size_t n) {
+  if (v.IsNull() || v.IsUndefined()) return nullptr;
+  return viewFloats(job, v, name, n);
+}
+
+/** An f32 upstream gradient with x's element count. */
+const float* viewUpstream(CpuJob& job, const Napi::Value& v, const MatrixArgs& x) {
+  return viewFloats(job, v, "dy", elementsOf(x));
+}
+
+/** A finite number > 0 that stays finite and > 0 as a float (temperatures, tau). */
+float readPositiveFloat(const Napi::Value& v, const char* name) {
+  const double d = readFinite(v, name);
+  const float f = static_cast<float>(d);
+  if (!(f > 0) || !std::isfinite(f)) throw ArgError("E_OPTION", std::string(name) + " must be a number > 0 that a float can hold");
+  return f;
+}
+
+float readFloatInRange(const Napi::Value& v, const char* name, double lo, double hi, const char* expected) {
+  const double d = readFinite(v, name);
+  if (!(d >= lo && d <= hi)) throw ArgError("E_OPTION", std::string(name) + " must be " + expected);
+  return static_cast<float>(d);
+}
+
+/** The mask: null, or a Uint8Array of rows·cols or cols (one row shared by every row). */
+SoftmaxParams readSoftmaxParams(CpuJob& job, const MatrixArgs& x, float invTemperature, const Napi::Value& mask) {
+  SoftmaxParams p;
+  p.invTemperature = invTemperature;
+  if (mask.IsNull() || mask.IsUndefined()) return p;
+  HostView m = readTypedView(mask, "mask", napi_uint8_array);
+  const size_t full = elementsOf(x);
+  if (m.byteLength != full && m.byteLength != static_cast<size_t>(x.cols)) {
+    throw ArgError("E_SHAPE", "mask must have rows·cols = " + std::to_string(full) + " or cols = " +
+                                  std::to_string(x.cols) + " elements, got " + std::to_string(m.byteLength));
+  }
+  p.mask = static_cast<const uint8_t*>(job.input(m));
+  p.maskShared = m.byteLength != full;
+  return p;
+}
+
+/** Resolved loss options (lib/options.ts), as cuda/kernels.h LossParams; mirrors src/ops.cc's checks. */
+LossParams readLossParams(const Napi::Value& v, int64_t vocab) {
+  if (!v.IsObject()) throw ArgError("E_OPTION", "params must be an object of resolved loss options");
+  Napi::Object o = v.As<Napi::Object>();
+  LossParams p;
+  p.vocab = static_cast<int32_t>(vocab);
+  const double normalizer = readFinite(o.Get("normalizer"), "params.normalizer");
+  if (normalizer != 0 && normalizer != 1 && normalizer != 2) {
+    throw ArgError("E_OPTION", "params.normalizer must be 0 (softmax), 1 (stablemax) or 2 (sparsemax)");
+  }
+  p.normalizer = static_cast<int32_t>(normalizer);
+  constexpr double kFloatMax = 3.4e38;
+  p.smoothing = readFloatInRange(o.Get("smoothing"), "params.smoothing", 0, 1, "in [0, 1)");
+  if (!(p.smoothing < 1)) throw ArgError("E_OPTION", "params.smoothing must be in [0, 1)");
+  p.focalGamma = readFloatInRange(o.Get("focalGamma"), "params.focalGamma", 0, kFloatMax, "a float >= 0");
+  p.polyEpsilon = readFloatInRange(o.Get("polyEpsilon"), "params.polyEpsilon", -kFloatMax, kFloatMax, "a float");
+  p.zLoss = readFloatInRange(o.Get("zLoss"), "params.zLoss", 0, kFloatMax, "a float >= 0");
+  const double squentropy = readFinite(o.Get("squentropy"), "params.squentropy");
+  if (squentropy != 0 && squentropy != 1) throw ArgError("E_OPTION", "params.squentropy must be 0 or 1");
+  p.squentropy = static_cast<float>(squentropy);
+  p.softcap = readFloatInRange(o.Get("softcap"), "params.softcap", 0, kFloatMax, "a float >= 0 (0 = off)");
+  p.invTemperature = readPositiveFloat(o.Get("invTemperature"), "params.invTemperature");
+  const double ignore = readFinite(o.Get("ignoreIndex"), "params.ignoreIndex");
+  if (ignore != std::floor(ignore) || ignore < std::numeric_limits<int32_t>::min() ||
+      ignore > std::numeric_limits<int32_t>::max()) {
+    throw ArgError("E_OPTION", "params.ignoreIndex must be a 32-bit integer");
+  }
+  p.ignoreIndex = static_cast<int32_t>(ignore);
+  return p;
+}
+
+/** Labels of N rows, each a class in [0, V) or ignoreIndex. */
+const int32_t* viewLabels(CpuJob& job, const Napi::Value& v, int64_t N, int64_t V, int32_t ignoreIndex) {
+  HostView view = readTypedView(v, "labels", napi_int32_array);
+  if (view.byteLength != static_cast<size_t>(N) * sizeof(int32_t)) {
+    throw ArgError("E_SHAPE", "labels must have N = " + std::to_string(N) + " elements, got " +
+                                  std::to_string(view.byteLength / sizeof(int32_t)));
+  }
+  const auto* labels = static_cast<const int32_t*>(view.data);
+  for (int64_t i = 0; i < N; i++) {
+    const int32_t t = labels[i];
+    if (t != ignoreIndex && (t < 0 || t >= V)) {
+      throw ArgError("E_LABEL", "labels[" + std::to_string(i) + "] = " + std::to_string(t) + " is outside [0, " +
+                                    std::to_string(V) + ") and is not ignoreIndex (" + std::to_string(ignoreIndex) + ")");
+    }
+  }
+  return static_cast<const int32_t*>(job.input(view));
+}
+
+/** Class weights (finite, V of them) into p, with their sum. */
+void viewClassWeights(CpuJob& job, const Napi::Value& v, int64_t V, LossParams& p) {
+  p.classWeights = viewOptionalFloats(job, v, "classWeights", static_cast<size_t>(V));
+  double sum = static_cast<double>(V);
+  if (p.classWeights != nullptr) {
+    sum = 0;
+    for (int64_t j = 0; j < V; j++) {
+      if (!std::isfinite(p.classWeights[j])) throw ArgError("E_OPTION", "classWeights[" + std::to_string(j) + "] must be finite");
+      sum += p.classWeights[j];
+    }
+  }
+  p.sumWeights = static_cast<float>(sum);
+}
+
+// ---------------------------------------------------------------- row-wise ops
+
+using Factory = std::unique_ptr<Job> (*)(const Napi::CallbackInfo&, bool async);
+
+/** cpuLogSumExp(x, rows, cols, dtype, invTemperature, mask) → Float32Array [rows]. */
+std::unique_ptr<Job> makeLogSumExp(const Napi::CallbackInfo& info, bool async) {
+  const MatrixArgs m = readMatrixArgs(info, 0, "x");
+  const float invT = readPositiveFloat(info[4], "invTemperature");
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  const SoftmaxParams p = readSoftmaxParams(*job, m, invT, info[5]);
+  float* out = job->output(info.Env(), static_cast<size_t>(m.rows));
+  job->setWork([=] { logSumExp(x, p, out); });
+  return job;
+}
+
+/** cpuSoftmax(x, rows, cols, dtype, invTemperature, mask, log). */
+std::unique_ptr<Job> makeSoftmax(const Napi::CallbackInfo& info, bool async) {
+  const MatrixArgs m = readMatrixArgs(info, 0, "x");
+  const float invT = readPositiveFloat(info[4], "invTemperature");
+  const bool log = readBool(info[6], "log");
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  const SoftmaxParams p = readSoftmaxParams(*job, m, invT, info[5]);
+  float* y = job->output(info.Env(), elementsOf(m), nullptr, Fill::Overwritten);
+  job->setWork([=] { softmax(x, p, log, y); });
+  return job;
+}
+
+/** cpuSoftmaxBackward(x, dy, rows, cols, dtype, invTemperature, mask, log). */
+std::unique_ptr<Job> makeSoftmaxBackward(const Napi::CallbackInfo& info, bool async) {
+  MatrixArgs m = readMatrixArgs(info, 1, "x");
+  m.data = info[0];
+  const float invT = readPositiveFloat(info[5], "invTemperature");
+  const bool log = readBool(info[7], "log");
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  const float* dy = viewUpstream(*job, info[1], m);
+  const SoftmaxParams p = readSoftmaxParams(*job, m, invT, info[6]);
+  float* dx = job->output(info.Env(), elementsOf(m), nullptr, Fill::Overwritten);
+  job->setWork([=] { softmaxBackward(x, dy, p, log, dx); });
+  return job;
+}
+
+/** cpuStablemax(x, rows, cols, dtype, log). */
+std::unique_ptr<Job> makeStablemax(const Napi::CallbackInfo& info, bool async) {
+  const MatrixArgs m = readMatrixArgs(info, 0, "x");
+  const bool log = readBool(info[4], "log");
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  float* y = job->output(info.Env(), elementsOf(m));
+  job->setWork([=] { stablemax(x, log, y); });
+  return job;
+}
+
+/** cpuStablemaxBackward(x, dy, rows, cols, dtype, log). */
+std::unique_ptr<Job> makeStablemaxBackward(const Napi::CallbackInfo& info, bool async) {
+  MatrixArgs m = readMatrixArgs(info, 1, "x");
+  m.data = info[0];
+  const bool log = readBool(info[5], "log");
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  const float* dy = viewUpstream(*job, info[1], m);
+  float* dx = job->output(info.Env(), elementsOf(m));
+  job->setWork([=] { stablemaxBackward(x, dy, log, dx); });
+  return job;
+}
+
+/** cpuSparsemax / cpuEntmax15 (x, rows, cols, dtype). */
+template <void (*kernel)(const HostMatrix&, float*)>
+std::unique_ptr<Job> makeProjection(const Napi::CallbackInfo& info, bool async) {
+  const MatrixArgs m = readMatrixArgs(info, 0, "x");
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  float* y = job->output(info.Env(), elementsOf(m));
+  job->setWork([=] { kernel(x, y); });
+  return job;
+}
+
+/** cpuSparsemaxBackward / cpuEntmax15Backward (x, dy, rows, cols, dtype). */
+template <void (*kernel)(const HostMatrix&, const float*, float*)>
+std::unique_ptr<Job> makeProjectionBackward(const Napi::CallbackInfo& info, bool async) {
+  MatrixArgs m = readMatrixArgs(info, 1, "x");
+  m.data = info[0];
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  const float* dy = viewUpstream(*job, info[1], m);
+  float* dx = job->output(info.Env(), elementsOf(m));
+  job->setWork([=] { kernel(x, dy, dx); });
+  return job;
+}
+
+/** cpuGumbelSoftmax(x, rows, cols, dtype, tau, hard, seed). */
+std::unique_ptr<Job> makeGumbelSoftmax(const Napi::CallbackInfo& info, bool async) {
+  const MatrixArgs m = readMatrixArgs(info, 0, "x");
+  const float tau = readPositiveFloat(info[4], "tau");
+  const bool hard = readBool(info[5], "hard");
+  const uint64_t seed = readSeed(info[6], "seed");
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  float* y = job->output(info.Env(), elementsOf(m));
+  job->setWork([=] { gumbelSoftmax(x, tau, hard, seed, y); });
+  return job;
+}
+
+/** cpuGumbelSoftmaxBackward(x, dy, rows, cols, dtype, tau, seed). */
+std::unique_ptr<Job> makeGumbelSoftmaxBackward(const Napi::CallbackInfo& info, bool async) {
+  MatrixArgs m = readMatrixArgs(info, 1, "x");
+  m.data = info[0];
+  const float tau = readPositiveFloat(info[5], "tau");
+  const uint64_t seed = readSeed(info[6], "seed");
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  const float* dy = viewUpstream(*job, info[1], m);
+  float* dx = job->output(info.Env(), elementsOf(m));
+  job->setWork([=] { gumbelSoftmaxBackward(x, dy, tau, seed, dx); });
+  return job;
+}
+
+// ---------------------------------------------------------------- losses
+
+/**
+ * cpuCrossEntropy(logits, rows, cols, dtype, labels, params, classWeights, scaleWeighted,
+ * scaleUnweighted) → { lse, weighted, unweighted, dLogits? }. With the scales (each row's s_W
+ * and s_U, formed by the caller from the labels) the gradient comes in the same pass.
+ */
+std::unique_ptr<Job> makeCrossEntropy(const Napi::CallbackInfo& info, bool async) {
+  const MatrixArgs m = readMatrixArgs(info, 0, "logits");
+  LossParams p = readLossParams(info[5], m.cols);
+  const bool grad = !info[7].IsNull() && !info[7].IsUndefined();
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  const int32_t* labels = viewLabels(*job, info[4], m.rows, m.cols, p.ignoreIndex);
+  viewClassWeights(*job, info[6], m.cols, p);
+  const size_t N = static_cast<size_t>(m.rows);
+  const float* sW = grad ? viewFloats(*job, info[7], "scaleWeighted", N) : nullptr;
+  const float* sU = grad ? viewFloats(*job, info[8], "scaleUnweighted", N) : nullptr;
+  Napi::Env env = info.Env();
+  LossRowsOut out{job->output(env, N, "lse"), job->output(env, N, "weighted"), job->output(env, N, "unweighted")};
+  float* dLogits = grad ? job->output(env, elementsOf(m), "dLogits", Fill::Overwritten) : nullptr;
+  job->setWork([=] { crossEntropy(x, labels, p, sW, sU, out, dLogits); });
+  return job;
+}
+
+/**
+ * cpuLinearCrossEntropy(E, N, D, eDtype, W, V, wDtype, labels, params, classWeights, bias,
+ * scaleWeighted, scaleUnweighted, filterEps, workspaceBytes) → { lse, weighted, unweighted,
+ * dEmbeddings?, dClassifier?, dBias?, chunkRows, chunks, workspaceBytes, blocks, skippedBlocks }.
+ */
+std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info, bool async) {
+  const MatrixArgs e = readMatrixArgs(info, 0, "embeddings");
+  MatrixArgs w{info[4], "classifier", 0, 0, DType::F32};
+  w.rows = readCount(info[5], "classifier rows", kMaxDim);
+  w.cols = e.cols;
+  w.dtype = readDType(info[6], "classifier dtype");
+  if (w.rows < 1) throw ArgError("E_SHAPE", "classifier must have at least one row (class)");
+  if (w.rows * w.cols > kMaxElements) throw ArgError("E_SHAPE", "classifier has more than 2^53 elements");
+  const int64_t N = e.rows, D = e.cols, V = w.rows;
+  LossParams p = readLossParams(info[8], V);
+  const bool grad = !info[11].IsNull() && !info[11].IsUndefined();
+  const float filterEps = readFloatInRange(info[13], "filterEps", 0, 3.4e38, "a finite number >= 0");
+  const int64_t workspace = readCount(info[14], "workspaceBytes", kMaxElements);
+  if (workspace < 1) throw ArgError("E_OPTION", "workspaceBytes must be at least 1");
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix E = viewMatrix(*job, e);
+  const HostMatrix W = viewMatrix(*job, w);
+  const int32_t* labels = viewLabels(*job, info[7], N, V, p.ignoreIndex);
+  viewClassWeights(*job, info[9], V, p);
+  const float* bias = viewOptionalFloats(*job, info[10], "bias", static_cast<size_t>(V));
+  const float* sW = grad ? viewFloats(*job, info[11], "scaleWeighted", static_cast<size_t>(N)) : nullptr;
+  const float* sU = grad ? viewFloats(*job, info[12], "scaleUnweighted", static_cast<size_t>(N)) : nullptr;
+  Napi::Env env = info.Env();
+  const size_t n = static_cast<size_t>(N);
+  LinearCrossEntropyOut out{{job->output(env, n, "lse"), job->output(env, n, "weighted"), job->output(env, n, "unweighted")},
+                            nullptr, nullptr, nullptr};
+  if (grad) {
+    out.dE = job->output(env, static_cast<size_t>(N * D), "dEmbeddings");
+    out.dW = job->output(env, static_cast<size_t>(V * D), "dClassifier");
+    if (bias != nullptr) out.dBias = job->output(env, static_cast<size_t>(V), "dBias");
+  }
+  auto stats = std::make_shared<LinearCrossEntropyStats>();
+  job->setWork([=] {
+    *stats = linearCrossEntropy(E, W, bias, labels, p, sW, sU, filterEps, static_cast<size_t>(workspace), out);
+  });
+  job->setExtra([stats](Napi::Env env, Napi::Object& o) {
+    o.Set("chunkRows", Napi::Number::New(env, static_cast<double>(stats->chunkRows)));
+    o.Set("chunks", Napi::Number::New(env, static_cast<double>(stats->chunks)));
+    o.Set("workspaceBytes", Napi::Number::New(env, static_cast<double>(stats->workspaceBytes)));
+    o.Set("blocks", Napi::Number::New(env, static_cast<double>(stats->blocks)));
+    o.Set("skippedBlocks", Napi::Number::New(env, static_cast<double>(stats->skippedBlocks)));
+  });
+  return job;
+}
+
+/** cpuSgemm(transA, transB, M, N, K, A, B) → C = op(A)·op(B), Float32Array [M, N]: the GEMM the losses use. */
+std::unique_ptr<Job> makeSgemm(const Napi::CallbackInfo& info, bool async) {
+  const bool transA = readBool(info[0], "transA");
+  const bool transB = readBool(info[1], "transB");
+  const int64_t M = readCount(info[2], "M", kMaxDim);
+  const int64_t N = readCount(info[3], "N", kMaxDim);
+  const int64_t K = readCount(info[4], "K", kMaxDim);
+  if (M * K > kMaxElements || K * N > kMaxElements || M * N > kMaxElements) {
+    throw ArgError("E_SHAPE", "sgemm operands have more than 2^53 elements");
+  }
+  auto job = std::make_unique<CpuJob>(async);
+  const float* A = viewFloats(*job, info[5], "A", static_cast<size_t>(M * K));
+  const float* B = viewFloats(*job, info[6], "B", static_cast<size_t>(K * N));
+  float* C = job->output(info.Env(), static_cast<size_t>(M * N));
+  job->setWork([=] {
+    sgemm(transA, transB, M, N, K, 1.0f, A, transA ? M : K, B, transB ? K : N, 0.0f, C, N);
+  });
+  return job;
+}
+
+// ---------------------------------------------------------------- configuration
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const GemmInfo g = gemmInfo();
+  Napi::Object gemm = Napi::Object::New(env);
+  gemm.Set("library", g.library);
+  gemm.Set("kernel", g.kernel);
+  gemm.Set("kernelNote", g.kernelNote);
+  gemm.Set("blasLinked", g.blasLinked);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("gemm", gemm);
+  out.Set("simd", simdLevel());
+  out.Set("threads", threadCount());
+  out.Set("defaultThreads", defaultThreadCount());
+  out.Set("flushesDenormals", flushesDenormals());
+  return out;
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const int64_t n = readCount(info[0], "threads", kMaxThreads);
+    if (n < 1) throw ArgError("E_OPTION", "threads must be an integer in [1, " + std::to_string(kMaxThreads) + "]");
+    setThreadCount(static_cast<int>(n));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value SetGemm(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (!info[0].IsString()) throw ArgError("E_OPTION", "gemm must be 'blas' or 'portable'");
+    const std::string name = info[0].As<Napi::String>().Utf8Value();
+    if (name != "blas" && name != "portable") throw ArgError("E_OPTION", "gemm must be 'blas' or 'portable'");
+    return Napi::Boolean::New(info.Env(), setGemm(name));
+  });
+}
+
+template <Factory make>
+Napi::Value callNow(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] { return runNow(info.Env(), make(info, false)); });
+}
+
+template <Factory make>
+Napi::Value callLater(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] { return runLater(info.Env(), make(info, true)); });
+}
+
+template <Factory make>
+void exportOp(Napi::Env env, Napi::Object exports, const std::string& name) {
+  exports.Set(name, Napi::Function::New(env, callNow<make>, name));
+  exports.Set(name + "Async", Napi::Function::New(env, callLater<make>, name + "Async"));
+}
+
+}  // namespace
+
+void registerCpu(Napi::Env env, Napi::Object exports) {
+  restoreBlasEnvironment();
+  exportOp<makeLogSumExp>(env, exports, "cpuLogSumExp");
+  exportOp<makeSoftmax>(env, exports, "cpuSoftmax");
+  exportOp<makeSoftmaxBackward>(env, exports, "cpuSoftmaxBackward");
+  exportOp<makeStablemax>(env, exports, "cpuStablemax");
+  exportOp<makeStablemaxBackward>(env, exports, "cpuStablemaxBackward");
+  exportOp<makeProjection<sparsemax>>(env, exports, "cpuSparsemax");
+  exportOp<makeProjectionBackward<sparsemaxBackward>>(env, exports, "cpuSparsemaxBackward");
+  exportOp<makeProjection<entmax15>>(env, exports, "cpuEntmax15");
+  exportOp<makeProjectionBackward<entmax15Backward>>(env, exports, "cpuEntmax15Backward");
+  exportOp<makeGumbelSoftmax>(env, exports, "cpuGumbelSoftmax");
+  exportOp<makeGumbelSoftmaxBackward>(env, exports, "cpuGumbelSoftmaxBackward");
+  exportOp<makeCrossEntropy>(env, exports, "cpuCrossEntropy");
+  exportOp<makeLinearCrossEntropy>(env, exports, "cpuLinearCrossEntropy");
+  exportOp<makeSgemm>(env, exports, "cpuSgemm");
+  exports.Set("cpuInfo", Napi::Function::New(env, Info, "cpuInfo"));
+  exports.Set("cpuSetThreads", Napi::Function::New(env, SetThreads, "cpuSetThreads"));
+  exports.Set("cpuSetGemm", Napi::Function::New(env, SetGemm, "cpuSetGemm"));
+}
+
+}  // namespace cutloss::cpu

@@ -1,0 +1,53 @@
+// Cross-entropy from logits on the CPU, forward and backward fused: the reduction scales of
+// every row are known from the labels before any logit is read, so each row is read from
+// memory once, reduced, and its gradient written while it is still in cache (lossRow). That
+// is one read and one write of the logits, where a forward and a separate backward pass
+// would read them twice.
+#include "cpu_math.h"
+// after cpu_math.h, which must come first
+#include "loss_rows.h"
+
+namespace cutloss::cpu {
+
+namespace {
+
+CUTLOSS_CPU_CLONES void crossEntropyRows(const LossCall& c, const HostMatrix& logits, const int32_t* labels,
+                                         const float* scaleWeighted, const float* scaleUnweighted,
+                                         const LossRowsOut& out, float* dLogits, float* widened, float* z,
+                                         float* candidates, int64_t r0, int64_t r1) {
+  const int n = static_cast<int>(logits.cols);
+  for (int64_t r = r0; r < r1; r++) {
+    LossRowIO io;
+    io.label = labels[r];
+    io.scaleWeighted = scaleWeighted != nullptr ? scaleWeighted[r] : 0.0f;
+    io.scaleUnweighted = scaleUnweighted != nullptr ? scaleUnweighted[r] : 0.0f;
+    io.z = z;
+    io.candidates = candidates;
+    io.grad = dLogits != nullptr ? dLogits + r * n : nullptr;
+    io.blockFlags = nullptr;
+    const LossRowResult res = lossRowAny(c, rowF32(logits, r, widened), n, io);
+    out.lse[r] = res.lse;
+    out.weighted[r] = res.weighted;
+    out.unweighted[r] = res.unweighted;
+  }
+}
+
+}  // namespace
+
+void crossEntropy(const HostMatrix& logits, const int32_t* labels, const LossParams& p, const float* scaleWeighted,
+                  const float* scaleUnweighted, const LossRowsOut& out, float* dLogits) {
+  if (logits.rows == 0) return;  // an empty matrix may claim any cols: allocate no scratch for it
+  const int n = static_cast<int>(logits.cols);
+  std::vector<float> ones;
+  if (p.classWeights == nullptr) ones.assign(static_cast<size_t>(n), 1.0f);
+  const LossCall c = makeLossCall(p, ones.data(), 0.0f);
+  Scratch widened(logits.dtype == DType::BF16 ? n : 0);
+  Scratch z(c.plain ? 0 : n);
+  Scratch candidates(p.normalizer == kNormalizerSparsemax ? n : 0);
+  parallelFor(logits.rows, rowGrain(n), [&](int64_t r0, int64_t r1, int w) {
+    crossEntropyRows(c, logits, labels, scaleWeighted, scaleUnweighted, out, dLogits, widened[w], z[w], candidates[w],
+                     r0, r1);
+  });
+}
+
+}  // namespace cutloss::cpu

@@ -1,0 +1,101 @@
+#include "host_memory.h"
+
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <utility>
+#include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#define CUTLOSS_HAS_MMAP 1
+#else
+#define CUTLOSS_HAS_MMAP 0
+#endif
+
+namespace cutloss::cpu {
+
+namespace {
+// Below this, malloc's arenas serve better than a mapping of its own.
+constexpr size_t kMapThreshold = size_t{1} << 20;
+}  // namespace
+
+namespace outputPool {
+
+namespace {
+std::mutex gMutex;
+std::vector<std::pair<void*, size_t>> gFree;  // (data, bytes), most recent last
+}  // namespace
+
+void* take(size_t bytes) {
+  std::lock_guard<std::mutex> lock(gMutex);
+  for (size_t i = gFree.size(); i-- > 0;) {
+    if (gFree[i].second == bytes) {
+      void* p = gFree[i].first;
+      gFree.erase(gFree.begin() + static_cast<std::ptrdiff_t>(i));
+      return p;
+    }
+  }
+  return nullptr;
+}
+
+void give(void* data, size_t bytes) noexcept {
+  if (data == nullptr) return;
+  if (bytes >= kPooledMinBytes) {
+    std::lock_guard<std::mutex> lock(gMutex);
+    if (gFree.size() < kPooledBuffers) {
+      try {
+        gFree.emplace_back(data, bytes);
+        return;
+      } catch (...) {
+        // no room to remember it: release it below
+      }
+    }
+  }
+  HostBuffer::release(data, bytes);
+}
+
+size_t heldBytes() {
+  std::lock_guard<std::mutex> lock(gMutex);
+  size_t total = 0;
+  for (const auto& f : gFree) total += f.second;
+  return total;
+}
+
+}  // namespace outputPool
+
+HostBuffer::HostBuffer(size_t bytes) : data_(nullptr), bytes_(bytes) {
+  if (bytes == 0) return;
+#if CUTLOSS_HAS_MMAP
+  if (bytes >= kMapThreshold) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    data_ = p;
+    return;
+  }
+#endif
+  data_ = std::calloc(bytes, 1);
+  if (data_ == nullptr) throw std::bad_alloc();
+}
+
+HostBuffer::~HostBuffer() { release(data_, bytes_); }
+
+void* HostBuffer::detach() {
+  void* p = data_;
+  data_ = nullptr;
+  return p;
+}
+
+void HostBuffer::release(void* data, size_t bytes) noexcept {
+  if (data == nullptr) return;
+#if CUTLOSS_HAS_MMAP
+  if (bytes >= kMapThreshold) {
+    munmap(data, bytes);
+    return;
+  }
+#endif
+  (void)bytes;
+  std::free(data);
+}
+
+}  // namespace cutloss::cpu

@@ -1,0 +1,52 @@
+// Host buffers for the CPU backend's workspaces and the inputs an async call copies:
+// zero-filled, large ones mapped on their own (page-aligned, returned to the system on release).
+// Transparent huge pages are not requested: where THP defragments on request (the common
+// `madvise` setting), a fault can stall on compaction, and here that cost far more than the
+// 4 KiB faults it saves.
+#pragma once
+
+#include <cstddef>
+
+namespace cutloss::cpu {
+
+/**
+ * Recently freed large outputs, kept for the next output of the same size: a fresh mapping
+ * costs a page fault per 4 KiB when first written (a 500 MB dLogits: ~250 ms of kernel time,
+ * several times the op itself), a reused one none. Holds at most kPooledBuffers buffers of at
+ * least kPooledMinBytes. Thread-safe; buffers come back from ArrayBuffer finalizers.
+ */
+namespace outputPool {
+constexpr size_t kPooledMinBytes = size_t{16} << 20;
+constexpr size_t kPooledBuffers = 2;
+/** A buffer of exactly `bytes` (rounded to pages) that was given back, or null. Its contents are stale. */
+void* take(size_t bytes);
+/** Keeps the buffer for a later take(), or releases it when the pool is full. */
+void give(void* data, size_t bytes) noexcept;
+/** Bytes held now. */
+size_t heldBytes();
+}  // namespace outputPool
+
+class HostBuffer {
+ public:
+  /** Zero-filled memory of `bytes` (none for 0). Throws std::bad_alloc. */
+  explicit HostBuffer(size_t bytes);
+  ~HostBuffer();
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+  /** Gives up ownership; free the memory with HostBuffer::release(p, bytes). */
+  void* detach();
+  static void release(void* data, size_t bytes) noexcept;
+
+ private:
+  void* data_;
+  size_t bytes_;
+};
+
+}  // namespace cutloss::cpu

@@ -1,0 +1,73 @@
+// The test matrices the backends share: every loss option alone and in combination, and the
+// row-wise ops with their shapes. test/losses.test.ts and test/rowwise.test.ts run them on the
+// reference backend (with finite differences); test/native/cpu.test.ts runs them on cpu.
+import * as lib from '../lib/index.js';
+import type { CrossEntropyOptions, Tensor } from '../lib/index.js';
+import * as ref from './reference64.js';
+
+export type Case = [name: string, options: CrossEntropyOptions];
+
+export const V_ODD = 37;
+export const weights = Float32Array.from({ length: V_ODD }, (_, j) => 0.25 + ((j * 7) % 11) / 8);
+
+// Every option alone, then in combination, for all three reductions and normalizers.
+export const CASES: Case[] = [
+  ['plain mean', {}],
+  ['sum', { reduction: 'sum' }],
+  ['none', { reduction: 'none' }],
+  ['none with per-row gradScale', { reduction: 'none', gradScale: Float32Array.from({ length: 9 }, (_, i) => (i % 3) - 0.5) }],
+  ['mean with gradScale', { gradScale: 2.5 }],
+  ['custom ignoreIndex', { ignoreIndex: 3 }],
+  ['label smoothing', { labelSmoothing: 0.1 }],
+  ['class weights', { classWeights: weights }],
+  ['class weights + smoothing', { classWeights: weights, labelSmoothing: 0.2 }],
+  ['z-loss', { zLoss: 1e-2 }],
+  ['softcap', { softcap: 2.5 }],
+  ['temperature', { temperature: 0.7 }],
+  ['softcap + temperature', { softcap: 3, temperature: 1.7 }],
+  ['focal γ=2', { focalGamma: 2 }],
+  ['focal γ=0.5', { focalGamma: 0.5 }],
+  ['Poly-1', { polyEpsilon: 1 }],
+  ['Poly-1 negative ε', { polyEpsilon: -0.5 }],
+  ['squentropy', { squentropy: true }],
+  ['stablemax', { normalizer: 'stablemax' }],
+  ['stablemax + smoothing + weights', { normalizer: 'stablemax', labelSmoothing: 0.15, classWeights: weights }],
+  ['stablemax + focal + Poly-1', { normalizer: 'stablemax', focalGamma: 1.5, polyEpsilon: 0.3 }],
+  ['sparsemax', { normalizer: 'sparsemax' }],
+  ['sparsemax + smoothing', { normalizer: 'sparsemax', labelSmoothing: 0.1 }],
+  ['sparsemax + focal + weights', { normalizer: 'sparsemax', focalGamma: 2, classWeights: weights }],
+  ['everything, sum', {
+    reduction: 'sum', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4, temperature: 1.3,
+    focalGamma: 1, polyEpsilon: 0.5, squentropy: true,
+  }],
+  ['everything, mean, stablemax', {
+    normalizer: 'stablemax', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4,
+    temperature: 0.8, focalGamma: 0.7, polyEpsilon: 0.2, squentropy: true, gradScale: 0.5,
+  }],
+];
+
+/** Random labels with one ignored row (label −100, or the custom ignoreIndex). */
+export function labelsFor(rng: () => number, N: number, V: number, o: CrossEntropyOptions): Int32Array {
+  const labels = Int32Array.from(ref.randomLabels(rng, N, V));
+  labels[Math.min(1, N - 1)] = o.ignoreIndex ?? -100;
+  return labels;
+}
+
+// ---------------------------------------------------------------- row-wise ops
+
+export const SHAPES: [number, number][] = [[1, 1], [1, 2], [2, 1], [3, 7], [5, 33], [2, 300]];
+
+export type Forward = (x: Tensor) => Tensor;
+export type Backward = (x: Tensor, dy: Tensor) => Tensor;
+export type RefForward = (rows: ref.Rows) => number[][];
+export type RefBackward = (x: ref.Rows, dy: ref.Rows) => number[][];
+
+export const OPS: [string, Forward, Backward, RefForward, RefBackward][] = [
+  ['softmax', (x) => lib.softmax(x), (x, dy) => lib.softmaxBackward(x, dy), ref.softmax, ref.softmaxBackward],
+  ['logSoftmax', (x) => lib.logSoftmax(x), (x, dy) => lib.logSoftmaxBackward(x, dy), ref.logSoftmax, ref.logSoftmaxBackward],
+  ['stablemax', lib.stablemax, lib.stablemaxBackward, ref.stablemax, ref.stablemaxBackward],
+  ['logStablemax', lib.logStablemax, lib.logStablemaxBackward, ref.logStablemax, ref.logStablemaxBackward],
+  ['sparsemax', lib.sparsemax, lib.sparsemaxBackward, ref.sparsemax, ref.sparsemaxBackward],
+  ['entmax15', lib.entmax15, lib.entmax15Backward, ref.entmax15, ref.entmax15Backward],
+];
+

@@ -1,0 +1,620 @@
+// The fused linear + cross-entropy kernels (cuda/linear_cross_entropy.cu) on the CPU under the
+// SIMT emulator, against the float64 re-computation of test/reference64.ts and the JS backend:
+// every option of test/losses.test.ts's matrix, with and without bias, f32 and bf16, on odd
+// shapes (N, D, V multiples of no tile, V crossing several 64-class tiles, a vocabulary split
+// walking several tiles), forward and backward; the FMA, bf16 and tf32 tensor-core tile
+// products; gradient filtering (skipped tiles counted and really skipped); deterministic mode;
+// sparsemax rows that overflow their candidates (Michelot passes over the vocabulary); and
+// the public API on the cuda-emu backend, host and device tensors, sync and async. Every
+// kernel run is repeated in the three fiber orders and must give the very same bytes.
+// Tolerances per DESIGN.md "Numerics": fp32 ~1e-5 relative, bf16 (and tf32) ~1e-2.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+// Batches of emulated kernel runs take seconds: each test (or its beforeAll) gets this long.
+const SLOW = 60_000;
+import * as lib from '../../lib/index.js';
+import { jsBackend } from '../../lib/js/index.js';
+import { native, setEmulatorOrder } from '../../lib/native.js';
+import { gradientScales, reduceLoss } from '../../lib/nativeBackend.js';
+import { resolveLossOptions, type LinearCrossEntropyOptions, type ResolvedLossOptions } from '../../lib/options.js';
+import type { Matrix } from '../../lib/tensor.js';
+import { expectClose } from '../helpers.js';
+import * as ref from '../reference64.js';
+import {
+  ORDERS, blobBytes, blobValues, buildRunner, runKernels, type KernelRequest, type KernelResponse,
+} from './kernel-runner.js';
+
+type Dtype = 'f32' | 'bf16';
+const exe = buildRunner();
+
+const GEMM = { auto: 0, fma: 1, wmma: 2 } as const;
+type Gemm = keyof typeof GEMM;
+
+// ---------------------------------------------------------------- inputs
+
+function matrix(values: number[][], dtype: Dtype): Matrix {
+  const rows = values.length;
+  const cols = values[0]!.length;
+  const data = dtype === 'f32' ? ref.rowsToF32(values) : ref.rowsToBf16(values);
+  return { data, rows, cols, dtype, shape: [rows, cols] };
+}
+
+/** The values the kernel sees (bf16 decoded), as float64 rows. */
+const asRows = (m: Matrix) => ref.toF64Rows(m.data, m.rows, m.cols);
+
+function sameBits(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/** Each request in the three fiber orders; the forward-order response, after checking the others match it byte for byte. */
+function runInAllOrders(requests: Omit<KernelRequest, 'order'>[]): KernelResponse[] {
+  const all = runKernels(exe, requests.flatMap((r) => ORDERS.map((order) => ({ ...r, order }))));
+  return requests.map((r, i) => {
+    const [first, ...others] = all.slice(i * ORDERS.length, (i + 1) * ORDERS.length) as [KernelResponse, ...KernelResponse[]];
+    if (!first.ok) throw new Error(`${r.op}: ${first.error}`);
+    others.forEach((o, k) => {
+      for (const name of Object.keys(first.blobs)) {
+        if (!sameBits(blobBytes(first, name), blobBytes(o, name))) {
+          throw new Error(`${name} differs between the forward and ${ORDERS[k + 1]} fiber orders (a race)`);
+        }
+      }
+    });
+    return first;
+  });
+}
+
+/** The option matrix of test/losses.test.ts, with class weights of length V and per-row gradScale of length N. */
+function optionCases(N: number, V: number): [string, LinearCrossEntropyOptions][] {
+  const weights = Float32Array.from({ length: V }, (_, j) => 0.25 + ((j * 7) % 11) / 8);
+  return [
+    ['plain mean', {}],
+    ['sum', { reduction: 'sum' }],
+    ['none', { reduction: 'none' }],
+    ['none with per-row gradScale', { reduction: 'none', gradScale: Float32Array.from({ length: N }, (_, i) => (i % 3) - 0.5) }],
+    ['mean with gradScale', { gradScale: 2.5 }],
+    ['custom ignoreIndex', { ignoreIndex: 3 }],
+    ['label smoothing', { labelSmoothing: 0.1 }],
+    ['class weights', { classWeights: weights }],
+    ['class weights + smoothing', { classWeights: weights, labelSmoothing: 0.2 }],
+    ['z-loss', { zLoss: 1e-2 }],
+    ['softcap', { softcap: 2.5 }],
+    ['temperature', { temperature: 0.7 }],
+    ['softcap + temperature', { softcap: 3, temperature: 1.7 }],
+    ['focal γ=2', { focalGamma: 2 }],
+    ['focal γ=0.5', { focalGamma: 0.5 }],
+    ['Poly-1', { polyEpsilon: 1 }],
+    ['Poly-1 negative ε', { polyEpsilon: -0.5 }],
+    ['squentropy', { squentropy: true }],
+    ['stablemax', { normalizer: 'stablemax' }],
+    ['stablemax + smoothing + weights', { normalizer: 'stablemax', labelSmoothing: 0.15, classWeights: weights }],
+    ['stablemax + focal + Poly-1', { normalizer: 'stablemax', focalGamma: 1.5, polyEpsilon: 0.3 }],
+    ['sparsemax', { normalizer: 'sparsemax' }],
+    ['sparsemax + smoothing', { normalizer: 'sparsemax', labelSmoothing: 0.1 }],
+    ['sparsemax + focal + weights', { normalizer: 'sparsemax', focalGamma: 2, classWeights: weights }],
+    ['everything, sum', {
+      reduction: 'sum', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4, temperature: 1.3,
+      focalGamma: 1, polyEpsilon: 0.5, squentropy: true,
+    }],
+    ['everything, mean, stablemax', {
+      normalizer: 'stablemax', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4,
+      temperature: 0.8, focalGamma: 0.7, polyEpsilon: 0.2, squentropy: true, gradScale: 0.5,
+    }],
+  ];
+}
+
+/** Odd shapes [N, D, V]: V from one partial tile to five, N up to 37 rows. */
+const SHAPES: [number, number, number][] = [[9, 5, 37], [37, 19, 300], [21, 13, 150], [7, 8, 129], [33, 17, 65], [16, 11, 200]];
+
+interface Problem {
+  E: Matrix;
+  W: Matrix;
+  labels: Int32Array;
+  bias: Float32Array | null;
+}
+
+function problem(seed: number, [N, D, V]: [number, number, number], dtype: Dtype, withBias: boolean, ignoreIndex = -100,
+  spread = { e: 1, w: 1 }): Problem {
+  const rng = ref.mulberry32(seed);
+  const E = matrix(ref.randomRows(rng, N, D, spread.e), dtype);
+  const W = matrix(ref.randomRows(rng, V, D, spread.w), dtype);
+  const labels = Int32Array.from(ref.randomLabels(rng, N, V));
+  labels[Math.min(1, N - 1)] = ignoreIndex;
+  const bias = withBias ? Float32Array.from(ref.randomRows(rng, 1, V, 0.5)[0]!) : null;
+  return { E, W, labels, bias };
+}
+
+interface KernelRun {
+  loss: number | Float32Array;
+  lse: Float32Array;
+  dE: Float32Array | null;
+  dW: Float32Array | null;
+  dBias: Float32Array | null;
+  visited: number;
+  skipped: number;
+  michelotPasses: number;
+  splits: number;
+  tilesPerSplit: number;
+  workspaceBytes: number;
+  raw: KernelResponse;
+}
+
+interface KernelSettings {
+  gemm?: Gemm;
+  tf32?: boolean;
+  deterministic?: boolean;
+  filterEps?: number;
+  vocabSplits?: number;
+}
+
+function resolved(p: Problem, options: LinearCrossEntropyOptions): ResolvedLossOptions {
+  return resolveLossOptions({ ...options, ...(p.bias ? { bias: p.bias } : {}) }, p.E.rows, p.W.rows, p.E.dtype, true);
+}
+
+function linearRequest(p: Problem, o: ResolvedLossOptions, s: KernelSettings): Omit<KernelRequest, 'order'> {
+  const [N, D, V] = [p.E.rows, p.E.cols, p.W.rows];
+  const sumWeights = o.classWeights === null ? V : o.classWeights.reduce((a, w) => a + w, 0);
+  const keys = {
+    rows: N, cols: V, dim: D, eDtype: p.E.dtype, wDtype: p.W.dtype, normalizer: o.normalizer, smoothing: o.smoothing,
+    focalGamma: o.focalGamma, polyEpsilon: o.polyEpsilon, zLoss: o.zLoss, squentropy: o.squentropy, softcap: o.softcap,
+    invTemperature: o.invTemperature, ignoreIndex: o.ignoreIndex, sumWeights, gemm: GEMM[s.gemm ?? 'auto'],
+    tf32: s.tf32 ?? false, deterministic: s.deterministic ?? false, filterEps: s.filterEps ?? 0, vocabSplits: s.vocabSplits ?? 0,
+  };
+  const blobs: KernelRequest['blobs'] = { E: p.E.data, W: p.W.data, labels: p.labels };
+  if (p.bias !== null) blobs.bias = p.bias;
+  if (o.classWeights !== null) blobs.classWeights = o.classWeights;
+  if (o.computeGrad) {
+    const sc = gradientScales(p.labels, o);
+    blobs.scaleWeighted = sc.scaleWeighted;
+    blobs.scaleUnweighted = sc.scaleUnweighted;
+  }
+  return { op: 'linearCrossEntropy', keys, blobs };
+}
+
+function decode(r: KernelResponse, p: Problem, o: ResolvedLossOptions): KernelRun {
+  const info = new Uint32Array(blobBytes(r, 'info').slice().buffer);
+  const grad = o.computeGrad;
+  return {
+    loss: reduceLoss(p.labels, blobValues(r, 'weighted'), blobValues(r, 'unweighted'), o).loss,
+    lse: blobValues(r, 'lse'),
+    dE: grad ? blobValues(r, 'dE', p.E.dtype) : null,
+    dW: grad ? blobValues(r, 'dW', p.W.dtype) : null,
+    dBias: grad && p.bias !== null ? blobValues(r, 'dBias') : null,
+    visited: info[0]!, skipped: info[1]!, michelotPasses: info[3]!, splits: info[4]!, tilesPerSplit: info[5]!,
+    workspaceBytes: info[6]! + info[7]! * 2 ** 32, raw: r,
+  };
+}
+
+/** Runs linearCrossEntropy through the launcher, in all three fiber orders. */
+function onKernels(runs: [Problem, LinearCrossEntropyOptions, KernelSettings][]): KernelRun[] {
+  const os = runs.map(([p, options]) => resolved(p, options));
+  const out = runInAllOrders(runs.map(([p], i) => linearRequest(p, os[i]!, runs[i]![2])));
+  return out.map((r, i) => decode(r, runs[i]![0], os[i]!));
+}
+
+const lossList = (l: number | Float32Array | number[]) => (typeof l === 'number' ? [l] : Array.from(l));
+
+/** reference64's gradients cost O(V²) per row (forward-mode duals): wider problems check gradients against JS only. */
+const REFERENCE_MAX_V = 150;
+
+function refOptions(options: LinearCrossEntropyOptions): ref.CeOptions {
+  const { deterministic: _d, tf32: _t, filterEps: _f, bias: _b, ...ce } = options;
+  return ce as ref.CeOptions;
+}
+
+/** The float64 re-computation with gradients (materializes N×V: small problems only). */
+function refOf(p: Problem, options: LinearCrossEntropyOptions) {
+  return ref.linearCrossEntropy(asRows(p.E), asRows(p.W), p.labels, { ...refOptions(options), ...(p.bias ? { bias: p.bias } : {}) });
+}
+
+/** The float64 loss and lse alone: O(N·V·D). */
+function refLossOf(p: Problem, options: LinearCrossEntropyOptions) {
+  const E = asRows(p.E);
+  const W = asRows(p.W);
+  const logits = E.map((e) => W.map((w, v) => {
+    let acc = p.bias ? p.bias[v]! : 0;
+    for (let d = 0; d < e.length; d++) acc += e[d]! * w[d]!;
+    return acc;
+  }));
+  return ref.crossEntropyLoss(logits, p.labels, refOptions(options));
+}
+
+function jsOf(p: Problem, options: LinearCrossEntropyOptions) {
+  return jsBackend.linearCrossEntropy(p.E, p.W, p.labels, resolved(p, { ...options, filterEps: 0 }));
+}
+
+/** Gradient tolerance: fp32 inputs through FMA tiles, or bf16 / tf32 operands. */
+const gradTol = (lowPrecision: boolean) => (lowPrecision ? { rtol: 1e-2, atol: 1e-6 } : { rtol: 1e-5, atol: 1e-7 });
+
+/** Loss and lse against float64, gradients against float64 (V ≤ REFERENCE_MAX_V) and the JS backend. */
+function expectMatches(g: KernelRun, p: Problem, options: LinearCrossEntropyOptions, lowPrecision: boolean, label: string,
+  againstJs = true): void {
+  const small = p.W.rows <= REFERENCE_MAX_V;
+  const full = small ? refOf(p, options) : null;
+  const want = full ?? refLossOf(p, options);
+  // loss and lse are fp32 reductions of fp32 logits; low-precision tiles round the operands of those logits
+  const lossTol = lowPrecision && p.E.dtype === 'f32' ? { rtol: 1e-2, atol: 1e-4 } : { rtol: 1e-5, atol: 1e-6 };
+  expectClose(lossList(g.loss), lossList(want.loss), { ...lossTol, label: `${label} loss` });
+  expectClose(g.lse, want.lse, { ...lossTol, label: `${label} lse` });
+  if (g.dE === null) return;
+  const tol = gradTol(lowPrecision);
+  if (full !== null) {
+    expectClose(g.dE, full.dE, { ...tol, label: `${label} dE` });
+    expectClose(g.dW!, full.dW, { ...tol, label: `${label} dW` });
+    if (p.bias !== null) expectClose(g.dBias!, full.dBias!, { ...tol, label: `${label} dBias` });
+  }
+  if (!againstJs && small) return;
+  const js = jsOf(p, options);
+  expectClose(lossList(g.loss), lossList(js.loss), { ...lossTol, label: `${label} loss vs js` });
+  expectClose(g.dE, js.dEmbeddings!, { ...tol, label: `${label} dE vs js` });
+  expectClose(g.dW!, js.dClassifier!, { ...tol, label: `${label} dW vs js` });
+  if (p.bias !== null) expectClose(g.dBias!, js.dBias!, { ...tol, label: `${label} dBias vs js` });
+}
+
+// ---------------------------------------------------------------- every option
+
+describe('linearCrossEntropy kernels under the emulator: every option, odd shapes, three fiber orders', () => {
+  interface Case {
+    label: string;
+    p: Problem;
+    options: LinearCrossEntropyOptions;
+    settings: KernelSettings;
+    lowPrecision: boolean;
+  }
+  const cases: Case[] = [];
+  let k = 0;
+  for (const dtype of ['f32', 'bf16'] as const) {
+    for (const withBias of dtype === 'f32' ? [false, true] : [k % 2 === 0]) {
+      optionCases(1, 1).forEach(([name], c) => {
+        const shape = SHAPES[(c + k) % SHAPES.length]!;
+        const options = optionCases(shape[0], shape[2])[c]![1];
+        const p = problem(100 + c, shape, dtype, dtype === 'f32' ? withBias : c % 2 === 0, options.ignoreIndex ?? -100);
+        // f32 through the FMA tile (split into 2 so a split walks several tiles); bf16 through wmma tiles
+        const settings: KernelSettings = dtype === 'f32' ? { vocabSplits: 2 } : {};
+        cases.push({
+          label: `${name}, ${dtype}${p.bias ? ', bias' : ''} [${shape.join(', ')}]`, p, options, settings, lowPrecision: dtype === 'bf16',
+        });
+      });
+      k++;
+    }
+  }
+  let results: KernelRun[] = [];
+  beforeAll(() => {
+    results = onKernels(cases.map((c) => [c.p, c.options, c.settings]));
+  }, SLOW);
+  const got = () => results;
+
+  cases.forEach((c, i) => {
+    it(c.label, () => {
+      const g = got()[i]!;
+      expectMatches(g, c.p, c.options, c.lowPrecision, c.label);
+      expect(g.skipped, 'filterEps 0 skips nothing').toBe(0);
+      expect(g.michelotPasses, 'candidates sufficed').toBe(0);
+    });
+  });
+
+  it('covers splits that walk several vocabulary tiles', () => {
+    const walks = cases.filter((_, i) => got()[i]!.tilesPerSplit > 1).length;
+    expect(walks).toBeGreaterThan(10);
+  });
+});
+
+// ---------------------------------------------------------------- tile products
+
+describe('tile products: FMA, bf16 wmma and tf32 wmma give the same losses and gradients', () => {
+  it('every normalizer, with and without bias, across several splits', { timeout: SLOW }, () => {
+    const runs: [Problem, LinearCrossEntropyOptions, KernelSettings][] = [];
+    const expectations: [string, boolean][] = [];
+    const normalizers = ['softmax', 'stablemax', 'sparsemax'] as const;
+    normalizers.forEach((normalizer, n) => {
+      const opts: LinearCrossEntropyOptions = { normalizer, labelSmoothing: 0.1, zLoss: 1e-3, focalGamma: 1 };
+      const f32 = problem(300 + n, [29, 23, 141], 'f32', n !== 1);
+      const bf16 = problem(300 + n, [29, 23, 141], 'bf16', n !== 1);
+      runs.push([f32, opts, { gemm: 'wmma' }]); // f32 inputs on tensor cores: tf32
+      expectations.push([`${normalizer} tf32 via gemm wmma`, true]);
+      runs.push([f32, opts, { tf32: true, vocabSplits: 1 }]); // tf32 by the option
+      expectations.push([`${normalizer} tf32 option, one split`, true]);
+      runs.push([bf16, opts, { gemm: 'fma', vocabSplits: 3 }]); // bf16 inputs on the FMA tile: fp32 products
+      expectations.push([`${normalizer} bf16 on FMA`, false]);
+    });
+    const out = onKernels(runs);
+    out.forEach((g, i) => {
+      const [label, lowPrecision] = expectations[i]!;
+      // bf16 on FMA: exact fp32 products, then one rounding of the result to bf16
+      const p = runs[i]![0];
+      if (p.E.dtype === 'bf16') {
+        const want = refOf(p, runs[i]![1]);
+        expectClose(lossList(g.loss), lossList(want.loss), { rtol: 1e-5, label: `${label} loss` });
+        expectClose(g.dE!, want.dE, { rtol: 2 ** -8, atol: 1e-7, label: `${label} dE` });
+        expectClose(g.dW!, want.dW, { rtol: 2 ** -8, atol: 1e-7, label: `${label} dW` });
+      } else {
+        expectMatches(g, p, runs[i]![1], lowPrecision, label, false);
+      }
+    });
+  });
+});
+
+// ---------------------------------------------------------------- filtering
+
+describe('gradient filtering (filterEps)', () => {
+  it('skips tiles of peaked rows, really skips them, and stays within the filtered mass', { timeout: SLOW }, () => {
+    const [N, D, V] = [6, 8, 1280];
+    // a trained model's spread (σ ≈ 20): most of each row's softmax is far below 2^-12, so the
+    // tiles that hold neither a label nor a row's few likely classes can be skipped
+    const p = problem(31, [N, D, V], 'f32', true, -100, { e: 1, w: 7 });
+    const [exact, filtered, everything] = onKernels([
+      [p, {}, { filterEps: 0 }], [p, {}, { filterEps: 2 ** -12 }], [p, {}, { filterEps: 1e30 }],
+    ]);
+    expect(exact!.visited).toBe(20);
+    expect(exact!.skipped).toBe(0);
+    expect(filtered!.skipped).toBeGreaterThan(0);
+    expect(filtered!.skipped).toBeLessThan(filtered!.visited);
+    expect(everything!.skipped).toBe(everything!.visited);
+    // the forward is never filtered
+    expect(sameBits(blobBytes(filtered!.raw, 'lse'), blobBytes(exact!.raw, 'lse'))).toBe(true);
+    expect(filtered!.loss).toBe(exact!.loss);
+    // skipped tiles contribute nothing at all
+    expect(Array.from(everything!.dE!).every((v) => v === 0)).toBe(true);
+    expect(Array.from(everything!.dW!).every((v) => v === 0)).toBe(true);
+    expect(Array.from(everything!.dBias!).every((v) => v === 0)).toBe(true);
+    // every skipped coefficient is < 2^-12 times the mean's scale 1/n; at most V of them meet each W row
+    const n = p.labels.filter((t) => t !== -100).length;
+    const wMax = Math.max(...Array.from(p.W.data as Float32Array, Math.abs));
+    let maxDiff = 0;
+    for (let i = 0; i < exact!.dE!.length; i++) maxDiff = Math.max(maxDiff, Math.abs(exact!.dE![i]! - filtered!.dE![i]!));
+    expect(maxDiff).toBeLessThanOrEqual((2 ** -12 / n) * V * wMax);
+    expectMatches(exact!, p, {}, false, 'exact');
+    console.log(`kernel filterEps 2^-12 skipped ${filtered!.skipped} of ${filtered!.visited} tiles; max |ΔdE| ${maxDiff.toExponential(2)}`);
+  });
+
+  it('bf16 with auto filtering (2^-12) stays within bf16 tolerance of the exact gradient', { timeout: SLOW }, () => {
+    const p = problem(22, [8, 16, 300], 'bf16', false, 0, { e: 1, w: 2 });
+    const [g] = onKernels([[p, {}, { filterEps: 2 ** -12 }]]);
+    expectMatches(g!, p, {}, true, 'bf16 filtered', false);
+  });
+});
+
+// ---------------------------------------------------------------- deterministic mode
+
+describe('deterministic mode', () => {
+  it('gives bit-identical gradients from run to run and order to order, equal to the atomic mode within rounding', { timeout: SLOW }, () => {
+    const runs: [Problem, LinearCrossEntropyOptions, KernelSettings][] = [];
+    for (const [i, normalizer] of (['softmax', 'stablemax', 'sparsemax'] as const).entries()) {
+      for (const dtype of ['f32', 'bf16'] as const) {
+        const p = problem(400 + i, [70, 9, 140], dtype, true); // two row tiles, three vocabulary tiles
+        const opts: LinearCrossEntropyOptions = { normalizer, squentropy: true, labelSmoothing: 0.05 };
+        runs.push([p, opts, { deterministic: true }], [p, opts, {}]);
+      }
+    }
+    // onKernels runs each three times (fiber orders) and requires the same bytes every time
+    const out = onKernels(runs);
+    for (let i = 0; i < out.length; i += 2) {
+      const [a, atomic] = [out[i]!, out[i + 1]!];
+      const p = runs[i]![0];
+      const tol = p.E.dtype === 'f32' ? { rtol: 1e-6, atol: 1e-8 } : { rtol: 2 ** -7, atol: 1e-7 };
+      expectClose(a.dE!, atomic.dE!, { ...tol, label: 'dE deterministic vs atomic' });
+      expectClose(a.dW!, atomic.dW!, { ...tol, label: 'dW deterministic vs atomic' });
+      expectClose(a.dBias!, atomic.dBias!, { ...tol, label: 'dBias deterministic vs atomic' });
+      expectMatches(a, p, runs[i]![1], p.E.dtype === 'bf16', `deterministic ${i / 2}`, false);
+    }
+  });
+});
+
+// ---------------------------------------------------------------- sparsemax thresholds
+
+describe('sparsemax: crowded rows fall back to Michelot passes over the vocabulary', () => {
+  it('rows with more than 64 logits within 1 of the max per split, and peaked rows beside them', { timeout: SLOW }, () => {
+    const [N, D, V] = [13, 6, 150];
+    const rng = ref.mulberry32(61);
+    // W rows almost equal: every logit of a row lies within 1 of its max
+    const base = ref.randomRows(rng, 1, D, 1)[0]!;
+    const Wv = Array.from({ length: V }, () => base.map((b) => b + 0.02 * ref.randn(rng)));
+    const Ev = ref.randomRows(rng, N, D, 1).map((row, i) => row.map((x) => (i % 3 === 0 ? 30 * x : x)));
+    for (const dtype of ['f32', 'bf16'] as const) {
+      const p: Problem = {
+        E: matrix(Ev, dtype), W: matrix(Wv, dtype), labels: Int32Array.from(ref.randomLabels(rng, N, V)), bias: null,
+      };
+      p.labels[4] = -100;
+      const runs: [Problem, LinearCrossEntropyOptions, KernelSettings][] = [
+        [p, { normalizer: 'sparsemax' }, { vocabSplits: 1 }],
+        [p, { normalizer: 'sparsemax', labelSmoothing: 0.1, focalGamma: 1 }, { vocabSplits: 2, deterministic: true }],
+      ];
+      onKernels(runs).forEach((g, i) => {
+        expect(g.michelotPasses, 'Michelot passes').toBeGreaterThan(0);
+        if (dtype === 'f32') {
+          expectMatches(g, p, runs[i]![1], false, `crowded f32 ${i}`);
+          return;
+        }
+        // Nearly equal W rows: dE = Σ_j G_ij·W_j cancels almost entirely, so the bf16 rounding
+        // of G in the tensor-core products shows relative to dE itself; it stays below 2^-8 of
+        // the terms Σ_j |G_ij|·|W_j|, which is what bf16 operands promise.
+        const want = refOf(p, runs[i]![1]);
+        expectClose(lossList(g.loss), lossList(want.loss), { rtol: 1e-5, label: `crowded bf16 ${i} loss` });
+        const wMax = Math.max(...Array.from(asRows(p.W), (r) => Math.max(...Array.from(r, Math.abs))));
+        const gSum = Math.max(...want.dLogits.map((r) => r.reduce((a, v) => a + Math.abs(v), 0)));
+        expectClose(g.dE!, want.dE, { rtol: 0, atol: 2 ** -8 * gSum * wMax, label: `crowded bf16 ${i} dE` });
+      });
+    }
+  });
+});
+
+// ---------------------------------------------------------------- edges
+
+describe('edges', () => {
+  it('V = 1, D = 1, N = 70 (two row tiles), all rows ignored, a NaN embedding', { timeout: SLOW }, () => {
+    const runs: [Problem, LinearCrossEntropyOptions, KernelSettings][] = [];
+    const v1 = problem(1, [6, 4, 1], 'f32', true);
+    const d1 = problem(2, [11, 1, 90], 'f32', true);
+    const tall = problem(3, [70, 7, 100], 'f32', false);
+    const ignored = problem(4, [5, 3, 70], 'f32', true);
+    ignored.labels.fill(-100);
+    const nan = problem(5, [4, 3, 80], 'f32', false);
+    (nan.E.data as Float32Array)[0] = NaN;
+    for (const normalizer of ['softmax', 'stablemax', 'sparsemax'] as const) {
+      runs.push([v1, { normalizer }, {}], [d1, { normalizer, zLoss: 1e-2 }, {}], [tall, { normalizer, reduction: 'sum' }, {}]);
+    }
+    runs.push([ignored, {}, {}], [ignored, { reduction: 'sum' }, {}], [nan, { reduction: 'none' }, {}]);
+    const out = onKernels(runs);
+    out.slice(0, 9).forEach((g, i) => expectMatches(g, runs[i]![0], runs[i]![1], false, `edge ${i}`));
+    const [mean, sum, none] = out.slice(9) as [KernelRun, KernelRun, KernelRun];
+    expect(mean.loss).toBeNaN();
+    expect(sum.loss).toBe(0);
+    for (const g of [mean, sum]) {
+      for (const grad of [g.dE!, g.dW!, g.dBias!]) expect(Array.from(grad).every((v) => v === 0)).toBe(true);
+      expectClose(g.lse, refOf(ignored, {}).lse, { rtol: 1e-6 }); // every row's lse, ignored ones too
+    }
+    // the NaN in E reaches row 0's logits (0·NaN is NaN) and nothing else
+    const perRow = none.loss as Float32Array;
+    expect(perRow[0]).toBeNaN();
+    expect(Array.from(perRow.subarray(2)).every(Number.isFinite)).toBe(true);
+  });
+});
+
+// ---------------------------------------------------------------- workspace
+
+describe('workspace: O(N + V), never N×V', () => {
+  it('the plan grows with N and V, not with N·V, and fp32 accumulators only for bf16 gradients', () => {
+    const bytes = (N: number, D: number, V: number, o: lib.LinearCrossEntropyWorkspaceOptions = {}) =>
+      lib.linearCrossEntropyWorkspaceBytes(N, D, V, { backend: 'cuda-emu', ...o });
+    const [N, D, V] = [8192, 4096, 128000];
+    const logits = N * V * 4;
+    const fwd = bytes(N, D, V, { computeGrad: false });
+    const f32 = bytes(N, D, V);
+    const bf16 = bytes(N, D, V, { dtype: 'bf16' });
+    const sparse = bytes(N, D, V, { normalizer: 'sparsemax' });
+    console.log(`N=${N} D=${D} V=${V}: logits ${(logits / 2 ** 20).toFixed(0)} MiB; workspace forward ${(fwd / 2 ** 20).toFixed(2)} MiB, ` +
+      `f32 grads ${(f32 / 2 ** 20).toFixed(2)} MiB, sparsemax ${(sparse / 2 ** 20).toFixed(2)} MiB, ` +
+      `bf16 grads ${(bf16 / 2 ** 20).toFixed(0)} MiB (fp32 accumulators ${((N + V) * D * 4 / 2 ** 20).toFixed(0)} MiB)`);
+    expect(fwd).toBe(f32); // f32 gradients accumulate in the outputs themselves
+    expect(fwd).toBeLessThan(logits / 500);
+    expect(sparse).toBeLessThan(logits / 20);
+    expect(bf16 - f32).toBeGreaterThanOrEqual((N + V) * D * 4);
+    expect(bf16 - f32).toBeLessThan((N + V) * D * 4 + 4096);
+    // doubling V (at many rows: one split per row tile) leaves the forward's workspace as it is
+    expect(bytes(65536, D, 2 * V, { computeGrad: false })).toBe(bytes(65536, D, V, { computeGrad: false }));
+    // and it is linear in N
+    expect(bytes(2 * 65536, D, V, { computeGrad: false })).toBeLessThanOrEqual(2 * bytes(65536, D, V, { computeGrad: false }));
+    expect(bytes(0, D, V)).toBe(0);
+  });
+
+  it('the launcher uses the plan the binding reports', { timeout: SLOW }, () => {
+    const p = problem(9, [37, 19, 300], 'bf16', true);
+    for (const options of [{}, { normalizer: 'sparsemax' as const }, { computeGrad: false }]) {
+      const [g] = onKernels([[p, options, {}]]);
+      const planned = lib.linearCrossEntropyWorkspaceBytes(37, 19, 300, { ...options, dtype: 'bf16', backend: 'cuda-emu' });
+      expect(g!.workspaceBytes).toBe(planned);
+    }
+  });
+});
+
+// ---------------------------------------------------------------- the public API on cuda-emu
+
+describe('linearCrossEntropy on the cuda-emu backend (the addon running these kernels)', () => {
+  beforeAll(() => {
+    const info = lib.backends().find((b) => b.name === 'cuda-emu')!;
+    expect(info.available, `cuda-emu: ${info.reason}`).toBe(true);
+  });
+  afterAll(() => {
+    setEmulatorOrder('forward');
+    lib.setBackend('auto');
+  });
+  const decoded = (t: lib.Tensor) => (t.dtype === 'bf16' ? Array.from(t.data as Uint16Array, ref.bf16ToF32) : Array.from(t.data));
+  const on = <T>(backend: 'js' | 'cuda-emu', fn: () => T): T => {
+    lib.setBackend(backend);
+    return fn();
+  };
+
+  const calls = (dtype: Dtype) => {
+    const [N, D, V] = [19, 10, 170];
+    const p = problem(77, [N, D, V], dtype, true);
+    const E = lib.tensor(p.E.data, [N, D], dtype);
+    const W = lib.tensor(p.W.data, [V, D], dtype);
+    const options: [string, LinearCrossEntropyOptions][] = [
+      ['bias', { bias: p.bias!, returnLse: true, filterEps: 0 }],
+      ['stablemax, smoothing, deterministic', { normalizer: 'stablemax', labelSmoothing: 0.1, deterministic: true, filterEps: 0 }],
+      ['sparsemax, none', { normalizer: 'sparsemax', reduction: 'none', filterEps: 0 }],
+      ['no gradients', { computeGrad: false, zLoss: 1e-3 }],
+    ];
+    return { p, E, W, options };
+  };
+
+  const seen = new Map<string, number[]>();
+  for (const order of ORDERS) {
+    it(`host tensors, f32 and bf16, sync and async, ${order} fiber order`, { timeout: SLOW }, async () => {
+      setEmulatorOrder(order, 99);
+      for (const dtype of ['f32', 'bf16'] as const) {
+        const { p, E, W, options } = calls(dtype);
+        for (const [name, o] of options) {
+          const label = `${name}, ${dtype}`;
+          const got = on('cuda-emu', () => lib.linearCrossEntropy(E, W, p.labels, o));
+          const gotAsync = await on('cuda-emu', () => lib.linearCrossEntropyAsync(E, W, p.labels, o));
+          const js = on('js', () => lib.linearCrossEntropy(E, W, p.labels, o));
+          expect(got.workspaceBytes, label).toBe(lib.linearCrossEntropyWorkspaceBytes(19, 10, 170, { ...o, dtype, backend: 'cuda-emu' }));
+          expect(js.workspaceBytes).toBeUndefined();
+          expectClose(lossList(got.loss), lossList(js.loss), { rtol: 1e-5, label: `${label} loss` });
+          const values = [...lossList(got.loss)];
+          if (o.computeGrad !== false) {
+            expect(got.dEmbeddings!.dtype, label).toBe(dtype);
+            expect(got.dClassifier!.dtype, label).toBe(dtype);
+            const tol = dtype === 'f32' ? { rtol: 1e-5, atol: 1e-7 } : { rtol: 1e-2, atol: 1e-6 };
+            expectClose(decoded(got.dEmbeddings!), decoded(js.dEmbeddings!), { ...tol, label: `${label} dE` });
+            expectClose(decoded(got.dClassifier!), decoded(js.dClassifier!), { ...tol, label: `${label} dW` });
+            if (o.bias !== undefined) expectClose(got.dBias!, js.dBias!, { ...tol, label: `${label} dBias` });
+            else expect(got.dBias).toBeUndefined();
+            values.push(...decoded(got.dEmbeddings!), ...decoded(got.dClassifier!));
+            expect(decoded(gotAsync.dEmbeddings!), `${label} async`).toEqual(decoded(got.dEmbeddings!));
+          } else {
+            expect(got.dEmbeddings).toBeUndefined();
+          }
+          if (o.returnLse) expectClose(got.lse!, js.lse!, { rtol: 1e-5, label: `${label} lse` });
+          expect(lossList(gotAsync.loss), `${label} async`).toEqual(lossList(got.loss));
+          const first = seen.get(label);
+          if (first === undefined) seen.set(label, values);
+          else expect(values, `${label}: differs between fiber orders`).toEqual(first);
+        }
+      }
+    });
+  }
+
+  it('device tensors in, device gradients out; every temporary freed', { timeout: SLOW }, async () => {
+    setEmulatorOrder('forward');
+    const live = () => native().addon!.stats().buffers;
+    const { p, E, W } = calls('bf16');
+    const before = live();
+    const Ed = lib.upload(E, { backend: 'cuda-emu' });
+    const Wd = lib.upload(W, { backend: 'cuda-emu' });
+    const o: LinearCrossEntropyOptions = { bias: p.bias!, labelSmoothing: 0.1 };
+    const d = lib.linearCrossEntropy(Ed, Wd, p.labels, o);
+    const da = await lib.linearCrossEntropyAsync(Ed, Wd, p.labels, o);
+    lib.setBackend('cuda-emu');
+    const h = lib.linearCrossEntropy(E, W, p.labels, o);
+    expect(d.loss).toBe(h.loss);
+    expect(da.loss).toBe(h.loss);
+    expect(d.dEmbeddings!.backend).toBe('cuda-emu');
+    expect([d.dEmbeddings!.dtype, d.dClassifier!.dtype]).toEqual(['bf16', 'bf16']);
+    expect(d.dEmbeddings!.download().data).toEqual(h.dEmbeddings!.data);
+    expect(d.dClassifier!.download().data).toEqual(h.dClassifier!.data);
+    expect(d.dBias).toEqual(h.dBias);
+    expect(d.workspaceBytes).toBe(h.workspaceBytes);
+    expect(live()).toBe(before + 6); // E, W and the two gradients of each device call
+    for (const t of [Ed, Wd, d.dEmbeddings!, d.dClassifier!, da.dEmbeddings!, da.dClassifier!]) t.dispose();
+    expect(live()).toBe(before);
+  });
+
+  it('bad input is refused with the same codes as the other backends', async () => {
+    lib.setBackend('cuda-emu');
+    const { p, E, W } = calls('f32');
+    const code = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (e) {
+        return (e as lib.CutlossError).code;
+      }
+      return 'none';
+    };
+    expect(code(() => lib.linearCrossEntropy(E, W, p.labels.subarray(1)))).toBe('E_SHAPE');
+    expect(code(() => lib.linearCrossEntropy(E, W, Int32Array.from(p.labels, () => 170)))).toBe('E_LABEL');
+    expect(code(() => lib.linearCrossEntropy(E, W, p.labels, { deterministic: 1 as never }))).toBe('E_OPTION');
+    expect(code(() => lib.linearCrossEntropyWorkspaceBytes(-1, 2, 3))).toBe('E_SHAPE');
+    await expect(lib.linearCrossEntropyAsync(E, W, p.labels, { tf32: 'yes' as never })).rejects.toMatchObject({ code: 'E_OPTION' });
+  });
+});
