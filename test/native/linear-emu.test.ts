@@ -1,3 +1,4 @@
+// Exercises cuda/linear_cross_entropy.cu and every tile product of cuda/tile_gemm.cuh under the emulator.
 // The fused linear + cross-entropy kernels (cuda/linear_cross_entropy.cu) on the CPU under the
 // SIMT emulator, against the float64 re-computation of test/reference64.ts and the JS backend:
 // every option of test/losses.test.ts's matrix, with and without bias, f32 and bf16, on odd
