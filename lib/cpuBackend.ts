@@ -12,7 +12,11 @@ import { gradientScales, reduceLoss } from './nativeBackend.js';
 import type { ResolvedLossOptions } from './options.js';
 import type { Matrix } from './tensor.js';
 
-/** Default budget for linearCrossEntropy's chunk of logits (`workspaceBytes`). */
+/**
+ * Default budget for linearCrossEntropy's chunk of logits (`workspaceBytes`): on the benchmark
+ * machine S2 runs as fast at 32 MiB as at 64 MiB (16 MiB costs ~15%), and the call's memory
+ * beyond its gradients stays under 64 MB.
+ */
 export const DEFAULT_CPU_WORKSPACE_BYTES = 32 * 2 ** 20;
 
 type HostData = Float32Array | Uint16Array;

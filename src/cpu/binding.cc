@@ -4,7 +4,8 @@
 // array), typed arrays last. A synchronous call then reads the caller's arrays in place (no
 // JavaScript runs until it returns); an async call copies its inputs first, since JavaScript
 // runs while the libuv pool computes. Outputs are new Float32Arrays, allocated on the JS
-// thread before the work starts.
+// thread before the work starts; large ones reuse the memory of outputs JavaScript has let go
+// (host_memory.h's output pool), which spares the page faults of fresh memory.
 #include "binding.h"
 
 #include <cmath>
@@ -127,7 +128,7 @@ class CpuJob : public Job {
 
 // ---------------------------------------------------------------- arguments
 
-/** A matrix given as (data, rows, cols, dtype) at info[at..at+3]; the data is read last (view()). */
+/** A matrix given as (data, rows, cols, dtype) at info[at..at+3]; its data is read last (viewMatrix). */
 struct MatrixArgs {
   Napi::Value data;
   std::string name;

@@ -1,8 +1,8 @@
 // Cross-entropy from logits on the CPU, forward and backward fused: the reduction scales of
 // every row are known from the labels before any logit is read, so each row is read from
-// memory once, reduced, and its gradient written while it is still in cache (lossRow). That
-// is one read and one write of the logits, where a forward and a separate backward pass
-// would read them twice.
+// memory once, reduced, and its gradient formed while it is still in cache (lossRow), then
+// streamed out past the cache. That is one read and one write of the logits, where a
+// forward and a separate backward pass would read them twice.
 #include "cpu_math.h"
 // after cpu_math.h, which must come first
 #include "loss_rows.h"
@@ -11,10 +11,11 @@ namespace cutloss::cpu {
 
 namespace {
 
+/** Rows [r0, r1); each row's gradient is formed in `gradRow` (in cache) and streamed to dLogits. */
 CUTLOSS_CPU_CLONES void crossEntropyRows(const LossCall& c, const HostMatrix& logits, const int32_t* labels,
                                          const float* scaleWeighted, const float* scaleUnweighted,
                                          const LossRowsOut& out, float* dLogits, float* widened, float* z,
-                                         float* candidates, int64_t r0, int64_t r1) {
+                                         float* candidates, float* gradRow, int64_t r0, int64_t r1) {
   const int n = static_cast<int>(logits.cols);
   for (int64_t r = r0; r < r1; r++) {
     LossRowIO io;
@@ -23,13 +24,15 @@ CUTLOSS_CPU_CLONES void crossEntropyRows(const LossCall& c, const HostMatrix& lo
     io.scaleUnweighted = scaleUnweighted != nullptr ? scaleUnweighted[r] : 0.0f;
     io.z = z;
     io.candidates = candidates;
-    io.grad = dLogits != nullptr ? dLogits + r * n : nullptr;
+    io.grad = dLogits != nullptr ? gradRow : nullptr;
     io.blockFlags = nullptr;
     const LossRowResult res = lossRowAny(c, rowF32(logits, r, widened), n, io);
     out.lse[r] = res.lse;
     out.weighted[r] = res.weighted;
     out.unweighted[r] = res.unweighted;
+    if (dLogits != nullptr) streamRow(dLogits + r * n, gradRow, n);
   }
+  finishStreamingStores();
 }
 
 }  // namespace
@@ -44,9 +47,10 @@ void crossEntropy(const HostMatrix& logits, const int32_t* labels, const LossPar
   Scratch widened(logits.dtype == DType::BF16 ? n : 0);
   Scratch z(c.plain ? 0 : n);
   Scratch candidates(p.normalizer == kNormalizerSparsemax ? n : 0);
+  Scratch gradRow(dLogits != nullptr ? n : 0);
   parallelFor(logits.rows, rowGrain(n), [&](int64_t r0, int64_t r1, int w) {
     crossEntropyRows(c, logits, labels, scaleWeighted, scaleUnweighted, out, dLogits, widened[w], z[w], candidates[w],
-                     r0, r1);
+                     gradRow[w], r0, r1);
   });
 }
 

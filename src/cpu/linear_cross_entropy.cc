@@ -65,6 +65,7 @@ CUTLOSS_CPU_INLINE void finishGradRow(float* g, int n, float* biasPartial) {
       minAbs = a != 0.0f && a < minAbs ? a : minAbs;
     }
   }
+  if (maxAbs == positiveInfinity()) return;  // an infinite entry: the others keep their values
   const float floor = maxAbs * 8.67361738e-19f;  // 2^-60
   if (!(minAbs < floor)) return;
 #pragma omp simd

@@ -8,11 +8,38 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "clones.h"
 #include "kernels.h"
 #include "parallel.h"
 
 namespace cutloss::cpu {
+
+/**
+ * dst[0..n) = src[0..n) with non-temporal stores where the target has them (x86: SSE2, in every
+ * clone): an output row that nobody reads back soon goes to memory without first being read
+ * into the cache (a write-allocate would read as many bytes as it writes). Call
+ * finishStreamingStores() before the data is handed to another thread.
+ */
+CUTLOSS_CPU_INLINE void streamRow(float* dst, const float* src, int64_t n) {
+#if defined(__SSE2__)
+  int64_t j = 0;
+  for (; j < n && (reinterpret_cast<uintptr_t>(dst + j) & 15) != 0; j++) dst[j] = src[j];
+  for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+  for (; j < n; j++) dst[j] = src[j];
+#else
+  for (int64_t j = 0; j < n; j++) dst[j] = src[j];
+#endif
+}
+
+CUTLOSS_CPU_INLINE void finishStreamingStores() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
 
 /** Rows per parallel piece: enough elements (~64K) that waking a thread pays off. */
 inline int64_t rowGrain(int64_t cols) {

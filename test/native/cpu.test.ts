@@ -472,7 +472,7 @@ describe.skipIf(!cpuInfo.available)('cpu backend', () => {
   describe('async twins run on the libuv pool', () => {
     it('linearCrossEntropyAsync leaves the JS thread free: a timer keeps firing during the call', async () => {
       const rng = ref.mulberry32(1);
-      const [N, D, V] = [512, 256, 32000];
+      const [N, D, V] = [1024, 512, 32000]; // three GEMMs of 100 GFLOP: long enough on any machine
       const E = tensor(Float32Array.from({ length: N * D }, () => rng() - 0.5), [N, D]);
       const W = tensor(Float32Array.from({ length: V * D }, () => (rng() - 0.5) * 0.1), [V, D]);
       const labels = Int32Array.from(ref.randomLabels(rng, N, V));
