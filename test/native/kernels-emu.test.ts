@@ -11,6 +11,7 @@
 // loss between its two kernels is written out here from README "Losses"); and the public API
 // on the `cuda-emu` backend, the addon running the same kernels, with its fiber order set by
 // setEmulatorOrder.
+import { CASES, V_ODD, weights, type Case } from '../cases.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as lib from '../../lib/index.js';
 import { jsBackend } from '../../lib/js/index.js';
@@ -284,45 +285,7 @@ describe('row-wise kernels under the emulator match the JS backend and the float
 
 // ---------------------------------------------------------------- cross-entropy
 
-type Case = [name: string, options: CrossEntropyOptions];
-const V_ODD = 37;
-const weights = Float32Array.from({ length: V_ODD }, (_, j) => 0.25 + ((j * 7) % 11) / 8);
-
-// The option matrix of test/losses.test.ts: every option alone, then combined, every reduction and normalizer.
-const CASES: Case[] = [
-  ['plain mean', {}],
-  ['sum', { reduction: 'sum' }],
-  ['none', { reduction: 'none' }],
-  ['none with per-row gradScale', { reduction: 'none', gradScale: Float32Array.from({ length: 9 }, (_, i) => (i % 3) - 0.5) }],
-  ['mean with gradScale', { gradScale: 2.5 }],
-  ['custom ignoreIndex', { ignoreIndex: 3 }],
-  ['label smoothing', { labelSmoothing: 0.1 }],
-  ['class weights', { classWeights: weights }],
-  ['class weights + smoothing', { classWeights: weights, labelSmoothing: 0.2 }],
-  ['z-loss', { zLoss: 1e-2 }],
-  ['softcap', { softcap: 2.5 }],
-  ['temperature', { temperature: 0.7 }],
-  ['softcap + temperature', { softcap: 3, temperature: 1.7 }],
-  ['focal γ=2', { focalGamma: 2 }],
-  ['focal γ=0.5', { focalGamma: 0.5 }],
-  ['Poly-1', { polyEpsilon: 1 }],
-  ['Poly-1 negative ε', { polyEpsilon: -0.5 }],
-  ['squentropy', { squentropy: true }],
-  ['stablemax', { normalizer: 'stablemax' }],
-  ['stablemax + smoothing + weights', { normalizer: 'stablemax', labelSmoothing: 0.15, classWeights: weights }],
-  ['stablemax + focal + Poly-1', { normalizer: 'stablemax', focalGamma: 1.5, polyEpsilon: 0.3 }],
-  ['sparsemax', { normalizer: 'sparsemax' }],
-  ['sparsemax + smoothing', { normalizer: 'sparsemax', labelSmoothing: 0.1 }],
-  ['sparsemax + focal + weights', { normalizer: 'sparsemax', focalGamma: 2, classWeights: weights }],
-  ['everything, sum', {
-    reduction: 'sum', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4, temperature: 1.3,
-    focalGamma: 1, polyEpsilon: 0.5, squentropy: true,
-  }],
-  ['everything, mean, stablemax', {
-    normalizer: 'stablemax', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4,
-    temperature: 0.8, focalGamma: 0.7, polyEpsilon: 0.2, squentropy: true, gradScale: 0.5,
-  }],
-];
+// The option matrix shared with test/losses.test.ts (test/cases.ts).
 
 interface LossRun {
   loss: number | Float32Array;
