@@ -52,7 +52,7 @@ export interface LinearCrossEntropyOptions extends CrossEntropyOptions {
   tf32?: boolean;
   /**
    * cpu: the budget in bytes for a chunk of logits (rows × V × 4, at least one row); bigger
-   * chunks make the GEMMs more efficient. Default 32 MiB. Ignored elsewhere.
+   * chunks make the GEMMs more efficient. Default 48 MiB. Ignored elsewhere.
    */
   workspaceBytes?: number;
 }

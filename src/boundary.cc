@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <new>
 
 namespace cutloss {
@@ -166,6 +167,52 @@ uint64_t readSeed(const Napi::Value& v, const char* name) {
     throw ArgError("E_OPTION", std::string(name) + " must be an integer in [0, 2^53), got " + describe(v));
   }
   return static_cast<uint64_t>(d);
+}
+
+float readPositiveFloat(const Napi::Value& v, const char* name) {
+  const double d = readFinite(v, name);
+  const float f = static_cast<float>(d);
+  if (!(f > 0) || !std::isfinite(f)) throw ArgError("E_OPTION", std::string(name) + " must be a number > 0 that a float can hold");
+  return f;
+}
+
+float readFloatInRange(const Napi::Value& v, const char* name, double lo, double hi, const char* expected) {
+  const double d = readFinite(v, name);
+  if (!(d >= lo && d <= hi)) throw ArgError("E_OPTION", std::string(name) + " must be " + expected);
+  return static_cast<float>(d);
+}
+
+int32_t readInt32(const Napi::Value& v, const char* name) {
+  const double d = readFinite(v, name);
+  if (d != std::floor(d) || d < std::numeric_limits<int32_t>::min() || d > std::numeric_limits<int32_t>::max()) {
+    throw ArgError("E_OPTION", std::string(name) + " must be a 32-bit integer");
+  }
+  return static_cast<int32_t>(d);
+}
+
+LossParams readLossParams(const Napi::Value& v, int64_t vocab) {
+  if (!v.IsObject()) throw ArgError("E_OPTION", "params must be an object of resolved loss options");
+  Napi::Object o = v.As<Napi::Object>();
+  LossParams p;
+  p.vocab = static_cast<int32_t>(vocab);
+  const double normalizer = readFinite(o.Get("normalizer"), "params.normalizer");
+  if (normalizer != 0 && normalizer != 1 && normalizer != 2) {
+    throw ArgError("E_OPTION", "params.normalizer must be 0 (softmax), 1 (stablemax) or 2 (sparsemax)");
+  }
+  p.normalizer = static_cast<int32_t>(normalizer);
+  constexpr double kFloatMax = 3.4e38;
+  p.smoothing = readFloatInRange(o.Get("smoothing"), "params.smoothing", 0, 1, "in [0, 1)");
+  if (!(p.smoothing < 1)) throw ArgError("E_OPTION", "params.smoothing must be in [0, 1)");
+  p.focalGamma = readFloatInRange(o.Get("focalGamma"), "params.focalGamma", 0, kFloatMax, "a float >= 0");
+  p.polyEpsilon = readFloatInRange(o.Get("polyEpsilon"), "params.polyEpsilon", -kFloatMax, kFloatMax, "a float");
+  p.zLoss = readFloatInRange(o.Get("zLoss"), "params.zLoss", 0, kFloatMax, "a float >= 0");
+  const double squentropy = readFinite(o.Get("squentropy"), "params.squentropy");
+  if (squentropy != 0 && squentropy != 1) throw ArgError("E_OPTION", "params.squentropy must be 0 or 1");
+  p.squentropy = static_cast<float>(squentropy);
+  p.softcap = readFloatInRange(o.Get("softcap"), "params.softcap", 0, kFloatMax, "a float >= 0 (0 = off)");
+  p.invTemperature = readPositiveFloat(o.Get("invTemperature"), "params.invTemperature");
+  p.ignoreIndex = readInt32(o.Get("ignoreIndex"), "params.ignoreIndex");
+  return p;
 }
 
 std::vector<uint8_t> copyUint8(const Napi::Value& v, const char* name) {

@@ -34,6 +34,14 @@ double readFinite(const Napi::Value& v, const char* name, const char* code = "E_
 bool readBool(const Napi::Value& v, const char* name);
 /** An integer in [0, 2^53), e.g. a Gumbel seed. */
 uint64_t readSeed(const Napi::Value& v, const char* name);
+/** A finite number > 0 that stays finite and > 0 as a float (temperatures, tau). */
+float readPositiveFloat(const Napi::Value& v, const char* name);
+/** A finite number in [lo, hi] (within float range), as a float; `expected` words the error. */
+float readFloatInRange(const Napi::Value& v, const char* name, double lo, double hi, const char* expected);
+/** An integer that fits int32_t. */
+int32_t readInt32(const Napi::Value& v, const char* name);
+/** Resolved loss options (lib/options.ts) for a vocabulary of `vocab`, checked again: they reach kernels as they are. */
+LossParams readLossParams(const Napi::Value& v, int64_t vocab);
 
 /** A typed array of the expected kind on a plain, attached ArrayBuffer; copied at once. */
 std::vector<uint8_t> copyUint8(const Napi::Value& v, const char* name);

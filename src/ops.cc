@@ -67,31 +67,6 @@ void requireSameShape(const MatrixArg& x, const MatrixArg& dy) {
   }
 }
 
-/** A finite number > 0 that stays finite and > 0 as a float (temperatures, tau). */
-float readPositive(const Napi::Value& v, const char* name) {
-  double d = readFinite(v, name);
-  float f = static_cast<float>(d);
-  if (!(f > 0) || !std::isfinite(f)) {
-    throw ArgError("E_OPTION", std::string(name) + " must be a number > 0 that a float can hold");
-  }
-  return f;
-}
-
-/** A finite number in [lo, hi] (within float range), as a float. */
-float readFloatIn(const Napi::Value& v, const char* name, double lo, double hi, const char* expected) {
-  double d = readFinite(v, name);
-  if (!(d >= lo && d <= hi)) throw ArgError("E_OPTION", std::string(name) + " must be " + expected);
-  return static_cast<float>(d);
-}
-
-int32_t readInt32(const Napi::Value& v, const char* name) {
-  double d = readFinite(v, name);
-  if (d != std::floor(d) || d < std::numeric_limits<int32_t>::min() || d > std::numeric_limits<int32_t>::max()) {
-    throw ArgError("E_OPTION", std::string(name) + " must be a 32-bit integer");
-  }
-  return static_cast<int32_t>(d);
-}
-
 std::unique_ptr<KernelJob> jobFor(const MatrixArg& x) {
   auto job = std::make_unique<KernelJob>(x.backend());
   job->keep(x.buffer);
@@ -107,7 +82,7 @@ MutMatrixRef outputLike(KernelJob& job, const MatrixArg& x) {
 SoftmaxParams readSoftmaxParams(KernelJob& job, const MatrixArg& x, const Napi::Value& invTemperature,
                                 const Napi::Value& mask) {
   SoftmaxParams p;
-  p.invTemperature = readPositive(invTemperature, "invTemperature");
+  p.invTemperature = readPositiveFloat(invTemperature, "invTemperature");
   if (mask.IsNull() || mask.IsUndefined()) return p;
   std::vector<uint8_t> m = copyUint8(mask, "mask");
   size_t full = static_cast<size_t>(x.rows * x.cols);
@@ -219,7 +194,7 @@ std::unique_ptr<Job> makeProjectionBackward(const Napi::CallbackInfo& info) {
 std::unique_ptr<Job> makeGumbelSoftmax(const Napi::CallbackInfo& info) {
   MatrixArg x = readMatrix(info[0], "x");
   auto job = jobFor(x);
-  float tau = readPositive(info[1], "tau");
+  float tau = readPositiveFloat(info[1], "tau");
   bool hard = readBool(info[2], "hard");
   uint64_t seed = readSeed(info[3], "seed");
   MutMatrixRef y = outputLike(*job, x);
@@ -235,7 +210,7 @@ std::unique_ptr<Job> makeGumbelSoftmaxBackward(const Napi::CallbackInfo& info) {
   MatrixArg x = readMatrix(info[0], "x");
   auto job = jobFor(x);
   MatrixArg dy = readUpstream(*job, x, info[1]);
-  float tau = readPositive(info[2], "tau");
+  float tau = readPositiveFloat(info[2], "tau");
   uint64_t seed = readSeed(info[3], "seed");
   MutMatrixRef dx = outputLike(*job, x);
   if (x.rows > 0) {
@@ -261,32 +236,6 @@ class CrossEntropyState : public OpState {
   std::shared_ptr<DeviceBuffer> rowStats;
   LossParams params;
 };
-
-/** Resolved loss options (lib/options.ts), checked again: they reach kernels as they are. */
-LossParams readLossParams(const Napi::Value& v, int64_t vocab) {
-  if (!v.IsObject()) throw ArgError("E_OPTION", "params must be an object of resolved loss options");
-  Napi::Object o = v.As<Napi::Object>();
-  LossParams p;
-  p.vocab = static_cast<int32_t>(vocab);
-  double normalizer = readFinite(o.Get("normalizer"), "params.normalizer");
-  if (normalizer != 0 && normalizer != 1 && normalizer != 2) {
-    throw ArgError("E_OPTION", "params.normalizer must be 0 (softmax), 1 (stablemax) or 2 (sparsemax)");
-  }
-  p.normalizer = static_cast<int32_t>(normalizer);
-  constexpr double kFloatMax = 3.4e38;
-  p.smoothing = readFloatIn(o.Get("smoothing"), "params.smoothing", 0, 1, "in [0, 1)");
-  if (!(p.smoothing < 1)) throw ArgError("E_OPTION", "params.smoothing must be in [0, 1)");
-  p.focalGamma = readFloatIn(o.Get("focalGamma"), "params.focalGamma", 0, kFloatMax, "a float >= 0");
-  p.polyEpsilon = readFloatIn(o.Get("polyEpsilon"), "params.polyEpsilon", -kFloatMax, kFloatMax, "a float");
-  p.zLoss = readFloatIn(o.Get("zLoss"), "params.zLoss", 0, kFloatMax, "a float >= 0");
-  double squentropy = readFinite(o.Get("squentropy"), "params.squentropy");
-  if (squentropy != 0 && squentropy != 1) throw ArgError("E_OPTION", "params.squentropy must be 0 or 1");
-  p.squentropy = static_cast<float>(squentropy);
-  p.softcap = readFloatIn(o.Get("softcap"), "params.softcap", 0, kFloatMax, "a float >= 0 (0 = off)");
-  p.invTemperature = readPositive(o.Get("invTemperature"), "params.invTemperature");
-  p.ignoreIndex = readInt32(o.Get("ignoreIndex"), "params.ignoreIndex");
-  return p;
-}
 
 std::unique_ptr<Job> makeCrossEntropyForward(const Napi::CallbackInfo& info) {
   MatrixArg logits = readMatrix(info[0], "logits");
@@ -423,7 +372,7 @@ LinearCeConfig readLinearConfig(const Napi::Value& v) {
   if (!v.IsObject()) throw ArgError("E_OPTION", "config must be an object { filterEps, deterministic, tf32, gemm }");
   Napi::Object o = v.As<Napi::Object>();
   LinearCeConfig c;
-  c.filterEps = readFloatIn(o.Get("filterEps"), "config.filterEps", 0, 3.4e38, "a float >= 0");
+  c.filterEps = readFloatInRange(o.Get("filterEps"), "config.filterEps", 0, 3.4e38, "a float >= 0");
   c.deterministic = readBool(o.Get("deterministic"), "config.deterministic");
   c.tf32 = readBool(o.Get("tf32"), "config.tf32");
   double gemm = readFinite(o.Get("gemm"), "config.gemm");

@@ -8,43 +8,55 @@ import * as ref from './reference64.js';
 export type Case = [name: string, options: CrossEntropyOptions];
 
 export const V_ODD = 37;
-export const weights = Float32Array.from({ length: V_ODD }, (_, j) => 0.25 + ((j * 7) % 11) / 8);
 
-// Every option alone, then in combination, for all three reductions and normalizers.
-export const CASES: Case[] = [
-  ['plain mean', {}],
-  ['sum', { reduction: 'sum' }],
-  ['none', { reduction: 'none' }],
-  ['none with per-row gradScale', { reduction: 'none', gradScale: Float32Array.from({ length: 9 }, (_, i) => (i % 3) - 0.5) }],
-  ['mean with gradScale', { gradScale: 2.5 }],
-  ['custom ignoreIndex', { ignoreIndex: 3 }],
-  ['label smoothing', { labelSmoothing: 0.1 }],
-  ['class weights', { classWeights: weights }],
-  ['class weights + smoothing', { classWeights: weights, labelSmoothing: 0.2 }],
-  ['z-loss', { zLoss: 1e-2 }],
-  ['softcap', { softcap: 2.5 }],
-  ['temperature', { temperature: 0.7 }],
-  ['softcap + temperature', { softcap: 3, temperature: 1.7 }],
-  ['focal γ=2', { focalGamma: 2 }],
-  ['focal γ=0.5', { focalGamma: 0.5 }],
-  ['Poly-1', { polyEpsilon: 1 }],
-  ['Poly-1 negative ε', { polyEpsilon: -0.5 }],
-  ['squentropy', { squentropy: true }],
-  ['stablemax', { normalizer: 'stablemax' }],
-  ['stablemax + smoothing + weights', { normalizer: 'stablemax', labelSmoothing: 0.15, classWeights: weights }],
-  ['stablemax + focal + Poly-1', { normalizer: 'stablemax', focalGamma: 1.5, polyEpsilon: 0.3 }],
-  ['sparsemax', { normalizer: 'sparsemax' }],
-  ['sparsemax + smoothing', { normalizer: 'sparsemax', labelSmoothing: 0.1 }],
-  ['sparsemax + focal + weights', { normalizer: 'sparsemax', focalGamma: 2, classWeights: weights }],
-  ['everything, sum', {
-    reduction: 'sum', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4, temperature: 1.3,
-    focalGamma: 1, polyEpsilon: 0.5, squentropy: true,
-  }],
-  ['everything, mean, stablemax', {
-    normalizer: 'stablemax', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4,
-    temperature: 0.8, focalGamma: 0.7, polyEpsilon: 0.2, squentropy: true, gradScale: 0.5,
-  }],
-];
+/** Class weights of length V: uneven, all positive. */
+export const classWeightsFor = (V: number) => Float32Array.from({ length: V }, (_, j) => 0.25 + ((j * 7) % 11) / 8);
+export const weights = classWeightsFor(V_ODD);
+
+/**
+ * Every option alone, then in combination, for all three reductions and normalizers, for a
+ * problem of N rows and V classes (class weights of length V, per-row gradScale of length N).
+ */
+export function casesFor(N: number, V: number): Case[] {
+  const w = classWeightsFor(V);
+  return [
+    ['plain mean', {}],
+    ['sum', { reduction: 'sum' }],
+    ['none', { reduction: 'none' }],
+    ['none with per-row gradScale', { reduction: 'none', gradScale: Float32Array.from({ length: N }, (_, i) => (i % 3) - 0.5) }],
+    ['mean with gradScale', { gradScale: 2.5 }],
+    ['custom ignoreIndex', { ignoreIndex: 3 }],
+    ['label smoothing', { labelSmoothing: 0.1 }],
+    ['class weights', { classWeights: w }],
+    ['class weights + smoothing', { classWeights: w, labelSmoothing: 0.2 }],
+    ['z-loss', { zLoss: 1e-2 }],
+    ['softcap', { softcap: 2.5 }],
+    ['temperature', { temperature: 0.7 }],
+    ['softcap + temperature', { softcap: 3, temperature: 1.7 }],
+    ['focal γ=2', { focalGamma: 2 }],
+    ['focal γ=0.5', { focalGamma: 0.5 }],
+    ['Poly-1', { polyEpsilon: 1 }],
+    ['Poly-1 negative ε', { polyEpsilon: -0.5 }],
+    ['squentropy', { squentropy: true }],
+    ['stablemax', { normalizer: 'stablemax' }],
+    ['stablemax + smoothing + weights', { normalizer: 'stablemax', labelSmoothing: 0.15, classWeights: w }],
+    ['stablemax + focal + Poly-1', { normalizer: 'stablemax', focalGamma: 1.5, polyEpsilon: 0.3 }],
+    ['sparsemax', { normalizer: 'sparsemax' }],
+    ['sparsemax + smoothing', { normalizer: 'sparsemax', labelSmoothing: 0.1 }],
+    ['sparsemax + focal + weights', { normalizer: 'sparsemax', focalGamma: 2, classWeights: w }],
+    ['everything, sum', {
+      reduction: 'sum', labelSmoothing: 0.05, classWeights: w, zLoss: 1e-3, softcap: 4, temperature: 1.3,
+      focalGamma: 1, polyEpsilon: 0.5, squentropy: true,
+    }],
+    ['everything, mean, stablemax', {
+      normalizer: 'stablemax', labelSmoothing: 0.05, classWeights: w, zLoss: 1e-3, softcap: 4,
+      temperature: 0.8, focalGamma: 0.7, polyEpsilon: 0.2, squentropy: true, gradScale: 0.5,
+    }],
+  ];
+}
+
+/** The matrix for 9 rows of V_ODD classes. */
+export const CASES: Case[] = casesFor(9, V_ODD);
 
 /** Random labels with one ignored row (label −100, or the custom ignoreIndex). */
 export function labelsFor(rng: () => number, N: number, V: number, o: CrossEntropyOptions): Int32Array {

@@ -4,12 +4,16 @@
 //    are scaled up, which the result says); 2. warm up on a tiny problem; 3. the first
 //    full-size call, with its peak memory growth (bench/measure.ts: VmHWM reset just before);
 //    4. `runs` more calls, timed, with a GC between them. Prints `@@RESULT {json}`.
+// Contestants 'paired-gemm-limit' and 'paired-stream-limit' time cutloss cpu and a limit in
+// turns instead (`@@PAIRED {json}`).
 
+import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
+import { createInterface } from 'node:readline';
 import { SCENARIOS, scenarioInputs, type ScenarioName } from './data.js';
 import { measurePeak, measurePeakAsync, median, settle, timeRuns, type PeakGrowth } from '../measure.js';
 
-export type Contestant = 'cutloss-cpu' | 'cutloss-js' | 'gemm-limit' | 'tfjs-cpu' | 'tfjs-wasm' | 'onnxruntime';
+export type Contestant = 'cutloss-cpu' | 'cutloss-js' | 'gemm-limit' | 'tfjs-cpu' | 'tfjs-wasm' | 'onnxruntime' | 'paired-gemm-limit' | 'paired-stream-limit';
 
 export interface CpuWorkerSpec {
   scenario: ScenarioName;
@@ -20,6 +24,8 @@ export interface CpuWorkerSpec {
   threads: number;
   /** cutloss-cpu, S2: linearCrossEntropy's workspaceBytes. */
   workspaceBytes?: number;
+  /** paired-stream-limit: the built bench/cpu/stream.cc. */
+  streamExe?: string;
 }
 
 export interface CpuWorkerResult {
@@ -219,11 +225,96 @@ async function prepare(spec: CpuWorkerSpec): Promise<Prepared> {
     case 'tfjs-cpu': return tfjs(spec, 'cpu');
     case 'tfjs-wasm': return tfjs(spec, 'wasm');
     case 'onnxruntime': return onnx(spec);
+    case 'paired-gemm-limit':
+    case 'paired-stream-limit':
+      throw new Error('a paired run prepares its two contestants itself');
   }
+}
+
+/** The result of a paired run: two contestants timed alternately in one process. */
+export interface PairedResult {
+  labels: [string, string];
+  mediansMs: [number, number];
+  /** The median over the pairs of time(first) ÷ time(second). */
+  ratio: number;
+  pairs: number;
+}
+
+/**
+ * cutloss cpu and a limit timed in turns (A B, B A, A B, …) in one process: the ratio of each
+ * pair is taken over the same second or so, so a machine whose speed or memory bandwidth
+ * drifts between two separate processes (a shared host) does not move it. The limit is the
+ * GEMM limit ('paired-gemm-limit'), or a pass of bench/cpu/stream.cc ('paired-stream-limit'),
+ * kept running beside this process with its memory set up once (a process allocating and
+ * freeing a gigabyte between our calls slows them: the kernel reclaims and compacts).
+ */
+async function paired(spec: CpuWorkerSpec): Promise<void> {
+  const a = await prepare({ ...spec, contestant: 'cutloss-cpu' });
+  await a.warm();
+  await a.run();  // the first full-size call: outputs enter the pool
+  let limitLabel: string;
+  let timeLimit: () => Promise<number>;
+  let stopStream = () => {};
+  if (spec.contestant === 'paired-gemm-limit') {
+    const b = await prepare({ ...spec, contestant: 'gemm-limit' });
+    await b.warm();
+    await b.run();
+    limitLabel = b.label;
+    timeLimit = async () => {
+      await settle();
+      const t0 = performance.now();
+      await b.run();
+      return performance.now() - t0;
+    };
+  } else {
+    const s = SCENARIOS[spec.scenario];
+    limitLabel = 'bandwidth limit';
+    const stream = spawn(spec.streamExe!, [String(s.N), String(s.V), 'serve'], {
+      stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, OMP_NUM_THREADS: String(spec.threads) },
+    });
+    stopStream = () => stream.stdin.end();
+    const lines = createInterface({ input: stream.stdout })[Symbol.asyncIterator]();
+    const nextLine = async () => {
+      const l = await lines.next();
+      if (l.done === true) throw new Error('the stream limit exited early');
+      return l.value;
+    };
+    if ((await nextLine()) !== 'ready') throw new Error('the stream limit did not start');
+    timeLimit = async () => {
+      await settle();
+      stream.stdin.write('\n');
+      return Number(await nextLine());
+    };
+  }
+  const timeCutloss = async () => {
+    await settle();
+    const t0 = performance.now();
+    await a.run();
+    return performance.now() - t0;
+  };
+  await timeLimit();  // one pair untimed: the limit's own set-up has just disturbed memory
+  await timeCutloss();
+  const times: [number[], number[]] = [[], []];
+  const ratios: number[] = [];
+  for (let i = 0; i < spec.runs; i++) {
+    const t: [number, number] = [0, 0];
+    for (const k of i % 2 === 0 ? [0, 1] : [1, 0]) {
+      t[k] = k === 0 ? await timeCutloss() : await timeLimit();
+      times[k]!.push(t[k]);
+    }
+    ratios.push(t[0] / t[1]);
+    if (process.env.CUTLOSS_BENCH_DEBUG) process.stderr.write(`pair ${i}: ${t[0].toFixed(1)} ${t[1].toFixed(1)}\n`);
+  }
+  const result: PairedResult = {
+    labels: [a.label, limitLabel], mediansMs: [median(times[0]), median(times[1])], ratio: median(ratios), pairs: spec.runs,
+  };
+  stopStream();
+  process.stdout.write(`@@PAIRED ${JSON.stringify(result)}\n`);
 }
 
 async function main(): Promise<void> {
   const spec = JSON.parse(process.argv[2] ?? '') as CpuWorkerSpec;
+  if (spec.contestant === 'paired-gemm-limit' || spec.contestant === 'paired-stream-limit') return paired(spec);
   const s = SCENARIOS[spec.scenario];
   const p = await prepare(spec);
   await p.warm();

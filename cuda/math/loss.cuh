@@ -137,9 +137,12 @@ CUTLOSS_HD RowGrad rowGrad(const LossConstants& k, const RowStats& st, const Row
   return rg;
 }
 
-/** dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k). */
-CUTLOSS_HD float gradCoefficient(const RowGrad& rg, float z, bool isLabel, float wK) {
-  const float softmaxK = expShifted(z, rg.lse);
+/**
+ * dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k), given its
+ * softmax_k = exp(z − lse): a kernel that kept e^(z − max) from its forward pass passes that
+ * times 1/Σ instead of paying a second exponential.
+ */
+CUTLOSS_HD float gradCoefficientGivenSoftmax(const RowGrad& rg, float z, float softmaxK, bool isLabel, float wK) {
   float d = rg.zCoef * softmaxK - rg.spread * wK;
   if (isLabel) d -= rg.keep;
   else if (rg.sqCoef != 0.0f) d += rg.sqCoef * z;  // guarded: 0·(−inf) would be NaN
@@ -160,6 +163,11 @@ CUTLOSS_HD float gradCoefficient(const RowGrad& rg, float z, bool isLabel, float
     if (rg.labelInSupport && inSupport) d += rg.kappa * ((isLabel ? 1.0f : 0.0f) - rg.invSupport);
   }
   return d;
+}
+
+/** dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k). */
+CUTLOSS_HD float gradCoefficient(const RowGrad& rg, float z, bool isLabel, float wK) {
+  return gradCoefficientGivenSoftmax(rg, z, expShifted(z, rg.lse), isLabel, wK);
 }
 
 }  // namespace cutloss

@@ -18,10 +18,18 @@ CUTLOSS_HD LseState lseEmpty() { return LseState{negativeInfinity(), 0.0f}; }
 /** sum·exp(from − to), with an empty partial (sum 0, max −inf) staying 0 instead of NaN. */
 CUTLOSS_HD float lseRescale(float sum, float from, float to) { return sum == 0.0f ? 0.0f : sum * expf(from - to); }
 
+#if !defined(CUTLOSS_HAS_EXP_NON_POSITIVE)
+/**
+ * e^x for an x shifted by a max at least as large (x ≤ 0 up to rounding, or NaN). A build may
+ * supply a cheaper one for that range (src/cpu/cpu_math.h).
+ */
+CUTLOSS_HD float expNonPositive(float x) { return expf(x); }
+#endif
+
 /** exp(x − max), defined for the infinite maxima a row of ±inf produces. */
 CUTLOSS_HD float expShifted(float x, float max) {
   if (max == positiveInfinity() || max == negativeInfinity()) return x == max ? 1.0f : 0.0f;
-  return expf(x - max);
+  return expNonPositive(x - max);
 }
 
 CUTLOSS_HD LseState mergeLse(LseState a, LseState b) {
@@ -60,7 +68,7 @@ CUTLOSS_HD float minusLse(float x, float max, float logSum) {
 /** expShifted(x, lseValue(s)), given logSum = log(s.sum). */
 CUTLOSS_HD float expMinusLse(float x, float max, float logSum) {
   if (max == positiveInfinity() || max == negativeInfinity()) return expShifted(x, max);
-  return expf((x - max) - logSum);
+  return expNonPositive((x - max) - logSum);
 }
 
 }  // namespace cutloss

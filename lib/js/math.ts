@@ -284,9 +284,12 @@ export function rowGrad(
   };
 }
 
-/** dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k). */
-export function gradCoefficient(rg: RowGrad, z: number, isLabel: boolean, wK: number): number {
-  const softmaxK = expShifted(z, rg.lse);
+/**
+ * dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k), given its
+ * softmax_k = exp(z − lse): a kernel that kept e^(z − max) from its forward pass passes that
+ * times 1/Σ instead of paying a second exponential.
+ */
+export function gradCoefficientGivenSoftmax(rg: RowGrad, z: number, softmaxK: number, isLabel: boolean, wK: number): number {
   let d = rg.zCoef * softmaxK - rg.spread * wK;
   if (isLabel) d -= rg.keep;
   else if (rg.sqCoef !== 0) d += rg.sqCoef * z; // guarded: 0·(−inf) would be NaN
@@ -307,4 +310,9 @@ export function gradCoefficient(rg: RowGrad, z: number, isLabel: boolean, wK: nu
     if (rg.labelInSupport && inSupport) d += rg.kappa * ((isLabel ? 1 : 0) - rg.invSupport);
   }
   return d;
+}
+
+/** dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k). */
+export function gradCoefficient(rg: RowGrad, z: number, isLabel: boolean, wK: number): number {
+  return gradCoefficientGivenSoftmax(rg, z, expShifted(z, rg.lse), isLabel, wK);
 }

@@ -181,20 +181,6 @@ const float* viewUpstream(CpuJob& job, const Napi::Value& v, const MatrixArgs& x
   return viewFloats(job, v, "dy", elementsOf(x));
 }
 
-/** A finite number > 0 that stays finite and > 0 as a float (temperatures, tau). */
-float readPositiveFloat(const Napi::Value& v, const char* name) {
-  const double d = readFinite(v, name);
-  const float f = static_cast<float>(d);
-  if (!(f > 0) || !std::isfinite(f)) throw ArgError("E_OPTION", std::string(name) + " must be a number > 0 that a float can hold");
-  return f;
-}
-
-float readFloatInRange(const Napi::Value& v, const char* name, double lo, double hi, const char* expected) {
-  const double d = readFinite(v, name);
-  if (!(d >= lo && d <= hi)) throw ArgError("E_OPTION", std::string(name) + " must be " + expected);
-  return static_cast<float>(d);
-}
-
 /** The mask: null, or a Uint8Array of rows·cols or cols (one row shared by every row). */
 SoftmaxParams readSoftmaxParams(CpuJob& job, const MatrixArgs& x, float invTemperature, const Napi::Value& mask) {
   SoftmaxParams p;
@@ -208,37 +194,6 @@ SoftmaxParams readSoftmaxParams(CpuJob& job, const MatrixArgs& x, float invTempe
   }
   p.mask = static_cast<const uint8_t*>(job.input(m));
   p.maskShared = m.byteLength != full;
-  return p;
-}
-
-/** Resolved loss options (lib/options.ts), as cuda/kernels.h LossParams; mirrors src/ops.cc's checks. */
-LossParams readLossParams(const Napi::Value& v, int64_t vocab) {
-  if (!v.IsObject()) throw ArgError("E_OPTION", "params must be an object of resolved loss options");
-  Napi::Object o = v.As<Napi::Object>();
-  LossParams p;
-  p.vocab = static_cast<int32_t>(vocab);
-  const double normalizer = readFinite(o.Get("normalizer"), "params.normalizer");
-  if (normalizer != 0 && normalizer != 1 && normalizer != 2) {
-    throw ArgError("E_OPTION", "params.normalizer must be 0 (softmax), 1 (stablemax) or 2 (sparsemax)");
-  }
-  p.normalizer = static_cast<int32_t>(normalizer);
-  constexpr double kFloatMax = 3.4e38;
-  p.smoothing = readFloatInRange(o.Get("smoothing"), "params.smoothing", 0, 1, "in [0, 1)");
-  if (!(p.smoothing < 1)) throw ArgError("E_OPTION", "params.smoothing must be in [0, 1)");
-  p.focalGamma = readFloatInRange(o.Get("focalGamma"), "params.focalGamma", 0, kFloatMax, "a float >= 0");
-  p.polyEpsilon = readFloatInRange(o.Get("polyEpsilon"), "params.polyEpsilon", -kFloatMax, kFloatMax, "a float");
-  p.zLoss = readFloatInRange(o.Get("zLoss"), "params.zLoss", 0, kFloatMax, "a float >= 0");
-  const double squentropy = readFinite(o.Get("squentropy"), "params.squentropy");
-  if (squentropy != 0 && squentropy != 1) throw ArgError("E_OPTION", "params.squentropy must be 0 or 1");
-  p.squentropy = static_cast<float>(squentropy);
-  p.softcap = readFloatInRange(o.Get("softcap"), "params.softcap", 0, kFloatMax, "a float >= 0 (0 = off)");
-  p.invTemperature = readPositiveFloat(o.Get("invTemperature"), "params.invTemperature");
-  const double ignore = readFinite(o.Get("ignoreIndex"), "params.ignoreIndex");
-  if (ignore != std::floor(ignore) || ignore < std::numeric_limits<int32_t>::min() ||
-      ignore > std::numeric_limits<int32_t>::max()) {
-    throw ArgError("E_OPTION", "params.ignoreIndex must be a 32-bit integer");
-  }
-  p.ignoreIndex = static_cast<int32_t>(ignore);
   return p;
 }
 

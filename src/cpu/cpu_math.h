@@ -6,6 +6,7 @@
 //     that the compiler inlines into SIMD loops; libm's are opaque calls that stop
 //     vectorization.
 //     Inside namespace cutloss an unqualified expf finds cutloss::expf before ::expf.
+//     expNonPositive, for the exponentials of values shifted by their row max, is cheaper still.
 //   - CUTLOSS_HD becomes `static inline`, so this translation unit's copies of the shared
 //     functions have internal linkage and never merge with the emulator's (which call libm).
 // Include this, not cuda/math/math.cuh, and include it before any other cuda/ header.
@@ -40,6 +41,32 @@ static inline float expf(float x) {
   const int32_t n2 = ni - n1;
   return p * floatFromBits(static_cast<uint32_t>(n1 + 127) << 23) * floatFromBits(static_cast<uint32_t>(n2 + 127) << 23);
 }
+
+/**
+ * e^x for x ≤ 0 up to rounding (an exponent shifted by a max at least as large): bit for bit
+ * expf for x ≥ −86, 0 below (where expf gives less than e^-86 ≈ 2^-124), NaN for NaN. The
+ * scale 2^n is added to the exponent field in one step, which for n ≥ −124 stays in the
+ * normal range; expf's two-step scaling, kept for its full range, costs more in hot loops.
+ * Arguments above 88 are outside its contract (it gives e^88).
+ */
+static inline float expNonPositive(float x) {
+  float xc = x < -86.0f ? -86.0f : x;
+  xc = xc > 88.0f ? 88.0f : xc;
+  const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
+  float n = (xc * 1.44269504088896341f + shifter) - shifter;
+  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  n = n == n ? n : 0.0f;  // p is already NaN; keep the integer conversion defined
+  const uint32_t scaleBits = static_cast<uint32_t>(static_cast<int32_t>(n)) << 23;
+  return x < -86.0f ? 0.0f : floatFromBits(floatBits(p) + scaleBits);
+}
+#define CUTLOSS_HAS_EXP_NON_POSITIVE 1
 
 /** log x: x = m·2^e with m in [√½, √2), a degree-9 polynomial for log m; IEEE results for 0, < 0, inf, NaN. */
 static inline float logf(float x) {

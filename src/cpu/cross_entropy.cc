@@ -26,6 +26,8 @@ CUTLOSS_CPU_CLONES void crossEntropyRows(const LossCall& c, const HostMatrix& lo
     io.candidates = candidates;
     io.grad = dLogits != nullptr ? gradRow : nullptr;
     io.blockFlags = nullptr;
+    io.nextBytes = n * static_cast<int64_t>(logits.dtype == DType::BF16 ? 2 : 4);
+    io.next = r + 1 < r1 ? static_cast<const char*>(logits.data) + (r + 1) * io.nextBytes : nullptr;
     const LossRowResult res = lossRowAny(c, rowF32(logits, r, widened), n, io);
     out.lse[r] = res.lse;
     out.weighted[r] = res.weighted;

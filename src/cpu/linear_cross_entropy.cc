@@ -100,6 +100,8 @@ CUTLOSS_CPU_CLONES void linearChunkRows(const ChunkRowsArgs& a, float* z, float*
     io.candidates = candidates;
     io.grad = a.grad ? x : nullptr;
     io.blockFlags = blockFlags;
+    io.nextBytes = a.V * static_cast<int64_t>(sizeof(float));
+    io.next = i + 1 < i1 ? x + a.V : nullptr;
     const LossRowResult res = lossRowAny(*a.call, x, V, io);
     a.out->lse[r] = res.lse;
     a.out->weighted[r] = res.weighted;
@@ -122,9 +124,12 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   if (N == 0) return stats;
   const int threads = threadCount();
 
-  // The workspace holds whole rows of logits: at least one, at most N.
+  // The workspace holds whole rows of logits: at least one, at most N. The fewest chunks the
+  // budget allows, of equal size (a short last chunk would cost a full pass over W and dW).
   const size_t rowBytes = static_cast<size_t>(V) * sizeof(float);
-  const int64_t chunkRows = std::max<int64_t>(1, std::min<int64_t>(N, static_cast<int64_t>(workspaceBytes / rowBytes)));
+  const int64_t budgetRows = std::max<int64_t>(1, std::min<int64_t>(N, static_cast<int64_t>(workspaceBytes / rowBytes)));
+  const int64_t chunkCount = (N + budgetRows - 1) / budgetRows;
+  const int64_t chunkRows = (N + chunkCount - 1) / chunkCount;
   HostBuffer logits(static_cast<size_t>(chunkRows) * rowBytes);
   stats.chunkRows = chunkRows;
   stats.workspaceBytes = static_cast<int64_t>(logits.bytes());

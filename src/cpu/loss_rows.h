@@ -56,6 +56,8 @@ struct LossRowIO {
   float* candidates;      // scratch [V] (sparsemax)
   float* grad;            // dloss/dx [V] (may be the row itself), or null: forward only
   uint8_t* blockFlags;    // [ceil(V / kFilterBlockCols)]: set where a block holds |dloss/dz| ≥ filterEps·scale
+  const void* next;       // the row to prefetch while this one is computed, or null
+  int64_t nextBytes;      // its size in bytes
 };
 
 /**
@@ -102,7 +104,22 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   }
 
   // ---- forward: the row's sums, each a pass over the row (in cache after the first)
-  const LseState lse = rowLse(z, n);
+  // A softmax row whose gradient is wanted pays one exponential per element, not two: its
+  // e^(z − max) are kept in the gradient row (in cache) and the backward scales them by 1/Σ.
+  // Not where the gradient overwrites x while effectiveSlope still reads it, nor for a row
+  // whose max is not finite (the online path below handles ±inf and NaN).
+  const float zLabel = isClass ? z[t] : quietNaN();  // before the kept pass may overwrite z (grad == x)
+  float* kept = nullptr;
+  LseState lse;
+  if (kNormalizer == kNormalizerSoftmax && io.grad != nullptr && (kPlain || io.grad != x)) {
+    const float rowMaxValue = rowMax(z, n);
+    if (!infiniteMax(rowMaxValue) && rowMaxValue == rowMaxValue) {
+      kept = io.grad;
+      const float sum = keptExpSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return z[j]; }, rowMaxValue, kept, io.next, io.nextBytes);
+      lse = LseState{rowMaxValue, sum};
+    }
+  }
+  if (kept == nullptr) lse = rowLse(z, n);
   const float m = lse.max;
   const float sumExp = lse.sum;
   const bool smoothing = !kPlain && p.smoothing > 0.0f;
@@ -114,7 +131,7 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   const float sumWLogS = stable && smoothing ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return w[j] * stablemaxLogS(z[j]); }) : 0.0f;
   RowStats st;
   st.lse = lseValue(LseState{m, sumExp});
-  st.zLabel = isClass ? z[t] : quietNaN();
+  st.zLabel = zLabel;
   st.sumWeightedZ = sumWZ;
   st.sumSqOthers = sumSq;
   st.stableSum = stableSum;
@@ -157,18 +174,28 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   uint8_t* flags = c.filterEps > 0.0f ? io.blockFlags : nullptr;
   // gradCoefficient's row-constant branches: the lse, squentropy's coefficient, sparsemax's label
   // in the support; effectiveSlope's softcap
-  specialize(infiniteMax(rg.lse), [&](auto) CUTLOSS_CPU_LAMBDA {
-    specialize(rg.sqCoef != 0.0f, [&](auto) CUTLOSS_CPU_LAMBDA {
-      specialize(kNormalizer == kNormalizerSparsemax && rg.labelInSupport, [&](auto) CUTLOSS_CPU_LAMBDA {
-        if (kPlain) {
-          writeRowGrad(n, threshold, flags, io.grad, [&](int j) CUTLOSS_CPU_LAMBDA { return gradCoefficient(rg, z[j], j == t, 1.0f); },
-                       [](int) CUTLOSS_CPU_LAMBDA { return 1.0f; });
-        } else {
-          specialize(p.softcap > 0.0f, [&](auto) CUTLOSS_CPU_LAMBDA {
-            writeRowGrad(n, threshold, flags, io.grad, [&](int j) CUTLOSS_CPU_LAMBDA { return gradCoefficient(rg, z[j], j == t, w[j]); },
-                         [&](int j) CUTLOSS_CPU_LAMBDA { return effectiveSlope(x[j], p.softcap, p.invTemperature); });
-          });
-        }
+  const float invSum = kept != nullptr ? 1.0f / lse.sum : 0.0f;
+  specialize(kept != nullptr, [&](auto keptTag) CUTLOSS_CPU_LAMBDA {
+    specialize(infiniteMax(rg.lse), [&](auto) CUTLOSS_CPU_LAMBDA {
+      specialize(rg.sqCoef != 0.0f, [&](auto) CUTLOSS_CPU_LAMBDA {
+        specialize(kNormalizer == kNormalizerSparsemax && rg.labelInSupport, [&](auto) CUTLOSS_CPU_LAMBDA {
+          const auto coefficient = [&](int j, float wK) CUTLOSS_CPU_LAMBDA {
+            if constexpr (decltype(keptTag)::value) {
+              return gradCoefficientGivenSoftmax(rg, z[j], kept[j] * invSum, j == t, wK);
+            } else {
+              return gradCoefficient(rg, z[j], j == t, wK);
+            }
+          };
+          if (kPlain) {
+            writeRowGrad(n, threshold, flags, io.grad, [&](int j) CUTLOSS_CPU_LAMBDA { return coefficient(j, 1.0f); },
+                         [](int) CUTLOSS_CPU_LAMBDA { return 1.0f; });
+          } else {
+            specialize(p.softcap > 0.0f, [&](auto) CUTLOSS_CPU_LAMBDA {
+              writeRowGrad(n, threshold, flags, io.grad, [&](int j) CUTLOSS_CPU_LAMBDA { return coefficient(j, w[j]); },
+                           [&](int j) CUTLOSS_CPU_LAMBDA { return effectiveSlope(x[j], p.softcap, p.invTemperature); });
+            });
+          }
+        });
       });
     });
   });

@@ -35,6 +35,18 @@ CUTLOSS_CPU_INLINE void streamRow(float* dst, const float* src, int64_t n) {
 #endif
 }
 
+/**
+ * Asks for bytes [from, to) of `next` (a row the thread takes up soon) to be brought into L2
+ * (a prefetch: never faults) while this row's compute-bound passes run. The hardware
+ * prefetcher follows a stream, but not a row ahead of a loop that stays in cache, so the first
+ * pass over each row would wait on memory.
+ */
+CUTLOSS_CPU_INLINE void prefetchSpan(const void* next, int64_t from, int64_t to) {
+  if (next == nullptr) return;
+  const char* bytes = static_cast<const char*>(next);
+  for (int64_t at = from; at < to; at += 64) __builtin_prefetch(bytes + at, 0, 2);
+}
+
 CUTLOSS_CPU_INLINE void finishStreamingStores() {
 #if defined(__SSE2__)
   _mm_sfence();
@@ -155,6 +167,30 @@ CUTLOSS_CPU_INLINE LseState rowLseOf(int n, Z z) {
     state = mergeLse(state, LseState{m, sum});
   }
   return state;
+}
+
+/**
+ * Σ e^(z(j) − max) over [0, n), blockwise as blockedSum, with each term also stored in
+ * kept[j] (in cache for the pass that uses it: one exponential per element where forming a
+ * row's outputs would otherwise recompute them). max is the row's finite max. While it runs,
+ * the `nextBytes` bytes at `next` (the row the thread takes next, or null) are prefetched.
+ */
+template <class Z>
+CUTLOSS_CPU_INLINE float keptExpSum(int n, Z z, float max, float* kept, const void* next, int64_t nextBytes) {
+  float total = 0.0f;
+  for (int b0 = 0; b0 < n; b0 += kSumBlock) {
+    const int b1 = b0 + kSumBlock < n ? b0 + kSumBlock : n;
+    prefetchSpan(next, nextBytes * b0 / n, nextBytes * b1 / n);
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int j = b0; j < b1; j++) {
+      const float e = expNonPositive(z(j) - max);
+      kept[j] = e;
+      s += e;
+    }
+    total += s;
+  }
+  return total;
 }
 
 CUTLOSS_CPU_INLINE float rowMax(const float* z, int n) {

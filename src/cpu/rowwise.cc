@@ -43,9 +43,21 @@ CUTLOSS_CPU_CLONES void logSumExpRows(const HostMatrix& x, const SoftmaxParams& 
 CUTLOSS_CPU_CLONES void softmaxRows(const HostMatrix& x, const SoftmaxParams& p, bool logForm, float* y, float* scratch,
                                     int64_t r0, int64_t r1) {
   const int n = static_cast<int>(x.cols);
+  const int64_t rowBytes = n * static_cast<int64_t>(x.dtype == DType::BF16 ? 2 : 4);
   for (int64_t r = r0; r < r1; r++) {
     float* yr = y + r * n;
+    const void* next = r + 1 < r1 ? static_cast<const char*>(x.data) + (r + 1) * rowBytes : nullptr;
     withScaledLogits(rowF32(x, r, scratch), rowMask(p, r, n), p.invTemperature, [&](auto z, auto) CUTLOSS_CPU_LAMBDA {
+      if (!logForm) {
+        // one exponential per element: e^(z − max) kept in the output row, then scaled by 1/Σ
+        const float m = rowMaxOf(n, z);
+        if (!infiniteMax(m) && m == m) {
+          const float invSum = 1.0f / keptExpSum(n, z, m, yr, next, rowBytes);
+#pragma omp simd
+          for (int j = 0; j < n; j++) yr[j] *= invSum;
+          return;
+        }
+      }
       const LseState s = rowLseOf(n, z);
       if (s.max == negativeInfinity()) {  // fully masked: 0/0, as PyTorch
         for (int j = 0; j < n; j++) yr[j] = quietNaN();

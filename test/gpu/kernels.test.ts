@@ -5,6 +5,7 @@
 // matrix of more than 2^31 elements for the int64 offsets. Skipped, saying why, without a GPU.
 import { afterAll, describe, expect, it } from 'vitest';
 import * as lib from '../../lib/index.js';
+import { casesFor, labelsFor } from '../cases.js';
 import { expectClose } from '../helpers.js';
 import * as ref from '../reference64.js';
 import { cuda, onGpu } from './device.js';
@@ -135,51 +136,6 @@ describe.skipIf(!runs)('row-wise kernels on the GPU match the JS backend', () =>
   }, 600_000);
 });
 
-// The option matrix of test/native/kernels-emu.test.ts, for any N and V.
-function lossCases(N: number, V: number): [string, lib.CrossEntropyOptions][] {
-  const weights = Float32Array.from({ length: V }, (_, j) => 0.25 + ((j * 7) % 11) / 8);
-  return [
-    ['plain mean', {}],
-    ['sum', { reduction: 'sum' }],
-    ['none', { reduction: 'none' }],
-    ['none with per-row gradScale', { reduction: 'none', gradScale: Float32Array.from({ length: N }, (_, i) => (i % 3) - 0.5) }],
-    ['mean with gradScale', { gradScale: 2.5 }],
-    ['custom ignoreIndex', { ignoreIndex: 3 }],
-    ['label smoothing', { labelSmoothing: 0.1 }],
-    ['class weights', { classWeights: weights }],
-    ['class weights + smoothing', { classWeights: weights, labelSmoothing: 0.2 }],
-    ['z-loss', { zLoss: 1e-2 }],
-    ['softcap', { softcap: 2.5 }],
-    ['temperature', { temperature: 0.7 }],
-    ['softcap + temperature', { softcap: 3, temperature: 1.7 }],
-    ['focal γ=2', { focalGamma: 2 }],
-    ['focal γ=0.5', { focalGamma: 0.5 }],
-    ['Poly-1', { polyEpsilon: 1 }],
-    ['Poly-1 negative ε', { polyEpsilon: -0.5 }],
-    ['squentropy', { squentropy: true }],
-    ['stablemax', { normalizer: 'stablemax' }],
-    ['stablemax + smoothing + weights', { normalizer: 'stablemax', labelSmoothing: 0.15, classWeights: weights }],
-    ['stablemax + focal + Poly-1', { normalizer: 'stablemax', focalGamma: 1.5, polyEpsilon: 0.3 }],
-    ['sparsemax', { normalizer: 'sparsemax' }],
-    ['sparsemax + smoothing', { normalizer: 'sparsemax', labelSmoothing: 0.1 }],
-    ['sparsemax + focal + weights', { normalizer: 'sparsemax', focalGamma: 2, classWeights: weights }],
-    ['everything, sum', {
-      reduction: 'sum', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4, temperature: 1.3,
-      focalGamma: 1, polyEpsilon: 0.5, squentropy: true,
-    }],
-    ['everything, mean, stablemax', {
-      normalizer: 'stablemax', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4,
-      temperature: 0.8, focalGamma: 0.7, polyEpsilon: 0.2, squentropy: true, gradScale: 0.5,
-    }],
-  ];
-}
-
-function labelsFor(rng: () => number, N: number, V: number, o: lib.CrossEntropyOptions): Int32Array {
-  const labels = Int32Array.from(ref.randomLabels(rng, N, V));
-  labels[Math.min(1, N - 1)] = o.ignoreIndex ?? -100;
-  return labels;
-}
-
 const lossList = (l: number | Float32Array | number[]) => (typeof l === 'number' ? [l] : Array.from(l));
 
 describe.skipIf(!runs)('crossEntropy on the GPU, every option, matches the JS backend and the float64 reference', () => {
@@ -187,7 +143,7 @@ describe.skipIf(!runs)('crossEntropy on the GPU, every option, matches the JS ba
   for (const [N, V] of [[9, 37], [5, 1], [512, 32003], [8, 131072]] as const) {
     for (const dtype of ['f32', 'bf16'] as const) {
       it(`[${N}, ${V}] ${dtype}`, () => {
-        for (const [name, options] of lossCases(N, V)) {
+        for (const [name, options] of casesFor(N, V)) {
           const rng = ref.mulberry32(N * 7 + V);
           const x = randomTensor(rng, N, V, 2.5, dtype);
           const labels = labelsFor(rng, N, V, options);
@@ -212,7 +168,7 @@ describe.skipIf(!runs)('crossEntropy on the GPU, every option, matches the JS ba
 describe.skipIf(!runs || !linearNative)('linearCrossEntropy on the GPU matches the JS backend', () => {
   afterAll(() => lib.setBackend('auto'));
   const linearOptions = (N: number, V: number): [string, lib.LinearCrossEntropyOptions][] => [
-    ...lossCases(N, V).map(([name, o]): [string, lib.LinearCrossEntropyOptions] => [name, { ...o, filterEps: 0 }]),
+    ...casesFor(N, V).map(([name, o]): [string, lib.LinearCrossEntropyOptions] => [name, { ...o, filterEps: 0 }]),
     ['bias', { bias: Float32Array.from({ length: V }, (_, j) => Math.sin(j) / 4), filterEps: 0 }],
     ['deterministic', { deterministic: true, filterEps: 0 }],
     ['tf32', { tf32: true, filterEps: 0 }],

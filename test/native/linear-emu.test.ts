@@ -19,6 +19,7 @@ import { native, setEmulatorOrder } from '../../lib/native.js';
 import { gradientScales, reduceLoss } from '../../lib/nativeBackend.js';
 import { resolveLossOptions, type LinearCrossEntropyOptions, type ResolvedLossOptions } from '../../lib/options.js';
 import type { Matrix } from '../../lib/tensor.js';
+import { casesFor } from '../cases.js';
 import { expectClose } from '../helpers.js';
 import * as ref from '../reference64.js';
 import {
@@ -62,45 +63,6 @@ function runInAllOrders(requests: Omit<KernelRequest, 'order'>[]): KernelRespons
     });
     return first;
   });
-}
-
-/** The option matrix of test/losses.test.ts, with class weights of length V and per-row gradScale of length N. */
-function optionCases(N: number, V: number): [string, LinearCrossEntropyOptions][] {
-  const weights = Float32Array.from({ length: V }, (_, j) => 0.25 + ((j * 7) % 11) / 8);
-  return [
-    ['plain mean', {}],
-    ['sum', { reduction: 'sum' }],
-    ['none', { reduction: 'none' }],
-    ['none with per-row gradScale', { reduction: 'none', gradScale: Float32Array.from({ length: N }, (_, i) => (i % 3) - 0.5) }],
-    ['mean with gradScale', { gradScale: 2.5 }],
-    ['custom ignoreIndex', { ignoreIndex: 3 }],
-    ['label smoothing', { labelSmoothing: 0.1 }],
-    ['class weights', { classWeights: weights }],
-    ['class weights + smoothing', { classWeights: weights, labelSmoothing: 0.2 }],
-    ['z-loss', { zLoss: 1e-2 }],
-    ['softcap', { softcap: 2.5 }],
-    ['temperature', { temperature: 0.7 }],
-    ['softcap + temperature', { softcap: 3, temperature: 1.7 }],
-    ['focal γ=2', { focalGamma: 2 }],
-    ['focal γ=0.5', { focalGamma: 0.5 }],
-    ['Poly-1', { polyEpsilon: 1 }],
-    ['Poly-1 negative ε', { polyEpsilon: -0.5 }],
-    ['squentropy', { squentropy: true }],
-    ['stablemax', { normalizer: 'stablemax' }],
-    ['stablemax + smoothing + weights', { normalizer: 'stablemax', labelSmoothing: 0.15, classWeights: weights }],
-    ['stablemax + focal + Poly-1', { normalizer: 'stablemax', focalGamma: 1.5, polyEpsilon: 0.3 }],
-    ['sparsemax', { normalizer: 'sparsemax' }],
-    ['sparsemax + smoothing', { normalizer: 'sparsemax', labelSmoothing: 0.1 }],
-    ['sparsemax + focal + weights', { normalizer: 'sparsemax', focalGamma: 2, classWeights: weights }],
-    ['everything, sum', {
-      reduction: 'sum', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4, temperature: 1.3,
-      focalGamma: 1, polyEpsilon: 0.5, squentropy: true,
-    }],
-    ['everything, mean, stablemax', {
-      normalizer: 'stablemax', labelSmoothing: 0.05, classWeights: weights, zLoss: 1e-3, softcap: 4,
-      temperature: 0.8, focalGamma: 0.7, polyEpsilon: 0.2, squentropy: true, gradScale: 0.5,
-    }],
-  ];
 }
 
 /** Odd shapes [N, D, V]: V from one partial tile to five, N up to 37 rows. */
@@ -265,9 +227,9 @@ describe('linearCrossEntropy kernels under the emulator: every option, odd shape
   let k = 0;
   for (const dtype of ['f32', 'bf16'] as const) {
     for (const withBias of dtype === 'f32' ? [false, true] : [k % 2 === 0]) {
-      optionCases(1, 1).forEach(([name], c) => {
+      casesFor(1, 1).forEach(([name], c) => {
         const shape = SHAPES[(c + k) % SHAPES.length]!;
-        const options = optionCases(shape[0], shape[2])[c]![1];
+        const options = casesFor(shape[0], shape[2])[c]![1];
         const p = problem(100 + c, shape, dtype, dtype === 'f32' ? withBias : c % 2 === 0, options.ignoreIndex ?? -100);
         // f32 through the FMA tile (split into 2 so a split walks several tiles); bf16 through wmma tiles
         const settings: KernelSettings = dtype === 'f32' ? { vocabSplits: 2 } : {};
