@@ -46,28 +46,37 @@ enum class Fill { Zero, Overwritten };
 
 /**
  * New ArrayBuffer memory of `bytes`: a large one from the output pool when it has one of the
- * size (host_memory.h; returned to it by the finalizer), else a new mapping; small ones from
- * V8. Where the runtime refuses external buffers, V8's allocator serves all sizes.
+ * size (host_memory.h; returned to it by the finalizer), else a new mapping while the pooled
+ * outputs not yet finalized stay under outputPool::kMaxLiveBytes; otherwise, and for small
+ * ones, V8's. Where the runtime refuses external buffers, V8's allocator serves all sizes.
  */
 Napi::ArrayBuffer newOutputBuffer(Napi::Env env, size_t bytes, Fill fill) {
   if (bytes >= outputPool::kPooledMinBytes) {
     void* data = outputPool::take(bytes);
     std::unique_ptr<HostBuffer> fresh;
-    if (data == nullptr) {
+    if (data == nullptr && outputPool::liveBytes() + bytes <= outputPool::kMaxLiveBytes) {
       fresh = std::make_unique<HostBuffer>(bytes);  // zero-filled by the kernel
       data = fresh->data();
-    } else if (fill == Fill::Zero) {
+    } else if (data != nullptr && fill == Fill::Zero) {
       std::memset(data, 0, bytes);
     }
-    napi_value value = nullptr;
-    const napi_status status = napi_create_external_arraybuffer(
-        env, data, bytes, [](napi_env, void* p, void* hint) { outputPool::give(p, reinterpret_cast<size_t>(hint)); },
-        reinterpret_cast<void*>(bytes), &value);
-    if (status == napi_ok) {
-      if (fresh) fresh->detach();
-      return Napi::ArrayBuffer(env, value);
+    if (data != nullptr) {
+      napi_value value = nullptr;
+      const napi_status status = napi_create_external_arraybuffer(
+          env, data, bytes,
+          [](napi_env, void* p, void* hint) {
+            const size_t n = reinterpret_cast<size_t>(hint);
+            outputPool::addLive(-static_cast<ptrdiff_t>(n));
+            outputPool::give(p, n);
+          },
+          reinterpret_cast<void*>(bytes), &value);
+      if (status == napi_ok) {
+        if (fresh) fresh->detach();
+        outputPool::addLive(static_cast<ptrdiff_t>(bytes));
+        return Napi::ArrayBuffer(env, value);
+      }
+      if (!fresh) outputPool::give(data, bytes);
     }
-    if (!fresh) outputPool::give(data, bytes);
   }
   return Napi::ArrayBuffer::New(env, bytes);
 }

@@ -1,5 +1,7 @@
 #include "host_memory.h"
 
+#include <atomic>
+#include <cstddef>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -54,6 +56,13 @@ void give(void* data, size_t bytes) noexcept {
   }
   HostBuffer::release(data, bytes);
 }
+
+namespace {
+std::atomic<size_t> gLive{0};
+}  // namespace
+
+void addLive(ptrdiff_t bytes) { gLive.fetch_add(static_cast<size_t>(bytes)); }
+size_t liveBytes() { return gLive.load(); }
 
 size_t heldBytes() {
   std::lock_guard<std::mutex> lock(gMutex);

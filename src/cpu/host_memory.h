@@ -24,6 +24,14 @@ void* take(size_t bytes);
 void give(void* data, size_t bytes) noexcept;
 /** Bytes held now. */
 size_t heldBytes();
+/**
+ * Pooled-size outputs handed to JavaScript whose finalizers have not run yet. Finalizers run
+ * only when the event loop turns, so a loop that never yields would map a new buffer every
+ * call without bound; past kMaxLiveBytes new outputs are V8's own (freed by its GC).
+ */
+constexpr size_t kMaxLiveBytes = size_t{1} << 30;
+void addLive(ptrdiff_t bytes);
+size_t liveBytes();
 }  // namespace outputPool
 
 class HostBuffer {

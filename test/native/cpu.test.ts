@@ -437,6 +437,17 @@ describe.skipIf(!cpuInfo.available)('cpu backend', () => {
       expect(fwd.growthBytes).toBeLessThan(DEFAULT_CPU_WORKSPACE_BYTES + 16 * MiB);
       expect(both.growthBytes - both.returnedBytes).toBeLessThan(DEFAULT_CPU_WORKSPACE_BYTES + 16 * MiB);
     }, 60_000);
+
+    it('a loop that never yields to the event loop stays bounded: outputs whose finalizers cannot run yet are capped', () => {
+      // 96 outputs of 32 MiB (3 GiB if each took a new mapping until the loop ends)
+      const probe = fileURLToPath(new URL('../fixtures/sync-loop-probe.ts', import.meta.url));
+      const r = JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', probe, '256', '32768', '96'],
+        { encoding: 'utf8', env: { ...process.env, CUTLOSS_BACKEND: 'cpu' } })) as { rssGrowthBytes: number; outputBytes: number };
+      const MiB = 2 ** 20;
+      console.log(`cpu softmax [256, 32768] × 96 without yielding: RSS grew ${(r.rssGrowthBytes / MiB).toFixed(0)} MiB ` +
+        `(${(96 * r.outputBytes / MiB).toFixed(0)} MiB of outputs made)`);
+      expect(r.rssGrowthBytes).toBeLessThan(2 * 1024 * MiB);
+    }, 120_000);
   });
 
   // ---------------------------------------------------------------- threads, async
