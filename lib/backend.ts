@@ -50,16 +50,15 @@ export interface Backend {
   gumbelSoftmaxBackward(x: Matrix, dy: Float32Array, tau: number, seed: number): Float32Array;
   crossEntropy(logits: Matrix, labels: Int32Array, o: ResolvedLossOptions): CrossEntropyOutput;
   linearCrossEntropy(E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions): LinearCrossEntropyOutput;
-  /** Twins of the heavy ops that run off the JS thread; without them, the facade defers the sync op. */
+  /** Twins of every op that run off the JS thread; without them, the facade defers the sync op. */
   readonly async?: AsyncBackendOps;
 }
 
-export interface AsyncBackendOps {
-  logSumExp(x: Matrix, o: SoftmaxSettings): Promise<Float32Array>;
-  softmax(x: Matrix, o: SoftmaxSettings, log: boolean): Promise<Float32Array>;
-  crossEntropy(logits: Matrix, labels: Int32Array, o: ResolvedLossOptions): Promise<CrossEntropyOutput>;
-  linearCrossEntropy(E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions): Promise<LinearCrossEntropyOutput>;
-}
+export type BackendOpName = Exclude<keyof Backend, 'name' | 'async'>;
+
+export type AsyncBackendOps = {
+  [K in BackendOpName]: (...args: Parameters<Backend[K]>) => Promise<ReturnType<Backend[K]>>;
+};
 
 export interface BackendInfo {
   name: BackendName;

@@ -149,6 +149,22 @@ export class CpuBackend implements Backend {
         nativeAsync(() => a.cpuLogSumExpAsync(unshared(x.data), x.rows, x.cols, dtypeCode(x), o.invTemperature, unshared(o.mask))),
       softmax: (x, o, log) =>
         nativeAsync(() => a.cpuSoftmaxAsync(unshared(x.data), x.rows, x.cols, dtypeCode(x), o.invTemperature, unshared(o.mask), log)),
+      softmaxBackward: (x, dy, o, log) =>
+        nativeAsync(() =>
+          a.cpuSoftmaxBackwardAsync(unshared(x.data), unshared(dy), x.rows, x.cols, dtypeCode(x), o.invTemperature, unshared(o.mask), log)),
+      stablemax: (x, log) => nativeAsync(() => a.cpuStablemaxAsync(unshared(x.data), x.rows, x.cols, dtypeCode(x), log)),
+      stablemaxBackward: (x, dy, log) =>
+        nativeAsync(() => a.cpuStablemaxBackwardAsync(unshared(x.data), unshared(dy), x.rows, x.cols, dtypeCode(x), log)),
+      sparsemax: (x) => nativeAsync(() => a.cpuSparsemaxAsync(unshared(x.data), x.rows, x.cols, dtypeCode(x))),
+      sparsemaxBackward: (x, dy) =>
+        nativeAsync(() => a.cpuSparsemaxBackwardAsync(unshared(x.data), unshared(dy), x.rows, x.cols, dtypeCode(x))),
+      entmax15: (x) => nativeAsync(() => a.cpuEntmax15Async(unshared(x.data), x.rows, x.cols, dtypeCode(x))),
+      entmax15Backward: (x, dy) =>
+        nativeAsync(() => a.cpuEntmax15BackwardAsync(unshared(x.data), unshared(dy), x.rows, x.cols, dtypeCode(x))),
+      gumbelSoftmax: (x, tau, hard, seed) =>
+        nativeAsync(() => a.cpuGumbelSoftmaxAsync(unshared(x.data), x.rows, x.cols, dtypeCode(x), tau, hard, seed)),
+      gumbelSoftmaxBackward: (x, dy, tau, seed) =>
+        nativeAsync(() => a.cpuGumbelSoftmaxBackwardAsync(unshared(x.data), unshared(dy), x.rows, x.cols, dtypeCode(x), tau, seed)),
       crossEntropy: async (logits, labels, o) => {
         const s = o.computeGrad ? gradientScales(labels, o) : null;
         const r = await nativeAsync(() => a.cpuCrossEntropyAsync(...this.crossEntropyArgs(logits, labels, o, s)));

@@ -115,11 +115,21 @@ function hostOnly(values: [unknown, string][], fn: string): void {
   }
 }
 
+/** The backend's async twins; a backend without them (js) runs the sync op on a later turn of the event loop. */
 function asyncOps(b: Backend): AsyncBackendOps {
   if (b.async !== undefined) return b.async;
   return {
     logSumExp: (x, o) => later(() => b.logSumExp(x, o)),
     softmax: (x, o, log) => later(() => b.softmax(x, o, log)),
+    softmaxBackward: (x, dy, o, log) => later(() => b.softmaxBackward(x, dy, o, log)),
+    stablemax: (x, log) => later(() => b.stablemax(x, log)),
+    stablemaxBackward: (x, dy, log) => later(() => b.stablemaxBackward(x, dy, log)),
+    sparsemax: (x) => later(() => b.sparsemax(x)),
+    sparsemaxBackward: (x, dy) => later(() => b.sparsemaxBackward(x, dy)),
+    entmax15: (x) => later(() => b.entmax15(x)),
+    entmax15Backward: (x, dy) => later(() => b.entmax15Backward(x, dy)),
+    gumbelSoftmax: (x, tau, hard, seed) => later(() => b.gumbelSoftmax(x, tau, hard, seed)),
+    gumbelSoftmaxBackward: (x, dy, tau, seed) => later(() => b.gumbelSoftmaxBackward(x, dy, tau, seed)),
     crossEntropy: (logits, labels, o) => later(() => b.crossEntropy(logits, labels, o)),
     linearCrossEntropy: (E, W, labels, o) => later(() => b.linearCrossEntropy(E, W, labels, o)),
   };
@@ -230,140 +240,174 @@ function softmaxOf(x: Tensor | DeviceTensor, options: unknown, log: boolean, fn:
 export function softmaxBackward(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Tensor;
 export function softmaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
 export function softmaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: SoftmaxOptions): Tensor | DeviceTensor {
-  return softmaxBackwardOf(x, dy, options, false, 'softmaxBackward');
+  return now(softmaxBackwardOf(x, dy, options, false, 'softmaxBackward', 'sync'));
 }
 
 export function logSoftmaxBackward(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Tensor;
 export function logSoftmaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
 export function logSoftmaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: SoftmaxOptions): Tensor | DeviceTensor {
-  return softmaxBackwardOf(x, dy, options, true, 'logSoftmaxBackward');
+  return now(softmaxBackwardOf(x, dy, options, true, 'logSoftmaxBackward', 'sync'));
 }
 
-function softmaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unknown, log: boolean, fn: string): Tensor | DeviceTensor {
+function softmaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unknown, log: boolean, fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
   if (x instanceof DeviceTensor) {
     const b = onDevice(x, fn, [[dy, 'dy']]);
-    return b.device.softmaxBackward(x, deviceUpstream(x, dy, fn), softmaxSettings(x, options, fn), log);
+    return deviceOps(b, mode).softmaxBackward(x, deviceUpstream(x, dy, fn), softmaxSettings(x, options, fn), log);
   }
   hostOnly([[dy, 'dy']], fn);
   const m = asMatrix(x, `${fn}: x`);
   const g = upstream(m, dy, fn);
-  return resultLike(m, currentBackend().softmaxBackward(m, g, softmaxSettings(m, options, fn), log));
+  return then(hostOps(mode).softmaxBackward(m, g, softmaxSettings(m, options, fn), log), (r) => resultLike(m, r));
 }
 
 /** StableMax: s(x_j) / Σ s(x_k), s(x) = x + 1 (x ≥ 0), 1 / (1 − x) (x < 0). */
 export function stablemax(x: Tensor): Tensor;
 export function stablemax(x: DeviceTensor): DeviceTensor;
 export function stablemax(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
-  return stablemaxOf(x, false, 'stablemax');
+  return now(stablemaxOf(x, false, 'stablemax', 'sync'));
 }
 
 export function logStablemax(x: Tensor): Tensor;
 export function logStablemax(x: DeviceTensor): DeviceTensor;
 export function logStablemax(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
-  return stablemaxOf(x, true, 'logStablemax');
+  return now(stablemaxOf(x, true, 'logStablemax', 'sync'));
 }
 
-function stablemaxOf(x: Tensor | DeviceTensor, log: boolean, fn: string): Tensor | DeviceTensor {
-  if (x instanceof DeviceTensor) return onDevice(x, fn).device.stablemax(x, log);
+function stablemaxOf(x: Tensor | DeviceTensor, log: boolean, fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
+  if (x instanceof DeviceTensor) return deviceOps(onDevice(x, fn), mode).stablemax(x, log);
   const m = asMatrix(x, `${fn}: x`);
-  return resultLike(m, currentBackend().stablemax(m, log));
+  return then(hostOps(mode).stablemax(m, log), (r) => resultLike(m, r));
 }
 
 export function stablemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
 export function stablemaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
 export function stablemaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
-  return stablemaxBackwardOf(x, dy, options, false, 'stablemaxBackward');
+  return now(stablemaxBackwardOf(x, dy, options, false, 'stablemaxBackward', 'sync'));
 }
 
 export function logStablemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
 export function logStablemaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
 export function logStablemaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
-  return stablemaxBackwardOf(x, dy, options, true, 'logStablemaxBackward');
+  return now(stablemaxBackwardOf(x, dy, options, true, 'logStablemaxBackward', 'sync'));
 }
 
-function stablemaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unknown, log: boolean, fn: string): Tensor | DeviceTensor {
+function stablemaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unknown, log: boolean, fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
   noOptions(options, fn);
   if (x instanceof DeviceTensor) {
     const b = onDevice(x, fn, [[dy, 'dy']]);
-    return b.device.stablemaxBackward(x, deviceUpstream(x, dy, fn), log);
+    return deviceOps(b, mode).stablemaxBackward(x, deviceUpstream(x, dy, fn), log);
   }
   hostOnly([[dy, 'dy']], fn);
   const m = asMatrix(x, `${fn}: x`);
-  return resultLike(m, currentBackend().stablemaxBackward(m, upstream(m, dy, fn), log));
+  return then(hostOps(mode).stablemaxBackward(m, upstream(m, dy, fn), log), (r) => resultLike(m, r));
 }
 
 /** Euclidean projection onto the simplex: max(x_j − τ, 0) with an exact τ. */
 export function sparsemax(x: Tensor): Tensor;
 export function sparsemax(x: DeviceTensor): DeviceTensor;
 export function sparsemax(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
-  if (x instanceof DeviceTensor) return onDevice(x, 'sparsemax').device.sparsemax(x);
-  const m = asMatrix(x, 'sparsemax: x');
-  return resultLike(m, currentBackend().sparsemax(m));
+  return now(projectionOf(x, 'sparsemax', 'sparsemax', 'sync'));
 }
 
 export function sparsemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
 export function sparsemaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
 export function sparsemaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
-  noOptions(options, 'sparsemaxBackward');
-  if (x instanceof DeviceTensor) {
-    const b = onDevice(x, 'sparsemaxBackward', [[dy, 'dy']]);
-    return b.device.sparsemaxBackward(x, deviceUpstream(x, dy, 'sparsemaxBackward'));
-  }
-  hostOnly([[dy, 'dy']], 'sparsemaxBackward');
-  const m = asMatrix(x, 'sparsemaxBackward: x');
-  return resultLike(m, currentBackend().sparsemaxBackward(m, upstream(m, dy, 'sparsemaxBackward')));
+  return now(projectionBackwardOf(x, dy, options, 'sparsemaxBackward', 'sparsemaxBackward', 'sync'));
 }
 
 /** 1.5-entmax: max(x_j / 2 − τ, 0)² with an exact τ. */
 export function entmax15(x: Tensor): Tensor;
 export function entmax15(x: DeviceTensor): DeviceTensor;
 export function entmax15(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
-  if (x instanceof DeviceTensor) return onDevice(x, 'entmax15').device.entmax15(x);
-  const m = asMatrix(x, 'entmax15: x');
-  return resultLike(m, currentBackend().entmax15(m));
+  return now(projectionOf(x, 'entmax15', 'entmax15', 'sync'));
 }
 
 export function entmax15Backward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
 export function entmax15Backward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
 export function entmax15Backward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
-  noOptions(options, 'entmax15Backward');
+  return now(projectionBackwardOf(x, dy, options, 'entmax15Backward', 'entmax15Backward', 'sync'));
+}
+
+/** sparsemax and entmax15: the op without options. */
+function projectionOf(x: Tensor | DeviceTensor, op: 'sparsemax' | 'entmax15', fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
+  if (x instanceof DeviceTensor) return deviceOps(onDevice(x, fn), mode)[op](x);
+  const m = asMatrix(x, `${fn}: x`);
+  return then(hostOps(mode)[op](m), (r) => resultLike(m, r));
+}
+
+function projectionBackwardOf(
+  x: Tensor | DeviceTensor, dy: unknown, options: unknown, op: 'sparsemaxBackward' | 'entmax15Backward', fn: string, mode: Mode,
+): Result<Tensor | DeviceTensor> {
+  noOptions(options, fn);
   if (x instanceof DeviceTensor) {
-    const b = onDevice(x, 'entmax15Backward', [[dy, 'dy']]);
-    return b.device.entmax15Backward(x, deviceUpstream(x, dy, 'entmax15Backward'));
+    const b = onDevice(x, fn, [[dy, 'dy']]);
+    return deviceOps(b, mode)[op](x, deviceUpstream(x, dy, fn));
   }
-  hostOnly([[dy, 'dy']], 'entmax15Backward');
-  const m = asMatrix(x, 'entmax15Backward: x');
-  return resultLike(m, currentBackend().entmax15Backward(m, upstream(m, dy, 'entmax15Backward')));
+  hostOnly([[dy, 'dy']], fn);
+  const m = asMatrix(x, `${fn}: x`);
+  return then(hostOps(mode)[op](m, upstream(m, dy, fn)), (r) => resultLike(m, r));
 }
 
 /** softmax((x + g) / τ) with Philox Gumbel noise g; `hard` gives the straight-through one-hot. */
 export function gumbelSoftmax(x: Tensor, options?: GumbelSoftmaxOptions): Tensor;
 export function gumbelSoftmax(x: DeviceTensor, options?: GumbelSoftmaxOptions): DeviceTensor;
 export function gumbelSoftmax(x: Tensor | DeviceTensor, options?: GumbelSoftmaxOptions): Tensor | DeviceTensor {
+  return now(gumbelSoftmaxOf(x, options, 'gumbelSoftmax', 'sync'));
+}
+
+function gumbelSoftmaxOf(x: Tensor | DeviceTensor, options: unknown, fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
   if (x instanceof DeviceTensor) {
-    const b = onDevice(x, 'gumbelSoftmax');
-    const g = gumbelSettings(options, 'gumbelSoftmax', false);
-    return b.device.gumbelSoftmax(x, g.tau, g.hard, g.seed);
+    const b = onDevice(x, fn);
+    const g = gumbelSettings(options, fn, false);
+    return deviceOps(b, mode).gumbelSoftmax(x, g.tau, g.hard, g.seed);
   }
-  const m = asMatrix(x, 'gumbelSoftmax: x');
-  const g = gumbelSettings(options, 'gumbelSoftmax', false);
-  return resultLike(m, currentBackend().gumbelSoftmax(m, g.tau, g.hard, g.seed));
+  const m = asMatrix(x, `${fn}: x`);
+  const g = gumbelSettings(options, fn, false);
+  return then(hostOps(mode).gumbelSoftmax(m, g.tau, g.hard, g.seed), (r) => resultLike(m, r));
 }
 
 /** The soft sample's VJP (also for hard samples); needs the forward's seed and tau. */
 export function gumbelSoftmaxBackward(x: Tensor, dy: Tensor, options: GumbelSoftmaxOptions): Tensor;
 export function gumbelSoftmaxBackward(x: DeviceTensor, dy: DeviceTensor, options: GumbelSoftmaxOptions): DeviceTensor;
 export function gumbelSoftmaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options: GumbelSoftmaxOptions): Tensor | DeviceTensor {
+  return now(gumbelSoftmaxBackwardOf(x, dy, options, 'gumbelSoftmaxBackward', 'sync'));
+}
+
+function gumbelSoftmaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unknown, fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
   if (x instanceof DeviceTensor) {
-    const b = onDevice(x, 'gumbelSoftmaxBackward', [[dy, 'dy']]);
-    const d = deviceUpstream(x, dy, 'gumbelSoftmaxBackward');
-    const g = gumbelSettings(options, 'gumbelSoftmaxBackward', true);
-    return b.device.gumbelSoftmaxBackward(x, d, g.tau, g.seed);
+    const b = onDevice(x, fn, [[dy, 'dy']]);
+    const d = deviceUpstream(x, dy, fn);
+    const g = gumbelSettings(options, fn, true);
+    return deviceOps(b, mode).gumbelSoftmaxBackward(x, d, g.tau, g.seed);
   }
-  hostOnly([[dy, 'dy']], 'gumbelSoftmaxBackward');
-  const m = asMatrix(x, 'gumbelSoftmaxBackward: x');
-  const g = gumbelSettings(options, 'gumbelSoftmaxBackward', true);
-  return resultLike(m, currentBackend().gumbelSoftmaxBackward(m, upstream(m, dy, 'gumbelSoftmaxBackward'), g.tau, g.seed));
+  hostOnly([[dy, 'dy']], fn);
+  const m = asMatrix(x, `${fn}: x`);
+  const g = gumbelSettings(options, fn, true);
+  return then(hostOps(mode).gumbelSoftmaxBackward(m, upstream(m, dy, fn), g.tau, g.seed), (r) => resultLike(m, r));
+}
+
+// The row-wise ops above serve their async twins too (mode 'async'): the host path calls the
+// backend's twin (the libuv pool on native backends), the device path the device twin.
+
+type Mode = 'sync' | 'async';
+type Result<T> = T | Promise<T>;
+
+function hostOps(mode: Mode): Backend | AsyncBackendOps {
+  return mode === 'sync' ? currentBackend() : asyncOps(currentBackend());
+}
+
+function deviceOps(b: NativeBackend, mode: Mode): NativeBackend['device'] | NativeBackend['deviceAsync'] {
+  return mode === 'sync' ? b.device : b.deviceAsync;
+}
+
+function then<T, U>(v: Result<T>, f: (t: T) => U): Result<U> {
+  return v instanceof Promise ? v.then(f) : f(v);
+}
+
+/** A sync mode's result. */
+function now<T>(v: Result<T>): T {
+  if (v instanceof Promise) throw new Error('internal: a sync op returned a Promise');
+  return v;
 }
 
 // ---------------------------------------------------------------- losses
@@ -554,6 +598,78 @@ async function softmaxOfAsync(x: Tensor | DeviceTensor, options: unknown, log: b
   if (x instanceof DeviceTensor) return onDevice(x, fn).deviceAsync.softmax(x, softmaxSettings(x, options, fn), log);
   const m = asMatrix(x, `${fn}: x`);
   return resultLike(m, await asyncOps(currentBackend()).softmax(m, softmaxSettings(m, options, fn), log));
+}
+
+export function softmaxBackwardAsync(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Promise<Tensor>;
+export function softmaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: SoftmaxOptions): Promise<DeviceTensor>;
+export async function softmaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: SoftmaxOptions): Promise<Tensor | DeviceTensor> {
+  return softmaxBackwardOf(x, dy, options, false, 'softmaxBackwardAsync', 'async');
+}
+
+export function logSoftmaxBackwardAsync(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Promise<Tensor>;
+export function logSoftmaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: SoftmaxOptions): Promise<DeviceTensor>;
+export async function logSoftmaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: SoftmaxOptions): Promise<Tensor | DeviceTensor> {
+  return softmaxBackwardOf(x, dy, options, true, 'logSoftmaxBackwardAsync', 'async');
+}
+
+export function stablemaxAsync(x: Tensor): Promise<Tensor>;
+export function stablemaxAsync(x: DeviceTensor): Promise<DeviceTensor>;
+export async function stablemaxAsync(x: Tensor | DeviceTensor): Promise<Tensor | DeviceTensor> {
+  return stablemaxOf(x, false, 'stablemaxAsync', 'async');
+}
+
+export function logStablemaxAsync(x: Tensor): Promise<Tensor>;
+export function logStablemaxAsync(x: DeviceTensor): Promise<DeviceTensor>;
+export async function logStablemaxAsync(x: Tensor | DeviceTensor): Promise<Tensor | DeviceTensor> {
+  return stablemaxOf(x, true, 'logStablemaxAsync', 'async');
+}
+
+export function stablemaxBackwardAsync(x: Tensor, dy: Tensor, options?: Record<string, never>): Promise<Tensor>;
+export function stablemaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): Promise<DeviceTensor>;
+export async function stablemaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Promise<Tensor | DeviceTensor> {
+  return stablemaxBackwardOf(x, dy, options, false, 'stablemaxBackwardAsync', 'async');
+}
+
+export function logStablemaxBackwardAsync(x: Tensor, dy: Tensor, options?: Record<string, never>): Promise<Tensor>;
+export function logStablemaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): Promise<DeviceTensor>;
+export async function logStablemaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Promise<Tensor | DeviceTensor> {
+  return stablemaxBackwardOf(x, dy, options, true, 'logStablemaxBackwardAsync', 'async');
+}
+
+export function sparsemaxAsync(x: Tensor): Promise<Tensor>;
+export function sparsemaxAsync(x: DeviceTensor): Promise<DeviceTensor>;
+export async function sparsemaxAsync(x: Tensor | DeviceTensor): Promise<Tensor | DeviceTensor> {
+  return projectionOf(x, 'sparsemax', 'sparsemaxAsync', 'async');
+}
+
+export function sparsemaxBackwardAsync(x: Tensor, dy: Tensor, options?: Record<string, never>): Promise<Tensor>;
+export function sparsemaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): Promise<DeviceTensor>;
+export async function sparsemaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Promise<Tensor | DeviceTensor> {
+  return projectionBackwardOf(x, dy, options, 'sparsemaxBackward', 'sparsemaxBackwardAsync', 'async');
+}
+
+export function entmax15Async(x: Tensor): Promise<Tensor>;
+export function entmax15Async(x: DeviceTensor): Promise<DeviceTensor>;
+export async function entmax15Async(x: Tensor | DeviceTensor): Promise<Tensor | DeviceTensor> {
+  return projectionOf(x, 'entmax15', 'entmax15Async', 'async');
+}
+
+export function entmax15BackwardAsync(x: Tensor, dy: Tensor, options?: Record<string, never>): Promise<Tensor>;
+export function entmax15BackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): Promise<DeviceTensor>;
+export async function entmax15BackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Promise<Tensor | DeviceTensor> {
+  return projectionBackwardOf(x, dy, options, 'entmax15Backward', 'entmax15BackwardAsync', 'async');
+}
+
+export function gumbelSoftmaxAsync(x: Tensor, options?: GumbelSoftmaxOptions): Promise<Tensor>;
+export function gumbelSoftmaxAsync(x: DeviceTensor, options?: GumbelSoftmaxOptions): Promise<DeviceTensor>;
+export async function gumbelSoftmaxAsync(x: Tensor | DeviceTensor, options?: GumbelSoftmaxOptions): Promise<Tensor | DeviceTensor> {
+  return gumbelSoftmaxOf(x, options, 'gumbelSoftmaxAsync', 'async');
+}
+
+export function gumbelSoftmaxBackwardAsync(x: Tensor, dy: Tensor, options: GumbelSoftmaxOptions): Promise<Tensor>;
+export function gumbelSoftmaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options: GumbelSoftmaxOptions): Promise<DeviceTensor>;
+export async function gumbelSoftmaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options: GumbelSoftmaxOptions): Promise<Tensor | DeviceTensor> {
+  return gumbelSoftmaxBackwardOf(x, dy, options, 'gumbelSoftmaxBackwardAsync', 'async');
 }
 
 export function crossEntropyAsync(logits: Tensor, labels: Int32Array, options?: CrossEntropyOptions): Promise<CrossEntropyResult>;

@@ -215,6 +215,16 @@ export class NativeBackend implements Backend {
     this.async = {
       logSumExp: (x, o) => this.onHostAsync([x], ([t]) => this.logSumExpPlan(t!, o)),
       softmax: (x, o, log) => this.onHostAsync([x], ([t]) => this.softmaxPlan(t!, o, log)),
+      softmaxBackward: (x, dy, o, log) => this.onHostAsync([x, like(x, dy)], ([t, g]) => this.softmaxBackwardPlan(t!, g!, o, log)),
+      stablemax: (x, log) => this.onHostAsync([x], ([t]) => this.stablemaxPlan(t!, log)),
+      stablemaxBackward: (x, dy, log) => this.onHostAsync([x, like(x, dy)], ([t, g]) => this.stablemaxBackwardPlan(t!, g!, log)),
+      sparsemax: (x) => this.onHostAsync([x], ([t]) => this.sparsemaxPlan(t!)),
+      sparsemaxBackward: (x, dy) => this.onHostAsync([x, like(x, dy)], ([t, g]) => this.sparsemaxBackwardPlan(t!, g!)),
+      entmax15: (x) => this.onHostAsync([x], ([t]) => this.entmax15Plan(t!)),
+      entmax15Backward: (x, dy) => this.onHostAsync([x, like(x, dy)], ([t, g]) => this.entmax15BackwardPlan(t!, g!)),
+      gumbelSoftmax: (x, tau, hard, seed) => this.onHostAsync([x], ([t]) => this.gumbelSoftmaxPlan(t!, tau, hard, seed)),
+      gumbelSoftmaxBackward: (x, dy, tau, seed) =>
+        this.onHostAsync([x, like(x, dy)], ([t, g]) => this.gumbelSoftmaxBackwardPlan(t!, g!, tau, seed)),
       crossEntropy: async (logits, labels, o) => {
         const t = this.upload(logits);
         try {
