@@ -85,10 +85,24 @@ CUTLOSS_CPU_CLONES void softmaxRows(const HostMatrix& x, const SoftmaxParams& p,
 CUTLOSS_CPU_CLONES void softmaxBackwardRows(const HostMatrix& x, const float* dy, const SoftmaxParams& p, bool logForm,
                                             float* dx, float* scratch, int64_t r0, int64_t r1) {
   const int n = static_cast<int>(x.cols);
+  const int64_t rowBytes = n * static_cast<int64_t>(x.dtype == DType::BF16 ? 2 : 4);
   for (int64_t r = r0; r < r1; r++) {
     const float* g = dy + r * n;
     float* out = dx + r * n;
+    const void* next = r + 1 < r1 ? static_cast<const char*>(x.data) + (r + 1) * rowBytes : nullptr;
     withScaledLogits(rowF32(x, r, scratch), rowMask(p, r, n), p.invTemperature, [&](auto z, auto unmasked) CUTLOSS_CPU_LAMBDA {
+      if (!logForm) {
+        // one exponential per element: y = e^(z − max)/Σ kept in the output row for both passes
+        const float m = rowMaxOf(n, z);
+        if (!infiniteMax(m) && m == m) {
+          const float invSum = 1.0f / keptExpSum(n, z, m, out, next, rowBytes);
+          const float dot = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return unmasked(j) ? g[j] * (out[j] * invSum) : 0.0f; });
+          const float invT = p.invTemperature;
+#pragma omp simd
+          for (int j = 0; j < n; j++) out[j] = unmasked(j) ? (out[j] * invSum) * (g[j] - dot) * invT : 0.0f;
+          return;
+        }
+      }
       const LseState s = rowLseOf(n, z);
       if (s.max == negativeInfinity()) {
         for (int j = 0; j < n; j++) out[j] = quietNaN();
