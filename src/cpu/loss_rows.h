@@ -106,12 +106,13 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   // ---- forward: the row's sums, each a pass over the row (in cache after the first)
   // A softmax row whose gradient is wanted pays one exponential per element, not two: its
   // e^(z − max) are kept in the gradient row (in cache) and the backward scales them by 1/Σ.
-  // Not where the gradient overwrites x while effectiveSlope still reads it, nor for a row
-  // whose max is not finite (the online path below handles ±inf and NaN).
+  // Not where the gradient overwrites x while effectiveSlope still reads it (softcap on; z is
+  // then scratch, x is not read again otherwise), nor for a row whose max is not finite (the
+  // online path below handles ±inf and NaN).
   const float zLabel = isClass ? z[t] : quietNaN();  // before the kept pass may overwrite z (grad == x)
   float* kept = nullptr;
   LseState lse;
-  if (kNormalizer == kNormalizerSoftmax && io.grad != nullptr && (kPlain || io.grad != x)) {
+  if (kNormalizer == kNormalizerSoftmax && io.grad != nullptr && (kPlain || io.grad != x || p.softcap == 0.0f)) {
     const float rowMaxValue = rowMax(z, n);
     if (!infiniteMax(rowMaxValue) && rowMaxValue == rowMaxValue) {
       kept = io.grad;
