@@ -2,7 +2,8 @@
 // one-hot of the first argmax, and the straight-through backward. The noise of element
 // e = row·cols + col comes from gumbelNoiseAt(seed, e) (Philox-4x32-10, cuda/math/philox.cuh),
 // so every backend draws the same samples for the same seed. It is computed once per row
-// into the output row, which the last pass overwrites.
+// into the output row, which the last pass overwrites. A row takes one exponential per
+// element: e^(z − max) is kept in place and scaled (rows with a non-finite max excepted).
 #include "cpu_math.h"
 // after cpu_math.h, which must come first
 #include "rows.h"
@@ -31,6 +32,14 @@ CUTLOSS_CPU_CLONES void gumbelRows(const HostMatrix& x, float tau, bool hard, ui
       }
       for (int j = 0; j < n; j++) yr[j] = sawNaN ? quietNaN() : (j == best ? 1.0f : 0.0f);
     } else {
+      const float m = rowMax(yr, n);
+      if (!infiniteMax(m) && m == m) {  // one exponential per element, kept in place
+        const auto perturbed = [&](int j) CUTLOSS_CPU_LAMBDA { return yr[j]; };
+        const float invSum = 1.0f / keptExpSum(n, perturbed, m, yr, nullptr, 0);
+#pragma omp simd
+        for (int j = 0; j < n; j++) yr[j] *= invSum;
+        continue;
+      }
       const LseState s = rowLse(yr, n);
       const float logSum = logf(s.sum);
       specialize(infiniteMax(s.max), [&](auto) CUTLOSS_CPU_LAMBDA {
@@ -49,6 +58,17 @@ CUTLOSS_CPU_CLONES void gumbelBackwardRows(const HostMatrix& x, const float* dy,
     float* out = dx + r * n;
     const float* g = dy + r * n;
     perturbedRow(rowF32(x, r, widened), tau, seed, r * n, n, out);
+    const float m = rowMax(out, n);
+    if (!infiniteMax(m) && m == m) {  // one exponential per element: y kept in place
+      const auto perturbed = [&](int j) CUTLOSS_CPU_LAMBDA { return out[j]; };
+      const float invSum = 1.0f / keptExpSum(n, perturbed, m, out, nullptr, 0);
+#pragma omp simd
+      for (int j = 0; j < n; j++) out[j] *= invSum;
+      const float dot = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return g[j] * out[j]; });
+#pragma omp simd
+      for (int j = 0; j < n; j++) out[j] = out[j] * (g[j] - dot) / tau;
+      continue;
+    }
     const LseState s = rowLse(out, n);
     const float logSum = logf(s.sum);
     specialize(infiniteMax(s.max), [&](auto) CUTLOSS_CPU_LAMBDA {
