@@ -20,21 +20,31 @@
 
 namespace cutloss {
 
-/** e^x: Cody–Waite reduction x = n·ln2 + r, a degree-6 polynomial for e^r, then 2^n in two normal steps. */
-static inline float expf(float x) {
-  // The clamp keeps n in range; e^89 still overflows to +inf and e^-104 underflows to 0. NaN passes.
-  float xc = x < -104.0f ? -104.0f : x;
-  xc = xc > 89.0f ? 89.0f : xc;
+/** n = x/ln2 rounded to an integer (x within the clamps below). */
+static inline float expExponent(float x) {
   const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
-  float n = (xc * 1.44269504088896341f + shifter) - shifter;
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  return (x * 1.44269504088896341f + shifter) - shifter;
+}
+
+/** e^r for x = n·ln2 + r (Cody–Waite, ln2 in two parts): Cephes' degree-7 polynomial in r. */
+static inline float expMantissa(float x, float n) {
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  return p * (r * r) + r + 1.0f;
+}
+
+/** e^x: 2^n·e^r, with 2^n applied in two normal steps. */
+static inline float expf(float x) {
+  // The clamp keeps n in range; e^89 still overflows to +inf and e^-104 underflows to 0. NaN passes.
+  float xc = x < -104.0f ? -104.0f : x;
+  xc = xc > 89.0f ? 89.0f : xc;
+  float n = expExponent(xc);
+  const float p = expMantissa(xc, n);
   n = n == n ? n : 0.0f;  // p is already NaN; keep the integer conversion defined
   const int32_t ni = static_cast<int32_t>(n);
   const int32_t n1 = ni >> 1;  // 2^n = 2^n1 · 2^n2 with both factors normal for n in [-150, 129]
@@ -52,16 +62,8 @@ static inline float expf(float x) {
 static inline float expNonPositive(float x) {
   float xc = x < -86.0f ? -86.0f : x;
   xc = xc > 88.0f ? 88.0f : xc;
-  const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
-  float n = (xc * 1.44269504088896341f + shifter) - shifter;
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  float n = expExponent(xc);
+  const float p = expMantissa(xc, n);
   n = n == n ? n : 0.0f;  // p is already NaN; keep the integer conversion defined
   const uint32_t scaleBits = static_cast<uint32_t>(static_cast<int32_t>(n)) << 23;
   return x < -86.0f ? 0.0f : floatFromBits(floatBits(p) + scaleBits);

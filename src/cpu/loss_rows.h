@@ -173,9 +173,9 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   // a row whose scale is 0 has no gradient to keep; filterEps 0 keeps everything
   const float threshold = scale == 0.0f ? positiveInfinity() : c.filterEps * scale;
   uint8_t* flags = c.filterEps > 0.0f ? io.blockFlags : nullptr;
-  // gradCoefficient's row-constant branches: the lse, squentropy's coefficient, sparsemax's label
-  // in the support; effectiveSlope's softcap
   const float invSum = kept != nullptr ? 1.0f / lse.sum : 0.0f;
+  // the row-constant branches: whether e^(z − max) was kept; gradCoefficient's lse, squentropy's
+  // coefficient, sparsemax's label in the support; effectiveSlope's softcap
   specialize(kept != nullptr, [&](auto keptTag) CUTLOSS_CPU_LAMBDA {
     specialize(infiniteMax(rg.lse), [&](auto) CUTLOSS_CPU_LAMBDA {
       specialize(rg.sqCoef != 0.0f, [&](auto) CUTLOSS_CPU_LAMBDA {
