@@ -15,8 +15,9 @@ import type { Matrix } from './tensor.js';
 /**
  * Default budget for linearCrossEntropy's chunk of logits (`workspaceBytes`): each chunk reads W
  * twice and dW once, so fewer chunks cost less memory traffic. On the benchmark machine S2 at
- * 48 MiB is within ~4% of 64 MiB (32 MiB: ~5% slower, 16 MiB: ~15%), and the call's memory
- * beyond its gradients stays under 64 MB.
+ * 32, 48 and 64 MiB is the same within the noise (48 MiB a few percent ahead of 32 in paired
+ * runs), 16 MiB ~10% slower; at 48 MiB the call's memory beyond its gradients (~45 MiB) stays
+ * under 64 MB.
  */
 export const DEFAULT_CPU_WORKSPACE_BYTES = 48 * 2 ** 20;
 
