@@ -6,7 +6,9 @@
 // the clone's instruction set; a helper left out of line would be baseline SSE2.
 #pragma once
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+// CUTLOSS_CPU_NO_CLONES compiles one version for the -march given (test/cpu/isa_test.cc builds
+// the kernels that way for each instruction set, to run the clones this CPU would not pick).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(CUTLOSS_CPU_NO_CLONES)
 #define CUTLOSS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 #define CUTLOSS_CPU_HAS_CLONES 1
 #else
