@@ -52,6 +52,7 @@
         "src/cpu/gumbel.cc",
         "src/cpu/cross_entropy.cc",
         "src/cpu/linear_cross_entropy.cc",
+        "src/cpu/kept_exp_avx512.cc",
         "src/cpu/gemm.cc"
       ],
       "defines": ["<!@(node src/cpu/find-openblas.cjs defines)"],

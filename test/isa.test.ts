@@ -14,7 +14,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 const root = fileURLToPath(new URL('..', import.meta.url));
 const run = promisify(execFile);
 
-const SOURCES = ['cross_entropy', 'rowwise', 'sparse', 'gumbel', 'linear_cross_entropy', 'gemm', 'parallel', 'host_memory']
+const SOURCES = ['cross_entropy', 'rowwise', 'sparse', 'gumbel', 'linear_cross_entropy', 'kept_exp_avx512', 'gemm', 'parallel',
+  'host_memory']
   .map((f) => `src/cpu/${f}.cc`);
 // as CMakeLists.txt and binding.gyp compile the CPU kernels
 const FLAGS = ['-O3', '-std=c++17', '-fno-math-errno', '-fno-trapping-math', '-fopenmp-simd', '--param=max-unswitch-insns=2000',

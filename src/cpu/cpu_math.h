@@ -20,21 +20,29 @@
 
 namespace cutloss {
 
+/** The exponential's constants, shared with the AVX-512 version (kept_exp_avx512.cc). */
+namespace expConstants {
+constexpr float kShifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;  // ln2 = kLn2Hi + kLn2Lo, kLn2Hi exact in few bits
+constexpr float kLn2Lo = -2.12194440e-4f;
+constexpr float kPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                            4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+constexpr float kNonPositiveFloor = -86.0f;  // expNonPositive's 0 below, 2^n normal above
+}  // namespace expConstants
+
 /** n = x/ln2 rounded to an integer (x within the clamps below). */
 static inline float expExponent(float x) {
-  const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
-  return (x * 1.44269504088896341f + shifter) - shifter;
+  using namespace expConstants;
+  return (x * kLog2e + kShifter) - kShifter;
 }
 
 /** e^r for x = n·ln2 + r (Cody–Waite, ln2 in two parts): Cephes' degree-7 polynomial in r. */
 static inline float expMantissa(float x, float n) {
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  using namespace expConstants;
+  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+  float p = kPoly[0];
+  for (int k = 1; k < 6; k++) p = p * r + kPoly[k];
   return p * (r * r) + r + 1.0f;
 }
 
@@ -60,13 +68,14 @@ static inline float expf(float x) {
  * Arguments above 88 are outside its contract (it gives e^88).
  */
 static inline float expNonPositive(float x) {
-  float xc = x < -86.0f ? -86.0f : x;
+  constexpr float kFloor = expConstants::kNonPositiveFloor;
+  float xc = x < kFloor ? kFloor : x;
   xc = xc > 88.0f ? 88.0f : xc;
   float n = expExponent(xc);
   const float p = expMantissa(xc, n);
   n = n == n ? n : 0.0f;  // p is already NaN; keep the integer conversion defined
   const uint32_t scaleBits = static_cast<uint32_t>(static_cast<int32_t>(n)) << 23;
-  return x < -86.0f ? 0.0f : floatFromBits(floatBits(p) + scaleBits);
+  return x < kFloor ? 0.0f : floatFromBits(floatBits(p) + scaleBits);
 }
 #define CUTLOSS_HAS_EXP_NON_POSITIVE 1
 

@@ -116,7 +116,7 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
     const float rowMaxValue = rowMax(z, n);
     if (!infiniteMax(rowMaxValue) && rowMaxValue == rowMaxValue) {
       kept = io.grad;
-      const float sum = keptExpSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return z[j]; }, rowMaxValue, kept, io.next, io.nextBytes);
+      const float sum = keptExpSumOfRow(z, n, rowMaxValue, kept, io.next, io.nextBytes);
       lse = LseState{rowMaxValue, sum};
     }
   }

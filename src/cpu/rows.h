@@ -193,6 +193,28 @@ CUTLOSS_CPU_INLINE float keptExpSum(int n, Z z, float max, float* kept, const vo
   return total;
 }
 
+// keptExpSum of a row in memory: on AVX-512 CPUs by kept_exp_avx512.cc. With clones, the
+// CPU decides at run time; a build for one instruction set (CUTLOSS_CPU_NO_CLONES) decides
+// at compile time, so a build without AVX-512 never runs it.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    (CUTLOSS_CPU_HAS_CLONES || defined(__AVX512F__))
+#define CUTLOSS_CPU_AVX512_KEPT_EXP 1
+/** keptExpSum(n, z[j], max, kept, next, nextBytes) with AVX-512; z has no NaN and max is finite. */
+float keptExpSumAvx512(const float* z, int n, float max, float* kept, const void* next, int64_t nextBytes);
+bool cpuHasAvx512();
+#else
+#define CUTLOSS_CPU_AVX512_KEPT_EXP 0
+#endif
+
+/** keptExpSum over a row in memory (no NaN in it, its max finite). */
+CUTLOSS_CPU_INLINE float keptExpSumOfRow(const float* z, int n, float max, float* kept, const void* next,
+                                         int64_t nextBytes) {
+#if CUTLOSS_CPU_AVX512_KEPT_EXP
+  if (cpuHasAvx512()) return keptExpSumAvx512(z, n, max, kept, next, nextBytes);
+#endif
+  return keptExpSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return z[j]; }, max, kept, next, nextBytes);
+}
+
 CUTLOSS_CPU_INLINE float rowMax(const float* z, int n) {
   return rowMaxOf(n, [&](int j) CUTLOSS_CPU_LAMBDA { return z[j]; });
 }
