@@ -70,17 +70,22 @@ function log(msg: string): void {
   process.stderr.write(`${msg}\n`);
 }
 
-function runNodeWorker(spec: CpuWorkerSpec): CpuWorkerResult | null {
-  log(`  ${spec.scenario} ${spec.contestant}${spec.workspaceBytes ? ` (workspace ${spec.workspaceBytes / MiB} MiB)` : ''}, ${spec.rows} rows …`);
+/** Runs bench/cpu/worker.ts on `spec` in a fresh process; the JSON after its `@@<tag> ` line, or null. */
+function workerLine<T>(spec: CpuWorkerSpec, tag: 'RESULT' | 'PAIRED'): T | null {
   const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', path.join(here, 'worker.ts'), JSON.stringify(spec)], {
     cwd: root, encoding: 'utf8', maxBuffer: 64 * MiB, stdio: ['ignore', 'pipe', 'inherit'],
   });
-  const line = r.stdout?.split('\n').find((l) => l.startsWith('@@RESULT '));
+  const line = r.stdout?.split('\n').find((l) => l.startsWith(`@@${tag} `));
   if (r.status !== 0 || line === undefined) {
     log(`    failed (status ${r.status}, signal ${r.signal}): skipped`);
     return null;
   }
-  return JSON.parse(line.slice('@@RESULT '.length)) as CpuWorkerResult;
+  return JSON.parse(line.slice(`@@${tag} `.length)) as T;
+}
+
+function runNodeWorker(spec: CpuWorkerSpec): CpuWorkerResult | null {
+  log(`  ${spec.scenario} ${spec.contestant}${spec.workspaceBytes ? ` (workspace ${spec.workspaceBytes / MiB} MiB)` : ''}, ${spec.rows} rows …`);
+  return workerLine<CpuWorkerResult>(spec, 'RESULT');
 }
 
 /** Per scenario: cutloss cpu and its limit timed in turns in one process. */
@@ -89,15 +94,8 @@ const pairedRuns: Partial<Record<ScenarioName, PairedResult>> = {};
 /** cutloss cpu and a limit in turns in one process (worker.ts `paired`). */
 function runPaired(spec: CpuWorkerSpec): PairedResult | null {
   log(`  ${spec.scenario} cutloss cpu and the ${spec.contestant === 'paired-gemm-limit' ? 'GEMM' : 'bandwidth'} limit in turns, ${spec.runs} pairs …`);
-  const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', path.join(here, 'worker.ts'), JSON.stringify(spec)], {
-    cwd: root, encoding: 'utf8', maxBuffer: 64 * MiB, stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const line = r.stdout?.split('\n').find((l) => l.startsWith('@@PAIRED '));
-  if (r.status !== 0 || line === undefined) {
-    log(`    failed (status ${r.status}, signal ${r.signal}): skipped`);
-    return null;
-  }
-  const p = JSON.parse(line.slice('@@PAIRED '.length)) as PairedResult;
+  const p = workerLine<PairedResult>(spec, 'PAIRED');
+  if (p === null) return null;
   log(`    medians ${p.mediansMs.map((m) => m.toFixed(0)).join(' ms / ')} ms, ratio ${p.ratio.toFixed(3)}`);
   return p;
 }
