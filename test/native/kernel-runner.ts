@@ -103,3 +103,27 @@ export function blobBytes(r: KernelResponse, name: string): Uint8Array {
   if (!r.ok) throw new Error(r.error);
   return r.blobs[name]!;
 }
+
+export function sameBits(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/**
+ * Runs each request in the three fiber orders; returns the forward-order response after
+ * checking that the other orders returned the very same bytes (a difference is a race).
+ */
+export function runInAllOrders(exe: string, requests: Omit<KernelRequest, 'order'>[]): KernelResponse[] {
+  const all = runKernels(exe, requests.flatMap((r) => ORDERS.map((order) => ({ ...r, order }))));
+  return requests.map((r, i) => {
+    const [first, ...others] = all.slice(i * ORDERS.length, (i + 1) * ORDERS.length) as [KernelResponse, ...KernelResponse[]];
+    if (!first.ok) throw new Error(`${r.op}: ${first.error}`);
+    others.forEach((o, k) => {
+      for (const name of Object.keys(first.blobs)) {
+        if (!sameBits(blobBytes(first, name), blobBytes(o, name))) {
+          throw new Error(`${r.op}: ${name} differs between the forward and ${ORDERS[k + 1]} fiber orders (a race)`);
+        }
+      }
+    });
+    return first;
+  });
+}

@@ -21,7 +21,8 @@ import type { Matrix } from '../../lib/tensor.js';
 import { expectClose, flat } from '../helpers.js';
 import * as ref from '../reference64.js';
 import {
-  ORDERS, blobBytes, blobValues, buildRunner, runKernels, type FiberOrder, type KernelRequest, type KernelResponse,
+  ORDERS, blobBytes, blobValues, buildRunner, runInAllOrders, runKernels, sameBits, type FiberOrder, type KernelRequest,
+  type KernelResponse,
 } from './kernel-runner.js';
 
 type Dtype = 'f32' | 'bf16';
@@ -39,30 +40,6 @@ function matrix(values: number[][], dtype: Dtype): Matrix {
 /** The values the kernel actually sees (bf16 decoded), as float64 rows for the reference. */
 const asRows = (m: Matrix) => ref.toF64Rows(m.data, m.rows, m.cols);
 const asF32 = (m: Matrix) => Float32Array.from(flat(asRows(m)));
-
-function sameBits(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((v, i) => v === b[i]);
-}
-
-/**
- * Runs each request in the three fiber orders; returns the forward-order response after
- * checking that the other orders returned the very same bytes.
- */
-function runInAllOrders(requests: Omit<KernelRequest, 'order'>[]): KernelResponse[] {
-  const all = runKernels(exe, requests.flatMap((r) => ORDERS.map((order) => ({ ...r, order }))));
-  return requests.map((r, i) => {
-    const [first, ...others] = all.slice(i * ORDERS.length, (i + 1) * ORDERS.length) as [KernelResponse, ...KernelResponse[]];
-    if (!first.ok) throw new Error(`${r.op}: ${first.error}`);
-    others.forEach((o, k) => {
-      for (const name of Object.keys(first.blobs)) {
-        if (!sameBits(blobBytes(first, name), blobBytes(o, name))) {
-          throw new Error(`${r.op}: ${name} differs between the forward and ${ORDERS[k + 1]} fiber orders (a race)`);
-        }
-      }
-    });
-    return first;
-  });
-}
 
 const tolerance = (dtype: Dtype, backward: boolean) =>
   dtype === 'f32' ? { rtol: 1e-5, atol: 1e-7 } : { rtol: backward ? 1e-2 : 2 ** -8, atol: backward ? 1e-6 : 1e-30 };
@@ -134,7 +111,7 @@ describe('row-wise kernels under the emulator match the JS backend and the float
     }
   }
   let responses: KernelResponse[] | null = null;
-  const results = () => (responses ??= runInAllOrders(cases.flatMap((c) => rowRequests(c.op, c.x, c.dy))));
+  const results = () => (responses ??= runInAllOrders(exe, cases.flatMap((c) => rowRequests(c.op, c.x, c.dy))));
 
   cases.forEach((c, i) => {
     it(c.label, () => {
@@ -161,7 +138,7 @@ describe('row-wise kernels under the emulator match the JS backend and the float
     ];
     const x = matrix(X, 'f32');
     const dy = matrix(X.map(() => [0.3, -1, 2, 0.5]), 'f32');
-    const out = runInAllOrders(ROW_OPS.flatMap((op) => rowRequests(op, x, dy)));
+    const out = runInAllOrders(exe, ROW_OPS.flatMap((op) => rowRequests(op, x, dy)));
     ROW_OPS.forEach((op, k) => {
       const y = blobValues(out[2 * k]!, 'y');
       const dx = blobValues(out[2 * k + 1]!, 'dx');
@@ -192,7 +169,7 @@ describe('row-wise kernels under the emulator match the JS backend and the float
         requests.push({ op: 'softmaxBackward', keys: { ...keys, log }, blobs: { ...blobs, dy: dy.data } });
       }
     }
-    const out = runInAllOrders(requests);
+    const out = runInAllOrders(exe, requests);
     settings.forEach(([name, T, mask], s) => {
       const o = { invTemperature: 1 / T, mask };
       const r = { temperature: T, mask: mask ?? undefined };
@@ -242,7 +219,7 @@ describe('row-wise kernels under the emulator match the JS backend and the float
         }
       }
     }
-    const out = runInAllOrders(requests);
+    const out = runInAllOrders(exe, requests);
     expected.forEach(([label, want, dtype, blob, hard], i) => {
       const got = blobValues(out[i]!, blob, dtype);
       if (hard) expect(Array.from(got), label).toEqual(Array.from(want)); // one-hot: exactly the JS argmax
@@ -250,7 +227,7 @@ describe('row-wise kernels under the emulator match the JS backend and the float
     });
     // the 1×1 case and the NaN row of the edge test in the JS suite: a NaN row is NaN, hard or soft
     const nanRow = matrix([[NaN, 1, 2], [0, 1, 2]], 'f32');
-    const nan = runInAllOrders([false, true].map((hard) => ({
+    const nan = runInAllOrders(exe, [false, true].map((hard) => ({
       op: 'gumbelSoftmax', keys: { rows: 2, cols: 3, xDtype: 'f32', outDtype: 'f32', tau: 1, seed: 3, hard }, blobs: { x: nanRow.data },
     })));
     for (const r of nan) {
@@ -270,7 +247,7 @@ describe('row-wise kernels under the emulator match the JS backend and the float
     const x = matrix(rows, 'f32');
     const dy = matrix(rows.map((r) => r.map((_, j) => Math.sin(j))), 'f32');
     const ops = ROW_OPS.filter((o) => o.name === 'sparsemax' || o.name === 'entmax15');
-    const out = runInAllOrders(ops.flatMap((op) => rowRequests(op, x, dy)));
+    const out = runInAllOrders(exe, ops.flatMap((op) => rowRequests(op, x, dy)));
     ops.forEach((op, k) => {
       const y = blobValues(out[2 * k]!, 'y');
       expectClose(y, op.js(x), { rtol: 1e-5, atol: 1e-7, label: `${op.name} y` });
@@ -313,7 +290,7 @@ function crossEntropyOnKernels(cases: [Matrix, Int32Array, CrossEntropyOptions][
   const setups = cases.map(([x, labels, options]) => ({ x, labels, ...lossKeys(x, options) }));
   const weightBlob = (o: ReturnType<typeof lossKeys>['o']): KernelRequest['blobs'] =>
     o.classWeights === null ? {} : { classWeights: o.classWeights };
-  const forward = runInAllOrders(setups.map(({ x, labels, o, keys }) => ({
+  const forward = runInAllOrders(exe, setups.map(({ x, labels, o, keys }) => ({
     op: 'crossEntropyForward', keys, blobs: { x: x.data, labels, ...weightBlob(o) },
   })));
   const reduced = setups.map(({ x, labels, o }, i) => {
@@ -353,7 +330,7 @@ function crossEntropyOnKernels(cases: [Matrix, Int32Array, CrossEntropyOptions][
       scaleUnweighted: reduced[i]!.sU, ...weightBlob(o),
     },
   }] : []));
-  const backward = runInAllOrders(backwardRequests);
+  const backward = runInAllOrders(exe, backwardRequests);
   let b = 0;
   return setups.map(({ x, o }, i) => {
     let dLogits: Float32Array | null = null;

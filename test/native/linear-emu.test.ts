@@ -23,7 +23,7 @@ import { casesFor } from '../cases.js';
 import { expectClose } from '../helpers.js';
 import * as ref from '../reference64.js';
 import {
-  ORDERS, blobBytes, blobValues, buildRunner, runKernels, type KernelRequest, type KernelResponse,
+  ORDERS, blobBytes, blobValues, buildRunner, runInAllOrders, runKernels, sameBits, type KernelRequest, type KernelResponse,
 } from './kernel-runner.js';
 
 type Dtype = 'f32' | 'bf16';
@@ -43,27 +43,6 @@ function matrix(values: number[][], dtype: Dtype): Matrix {
 
 /** The values the kernel sees (bf16 decoded), as float64 rows. */
 const asRows = (m: Matrix) => ref.toF64Rows(m.data, m.rows, m.cols);
-
-function sameBits(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((v, i) => v === b[i]);
-}
-
-/** Each request in the three fiber orders; the forward-order response, after checking the others match it byte for byte. */
-function runInAllOrders(requests: Omit<KernelRequest, 'order'>[]): KernelResponse[] {
-  const all = runKernels(exe, requests.flatMap((r) => ORDERS.map((order) => ({ ...r, order }))));
-  return requests.map((r, i) => {
-    const [first, ...others] = all.slice(i * ORDERS.length, (i + 1) * ORDERS.length) as [KernelResponse, ...KernelResponse[]];
-    if (!first.ok) throw new Error(`${r.op}: ${first.error}`);
-    others.forEach((o, k) => {
-      for (const name of Object.keys(first.blobs)) {
-        if (!sameBits(blobBytes(first, name), blobBytes(o, name))) {
-          throw new Error(`${name} differs between the forward and ${ORDERS[k + 1]} fiber orders (a race)`);
-        }
-      }
-    });
-    return first;
-  });
-}
 
 /** Odd shapes [N, D, V]: V from one partial tile to five, N up to 37 rows. */
 const SHAPES: [number, number, number][] = [[9, 5, 37], [37, 19, 300], [21, 13, 150], [7, 8, 129], [33, 17, 65], [16, 11, 200]];
@@ -150,7 +129,7 @@ function decode(r: KernelResponse, p: Problem, o: ResolvedLossOptions): KernelRu
 /** Runs linearCrossEntropy through the launcher, in all three fiber orders. */
 function onKernels(runs: [Problem, LinearCrossEntropyOptions, KernelSettings][]): KernelRun[] {
   const os = runs.map(([p, options]) => resolved(p, options));
-  const out = runInAllOrders(runs.map(([p], i) => linearRequest(p, os[i]!, runs[i]![2])));
+  const out = runInAllOrders(exe, runs.map(([p], i) => linearRequest(p, os[i]!, runs[i]![2])));
   return out.map((r, i) => decode(r, runs[i]![0], os[i]!));
 }
 
