@@ -73,22 +73,20 @@ export interface PeakGrowth {
   ms: number;
 }
 
-/** Runs `fn` once, after a GC, and reports its peak RSS growth and wall time. */
-export async function measurePeak<T>(fn: () => T): Promise<{ value: T; peak: PeakGrowth }> {
+/** After a GC, resets the peak and returns the function that reads the growth since then. */
+async function startPeak(): Promise<() => PeakGrowth> {
   await settle();
   const peakReset = resetPeak();
   const st0 = procStatus();
   const rssBefore = st0?.rss ?? process.memoryUsage().rss;
   const before = process.resourceUsage().maxRSS * KiB;
   const t0 = performance.now();
-  const value = fn();
-  const ms = performance.now() - t0;
-  const after = process.resourceUsage().maxRSS * KiB;
-  const st1 = procStatus();
-  const hwmGrowth = st0 !== null && st1 !== null && peakReset ? st1.hwm - st0.hwm : null;
-  return {
-    value,
-    peak: {
+  return () => {
+    const ms = performance.now() - t0;
+    const after = process.resourceUsage().maxRSS * KiB;
+    const st1 = procStatus();
+    const hwmGrowth = st0 !== null && st1 !== null && peakReset ? st1.hwm - st0.hwm : null;
+    return {
       growthBytes: hwmGrowth ?? after - before,
       source: hwmGrowth !== null ? 'VmHWM' : 'maxRSS',
       maxRssGrowthBytes: after - before,
@@ -99,38 +97,22 @@ export async function measurePeak<T>(fn: () => T): Promise<{ value: T; peak: Pea
       peakReset,
       maxRssSlackBytes: Math.max(0, before - rssBefore),
       ms,
-    },
+    };
   };
+}
+
+/** Runs `fn` once, after a GC, and reports its peak RSS growth and wall time. */
+export async function measurePeak<T>(fn: () => T): Promise<{ value: T; peak: PeakGrowth }> {
+  const finish = await startPeak();
+  const value = fn();
+  return { value, peak: finish() };
 }
 
 /** measurePeak for a call that settles asynchronously (a Promise-returning peer). */
 export async function measurePeakAsync<T>(fn: () => Promise<T>): Promise<{ value: T; peak: PeakGrowth }> {
-  await settle();
-  const peakReset = resetPeak();
-  const st0 = procStatus();
-  const rssBefore = st0?.rss ?? process.memoryUsage().rss;
-  const before = process.resourceUsage().maxRSS * KiB;
-  const t0 = performance.now();
+  const finish = await startPeak();
   const value = await fn();
-  const ms = performance.now() - t0;
-  const after = process.resourceUsage().maxRSS * KiB;
-  const st1 = procStatus();
-  const hwmGrowth = st0 !== null && st1 !== null && peakReset ? st1.hwm - st0.hwm : null;
-  return {
-    value,
-    peak: {
-      growthBytes: hwmGrowth ?? after - before,
-      source: hwmGrowth !== null ? 'VmHWM' : 'maxRSS',
-      maxRssGrowthBytes: after - before,
-      maxRssBeforeBytes: before,
-      maxRssAfterBytes: after,
-      hwmGrowthBytes: hwmGrowth,
-      rssBeforeBytes: rssBefore,
-      peakReset,
-      maxRssSlackBytes: Math.max(0, before - rssBefore),
-      ms,
-    },
-  };
+  return { value, peak: finish() };
 }
 
 export function median(xs: number[]): number {
