@@ -2,17 +2,7 @@
 // from (N, D, V, seed), so cutloss and tfjs see bit-identical data without shipping arrays
 // between processes.
 
-/** mulberry32: a small, fast 32-bit PRNG; returns uniforms in [0, 1). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from '../lib/random.js';
 
 /** Fills `out` with N(0, std²) draws (Box–Muller, both outputs used). */
 function fillNormal(out: Float32Array, std: number, next: () => number): Float32Array {
@@ -44,7 +34,7 @@ export const E_STD = 1;
 export const W_STD = 0.05;
 
 export function makeInputs(N: number, D: number, V: number, seed: number): Inputs {
-  const next = rng(seed);
+  const next = mulberry32(seed);
   const E = fillNormal(new Float32Array(N * D), E_STD, next);
   const W = fillNormal(new Float32Array(V * D), W_STD, next);
   const labels = new Int32Array(N);
@@ -58,7 +48,7 @@ export function makeInputs(N: number, D: number, V: number, seed: number): Input
  * −1/N target term lands, the largest entries) and at random positions.
  */
 export function sampleIndices(inp: Inputs, seed: number, count = 16): { dE: number[]; dW: number[] } {
-  const next = rng(seed ^ 0x5bd1e995);
+  const next = mulberry32(seed ^ 0x5bd1e995);
   const { N, D, V, labels } = inp;
   const dE: number[] = [];
   const dW: number[] = [];

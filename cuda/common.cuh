@@ -11,6 +11,7 @@
 
 #include <stdint.h>
 
+#include <initializer_list>
 #include <string>
 
 #include "kernels.h"
@@ -53,6 +54,22 @@ inline void checkSameShape(const char* op, const char* what, int64_t rows, int64
     throwInvalid(op, std::string(what) + " is " + std::to_string(r) + " × " + std::to_string(c) + ", expected " +
                          std::to_string(rows) + " × " + std::to_string(cols));
   }
+}
+
+/** A matrix that must have x's shape (an output, an upstream gradient), named for the error. */
+struct ShapedLikeX {
+  const char* name;
+  int64_t rows;
+  int64_t cols;
+  template <class Matrix>
+  ShapedLikeX(const char* n, const Matrix& m) : name(n), rows(m.rows), cols(m.cols) {}
+};
+
+/** Checks a row-wise op's shapes; returns whether x has rows to launch over. */
+inline bool checkRowwiseShapes(const char* op, const MatrixRef& x, std::initializer_list<ShapedLikeX> sameAsX) {
+  checkRowShape(op, x.rows, x.cols);
+  for (const ShapedLikeX& m : sameAsX) checkSameShape(op, m.name, x.rows, x.cols, m.rows, m.cols);
+  return x.rows > 0;
 }
 
 // Launch, then turn a launch failure into KernelError: the CUDA error of the launch on a GPU,

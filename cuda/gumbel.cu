@@ -85,18 +85,13 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 // ---------------------------------------------------------------- launchers
 
 void gumbelSoftmax(const MatrixRef& x, float tau, bool hard, uint64_t seed, const MutMatrixRef& y, Stream s) {
-  checkRowShape("gumbelSoftmax", x.rows, x.cols);
-  checkSameShape("gumbelSoftmax", "y", x.rows, x.cols, y.rows, y.cols);
-  if (x.rows == 0) return;
+  if (!checkRowwiseShapes("gumbelSoftmax", x, {{"y", y}})) return;
   CUTLOSS_RUN("gumbelSoftmax", gumbelSoftmaxKernel, rowBlocks(x.rows), rowThreads(x.cols), 0, s, x, tau, hard, seed, y);
 }
 
 void gumbelSoftmaxBackward(const MatrixRef& x, const MatrixRef& dy, float tau, uint64_t seed, const MutMatrixRef& dx,
                            Stream s) {
-  checkRowShape("gumbelSoftmaxBackward", x.rows, x.cols);
-  checkSameShape("gumbelSoftmaxBackward", "dy", x.rows, x.cols, dy.rows, dy.cols);
-  checkSameShape("gumbelSoftmaxBackward", "dx", x.rows, x.cols, dx.rows, dx.cols);
-  if (x.rows == 0) return;
+  if (!checkRowwiseShapes("gumbelSoftmaxBackward", x, {{"dy", dy}, {"dx", dx}})) return;
   CUTLOSS_RUN("gumbelSoftmaxBackward", gumbelSoftmaxBackwardKernel, rowBlocks(x.rows), rowThreads(x.cols), 0, s, x, dy,
               tau, seed, dx);
 }

@@ -136,43 +136,32 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 // ---------------------------------------------------------------- launchers
 
 void logSumExp(const MatrixRef& x, const SoftmaxParams& p, float* out, Stream s) {
-  checkRowShape("logSumExp", x.rows, x.cols);
-  if (x.rows == 0) return;
+  if (!checkRowwiseShapes("logSumExp", x, {})) return;
   CUTLOSS_RUN("logSumExp", logSumExpKernel, rowBlocks(x.rows), rowThreads(x.cols), 0, s, x, p, out);
 }
 
 void softmax(const MatrixRef& x, const SoftmaxParams& p, bool log, const MutMatrixRef& y, Stream s) {
   const char* op = log ? "logSoftmax" : "softmax";
-  checkRowShape(op, x.rows, x.cols);
-  checkSameShape(op, "y", x.rows, x.cols, y.rows, y.cols);
-  if (x.rows == 0) return;
+  if (!checkRowwiseShapes(op, x, {{"y", y}})) return;
   CUTLOSS_RUN(op, softmaxKernel, rowBlocks(x.rows), rowThreads(x.cols), 0, s, x, p, log, y);
 }
 
 void softmaxBackward(const MatrixRef& x, const MatrixRef& dy, const SoftmaxParams& p, bool log, const MutMatrixRef& dx,
                      Stream s) {
   const char* op = log ? "logSoftmaxBackward" : "softmaxBackward";
-  checkRowShape(op, x.rows, x.cols);
-  checkSameShape(op, "dy", x.rows, x.cols, dy.rows, dy.cols);
-  checkSameShape(op, "dx", x.rows, x.cols, dx.rows, dx.cols);
-  if (x.rows == 0) return;
+  if (!checkRowwiseShapes(op, x, {{"dy", dy}, {"dx", dx}})) return;
   CUTLOSS_RUN(op, softmaxBackwardKernel, rowBlocks(x.rows), rowThreads(x.cols), 0, s, x, dy, p, log, dx);
 }
 
 void stablemax(const MatrixRef& x, bool log, const MutMatrixRef& y, Stream s) {
   const char* op = log ? "logStablemax" : "stablemax";
-  checkRowShape(op, x.rows, x.cols);
-  checkSameShape(op, "y", x.rows, x.cols, y.rows, y.cols);
-  if (x.rows == 0) return;
+  if (!checkRowwiseShapes(op, x, {{"y", y}})) return;
   CUTLOSS_RUN(op, stablemaxKernel, rowBlocks(x.rows), rowThreads(x.cols), 0, s, x, log, y);
 }
 
 void stablemaxBackward(const MatrixRef& x, const MatrixRef& dy, bool log, const MutMatrixRef& dx, Stream s) {
   const char* op = log ? "logStablemaxBackward" : "stablemaxBackward";
-  checkRowShape(op, x.rows, x.cols);
-  checkSameShape(op, "dy", x.rows, x.cols, dy.rows, dy.cols);
-  checkSameShape(op, "dx", x.rows, x.cols, dx.rows, dx.cols);
-  if (x.rows == 0) return;
+  if (!checkRowwiseShapes(op, x, {{"dy", dy}, {"dx", dx}})) return;
   CUTLOSS_RUN(op, stablemaxBackwardKernel, rowBlocks(x.rows), rowThreads(x.cols), 0, s, x, dy, log, dx);
 }
 

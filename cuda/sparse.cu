@@ -97,32 +97,22 @@ __global__ void __launch_bounds__(kMaxRowThreads) entmax15BackwardKernel(MatrixR
 // ---------------------------------------------------------------- launchers
 
 void sparsemax(const MatrixRef& x, const MutMatrixRef& y, Stream s) {
-  checkRowShape("sparsemax", x.rows, x.cols);
-  checkSameShape("sparsemax", "y", x.rows, x.cols, y.rows, y.cols);
-  if (x.rows == 0) return;
+  if (!checkRowwiseShapes("sparsemax", x, {{"y", y}})) return;
   CUTLOSS_RUN("sparsemax", sparsemaxKernel, rowBlocks(x.rows), rowThreads(x.cols), 0, s, x, y);
 }
 
 void sparsemaxBackward(const MatrixRef& x, const MatrixRef& dy, const MutMatrixRef& dx, Stream s) {
-  checkRowShape("sparsemaxBackward", x.rows, x.cols);
-  checkSameShape("sparsemaxBackward", "dy", x.rows, x.cols, dy.rows, dy.cols);
-  checkSameShape("sparsemaxBackward", "dx", x.rows, x.cols, dx.rows, dx.cols);
-  if (x.rows == 0) return;
+  if (!checkRowwiseShapes("sparsemaxBackward", x, {{"dy", dy}, {"dx", dx}})) return;
   CUTLOSS_RUN("sparsemaxBackward", sparsemaxBackwardKernel, rowBlocks(x.rows), rowThreads(x.cols), 0, s, x, dy, dx);
 }
 
 void entmax15(const MatrixRef& x, const MutMatrixRef& y, Stream s) {
-  checkRowShape("entmax15", x.rows, x.cols);
-  checkSameShape("entmax15", "y", x.rows, x.cols, y.rows, y.cols);
-  if (x.rows == 0) return;
+  if (!checkRowwiseShapes("entmax15", x, {{"y", y}})) return;
   CUTLOSS_RUN("entmax15", entmax15Kernel, rowBlocks(x.rows), rowThreads(x.cols), 0, s, x, y);
 }
 
 void entmax15Backward(const MatrixRef& x, const MatrixRef& dy, const MutMatrixRef& dx, Stream s) {
-  checkRowShape("entmax15Backward", x.rows, x.cols);
-  checkSameShape("entmax15Backward", "dy", x.rows, x.cols, dy.rows, dy.cols);
-  checkSameShape("entmax15Backward", "dx", x.rows, x.cols, dx.rows, dx.cols);
-  if (x.rows == 0) return;
+  if (!checkRowwiseShapes("entmax15Backward", x, {{"dy", dy}, {"dx", dx}})) return;
   CUTLOSS_RUN("entmax15Backward", entmax15BackwardKernel, rowBlocks(x.rows), rowThreads(x.cols), 0, s, x, dy, dx);
 }
 

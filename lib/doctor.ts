@@ -6,6 +6,7 @@
 
 import { execFileSync } from 'node:child_process';
 import * as api from './index.js';
+import { mulberry32 } from './random.js';
 import { packageInfo } from './native-loader.cjs';
 
 export type CheckedBackend = Exclude<api.BackendName, 'js'>;
@@ -137,17 +138,6 @@ export function compare(got: ArrayLike<number>, want: ArrayLike<number>, rtol: n
 
 // ---------------------------------------------------------------- inputs
 
-/** mulberry32: small, seedable, the same on every machine. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomTensor(next: () => number, rows: number, cols: number, range: number, dtype: api.Dtype): api.Tensor {
   const values = Float32Array.from({ length: rows * cols }, () => (next() * 2 - 1) * range);
@@ -276,7 +266,7 @@ export function runDoctor(options: DoctorOptions = {}): DoctorReport {
     // CUTLOSS_BACKEND names an unavailable backend: the checks name theirs; restore 'auto'
   }
   const target = name;
-  const next = rng(seed);
+  const next = mulberry32(seed);
   const shapes = plan(emulated, quick, next);
   const add = (c: CheckResult) => {
     report.checks.push(c);

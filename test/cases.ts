@@ -65,6 +65,20 @@ export function labelsFor(rng: () => number, N: number, V: number, o: CrossEntro
   return labels;
 }
 
+/**
+ * The linearCrossEntropy problem every backend's option matrix runs: E [9, 5], W [V_ODD, 5],
+ * a bias when asked, labels for the case (f32-exact rows; the same draws on every suite).
+ */
+export function linearCeProblem(options: CrossEntropyOptions, withBias: boolean) {
+  const rng = ref.mulberry32(99);
+  const [N, D, V] = [9, 5, V_ODD];
+  const E = ref.randomRows(rng, N, D, 1);
+  const W = ref.randomRows(rng, V, D, 1);
+  const bias = withBias ? Float32Array.from(ref.randomRows(rng, 1, V, 0.5)[0]!) : undefined;
+  const labels = labelsFor(rng, N, V, options);
+  return { N, D, V, E, W, bias, labels };
+}
+
 // ---------------------------------------------------------------- row-wise ops
 
 export const SHAPES: [number, number][] = [[1, 1], [1, 2], [2, 1], [3, 7], [5, 33], [2, 300]];

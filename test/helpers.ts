@@ -46,3 +46,35 @@ export function gridRows(rng: () => number, rows: number, cols: number, range = 
     Array.from({ length: cols }, () => Math.round((rng() * 2 - 1) * range * 4096) / 4096),
   );
 }
+
+/** A loss as a list: one number for a reduced loss, one per row otherwise. */
+export const lossList = (l: number | ArrayLike<number>): number[] => (typeof l === 'number' ? [l] : Array.from(l));
+
+interface LinearCeGot {
+  loss: number | ArrayLike<number>;
+  lse?: ArrayLike<number>;
+  dEmbeddings?: { data: ArrayLike<number> };
+  dClassifier?: { data: ArrayLike<number> };
+  dBias?: ArrayLike<number>;
+}
+interface LinearCeWant {
+  loss: number | ArrayLike<number>;
+  lse: ArrayLike<number>;
+  dE: ReadonlyArray<ArrayLike<number>>;
+  dW: ReadonlyArray<ArrayLike<number>>;
+  dBias?: ArrayLike<number>;
+}
+
+/**
+ * linearCrossEntropy's result against the float64 reference's: loss and lse to 1e-6, the
+ * gradients to 1e-5 (relative to their size), and a dBias exactly when a bias was given.
+ */
+export function expectLinearCeClose(got: LinearCeGot, want: LinearCeWant, withBias: boolean, label = ''): void {
+  const at = (what: string) => (label ? `${label} ${what}` : what);
+  expectClose(lossList(got.loss), lossList(want.loss), { rtol: 1e-6, label: at('loss') });
+  expectClose(got.lse!, want.lse, { rtol: 1e-6, label: at('lse') });
+  expectClose(got.dEmbeddings!.data, want.dE, { rtol: 1e-5, label: at('dE') });
+  expectClose(got.dClassifier!.data, want.dW, { rtol: 1e-5, label: at('dW') });
+  if (withBias) expectClose(got.dBias!, want.dBias!, { rtol: 1e-5, label: at('dBias') });
+  else expect(got.dBias, at('dBias')).toBeUndefined();
+}

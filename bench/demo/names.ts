@@ -10,6 +10,7 @@
 
 import { createRequire } from 'node:module';
 import { getBackend, linearCrossEntropy, softmax, tensor } from '../../lib/index.js';
+import { mulberry32 as rng } from '../../lib/random.js';
 
 const t0 = performance.now();
 
@@ -38,17 +39,6 @@ const MARGIN = 0.3; // nats below the unigram baseline needed to pass
 
 // ---------------------------------------------------------------- seeded randomness
 
-// mulberry32: tiny, fast, and good enough for init, shuffling and sampling.
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const gauss = (r: () => number) => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
 function shuffle<T>(a: T[], r: () => number): void {
   for (let i = a.length - 1; i > 0; i--) {

@@ -42,46 +42,10 @@ function loadShifted(x: Float32Array, base: number, cols: number, buf: Float64Ar
 }
 
 /** τ of a row, relative to its max. */
-function rowThreshold(x: Float32Array, base: number, cols: number, buf: Float64Array, sortBuf: Float64Array): number {
+function sparsemaxRowThreshold(x: Float32Array, base: number, cols: number, buf: Float64Array, sortBuf: Float64Array): number {
   loadShifted(x, base, cols, buf);
   sortBuf.set(buf);
   return sparsemaxThreshold(sortBuf, cols).tau;
-}
-
-export function sparsemax(inp: RowwiseInput): Float32Array {
-  const { x, rows, cols } = inp;
-  const out = new Float32Array(rows * cols);
-  const buf = new Float64Array(cols);
-  const sortBuf = new Float64Array(cols);
-  for (let r = 0; r < rows; r++) {
-    const base = r * cols;
-    const tau = rowThreshold(x, base, cols, buf, sortBuf);
-    for (let j = 0; j < cols; j++) out[base + j] = Math.max(buf[j]! - tau, 0);
-  }
-  return out;
-}
-
-/** dx_k = [k ∈ supp]·(dy_k − mean over supp of dy). */
-export function sparsemaxBackward(inp: RowwiseInput, dy: Float32Array): Float32Array {
-  const { x, rows, cols } = inp;
-  const out = new Float32Array(rows * cols);
-  const buf = new Float64Array(cols);
-  const sortBuf = new Float64Array(cols);
-  for (let r = 0; r < rows; r++) {
-    const base = r * cols;
-    const tau = rowThreshold(x, base, cols, buf, sortBuf);
-    let sum = 0;
-    let count = 0;
-    for (let j = 0; j < cols; j++) {
-      if (buf[j]! > tau) {
-        sum += dy[base + j]!;
-        count++;
-      }
-    }
-    const mean = count > 0 ? sum / count : 0;
-    for (let j = 0; j < cols; j++) out[base + j] = buf[j]! > tau ? dy[base + j]! - mean : 0;
-  }
-  return out;
 }
 
 /**
@@ -108,49 +72,80 @@ function entmaxThreshold(u: Float64Array, n: number, sortBuf: Float64Array): num
   return tau;
 }
 
-function entmaxRow(x: Float32Array, base: number, cols: number, u: Float64Array, sortBuf: Float64Array): number {
+/** τ of a row for u = (z − max)/2, left in `u`. */
+function entmaxRowThreshold(x: Float32Array, base: number, cols: number, u: Float64Array, sortBuf: Float64Array): number {
   loadShifted(x, base, cols, u);
   for (let j = 0; j < cols; j++) u[j] = u[j]! / 2;
   return entmaxThreshold(u, cols, sortBuf);
 }
 
-export function entmax15(inp: RowwiseInput): Float32Array {
+type RowThreshold = typeof sparsemaxRowThreshold;
+
+/**
+ * A new [rows, cols] array whose row r is written by `writeRow(out, base, v, tau)`, where v holds
+ * the row's values as `threshold` left them (shifted by the max, halved for entmax) and tau its τ.
+ */
+function byRow(
+  inp: RowwiseInput,
+  threshold: RowThreshold,
+  writeRow: (out: Float32Array, base: number, v: Float64Array, tau: number) => void,
+): Float32Array {
   const { x, rows, cols } = inp;
   const out = new Float32Array(rows * cols);
-  const u = new Float64Array(cols);
+  const v = new Float64Array(cols);
   const sortBuf = new Float64Array(cols);
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
-    const tau = entmaxRow(x, base, cols, u, sortBuf);
-    for (let j = 0; j < cols; j++) {
-      const d = Math.max(u[j]! - tau, 0);
-      out[base + j] = d * d;
-    }
+    writeRow(out, base, v, threshold(x, base, cols, v, sortBuf));
   }
   return out;
 }
 
+export function sparsemax(inp: RowwiseInput): Float32Array {
+  return byRow(inp, sparsemaxRowThreshold, (out, base, v, tau) => {
+    for (let j = 0; j < inp.cols; j++) out[base + j] = Math.max(v[j]! - tau, 0);
+  });
+}
+
+/** dx_k = [k ∈ supp]·(dy_k − mean over supp of dy). */
+export function sparsemaxBackward(inp: RowwiseInput, dy: Float32Array): Float32Array {
+  return byRow(inp, sparsemaxRowThreshold, (out, base, v, tau) => {
+    let sum = 0;
+    let count = 0;
+    for (let j = 0; j < inp.cols; j++) {
+      if (v[j]! > tau) {
+        sum += dy[base + j]!;
+        count++;
+      }
+    }
+    const mean = count > 0 ? sum / count : 0;
+    for (let j = 0; j < inp.cols; j++) out[base + j] = v[j]! > tau ? dy[base + j]! - mean : 0;
+  });
+}
+
+export function entmax15(inp: RowwiseInput): Float32Array {
+  return byRow(inp, entmaxRowThreshold, (out, base, u, tau) => {
+    for (let j = 0; j < inp.cols; j++) {
+      const d = Math.max(u[j]! - tau, 0);
+      out[base + j] = d * d;
+    }
+  });
+}
+
 /** dx_k = √y_k·dy_k − √y_k·Σ_j √y_j dy_j / Σ_j √y_j. */
 export function entmax15Backward(inp: RowwiseInput, dy: Float32Array): Float32Array {
-  const { x, rows, cols } = inp;
-  const out = new Float32Array(rows * cols);
-  const u = new Float64Array(cols);
-  const sortBuf = new Float64Array(cols);
-  for (let r = 0; r < rows; r++) {
-    const base = r * cols;
-    const tau = entmaxRow(x, base, cols, u, sortBuf);
+  return byRow(inp, entmaxRowThreshold, (out, base, u, tau) => {
     let sumRoot = 0;
     let dot = 0;
-    for (let j = 0; j < cols; j++) {
+    for (let j = 0; j < inp.cols; j++) {
       const root = Math.max(u[j]! - tau, 0); // √y_j
       sumRoot += root;
       dot += root * dy[base + j]!;
     }
     const q = dot / sumRoot;
-    for (let j = 0; j < cols; j++) {
+    for (let j = 0; j < inp.cols; j++) {
       const root = Math.max(u[j]! - tau, 0);
       out[base + j] = root * (dy[base + j]! - q);
     }
-  }
-  return out;
+  });
 }

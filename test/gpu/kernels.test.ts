@@ -6,7 +6,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import * as lib from '../../lib/index.js';
 import { casesFor, labelsFor } from '../cases.js';
-import { expectClose } from '../helpers.js';
+import { expectClose, lossList } from '../helpers.js';
 import * as ref from '../reference64.js';
 import { cuda, onGpu } from './device.js';
 
@@ -136,7 +136,6 @@ describe.skipIf(!runs)('row-wise kernels on the GPU match the JS backend', () =>
   }, 600_000);
 });
 
-const lossList = (l: number | Float32Array | number[]) => (typeof l === 'number' ? [l] : Array.from(l));
 
 describe.skipIf(!runs)('crossEntropy on the GPU, every option, matches the JS backend and the float64 reference', () => {
   afterAll(() => lib.setBackend('auto'));

@@ -23,15 +23,14 @@ import { jsBackend } from '../../lib/js/index.js';
 import { native } from '../../lib/native.js';
 import { resolveLossOptions } from '../../lib/options.js';
 import type { Matrix } from '../../lib/tensor.js';
-import { CASES, OPS, SHAPES, V_ODD, labelsFor } from '../cases.js';
-import { expectClose, flat } from '../helpers.js';
+import { CASES, OPS, SHAPES, V_ODD, labelsFor, linearCeProblem } from '../cases.js';
+import { expectClose, expectLinearCeClose, flat, lossList } from '../helpers.js';
 import * as ref from '../reference64.js';
 
 const cpuInfo = backends().find((b) => b.name === 'cpu')!;
 const addon = cpuAddon(native().addon);
 
 type Dtype = 'f32' | 'bf16';
-const lossList = (l: number | Float32Array | number[]): number[] => (typeof l === 'number' ? [l] : Array.from(l));
 const refOptions = (o: CrossEntropyOptions) => o as ref.CeOptions;
 
 function input(values: number[][], dtype: Dtype): Tensor {
@@ -100,12 +99,7 @@ describe.skipIf(!cpuInfo.available)('cpu backend', () => {
     for (const [name, options] of CASES) {
       for (const withBias of [false, true]) {
         it(`${name}${withBias ? ', with bias' : ''}`, () => {
-          const rng = ref.mulberry32(99);
-          const [N, D, V] = [9, 5, V_ODD];
-          const E = ref.randomRows(rng, N, D, 1);
-          const W = ref.randomRows(rng, V, D, 1);
-          const bias = withBias ? Float32Array.from(ref.randomRows(rng, 1, V, 0.5)[0]!) : undefined;
-          const labels = labelsFor(rng, N, V, options);
+          const { V, E, W, bias, labels } = linearCeProblem(options, withBias);
           const Et = input(E, 'f32');
           const Wt = input(W, 'f32');
           const want = ref.linearCrossEntropy(decoded(Et), decoded(Wt), labels, { ...refOptions(options), bias });
@@ -113,13 +107,7 @@ describe.skipIf(!cpuInfo.available)('cpu backend', () => {
           for (const workspaceBytes of [undefined, 1, 4 * V * 4]) {
             const opts: LinearCrossEntropyOptions = { ...options, returnLse: true, ...(bias ? { bias } : {}), ...(workspaceBytes ? { workspaceBytes } : {}) };
             const got = linearCrossEntropy(Et, Wt, labels, opts);
-            const label = `workspace ${workspaceBytes ?? 'default'}`;
-            expectClose(lossList(got.loss), lossList(want.loss), { rtol: 1e-6, label: `${label} loss` });
-            expectClose(got.lse!, want.lse, { rtol: 1e-6, label: `${label} lse` });
-            expectClose(got.dEmbeddings!.data, want.dE, { rtol: 1e-5, label: `${label} dE` });
-            expectClose(got.dClassifier!.data, want.dW, { rtol: 1e-5, label: `${label} dW` });
-            if (bias) expectClose(got.dBias!, want.dBias!, { rtol: 1e-5, label: `${label} dBias` });
-            else expect(got.dBias).toBeUndefined();
+            expectLinearCeClose(got, want, withBias, `workspace ${workspaceBytes ?? 'default'}`);
           }
         });
       }

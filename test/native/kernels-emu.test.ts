@@ -18,7 +18,7 @@ import { jsBackend } from '../../lib/js/index.js';
 import { setEmulatorOrder } from '../../lib/native.js';
 import { resolveLossOptions, type CrossEntropyOptions } from '../../lib/options.js';
 import type { Matrix } from '../../lib/tensor.js';
-import { expectClose, flat } from '../helpers.js';
+import { expectClose, flat, lossList } from '../helpers.js';
 import * as ref from '../reference64.js';
 import {
   ORDERS, blobBytes, blobValues, buildRunner, runInAllOrders, runKernels, sameBits, type FiberOrder, type KernelRequest,
@@ -339,7 +339,6 @@ function crossEntropyOnKernels(cases: [Matrix, Int32Array, CrossEntropyOptions][
   });
 }
 
-const lossList = (l: number | Float32Array | number[]) => (typeof l === 'number' ? [l] : Array.from(l));
 
 /** Random labels with one ignored row (label −100, or the custom ignoreIndex), as test/losses.test.ts. */
 function labelsFor(rng: () => number, N: number, V: number, o: CrossEntropyOptions): Int32Array {

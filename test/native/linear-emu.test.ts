@@ -20,7 +20,7 @@ import { gradientScales, reduceLoss } from '../../lib/nativeBackend.js';
 import { resolveLossOptions, type LinearCrossEntropyOptions, type ResolvedLossOptions } from '../../lib/options.js';
 import type { Matrix } from '../../lib/tensor.js';
 import { casesFor } from '../cases.js';
-import { expectClose } from '../helpers.js';
+import { expectClose, lossList } from '../helpers.js';
 import * as ref from '../reference64.js';
 import {
   ORDERS, blobBytes, blobValues, buildRunner, runInAllOrders, runKernels, sameBits, type KernelRequest, type KernelResponse,
@@ -133,7 +133,6 @@ function onKernels(runs: [Problem, LinearCrossEntropyOptions, KernelSettings][])
   return out.map((r, i) => decode(r, runs[i]![0], os[i]!));
 }
 
-const lossList = (l: number | Float32Array | number[]) => (typeof l === 'number' ? [l] : Array.from(l));
 
 /** reference64's gradients cost O(V²) per row (forward-mode duals): wider problems check gradients against JS only. */
 const REFERENCE_MAX_V = 150;
