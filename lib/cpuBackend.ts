@@ -7,7 +7,7 @@
 
 import type { AsyncBackendOps, Backend, BackendInfo, CrossEntropyOutput, LinearCrossEntropyOutput, SoftmaxSettings } from './backend.js';
 import { CutlossError, describe } from './errors.js';
-import { fromNativeError, native as loadNative, type NativeAddon, type NativeLossParams } from './native.js';
+import { fromNativeError, native as loadNative, nativeLossParams, unshared, type NativeAddon, type NativeLossParams } from './native.js';
 import { gradientScales, reduceLoss } from './nativeBackend.js';
 import type { ResolvedLossOptions } from './options.js';
 import type { Matrix } from './tensor.js';
@@ -102,24 +102,6 @@ export function cpuAddon(addon: NativeAddon | null): CpuAddon | null {
 // ---------------------------------------------------------------- helpers
 
 const dtypeCode = (m: Matrix): Dtype01 => (m.dtype === 'bf16' ? 1 : 0);
-
-/**
- * The addon refuses views of a SharedArrayBuffer (another thread could write them while it
- * reads); the public API accepts them, so they go across as a snapshot.
- */
-function unshared<T extends HostData | Uint8Array | Int32Array>(a: T): T;
-function unshared<T extends HostData | Uint8Array | Int32Array>(a: T | null): T | null;
-function unshared<T extends HostData | Uint8Array | Int32Array>(a: T | null): T | null {
-  return a !== null && a.buffer instanceof SharedArrayBuffer ? (a.slice() as T) : a;
-}
-
-function lossParams(o: ResolvedLossOptions): NativeLossParams {
-  return {
-    normalizer: o.normalizer, smoothing: o.smoothing, focalGamma: o.focalGamma, polyEpsilon: o.polyEpsilon,
-    zLoss: o.zLoss, squentropy: o.squentropy, softcap: o.softcap, invTemperature: o.invTemperature,
-    ignoreIndex: o.ignoreIndex,
-  };
-}
 
 function native<T>(fn: () => T): T {
   try {
@@ -232,7 +214,7 @@ export class CpuBackend implements Backend {
     logits: Matrix, labels: Int32Array, o: ResolvedLossOptions, s: ReturnType<typeof gradientScales> | null,
   ): Parameters<CpuOps['cpuCrossEntropy']> {
     return [
-      unshared(logits.data), logits.rows, logits.cols, dtypeCode(logits), unshared(labels), lossParams(o),
+      unshared(logits.data), logits.rows, logits.cols, dtypeCode(logits), unshared(labels), nativeLossParams(o),
       unshared(o.classWeights), s?.scaleWeighted ?? null, s?.scaleUnweighted ?? null,
     ];
   }
@@ -246,7 +228,7 @@ export class CpuBackend implements Backend {
     E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions, s: ReturnType<typeof gradientScales> | null,
   ): Parameters<CpuOps['cpuLinearCrossEntropy']> {
     return [
-      unshared(E.data), E.rows, E.cols, dtypeCode(E), unshared(W.data), W.rows, dtypeCode(W), unshared(labels), lossParams(o),
+      unshared(E.data), E.rows, E.cols, dtypeCode(E), unshared(W.data), W.rows, dtypeCode(W), unshared(labels), nativeLossParams(o),
       unshared(o.classWeights), unshared(o.bias), s?.scaleWeighted ?? null, s?.scaleUnweighted ?? null, o.filterEps,
       o.workspaceBytes ?? DEFAULT_CPU_WORKSPACE_BYTES,
     ];

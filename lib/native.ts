@@ -4,6 +4,7 @@
 
 import { CutlossError, type CutlossErrorCode } from './errors.js';
 import { loadAddon } from './native-loader.cjs';
+import type { ResolvedLossOptions } from './options.js';
 
 /** Entry points change together with this number (src/addon.cc kInterfaceVersion). */
 export const NATIVE_INTERFACE_VERSION = 2;
@@ -228,4 +229,25 @@ function applyOrderFromEnvironment(addon: NativeAddon): void {
     throw new CutlossError('E_OPTION', `CUTLOSS_EMU_ORDER must be forward, reverse or shuffled[:seed], got '${spec}'`);
   }
   addon.setEmulatorOrder(index, seed);
+}
+
+// ---------------------------------------------------------------- arguments both native backends pass
+
+/**
+ * The addon refuses views of a SharedArrayBuffer (another thread could write them while it
+ * reads); the public API accepts them, so they go across as a snapshot.
+ */
+export function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int32Array>(a: T): T;
+export function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int32Array>(a: T | null): T | null;
+export function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int32Array>(a: T | null): T | null {
+  return a !== null && a.buffer instanceof SharedArrayBuffer ? (a.slice() as T) : a;
+}
+
+/** The loss options as the addon's loss entry points read them. */
+export function nativeLossParams(o: ResolvedLossOptions): NativeLossParams {
+  return {
+    normalizer: o.normalizer, smoothing: o.smoothing, focalGamma: o.focalGamma, polyEpsilon: o.polyEpsilon,
+    zLoss: o.zLoss, squentropy: o.squentropy, softcap: o.softcap, invTemperature: o.invTemperature,
+    ignoreIndex: o.ignoreIndex,
+  };
 }

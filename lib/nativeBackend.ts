@@ -11,8 +11,8 @@ import type {
 import { CutlossError } from './errors.js';
 import { BACKEND_CODE, adopt, nativeMatrix, type DeviceBackendName, type DeviceTensor } from './device.js';
 import {
-  fromNativeError, type NativeAddon, type NativeAsyncOps, type NativeCrossEntropyForward, type NativeLinearConfig,
-  type NativeLinearCrossEntropy, type NativeLossParams, type NativeOpName, type NativeOps,
+  fromNativeError, nativeLossParams, unshared, type NativeAddon, type NativeAsyncOps, type NativeCrossEntropyForward,
+  type NativeLinearConfig, type NativeLinearCrossEntropy, type NativeOpName, type NativeOps,
 } from './native.js';
 import type { ResolvedLossOptions } from './options.js';
 import { toF32, type Dtype, type Matrix, type Tensor } from './tensor.js';
@@ -108,24 +108,6 @@ async function runOffThread<T>(addon: NativeAddon, plan: Plan<T>): Promise<T> {
     step = plan.next(result);
   }
   return step.value;
-}
-
-/**
- * The addon refuses views of a SharedArrayBuffer (another thread could write them while it
- * copies); the public API accepts them, so they go across as a snapshot.
- */
-function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int32Array>(a: T): T;
-function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int32Array>(a: T | null): T | null;
-function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int32Array>(a: T | null): T | null {
-  return a !== null && a.buffer instanceof SharedArrayBuffer ? (a.slice() as T) : a;
-}
-
-function nativeLossParams(o: ResolvedLossOptions): NativeLossParams {
-  return {
-    normalizer: o.normalizer, smoothing: o.smoothing, focalGamma: o.focalGamma, polyEpsilon: o.polyEpsilon,
-    zLoss: o.zLoss, squentropy: o.squentropy, softcap: o.softcap, invTemperature: o.invTemperature,
-    ignoreIndex: o.ignoreIndex,
-  };
 }
 
 /** The linear kernels' settings from the resolved options. */

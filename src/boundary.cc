@@ -123,16 +123,9 @@ TypedArrayInfo typedArrayInfo(const Napi::Value& v, const char* name) {
 
 template <class T>
 std::vector<T> copyTyped(const Napi::Value& v, const char* name, napi_typedarray_type want) {
-  if (!v.IsTypedArray()) {
-    throw ArgError("E_DTYPE", std::string(name) + " must be a " + typedArrayName(want) + ", got " + describe(v));
-  }
-  TypedArrayInfo info = typedArrayInfo(v, name);
-  if (info.type != want) {
-    throw ArgError("E_DTYPE", std::string(name) + " must be a " + typedArrayName(want) + ", got a " +
-                                  typedArrayName(info.type));
-  }
-  std::vector<T> out(info.length);
-  if (info.byteLength > 0) std::memcpy(out.data(), info.data, info.byteLength);
+  const HostView view = readTypedView(v, name, want);
+  std::vector<T> out(view.byteLength / sizeof(T));
+  if (view.byteLength > 0) std::memcpy(out.data(), view.data, view.byteLength);
   return out;
 }
 
