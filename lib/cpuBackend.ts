@@ -262,7 +262,10 @@ export function probeCpu(addon: NativeAddon | null, loadError: string | null): {
   const details: BackendInfo['details'] = (cpuDetails = {
     gemm: i.gemm.library,
     gemmKernel: i.gemm.kernel,
-    gemmKernelNote: i.gemm.kernelNote,
+    // read at each backends() call: it also says when products fell back to the portable kernel
+    get gemmKernelNote() {
+      return cpu.cpuInfo().gemm.kernelNote;
+    },
     simd: i.simd,
     threads: i.threads,
     denormals: i.flushesDenormals ? 'flushed to zero (FTZ/DAZ) on cutloss threads' : 'IEEE (not flushed)',

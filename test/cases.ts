@@ -79,6 +79,23 @@ export function linearCeProblem(options: CrossEntropyOptions, withBias: boolean)
   return { N, D, V, E, W, bias, labels };
 }
 
+/** Rows of 4 logits that stress a loss: huge, overflowing, tied, and −inf entries, with their labels. */
+export const EDGE_ROWS: [name: string, rows: number[][], labels: number[]][] = [
+  ['logits of ±1e4', [[1e4, -1e4, 0, 1e4 - 1], [-1e4, -1e4, -1e4, -1e4]], [3, 0]],
+  ['logits of ±3e38', [[3e38, -3e38, 0, 1], [-3e38, 2e38, -3e38, 0]], [1, 1]],
+  ['equal rows', [[2, 2, 2, 2], [2, 2, 2, 2]], [0, 3]],
+  ['-inf logits off the label', [[-Infinity, 0, 1, -Infinity], [0, 0, -Infinity, 0]], [1, 3]],
+];
+
+/** A small linearCrossEntropy problem made from a formula, for code in another process to share. */
+export function addressLimitProblem() {
+  const [N, D, V] = [48, 24, 700];
+  const E = Float32Array.from({ length: N * D }, (_, i) => Math.fround(Math.sin(i * 0.37)));
+  const W = Float32Array.from({ length: V * D }, (_, i) => Math.fround(0.5 * Math.cos(i * 0.11)));
+  const labels = Int32Array.from({ length: N }, (_, i) => (i * 37) % V);
+  return { N, D, V, E, W, labels };
+}
+
 // ---------------------------------------------------------------- row-wise ops
 
 export const SHAPES: [number, number][] = [[1, 1], [1, 2], [2, 1], [3, 7], [5, 33], [2, 300]];

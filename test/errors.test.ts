@@ -5,16 +5,7 @@ import {
   CutlossError, crossEntropy, crossEntropyAsync, gumbelSoftmax, gumbelSoftmaxBackward, linearCrossEntropy,
   logSumExp, softmax, softmaxBackward, tensor,
 } from '../lib/index.js';
-
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(CutlossError);
-    return (e as CutlossError).code;
-  }
-  throw new Error('expected a CutlossError, nothing was thrown');
-}
+import { codeOf } from './helpers.js';
 
 const logits = () => ({ data: new Float32Array([1, 2, 3, 4, 5, 6]), shape: [2, 3] as [number, number] });
 

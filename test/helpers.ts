@@ -1,6 +1,10 @@
-// Comparison helpers shared by the suites: flatten nested rows, and assert closeness with
-// a tolerance relative to the magnitude of the expected values.
+// Helpers shared by the suites: flatten nested rows, assert closeness with a tolerance
+// relative to the magnitude of the expected values, read a CutlossError's code, and run a
+// program against the built package in another process.
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { expect } from 'vitest';
+import { CutlossError } from '../lib/index.js';
 
 export function flat(x: ArrayLike<number> | ReadonlyArray<ArrayLike<number>>): number[] {
   const out: number[] = [];
@@ -77,4 +81,32 @@ export function expectLinearCeClose(got: LinearCeGot, want: LinearCeWant, withBi
   expectClose(got.dClassifier!.data, want.dW, { rtol: 1e-5, label: at('dW') });
   if (withBias) expectClose(got.dBias!, want.dBias!, { rtol: 1e-5, label: at('dBias') });
   else expect(got.dBias, at('dBias')).toBeUndefined();
+}
+
+/** The code of the CutlossError that fn throws (anything else fails the test). */
+export function codeOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(CutlossError);
+    return (e as CutlossError).code;
+  }
+  throw new Error('expected a CutlossError, nothing was thrown');
+}
+
+export const repoRoot = fileURLToPath(new URL('..', import.meta.url));
+/** The built package's ESM entry (npm test builds it), for code run in other processes. */
+export const distEntry = pathToFileURL(`${repoRoot}/dist/esm/index.js`).href;
+
+/**
+ * Runs a module program against the built package in a fresh process, with the package as `m`,
+ * `handle` parsed from JSON and `code(fn)` giving what fn throws; returns the JSON it prints.
+ */
+export function inPackageChild(program: string, handle: unknown): Record<string, unknown> {
+  const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
+    import * as m from ${JSON.stringify(distEntry)};
+    const handle = JSON.parse(process.env.CUTLOSS_TEST_HANDLE);
+    const code = (fn) => { try { fn(); return 'none'; } catch (e) { return e.code ?? String(e); } };
+    ${program}`], { cwd: repoRoot, encoding: 'utf8', env: { ...process.env, CUTLOSS_TEST_HANDLE: JSON.stringify(handle) } });
+  return JSON.parse(out.trim()) as Record<string, unknown>;
 }

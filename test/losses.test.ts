@@ -9,7 +9,7 @@ import { linearCrossEntropyJs } from '../lib/js/losses.js';
 import { resolveLossOptions } from '../lib/options.js';
 import { expectClose, expectLinearCeClose, flat, gridRows, lossList } from './helpers.js';
 import * as ref from './reference64.js';
-import { CASES, V_ODD, labelsFor, linearCeProblem, weights } from './cases.js';
+import { CASES, EDGE_ROWS, V_ODD, labelsFor, linearCeProblem, weights } from './cases.js';
 
 // The reference backend's suite (float64 inside, which the finite differences need); the cpu
 // backend runs the same matrix in test/native/cpu.test.ts.
@@ -179,13 +179,7 @@ describe('closed forms and PyTorch facts', () => {
 });
 
 describe('edge values', () => {
-  const cases: [string, number[][], number[]][] = [
-    ['logits of ±1e4', [[1e4, -1e4, 0, 1e4 - 1], [-1e4, -1e4, -1e4, -1e4]], [3, 0]],
-    ['logits of ±3e38', [[3e38, -3e38, 0, 1], [-3e38, 2e38, -3e38, 0]], [1, 1]],
-    ['equal rows', [[2, 2, 2, 2], [2, 2, 2, 2]], [0, 3]],
-    ['-inf logits off the label', [[-Infinity, 0, 1, -Infinity], [0, 0, -Infinity, 0]], [1, 3]],
-  ];
-  for (const [name, X, labels] of cases) {
+  for (const [name, X, labels] of EDGE_ROWS) {
     for (const normalizer of ['softmax', 'stablemax', 'sparsemax'] as const) {
       it(`${name} (${normalizer})`, () => {
         const t = tensor(ref.rowsToF32(X), [X.length, 4]);

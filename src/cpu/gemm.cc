@@ -1,5 +1,7 @@
 #include "gemm.h"
 
+#include <sys/mman.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -207,22 +209,48 @@ std::atomic<bool> gUsePortable{[] {
 #endif
 }()};
 
+#if CUTLOSS_WITH_OPENBLAS
+// OpenBLAS maps a work buffer of this size for each thread that first runs a product, and when
+// the mapping fails (an address-space limit such as `ulimit -v`, or strict overcommit) it
+// retries forever. So before each call cutloss maps and unmaps as much as the threads could
+// ask for; where that fails the call takes the portable kernel: slower, but it returns.
+constexpr size_t kOpenblasBufferBytes = size_t{128} << 20;
+std::atomic<uint64_t> gBlasBufferFallbacks{0};
+
+bool openblasBuffersMappable() {
+  const size_t bytes = kOpenblasBufferBytes * static_cast<size_t>(threadCount());
+  void* probe = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (probe == MAP_FAILED) {
+    gBlasBufferFallbacks.fetch_add(1);
+    return false;
+  }
+  munmap(probe, bytes);
+  return true;
+}
+
+/** OpenBLAS's product, where it may run; false when the caller should take the portable kernel. */
+bool openblasSgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (gUsePortable.load()) return false;
+  constexpr int64_t kIntMax = 2147483647;
+  if (M > kIntMax || N > kIntMax || K > kIntMax || lda > kIntMax || ldb > kIntMax || ldc > kIntMax) {
+    throw std::length_error("sgemm: a dimension exceeds the BLAS's 32-bit integers");
+  }
+  if (M == 0 || N == 0) return true;
+  if (!openblasBuffersMappable()) return false;
+  cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+              static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A, static_cast<int>(lda), B,
+              static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
+  return true;
+}
+#endif
+
 }  // namespace
 
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
 #if CUTLOSS_WITH_OPENBLAS
-  if (!gUsePortable.load()) {
-    constexpr int64_t kIntMax = 2147483647;
-    if (M > kIntMax || N > kIntMax || K > kIntMax || lda > kIntMax || ldb > kIntMax || ldc > kIntMax) {
-      throw std::length_error("sgemm: a dimension exceeds the BLAS's 32-bit integers");
-    }
-    if (M == 0 || N == 0) return;
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A, static_cast<int>(lda), B,
-                static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
-    return;
-  }
+  if (openblasSgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
 #endif
   portableSgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -230,10 +258,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
 void sgemmSerial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
 #if CUTLOSS_WITH_OPENBLAS
-  if (!gUsePortable.load()) {
-    sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);  // one thread: see SerialGemmScope
-    return;
-  }
+  // one OpenBLAS thread per call here: see SerialGemmScope
+  if (openblasSgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
 #endif
   portableSgemmSerial(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -287,6 +313,11 @@ GemmInfo gemmInfo() {
     info.library = (second == std::string::npos ? config : config.substr(0, second)) + " (linked statically)";
     info.kernel = openblas_get_corename();
     info.kernelNote = blasChoice().note;
+    if (const uint64_t fallbacks = gBlasBufferFallbacks.load(); fallbacks > 0) {
+      info.kernelNote += "; " + std::to_string(fallbacks) +
+                         " products took the portable kernel: OpenBLAS's work buffers could not be mapped "
+                         "(an address-space limit?)";
+    }
     return info;
   }
   info.kernelNote = "OpenBLAS is linked but the portable kernel was chosen (CUTLOSS_CPU_GEMM=portable or setGemm)";

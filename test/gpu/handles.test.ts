@@ -2,28 +2,16 @@
 // computes on and writes the memory), a worker thread's import in this process, and device
 // pointers wrapped without being owned. test/native/sharing.test.ts covers the same API on
 // cuda-emu. Skipped, saying why, without a GPU.
-import { execFileSync } from 'node:child_process';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { afterAll, describe, expect, it } from 'vitest';
 import * as lib from '../../lib/index.js';
+import { distEntry, inPackageChild } from '../helpers.js';
 import { onGpu } from './device.js';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
-const distEntry = pathToFileURL(`${root}/dist/esm/index.js`).href;
 const runs = onGpu('test/gpu/handles.test.ts');
 
 const gpu = (t: lib.Tensor) => lib.upload(t, { backend: 'cuda' });
 const values = (n: number, f: (i: number) => number) => Float32Array.from({ length: n }, (_, i) => f(i));
-
-function inChild(program: string, handle: unknown): Record<string, unknown> {
-  const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
-    import * as m from ${JSON.stringify(distEntry)};
-    const handle = JSON.parse(process.env.CUTLOSS_TEST_HANDLE);
-    const code = (fn) => { try { fn(); return 'none'; } catch (e) { return e.code ?? String(e); } };
-    ${program}`], { cwd: root, encoding: 'utf8', env: { ...process.env, CUTLOSS_TEST_HANDLE: JSON.stringify(handle) } });
-  return JSON.parse(out.trim()) as Record<string, unknown>;
-}
 
 describe.skipIf(!runs)('CUDA IPC and wrapped device pointers', () => {
   afterAll(() => lib.setBackend('auto'));
@@ -35,7 +23,7 @@ describe.skipIf(!runs)('CUDA IPC and wrapped device pointers', () => {
     const h = t.exportHandle();
     expect(t.address).toBe(before);
     expect(Buffer.from(h.handle, 'base64').length).toBe(64); // cudaIpcMemHandle_t
-    const r = inChild(`
+    const r = inPackageChild(`
       const t = m.DeviceTensor.fromHandle(handle);
       const seen = Array.from(t.download().data.subarray(0, 8));
       const lse = Array.from(m.logSumExp(t).download().data);
@@ -52,10 +40,10 @@ describe.skipIf(!runs)('CUDA IPC and wrapped device pointers', () => {
   it('a byteOffset view, and a disposed export refused', () => {
     const t = gpu(lib.tensor(values(16, (i) => i), [16]));
     const h = t.exportHandle();
-    expect(inChild(`console.log(JSON.stringify({ v: Array.from(m.DeviceTensor.fromHandle(handle).download().data) }))`,
+    expect(inPackageChild(`console.log(JSON.stringify({ v: Array.from(m.DeviceTensor.fromHandle(handle).download().data) }))`,
       { ...h, shape: [4], byteOffset: 32 })).toEqual({ v: [8, 9, 10, 11] });
     t.dispose();
-    const r = inChild(`console.log(JSON.stringify({ code: code(() => m.DeviceTensor.fromHandle(handle)) }))`, h);
+    const r = inPackageChild(`console.log(JSON.stringify({ code: code(() => m.DeviceTensor.fromHandle(handle)) }))`, h);
     expect(['E_BACKEND', 'E_DISPOSED']).toContain(r.code);
     expect(() => lib.DeviceTensor.fromHandle(h)).toThrow(/E_DISPOSED/); // in this process the export is known to be gone
   });

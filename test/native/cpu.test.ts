@@ -9,8 +9,9 @@
 // Tolerances per DESIGN.md "Numerics": the cpu backend accumulates in fp32, so where the
 // reference suite holds float64 to 1e-6 on losses this holds fp32 to 1e-6 relative (plus
 // |lse|·2^-22 where huge logits make the rounding of lse itself the limit), 1e-5 on gradients.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as lib from '../../lib/index.js';
@@ -23,7 +24,7 @@ import { jsBackend } from '../../lib/js/index.js';
 import { native } from '../../lib/native.js';
 import { resolveLossOptions } from '../../lib/options.js';
 import type { Matrix } from '../../lib/tensor.js';
-import { CASES, OPS, SHAPES, V_ODD, labelsFor, linearCeProblem } from '../cases.js';
+import { CASES, EDGE_ROWS, OPS, SHAPES, V_ODD, addressLimitProblem, labelsFor, linearCeProblem } from '../cases.js';
 import { expectClose, expectLinearCeClose, flat, lossList } from '../helpers.js';
 import * as ref from '../reference64.js';
 
@@ -163,13 +164,7 @@ describe.skipIf(!cpuInfo.available)('cpu backend', () => {
   });
 
   describe('edge values', () => {
-    const cases: [string, number[][], number[]][] = [
-      ['logits of ±1e4', [[1e4, -1e4, 0, 1e4 - 1], [-1e4, -1e4, -1e4, -1e4]], [3, 0]],
-      ['logits of ±3e38', [[3e38, -3e38, 0, 1], [-3e38, 2e38, -3e38, 0]], [1, 1]],
-      ['equal rows', [[2, 2, 2, 2], [2, 2, 2, 2]], [0, 3]],
-      ['-inf logits off the label', [[-Infinity, 0, 1, -Infinity], [0, 0, -Infinity, 0]], [1, 3]],
-    ];
-    for (const [name, X, labels] of cases) {
+    for (const [name, X, labels] of EDGE_ROWS) {
       for (const normalizer of ['softmax', 'stablemax', 'sparsemax'] as const) {
         it(`${name} (${normalizer})`, () => {
           const t = input(X, 'f32');
@@ -436,6 +431,38 @@ describe.skipIf(!cpuInfo.available)('cpu backend', () => {
         `(${(96 * r.outputBytes / MiB).toFixed(0)} MiB of outputs made)`);
       expect(r.rssGrowthBytes).toBeLessThan(2 * 1024 * MiB);
     }, 120_000);
+
+    it('under an address-space cap too tight for OpenBLAS\'s work buffers, products take the portable kernel and return', async () => {
+      // OpenBLAS retries a failed mapping of its work buffer forever: without the check, this hangs.
+      const probe = fileURLToPath(new URL('../fixtures/address-limit-probe.ts', import.meta.url));
+      const child = spawn(process.execPath, ['--import', 'tsx', probe], { env: { ...process.env, CUTLOSS_BACKEND: 'cpu' } });
+      const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+      const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+      try {
+        const first = await lines.next();
+        expect(first.done, `the probe ended early: ${stderr}`).toBe(false);
+        const { vmSizeBytes } = JSON.parse(first.value as string) as { vmSizeBytes: number };
+        // 64 MiB to spare: less than one OpenBLAS buffer (128 MiB), plenty for the portable kernel
+        execFileSync('prlimit', [`--pid=${child.pid}`, `--as=${vmSizeBytes + 64 * 2 ** 20}`]);
+        child.stdin.write('go\n');
+        const second = await lines.next();
+        expect(second.done, `the probe was killed or died under the cap: ${stderr}`).toBe(false);
+        const got = JSON.parse(second.value as string) as { loss: number; dE: number[]; dW: number[]; kernelNote: string };
+        const { E, W, labels, N, D, V } = addressLimitProblem();
+        const want = ref.linearCrossEntropy(ref.toF64Rows(E, N, D), ref.toF64Rows(W, V, D), labels);
+        expectClose([got.loss], lossList(want.loss), { rtol: 1e-6, label: 'loss' });
+        expectClose(got.dE, want.dE, { rtol: 1e-5, label: 'dE' });
+        expectClose(got.dW, want.dW, { rtol: 1e-5, label: 'dW' });
+        if (cpuInfo.details.gemm !== undefined && String(cpuInfo.details.gemm).startsWith('OpenBLAS')) {
+          expect(got.kernelNote).toMatch(/took the portable kernel: OpenBLAS's work buffers could not be mapped/);
+        }
+      } finally {
+        clearTimeout(timer);
+        child.kill();
+      }
+    }, 90_000);
   });
 
   // ---------------------------------------------------------------- threads, async

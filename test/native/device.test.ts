@@ -5,26 +5,17 @@ import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  CutlossError, DeviceTensor, backends, crossEntropy, download, entmax15, entmax15Backward, gumbelSoftmax,
+  DeviceTensor, backends, crossEntropy, download, entmax15, entmax15Backward, gumbelSoftmax,
   gumbelSoftmaxBackward, linearCrossEntropy, logSoftmax, logSoftmaxBackward, logStablemax, logStablemaxBackward,
   logSumExp, setBackend, softmax, softmaxBackward, sparsemax, sparsemaxBackward, stablemax, stablemaxBackward, tensor,
   upload, type Tensor,
 } from '../../lib/index.js';
 import { native } from '../../lib/native.js';
+import { codeOf } from '../helpers.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
 afterEach(() => setBackend('auto'));
-
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(CutlossError);
-    return (e as CutlossError).code;
-  }
-  throw new Error('expected a CutlossError, nothing was thrown');
-}
 
 function liveBuffers(): number {
   return native().addon!.stats().buffers;

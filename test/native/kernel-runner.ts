@@ -6,6 +6,8 @@ import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Matrix } from '../../lib/tensor.js';
+import * as ref from '../reference64.js';
 
 export const root = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -127,3 +129,16 @@ export function runInAllOrders(exe: string, requests: Omit<KernelRequest, 'order
     return first;
   });
 }
+
+// ---------------------------------------------------------------- inputs
+
+/** Rows as a host matrix of the dtype (bf16 rounds each value). */
+export function matrix(values: number[][], dtype: 'f32' | 'bf16'): Matrix {
+  const rows = values.length;
+  const cols = values[0]!.length;
+  const data = dtype === 'f32' ? ref.rowsToF32(values) : ref.rowsToBf16(values);
+  return { data, rows, cols, dtype, shape: [rows, cols] };
+}
+
+/** The values a kernel actually sees (bf16 decoded), as float64 rows for the reference. */
+export const asRows = (m: Matrix) => ref.toF64Rows(m.data, m.rows, m.cols);

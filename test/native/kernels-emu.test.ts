@@ -21,8 +21,8 @@ import type { Matrix } from '../../lib/tensor.js';
 import { expectClose, flat, lossList } from '../helpers.js';
 import * as ref from '../reference64.js';
 import {
-  ORDERS, blobBytes, blobValues, buildRunner, runInAllOrders, runKernels, sameBits, type FiberOrder, type KernelRequest,
-  type KernelResponse,
+  ORDERS, asRows, blobBytes, blobValues, buildRunner, matrix, runInAllOrders, runKernels, sameBits, type FiberOrder,
+  type KernelRequest, type KernelResponse,
 } from './kernel-runner.js';
 
 type Dtype = 'f32' | 'bf16';
@@ -30,15 +30,6 @@ const exe = buildRunner();
 
 // ---------------------------------------------------------------- inputs
 
-function matrix(values: number[][], dtype: Dtype): Matrix {
-  const rows = values.length;
-  const cols = values[0]!.length;
-  const data = dtype === 'f32' ? ref.rowsToF32(values) : ref.rowsToBf16(values);
-  return { data, rows, cols, dtype, shape: [rows, cols] };
-}
-
-/** The values the kernel actually sees (bf16 decoded), as float64 rows for the reference. */
-const asRows = (m: Matrix) => ref.toF64Rows(m.data, m.rows, m.cols);
 const asF32 = (m: Matrix) => Float32Array.from(flat(asRows(m)));
 
 const tolerance = (dtype: Dtype, backward: boolean) =>

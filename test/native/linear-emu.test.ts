@@ -23,7 +23,8 @@ import { casesFor } from '../cases.js';
 import { expectClose, lossList } from '../helpers.js';
 import * as ref from '../reference64.js';
 import {
-  ORDERS, blobBytes, blobValues, buildRunner, runInAllOrders, runKernels, sameBits, type KernelRequest, type KernelResponse,
+  ORDERS, asRows, blobBytes, blobValues, buildRunner, matrix, runInAllOrders, runKernels, sameBits, type KernelRequest,
+  type KernelResponse,
 } from './kernel-runner.js';
 
 type Dtype = 'f32' | 'bf16';
@@ -34,15 +35,6 @@ type Gemm = keyof typeof GEMM;
 
 // ---------------------------------------------------------------- inputs
 
-function matrix(values: number[][], dtype: Dtype): Matrix {
-  const rows = values.length;
-  const cols = values[0]!.length;
-  const data = dtype === 'f32' ? ref.rowsToF32(values) : ref.rowsToBf16(values);
-  return { data, rows, cols, dtype, shape: [rows, cols] };
-}
-
-/** The values the kernel sees (bf16 decoded), as float64 rows. */
-const asRows = (m: Matrix) => ref.toF64Rows(m.data, m.rows, m.cols);
 
 /** Odd shapes [N, D, V]: V from one partial tile to five, N up to 37 rows. */
 const SHAPES: [number, number, number][] = [[9, 5, 37], [37, 19, 300], [21, 13, 150], [7, 8, 129], [33, 17, 65], [16, 11, 200]];

@@ -2,45 +2,19 @@
 // another process and in a worker thread (read, computed on, written, and the exporter sees
 // the writes), the exporter owning the memory (imports free nothing; a disposed export cannot
 // be opened), pointers wrapped without being owned, and every argument checked at the boundary.
-import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
-import {
-  CutlossError, DeviceTensor, backends, setBackend, softmax, tensor, upload, type DeviceTensorHandle, type Tensor,
-} from '../../lib/index.js';
+import { DeviceTensor, backends, setBackend, softmax, tensor, upload, type DeviceTensorHandle, type Tensor } from '../../lib/index.js';
 import { native } from '../../lib/native.js';
-
-const root = fileURLToPath(new URL('../..', import.meta.url));
-const distEntry = pathToFileURL(`${root}/dist/esm/index.js`).href;
+import { codeOf, distEntry, inPackageChild } from '../helpers.js';
 
 afterEach(() => setBackend('auto'));
-
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(CutlossError);
-    return (e as CutlossError).code;
-  }
-  throw new Error('expected a CutlossError, nothing was thrown');
-}
 
 const stats = () => native().addon!.stats();
 const emu = (t: Tensor) => upload(t, { backend: 'cuda-emu' });
 const values = (n: number, f: (i: number) => number) => Float32Array.from({ length: n }, (_, i) => f(i));
 const ownShm = (h: DeviceTensorHandle) => Buffer.from(h.handle, 'base64').toString().slice(1);
-
-/** Runs a module program against the built package in a fresh process; returns its JSON output. */
-function inChild(program: string, handle: unknown): Record<string, unknown> {
-  const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
-    import * as m from ${JSON.stringify(distEntry)};
-    const handle = JSON.parse(process.env.CUTLOSS_TEST_HANDLE);
-    const code = (fn) => { try { fn(); return 'none'; } catch (e) { return e.code ?? String(e); } };
-    ${program}`], { cwd: root, encoding: 'utf8', env: { ...process.env, CUTLOSS_TEST_HANDLE: JSON.stringify(handle) } });
-  return JSON.parse(out.trim()) as Record<string, unknown>;
-}
 
 describe('exportHandle and DeviceTensor.fromHandle on cuda-emu (POSIX shared memory)', () => {
   it('the handle is plain data: it survives JSON and structuredClone and says what it holds', () => {
@@ -75,7 +49,7 @@ describe('exportHandle and DeviceTensor.fromHandle on cuda-emu (POSIX shared mem
   it('another process imports it, reads it, computes on it and writes to it; the exporter sees the writes', () => {
     const x = values(12, (i) => i - 5.5);
     const t = emu(tensor(x, [3, 4]));
-    const r = inChild(`
+    const r = inPackageChild(`
       const t = m.DeviceTensor.fromHandle(handle);
       const seen = Array.from(t.download().data);
       const sm = Array.from(m.softmax(t).download().data);
@@ -94,7 +68,7 @@ describe('exportHandle and DeviceTensor.fromHandle on cuda-emu (POSIX shared mem
     const bits = Uint16Array.from({ length: 8 }, (_, i) => 0x3f80 + i);
     const t = emu(tensor(bits, [2, 4], 'bf16'));
     const h = { ...t.exportHandle(), shape: [2] as [number], byteOffset: 4 };
-    const r = inChild(`
+    const r = inPackageChild(`
       const t = m.DeviceTensor.fromHandle(handle);
       const seen = Array.from(t.download().data);
       t.write(new Uint16Array([7, 9]));
@@ -116,7 +90,7 @@ describe('exportHandle and DeviceTensor.fromHandle on cuda-emu (POSIX shared mem
     expect(readdirSync('/dev/shm')).not.toContain(name);
     expect(codeOf(() => DeviceTensor.fromHandle(h))).toBe('E_DISPOSED');
     expect(() => DeviceTensor.fromHandle(h)).toThrow(/disposed/);
-    expect(inChild(`console.log(JSON.stringify({ code: code(() => m.DeviceTensor.fromHandle(handle)) }))`, h)).toEqual({ code: 'E_DISPOSED' });
+    expect(inPackageChild(`console.log(JSON.stringify({ code: code(() => m.DeviceTensor.fromHandle(handle)) }))`, h)).toEqual({ code: 'E_DISPOSED' });
   });
 
   it('the exporter owns the memory: disposing an import frees nothing; an import in this process keeps it mapped until disposed', () => {
@@ -160,7 +134,7 @@ describe('exportHandle and DeviceTensor.fromHandle on cuda-emu (POSIX shared mem
     // A handle this process never exported: nothing to open.
     expect(bad({ handle: Buffer.from(`/cutloss-${h.process}-999999`).toString('base64') })).toBe('E_DISPOSED');
     // Too large for what the other process's shared memory holds (whole pages: 4096 bytes at least).
-    expect(inChild(`console.log(JSON.stringify({ code: code(() => m.DeviceTensor.fromHandle(handle)) }))`, { ...h, shape: [4096, 4096] }))
+    expect(inPackageChild(`console.log(JSON.stringify({ code: code(() => m.DeviceTensor.fromHandle(handle)) }))`, { ...h, shape: [4096, 4096] }))
       .toEqual({ code: 'E_SHAPE' });
     t.dispose();
   });
