@@ -33,7 +33,22 @@ __attribute__((target("avx512f"))) inline __m512 expNonPositive16(__m512 x) {
 }  // namespace
 
 __attribute__((target("avx512f"))) float keptExpSumAvx512(const float* z, int n, float max, float* kept,
-                                                        const void* next, int64_t nextBytes) {
+                                                        const void* next, int64_t nextBytes, PendingRowStore* store) {
+  // The pending row goes out from a cursor that advances a cache line per 16 exponentials: its
+  // first elements up to a 64-byte boundary of dst by plain stores, whole lines by streaming
+  // stores inside the loop, and what the loop leaves by streamRow at the end.
+  float* dst = nullptr;
+  const float* src = nullptr;
+  int64_t at = 0;
+  int64_t lines = 0;  // whole 16-float lines from `at` on
+  if (store != nullptr && store->dst != nullptr) {
+    dst = store->dst;
+    src = store->src;
+    at = static_cast<int64_t>(((64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63) / sizeof(float));
+    at = at < store->n ? at : store->n;
+    for (int64_t k = 0; k < at; k++) dst[k] = src[k];
+    lines = (store->n - at) / 16;
+  }
   const __m512 m = _mm512_set1_ps(max);
   float total = 0.0f;
   for (int b0 = 0; b0 < n; b0 += kSumBlock) {
@@ -43,6 +58,12 @@ __attribute__((target("avx512f"))) float keptExpSumAvx512(const float* z, int n,
     __m512 sum1 = _mm512_setzero_ps();
     int j = b0;
     for (; j + 32 <= b1; j += 32) {
+      if (lines >= 2) {
+        _mm512_stream_ps(dst + at, _mm512_loadu_ps(src + at));
+        _mm512_stream_ps(dst + at + 16, _mm512_loadu_ps(src + at + 16));
+        at += 32;
+        lines -= 2;
+      }
       const __m512 e0 = expNonPositive16(_mm512_sub_ps(_mm512_loadu_ps(z + j), m));
       const __m512 e1 = expNonPositive16(_mm512_sub_ps(_mm512_loadu_ps(z + j + 16), m));
       _mm512_storeu_ps(kept + j, e0);
@@ -61,6 +82,10 @@ __attribute__((target("avx512f"))) float keptExpSumAvx512(const float* z, int n,
     float blockSum = 0.0f;
     for (float v : lanes) blockSum += v;
     total += blockSum;
+  }
+  if (dst != nullptr) {
+    streamRow(dst + at, src + at, store->n - at);
+    store->dst = nullptr;
   }
   return total;
 }

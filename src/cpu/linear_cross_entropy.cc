@@ -102,6 +102,7 @@ CUTLOSS_CPU_CLONES void linearChunkRows(const ChunkRowsArgs& a, float* z, float*
     io.blockFlags = blockFlags;
     io.nextBytes = a.V * static_cast<int64_t>(sizeof(float));
     io.next = i + 1 < i1 ? x + a.V : nullptr;
+    io.store = nullptr;
     const LossRowResult res = lossRowAny(*a.call, x, V, io);
     a.out->lse[r] = res.lse;
     a.out->weighted[r] = res.weighted;

@@ -58,6 +58,7 @@ struct LossRowIO {
   uint8_t* blockFlags;    // [ceil(V / kFilterBlockCols)]: set where a block holds |dloss/dz| ≥ filterEps·scale
   const void* next;       // the row to prefetch while this one is computed, or null
   int64_t nextBytes;      // its size in bytes
+  PendingRowStore* store;  // the previous row's gradient, written while this row's exponentials run; or null
 };
 
 /**
@@ -116,7 +117,7 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
     const float rowMaxValue = rowMax(z, n);
     if (!infiniteMax(rowMaxValue) && rowMaxValue == rowMaxValue) {
       kept = io.grad;
-      const float sum = keptExpSumOfRow(z, n, rowMaxValue, kept, io.next, io.nextBytes);
+      const float sum = keptExpSumOfRow(z, n, rowMaxValue, kept, io.next, io.nextBytes, io.store);
       lse = LseState{rowMaxValue, sum};
     }
   }

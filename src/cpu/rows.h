@@ -193,25 +193,48 @@ CUTLOSS_CPU_INLINE float keptExpSum(int n, Z z, float max, float* kept, const vo
   return total;
 }
 
+/**
+ * A finished row of n floats in cache (src) on its way to memory (dst) by streaming stores, which
+ * keptExpSumOfRow may send out while it computes the next row: dst is null once it is written.
+ */
+struct PendingRowStore {
+  float* dst = nullptr;
+  const float* src = nullptr;
+  int64_t n = 0;
+};
+
+/** Writes a pending row now, if there is one. */
+CUTLOSS_CPU_INLINE void flushRowStore(PendingRowStore& store) {
+  if (store.dst == nullptr) return;
+  streamRow(store.dst, store.src, store.n);
+  store.dst = nullptr;
+}
+
 // keptExpSum of a row in memory: on AVX-512 CPUs by kept_exp_avx512.cc. With clones, the
 // CPU decides at run time; a build for one instruction set (CUTLOSS_CPU_NO_CLONES) decides
 // at compile time, so a build without AVX-512 never runs it.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
     (CUTLOSS_CPU_HAS_CLONES || defined(__AVX512F__))
 #define CUTLOSS_CPU_AVX512_KEPT_EXP 1
-/** keptExpSum(n, z[j], max, kept, next, nextBytes) with AVX-512; z has no NaN and max is finite. */
-float keptExpSumAvx512(const float* z, int n, float max, float* kept, const void* next, int64_t nextBytes);
+/**
+ * keptExpSum(n, z[j], max, kept, next, nextBytes) with AVX-512; z has no NaN and max is finite.
+ * A pending store (null for none) goes out a cache line per 16 exponentials, so that its
+ * writes drain while the arithmetic runs instead of in a pass of their own.
+ */
+float keptExpSumAvx512(const float* z, int n, float max, float* kept, const void* next, int64_t nextBytes,
+                       PendingRowStore* store);
 bool cpuHasAvx512();
 #else
 #define CUTLOSS_CPU_AVX512_KEPT_EXP 0
 #endif
 
-/** keptExpSum over a row in memory (no NaN in it, its max finite). */
+/** keptExpSum over a row in memory (no NaN in it, its max finite); writes the pending store, if any. */
 CUTLOSS_CPU_INLINE float keptExpSumOfRow(const float* z, int n, float max, float* kept, const void* next,
-                                         int64_t nextBytes) {
+                                         int64_t nextBytes, PendingRowStore* store) {
 #if CUTLOSS_CPU_AVX512_KEPT_EXP
-  if (cpuHasAvx512()) return keptExpSumAvx512(z, n, max, kept, next, nextBytes);
+  if (cpuHasAvx512()) return keptExpSumAvx512(z, n, max, kept, next, nextBytes, store);
 #endif
+  if (store != nullptr) flushRowStore(*store);
   return keptExpSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return z[j]; }, max, kept, next, nextBytes);
 }
 

@@ -252,6 +252,34 @@ describe.skipIf(!cpuInfo.available)('cpu backend', () => {
         }
       }
     }, 60_000);
+    it('crossEntropy streams each row\'s gradient out during the next row: every row gets its own, around rows on other paths', () => {
+      // rows with +inf or NaN (no finite max: the online path keeps no exponentials) and ignored
+      // rows between ordinary ones; a row width that leaves dLogits rows unaligned
+      const [N, V] = [40, 1001];
+      const rng = ref.mulberry32(41);
+      const X = ref.randomRows(rng, N, V, 4).map((r) => Array.from(r));
+      X[5]![17] = Infinity;
+      X[6]![3] = NaN;
+      X[20]![0] = Infinity;
+      const labels = Int32Array.from(ref.randomLabels(rng, N, V));
+      labels[7] = -100;
+      labels[21] = -100;
+      const x = input(X, 'f32');
+      const js = onJs(() => crossEntropy(x, labels, { reduction: 'none' }));
+      try {
+        for (const threads of [1, 2, 3]) {
+          lib.setThreads(threads);
+          const got = crossEntropy(x, labels, { reduction: 'none' });
+          expectClose(lossList(got.loss), lossList(js.loss), { rtol: 1e-6, label: `${threads} threads: loss` });
+          for (let r = 0; r < N; r++) {
+            const row = (t: Tensor) => Array.from(t.data.subarray(r * V, (r + 1) * V));
+            expectClose(row(got.dLogits!), row(js.dLogits!), { rtol: 1e-5, atol: 1e-7, label: `${threads} threads: row ${r}` });
+          }
+        }
+      } finally {
+        lib.setThreads(cpuInfo.details.threads as number);
+      }
+    });
     it('linearCrossEntropy on E [200, 64], W [5000, 64] with bias, chunked, f32 and bf16 (default filterEps)', () => {
       const [N, D, V] = [200, 64, 5000];
       const rng = ref.mulberry32(3);
