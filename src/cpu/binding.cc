@@ -47,14 +47,14 @@ enum class Fill { Zero, Overwritten };
 /**
  * New ArrayBuffer memory of `bytes`: a large one from the output pool when it has one of the
  * size (host_memory.h; returned to it by the finalizer), else a new mapping while the pooled
- * outputs not yet finalized stay under outputPool::kMaxLiveBytes; otherwise, and for small
+ * outputs not yet finalized stay under outputPool::liveCapFor(bytes); otherwise, and for small
  * ones, V8's. Where the runtime refuses external buffers, V8's allocator serves all sizes.
  */
 Napi::ArrayBuffer newOutputBuffer(Napi::Env env, size_t bytes, Fill fill) {
   if (bytes >= outputPool::kPooledMinBytes) {
     void* data = outputPool::take(bytes);
     std::unique_ptr<HostBuffer> fresh;
-    if (data == nullptr && outputPool::liveBytes() + bytes <= outputPool::kMaxLiveBytes) {
+    if (data == nullptr && outputPool::liveBytes() + bytes <= outputPool::liveCapFor(bytes)) {
       fresh = std::make_unique<HostBuffer>(bytes);  // zero-filled by the kernel
       data = fresh->data();
     } else if (data != nullptr && fill == Fill::Zero) {

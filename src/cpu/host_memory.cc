@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -60,6 +61,11 @@ void give(void* data, size_t bytes) noexcept {
 namespace {
 std::atomic<size_t> gLive{0};
 }  // namespace
+
+size_t liveCapFor(size_t bytes) {
+  const size_t four = bytes <= SIZE_MAX / 4 ? 4 * bytes : SIZE_MAX;
+  return four > kMaxLiveBytes ? four : kMaxLiveBytes;
+}
 
 void addLive(ptrdiff_t bytes) { gLive.fetch_add(static_cast<size_t>(bytes)); }
 size_t liveBytes() { return gLive.load(); }

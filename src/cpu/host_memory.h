@@ -27,9 +27,18 @@ size_t heldBytes();
 /**
  * Pooled-size outputs handed to JavaScript whose finalizers have not run yet. Finalizers run
  * only when the event loop turns, so a loop that never yields would map a new buffer every
- * call without bound; past kMaxLiveBytes new outputs are V8's own (freed by its GC).
+ * call without bound; past liveCapFor(bytes) new outputs are V8's own (freed by its GC, but
+ * in fresh memory: a page fault per 4 KiB).
  */
 constexpr size_t kMaxLiveBytes = size_t{1} << 30;
+/**
+ * kMaxLiveBytes, or four outputs of this size where that is more: a loop that yields between
+ * calls holds the output being made and the one it just dropped, and up to two more wait for
+ * V8 to find them dead and for Node to run their finalizers on a later turn. Below that, such a
+ * loop would get a V8 buffer in fresh memory every other call (~200 ms of page faults for S1's
+ * 500 MB dLogits, five times the op).
+ */
+size_t liveCapFor(size_t bytes);
 void addLive(ptrdiff_t bytes);
 size_t liveBytes();
 }  // namespace outputPool

@@ -460,6 +460,19 @@ describe.skipIf(!cpuInfo.available)('cpu backend', () => {
       expect(r.rssGrowthBytes).toBeLessThan(2 * 1024 * MiB);
     }, 120_000);
 
+    it('a loop that yields between calls recycles S1-size outputs instead of taking fresh memory every few calls', () => {
+      // S1's 500 MB dLogits: a call that lands in fresh memory pays ~128 000 page faults (~200 ms)
+      const probe = fileURLToPath(new URL('../fixtures/yielding-loop-probe.ts', import.meta.url));
+      const iterations = 30;
+      const r = JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', probe, '4096', '32000', String(iterations)],
+        { encoding: 'utf8', env: { ...process.env, CUTLOSS_BACKEND: 'cpu' } })) as { faultsPerCall: number[]; outputPages: number };
+      const fresh = r.faultsPerCall.filter((f) => f > r.outputPages / 2).length;
+      console.log(`cpu crossEntropy [4096, 32000] × ${iterations}, yielding between calls: ${fresh} calls wrote into fresh memory ` +
+        `(faults per call: ${r.faultsPerCall.join(' ')})`);
+      // three to fill the circulation, rarely one or two more; a cap of two live outputs made it every third call
+      expect(fresh).toBeLessThanOrEqual(7);
+    }, 120_000);
+
     it('under an address-space cap too tight for OpenBLAS\'s work buffers, products take the portable kernel and return', async () => {
       // OpenBLAS retries a failed mapping of its work buffer forever: without the check, this hangs.
       const probe = fileURLToPath(new URL('../fixtures/address-limit-probe.ts', import.meta.url));
