@@ -1,8 +1,10 @@
 #include "gemm.h"
 
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -211,13 +213,30 @@ std::atomic<bool> gUsePortable{[] {
 
 #if CUTLOSS_WITH_OPENBLAS
 // OpenBLAS maps a work buffer of this size for each thread that first runs a product, and when
-// the mapping fails (an address-space limit such as `ulimit -v`, or strict overcommit) it
-// retries forever. So before each call cutloss maps and unmaps as much as the threads could
-// ask for; where that fails the call takes the portable kernel: slower, but it returns.
+// the mapping fails it retries forever. A mapping can fail only under an address-space limit
+// (`ulimit -v`) or strict overcommit; there each call first maps and unmaps as much as the
+// threads could ask for, and where that fails takes the portable kernel: slower, but it returns.
+// Elsewhere the products (three per 512-column vocabulary slice of each row chunk: about a
+// thousand per S2 call) pay one getrlimit each.
 constexpr size_t kOpenblasBufferBytes = size_t{128} << 20;
 std::atomic<uint64_t> gBlasBufferFallbacks{0};
 
+bool mappingsCanFail() {
+  // Read per call: a limit may be set from outside the process (prlimit) at any time.
+  rlimit limit{};
+  if (getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) return true;
+  static const bool strictOvercommit = [] {
+    FILE* f = std::fopen("/proc/sys/vm/overcommit_memory", "r");
+    if (f == nullptr) return false;
+    const int mode = std::fgetc(f);
+    std::fclose(f);
+    return mode == '2';
+  }();
+  return strictOvercommit;
+}
+
 bool openblasBuffersMappable() {
+  if (!mappingsCanFail()) return true;
   const size_t bytes = kOpenblasBufferBytes * static_cast<size_t>(threadCount());
   void* probe = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (probe == MAP_FAILED) {
