@@ -136,8 +136,8 @@ function probe(name: BackendName): Probe {
       },
     };
   }
-  const { addon, error } = native();
-  return probeCpu(addon, error);
+  const { addon, file, error } = native();
+  return probeCpu(addon, error, file);
 }
 
 // Automatic choice, fastest first. cuda-emu is never chosen automatically: it is slow.

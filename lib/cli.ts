@@ -1,10 +1,13 @@
 #!/usr/bin/env node
-// The `cutloss` command (package.json "bin"): `cutloss doctor` for now. Exit status 0 when
-// every check passed, 1 when one failed or the backend asked for is unavailable, 2 on bad usage.
+// The `cutloss` command (package.json "bin"): `cutloss doctor` and `cutloss --version`. Exit
+// status 0 when every check passed, 1 when one failed or the backend asked for is unavailable,
+// 2 on bad usage.
 
+import { packageInfo } from './native-loader.cjs';
 import { runDoctor, type CheckResult, type CheckedBackend, type DoctorReport } from './doctor.js';
 
 const USAGE = `Usage: cutloss doctor [--backend cuda|cuda-emu|cpu] [--quick] [--json] [--seed N]
+       cutloss --version
 
   Prints the backends and why each is or is not available, the GPU as nvidia-smi sees it,
   then runs every kernel on a native backend against the js reference on random shapes
@@ -83,6 +86,10 @@ function main(argv: string[]): number {
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
     console.log(USAGE);
     return command === undefined ? 2 : 0;
+  }
+  if (command === '--version' || command === '-v' || command === 'version') {
+    console.log(packageInfo().version);
+    return 0;
   }
   if (command !== 'doctor') {
     console.error(`cutloss: unknown command '${command}'\n\n${USAGE}`);

@@ -246,7 +246,7 @@ export class CpuBackend implements Backend {
 // ---------------------------------------------------------------- selection
 
 /** The cpu entry of backends(): available with the addon's CPU part; details say what runs. */
-export function probeCpu(addon: NativeAddon | null, loadError: string | null): { backend: CpuBackend | null; info: BackendInfo } {
+export function probeCpu(addon: NativeAddon | null, loadError: string | null, file: string | null = null): { backend: CpuBackend | null; info: BackendInfo } {
   const name = 'cpu' as const;
   if (addon === null) {
     return { backend: null, info: { name, available: false, reason: `the native addon did not load: ${loadError}`, details: {} } };
@@ -260,6 +260,7 @@ export function probeCpu(addon: NativeAddon | null, loadError: string | null): {
   }
   const i = cpu.cpuInfo();
   const details: BackendInfo['details'] = (cpuDetails = {
+    addon: file === null ? 'unknown' : `${file} (${file.startsWith('prebuilds') ? 'prebuilt' : 'built from source'})`,
     gemm: i.gemm.library,
     gemmKernel: i.gemm.kernel,
     // read at each backends() call: it also says when products fell back to the portable kernel

@@ -18,11 +18,24 @@ function packageRoot(start) {
 
 function loadAddon() {
   const root = packageRoot(__dirname);
-  if (root === null) return { addon: null, root: null, error: `no cutloss package.json above ${__dirname}` };
+  if (root === null) return { addon: null, root: null, file: null, error: `no cutloss package.json above ${__dirname}` };
   try {
-    return { addon: require('node-gyp-build')(root), root, error: null };
+    const build = require('node-gyp-build');
+    const file = build.path(root);
+    return { addon: require(file), root, file: path.relative(root, file), error: null };
   } catch (e) {
-    return { addon: null, root, error: e instanceof Error ? e.message : String(e) };
+    const message = (e instanceof Error ? e.message : String(e)).split('\n')[0];
+    const report = installReport(root);
+    return { addon: null, root, file: null, error: report === null ? message : `${message}; at install: ${report}` };
+  }
+}
+
+/** What the install step said (src/packaging/install.cjs), which tells why no addon is there. */
+function installReport(root) {
+  try {
+    return fs.readFileSync(path.join(root, 'build', 'install-report.txt'), 'utf8').trim().replace(/^cutloss: /, '');
+  } catch {
+    return null;
   }
 }
 

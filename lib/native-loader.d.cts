@@ -3,6 +3,8 @@ export interface AddonLoad {
   addon: unknown;
   /** The package root it was looked for in. */
   root: string | null;
+  /** The file loaded, relative to root: build/Release/… (built here) or prebuilds/… (prebuilt). */
+  file: string | null;
   /** Why it could not be loaded. */
   error: string | null;
 }

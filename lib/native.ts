@@ -150,6 +150,8 @@ export interface NativeAddon extends NativeOps, NativeAsyncOps {
 
 export interface NativeLoad {
   addon: NativeAddon | null;
+  /** Where it was loaded from, relative to the package root. */
+  file: string | null;
   /** Why the addon is not usable. */
   error: string | null;
 }
@@ -162,16 +164,17 @@ export function native(): NativeLoad {
     const r = loadAddon();
     const addon = r.addon as NativeAddon | null;
     if (addon === null) {
-      loaded = { addon: null, error: r.error ?? 'the addon did not load' };
+      loaded = { addon: null, file: null, error: r.error ?? 'the addon did not load' };
     } else if (addon.interfaceVersion !== NATIVE_INTERFACE_VERSION) {
       loaded = {
         addon: null,
+        file: r.file,
         error: `the addon in ${r.root} has interface ${String(addon.interfaceVersion)}, this JavaScript needs ` +
           `${NATIVE_INTERFACE_VERSION}: rebuild it (npm run build:native)`,
       };
     } else {
       applyOrderFromEnvironment(addon); // a bad value throws here, and again on the next call
-      loaded = { addon, error: null };
+      loaded = { addon, file: r.file, error: null };
     }
   }
   return loaded;
