@@ -51,12 +51,14 @@ echo "source tarball: $(du -k "$work/source.tgz" | cut -f1) KiB, $(wc -l <<<"$li
 if command -v nvcc >/dev/null 2>&1; then
   echo "== prebuild (npm run prebuildify)"
   SECONDS=0
-  npm run prebuildify --silent
+  npm run prebuildify --silent >"$work/prebuildify.log" 2>&1 || { cat "$work/prebuildify.log"; exit 1; }
+  tail -n 1 "$work/prebuildify.log"
   echo "prebuildify took ${SECONDS}s"
   ls -l prebuilds/*/
   npm pack --silent --pack-destination "$work" >/dev/null
   mv "$work"/cutloss-*.tgz "$work/prebuilt.tgz"
-  tar tzf "$work/prebuilt.tgz" | grep -q '^package/prebuilds/linux-x64/.*\.node$' || { echo "no prebuild in the tarball"; exit 1; }
+  # (grep -q on a pipe would end tar early: pipefail)
+  grep -qE '^package/prebuilds/linux-x64/.*\.node$' <<<"$(tar tzf "$work/prebuilt.tgz")" || { echo "no prebuild in the tarball"; exit 1; }
   echo "prebuilt tarball: $(du -k "$work/prebuilt.tgz" | cut -f1) KiB"
 fi
 
