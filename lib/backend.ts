@@ -11,6 +11,13 @@ import { native } from './native.js';
 import { FALLBACK_OPS, NATIVE_OPS, NativeBackend } from './nativeBackend.js';
 import type { Matrix } from './tensor.js';
 
+/**
+ * The backends: 'cuda' (a GPU), 'cuda-emu' (the CUDA kernels on the CPU under the SIMT
+ * emulator, chosen only by name), 'cpu' (native, multithreaded), 'js' (pure TypeScript reference).
+ *
+ * @example
+ * const name: BackendName = getBackend();
+ */
 export type BackendName = 'cuda' | 'cuda-emu' | 'cpu' | 'js';
 
 export interface SoftmaxSettings {
@@ -60,11 +67,18 @@ export type AsyncBackendOps = {
   [K in BackendOpName]: (...args: Parameters<Backend[K]>) => Promise<ReturnType<Backend[K]>>;
 };
 
+/**
+ * One entry of backends(): whether the backend can run here and, when not, exactly why.
+ *
+ * @example
+ * for (const b of backends()) console.log(b.name, b.available, b.reason);
+ */
 export interface BackendInfo {
   name: BackendName;
   available: boolean;
   /** Why it is unavailable, or what it runs on. */
   reason: string;
+  /** Build and runtime facts (threads, BLAS, CUDA versions, device, …). */
   details: Record<string, string | number | boolean>;
 }
 
@@ -173,7 +187,13 @@ function pick(name: BackendName | 'auto'): Backend {
   return p.backend;
 }
 
-/** Every backend, whether it can run here, and why not. */
+/**
+ * Every backend, whether it can run here, and why not (each probed once).
+ *
+ * @returns one {@link BackendInfo} per backend: cuda, cuda-emu, cpu, js.
+ * @example
+ * const usable = backends().filter((b) => b.available).map((b) => b.name);
+ */
 export function backends(): BackendInfo[] {
   return ALL.map((n) => {
     const info = probeAll().get(n)!.info;
@@ -217,11 +237,24 @@ export function currentBackend(): Backend {
   return selected;
 }
 
+/**
+ * The backend host-tensor ops run on now: the fastest available (cuda ▸ cpu ▸ js), or what
+ * setBackend or CUTLOSS_BACKEND chose.
+ *
+ * @example
+ * if (getBackend() === 'js') console.warn('the native addon is not in use');
+ */
 export function getBackend(): BackendName {
   return currentBackend().name;
 }
 
-/** Choose a backend by name, or 'auto' for the fastest available. */
+/**
+ * Chooses the backend for later host-tensor calls by name, or 'auto' for the fastest
+ * available; E_BACKEND (with the reason) when it cannot run here.
+ *
+ * @example
+ * setBackend('cuda-emu'); // run the CUDA kernels under the emulator
+ */
 export function setBackend(name: BackendName | 'auto'): void {
   if (name !== 'auto' && !isBackendName(name)) {
     throw new CutlossError('E_BACKEND', `setBackend: expected one of ${ALL.join(', ')} or 'auto', got ${JSON.stringify(name)}`);

@@ -292,6 +292,10 @@ function loadedCpu(fn: string): CpuAddon {
 /**
  * Threads the cpu backend uses (its kernels and its BLAS), for later calls. Default: the CPUs
  * this process may run on, or CUTLOSS_THREADS. Waits for a running cpu call to finish.
+ *
+ * @param n an integer in [1, 256] (E_OPTION otherwise).
+ * @example
+ * setThreads(4);
  */
 export function setThreads(n: number): void {
   if (!Number.isInteger(n) || n < 1 || n > 256) {
@@ -302,7 +306,12 @@ export function setThreads(n: number): void {
   if (cpuDetails !== null) cpuDetails.threads = n;
 }
 
-/** The cpu backend's thread count. */
+/**
+ * The cpu backend's thread count (E_BACKEND when the native addon is not loaded).
+ *
+ * @example
+ * console.log(`cpu backend on ${getThreads()} threads`);
+ */
 export function getThreads(): number {
   return loadedCpu('getThreads').cpuInfo().threads;
 }

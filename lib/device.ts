@@ -5,11 +5,19 @@
 // IPC; POSIX shared memory on cuda-emu) and threads, and DeviceTensor.fromPointer() wraps
 // memory other native code owns. Only the owner of memory ever frees it.
 
+import { allocate } from './alloc.js';
 import { CutlossError, describe } from './errors.js';
 import { fromNativeError, native, type NativeAddon, type NativeBackendCode, type NativeMatrix } from './native.js';
 import { asOptionsObject, checkKnownKeys } from './options.js';
 import { asMatrix, type Dtype, type Tensor } from './tensor.js';
 
+/**
+ * The backends that hold device tensors: 'cuda' (GPU memory) and 'cuda-emu' (host memory the
+ * emulated kernels use).
+ *
+ * @example
+ * const d = upload(x, { backend: 'cuda-emu' satisfies DeviceBackendName });
+ */
 export type DeviceBackendName = 'cuda' | 'cuda-emu';
 
 /** Who frees the memory: cutloss ('owned'), its exporter ('imported'), or the caller ('wrapped'). */
@@ -35,6 +43,12 @@ export interface DeviceTensorHandle {
   process: string;
 }
 
+/**
+ * Options of DeviceTensor.fromPointer.
+ *
+ * @example
+ * const t = DeviceTensor.fromPointer(address, [N, V], 'f32', { backend: 'cuda' });
+ */
 export interface FromPointerOptions {
   /** Default 'cuda'. On cuda-emu the address is host memory. */
   backend?: DeviceBackendName;
@@ -56,6 +70,18 @@ const finalizer = new FinalizationRegistry<number>((id) => {
 
 const constructing = Symbol('DeviceTensor');
 
+/**
+ * A handle to a tensor in device memory (a GPU's, or the emulator's host memory), which stays
+ * there between calls: ops on DeviceTensors return DeviceTensors. Made by upload(), by ops, by
+ * DeviceTensor.fromHandle() (shared by another process or thread) and DeviceTensor.fromPointer();
+ * freed by dispose() or `using`, at the latest when garbage-collected. Using a disposed one is
+ * E_DISPOSED.
+ *
+ * @example
+ * using logits = upload(tensor(data, [N, V]));
+ * const { loss, dLogits } = crossEntropy(logits, labels); // dLogits: DeviceTensor
+ * const grad = dLogits!.download();
+ */
 export class DeviceTensor {
   /** [rows, cols], or [cols] for one row. */
   readonly shape: Tensor['shape'];
@@ -65,7 +91,10 @@ export class DeviceTensor {
   readonly backend: DeviceBackendName;
   /** Who frees the memory; dispose() frees it only when 'owned'. */
   readonly ownership: DeviceOwnership;
-  #id: number;
+  // A TypeScript-private field rather than #id: declarations with `#private` do not compile for
+  // users whose TypeScript targets ES5 (TypeScript 5's default). Defined non-enumerable in the
+  // constructor, so it stays out of Object.keys and JSON like #id did. 0 once disposed.
+  private declare bufferId: number;
 
   /** Handles come from upload(), ops, fromHandle() and fromPointer(); they cannot be made from a number. */
   constructor(
@@ -78,7 +107,7 @@ export class DeviceTensor {
     this.shape = Object.freeze([...shape]) as Tensor['shape'];
     this.dtype = dtype;
     this.ownership = ownership;
-    this.#id = id;
+    Object.defineProperty(this, 'bufferId', { value: id, writable: true, enumerable: false, configurable: false });
     finalizer.register(this, id, this);
   }
 
@@ -156,14 +185,14 @@ export class DeviceTensor {
   }
 
   get disposed(): boolean {
-    return this.#id === 0;
+    return this.bufferId === 0;
   }
 
   /** A host copy: Float32Array for f32, bf16 bits in a Uint16Array for bf16. */
   download(): Tensor {
     const id = this.idOf('download: tensor');
     const n = this.rows * this.cols;
-    const data = this.dtype === 'bf16' ? new Uint16Array(n) : new Float32Array(n);
+    const data = this.dtype === 'bf16' ? allocate(Uint16Array, n, 'the downloaded tensor') : allocate(Float32Array, n, 'the downloaded tensor');
     try {
       addon().download(id, data);
     } catch (e) {
@@ -217,14 +246,10 @@ export class DeviceTensor {
 
   /** Frees the device memory now (only releases the handle when the memory is not 'owned'). Idempotent; later use is E_DISPOSED. */
   dispose(): void {
-    if (this.#id === 0) return;
+    if (this.bufferId === 0) return;
     finalizer.unregister(this);
-    native().addon?.free(this.#id);
-    this.#id = 0;
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
+    native().addon?.free(this.bufferId);
+    this.bufferId = 0;
   }
 
   toString(): string {
@@ -234,10 +259,33 @@ export class DeviceTensor {
 
   /** @internal The buffer id, or E_DISPOSED naming the argument. */
   idOf(name: string): number {
-    if (this.#id === 0) throw new CutlossError('E_DISPOSED', `${name} was disposed`);
-    return this.#id;
+    if (this.bufferId === 0) throw new CutlossError('E_DISPOSED', `${name} was disposed`);
+    return this.bufferId;
   }
 }
+
+// `using t = upload(x)` frees t at the end of the block. The method is attached here rather
+// than declared in the class so the published declarations never name Symbol.dispose, which a
+// program compiled without esnext.disposable (TypeScript's default lib) does not have; the
+// interface below declares it exactly where the program's lib does.
+Object.defineProperty(DeviceTensor.prototype, Symbol.dispose, {
+  value: function dispose(this: DeviceTensor): void {
+    this.dispose();
+  },
+  writable: true,
+  configurable: true,
+});
+
+/**
+ * `[Symbol.dispose](): void` where the compiling program declares `Symbol.dispose` (lib
+ * esnext.disposable, or @types/node), so `using` type-checks there; nothing elsewhere.
+ */
+type DisposableWhereDeclared = typeof globalThis extends { Symbol: { readonly dispose: infer S extends symbol } }
+  ? { [K in S]: () => void }
+  : {};
+
+// Declaration merging: the class's instances also have DisposableWhereDeclared's member.
+export interface DeviceTensor extends DisposableWhereDeclared {}
 
 function addon(): NativeAddon {
   const { addon: a, error } = native();

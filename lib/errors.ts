@@ -1,4 +1,10 @@
-/** Stable error codes: callers branch on `code`, never on message text. */
+/**
+ * Stable error codes: callers branch on `code`, never on message text. README "Errors" says
+ * when each is thrown and what to do about it.
+ *
+ * @example
+ * const retryable: CutlossErrorCode[] = ['E_OOM'];
+ */
 export type CutlossErrorCode =
   | 'E_SHAPE'
   | 'E_DTYPE'
@@ -9,6 +15,17 @@ export type CutlossErrorCode =
   | 'E_OOM'
   | 'E_INTERNAL';
 
+/**
+ * The one error class cutloss throws (async twins reject with it): a stable `code` and a
+ * message that names the argument, the expected and the actual value.
+ *
+ * @example
+ * try {
+ *   crossEntropy(x, labels);
+ * } catch (e) {
+ *   if (e instanceof CutlossError && e.code === 'E_LABEL') console.error(e.message);
+ * }
+ */
 export class CutlossError extends Error {
   readonly code: CutlossErrorCode;
   constructor(code: CutlossErrorCode, message: string) {

@@ -14,7 +14,7 @@ import type {
 } from './nativeBackend.js';
 import {
   asOptionsObject, checkKnownKeys, resolveLabels, resolveLossOptions, resolveTemperature,
-  type CrossEntropyOptions, type LinearCrossEntropyOptions,
+  type CrossEntropyOptions, type LinearCrossEntropyOptions, type LossValue, type Reduction,
 } from './options.js';
 import { asMatrix, resultLike, toF32, type Matrix, type Tensor } from './tensor.js';
 
@@ -25,8 +25,55 @@ export { tensor, bf16ToF32, f32ToBf16, type Tensor, type Dtype } from './tensor.
 export {
   DeviceTensor, type DeviceBackendName, type DeviceOwnership, type DeviceTensorHandle, type FromPointerOptions,
 } from './device.js';
-export type { CrossEntropyOptions, LinearCrossEntropyOptions, Normalizer, Reduction } from './options.js';
+export type { CrossEntropyOptions, LinearCrossEntropyOptions, LossValue, Normalizer, Reduction } from './options.js';
 
+// ---------------------------------------------------------------- public types
+// Each op has one generic signature rather than a Tensor overload and a DeviceTensor overload:
+// with overloads, any mistake (an unknown option, a plain array as labels) was reported as
+// "No overload matches this call" against the last overload, which names neither. The result
+// kind follows the input kind through the conditional types below.
+
+/** What every op takes as its input: host data (a {@link Tensor}) or a {@link DeviceTensor}. */
+export type AnyTensor = Tensor | DeviceTensor;
+
+/**
+ * `Host` for a Tensor input, `Device` for a DeviceTensor input (both when X is the union):
+ * results come back in the input's kind of storage.
+ *
+ * @example
+ * type Lse = ByKind<DeviceTensor, Float32Array, DeviceTensor>; // DeviceTensor
+ */
+export type ByKind<X extends AnyTensor, Host, Device> = X extends DeviceTensor ? Device : Host;
+
+/**
+ * A Tensor for a Tensor input, a DeviceTensor for a DeviceTensor input.
+ *
+ * @example
+ * const y: SameKind<typeof x> = softmax(x);
+ */
+export type SameKind<X extends AnyTensor> = ByKind<X, Tensor, DeviceTensor>;
+
+declare const noOptionsKey: unique symbol;
+
+/**
+ * The options of ops that have none yet (stablemax, sparsemax, entmax15 and their backward
+ * ops): `{}` or nothing. Any key is a compile error naming it, and E_OPTION at run time.
+ *
+ * @example
+ * sparsemax(x, {}); // fine; sparsemax(x, { temperature: 2 }) does not compile
+ */
+export interface NoOptions {
+  // Only a key nobody can write: an interface whose every property is optional gets the
+  // excess-property check (an empty `{}` type would accept any object).
+  readonly [noOptionsKey]?: never;
+}
+
+/**
+ * Options of the softmax family (logSumExp, softmax, logSoftmax and their backward ops).
+ *
+ * @example
+ * softmax(x, { temperature: 0.7, mask: new Uint8Array([1, 1, 0]) });
+ */
 export interface SoftmaxOptions {
   /** T > 0: the row is divided by T first (default 1). */
   temperature?: number;
@@ -34,6 +81,12 @@ export interface SoftmaxOptions {
   mask?: Uint8Array;
 }
 
+/**
+ * Options of gumbelSoftmax: the temperature τ, hard (straight-through) samples, the noise seed.
+ *
+ * @example
+ * const y = gumbelSoftmax(x, { tau: 0.5, hard: true, seed: 42 });
+ */
 export interface GumbelSoftmaxOptions {
   /** τ > 0 (default 1). */
   tau?: number;
@@ -43,39 +96,114 @@ export interface GumbelSoftmaxOptions {
   seed?: number;
 }
 
-export interface CrossEntropyResult {
-  loss: number | Float32Array;
+/**
+ * Options of gumbelSoftmaxBackward: the forward's, with its `seed` required (the backward
+ * redraws the same noise).
+ *
+ * @example
+ * const dx = gumbelSoftmaxBackward(x, dy, { tau: 0.5, seed: 42 });
+ */
+export interface GumbelSoftmaxBackwardOptions extends GumbelSoftmaxOptions {
+  /** The seed the forward used. */
+  seed: number;
+}
+
+/**
+ * crossEntropy's result on host tensors. `loss` is a number for reduction 'mean' (the
+ * default) and 'sum', a Float32Array [N] for 'none'.
+ *
+ * @example
+ * const { loss, dLogits } = crossEntropy(tensor(logits, [N, V]), labels); // loss: number
+ */
+export interface CrossEntropyResult<R extends Reduction = Reduction> {
+  loss: LossValue<R>;
+  /** dLoss/dlogits [N, V], in the logits' dtype (absent with computeGrad: false). */
   dLogits?: Tensor;
+  /** Per-row log-sum-exp of the effective logits [N] (with returnLse). */
   lse?: Float32Array;
 }
 
-export interface LinearCrossEntropyResult {
-  loss: number | Float32Array;
+/**
+ * linearCrossEntropy's result on host tensors. `loss` is a number for reduction 'mean' (the
+ * default) and 'sum', a Float32Array [N] for 'none'.
+ *
+ * @example
+ * const { loss, dEmbeddings, dClassifier } = linearCrossEntropy(E, W, labels);
+ */
+export interface LinearCrossEntropyResult<R extends Reduction = Reduction> {
+  loss: LossValue<R>;
+  /** dLoss/dE [N, D], in E's dtype. */
   dEmbeddings?: Tensor;
+  /** dLoss/dW [V, D], in W's dtype. */
   dClassifier?: Tensor;
+  /** dLoss/db [V], when a bias was given. */
   dBias?: Float32Array;
+  /** Per-row log-sum-exp of the effective logits [N] (with returnLse). */
   lse?: Float32Array;
   /** cuda and cuda-emu: the device workspace the fused kernels used (linearCrossEntropyWorkspaceBytes). */
   workspaceBytes?: number;
 }
 
-/** A loss on device tensors: the loss and lse on the host, gradients on the device. */
-export interface DeviceCrossEntropyResult {
-  loss: number | Float32Array;
+/**
+ * crossEntropy's result on device tensors: the loss and lse on the host, the gradient on the
+ * device.
+ *
+ * @example
+ * const { loss, dLogits } = crossEntropy(upload(x), labels); // dLogits: DeviceTensor
+ */
+export interface DeviceCrossEntropyResult<R extends Reduction = Reduction> {
+  loss: LossValue<R>;
+  /** dLoss/dlogits [N, V] on the logits' device. */
   dLogits?: DeviceTensor;
+  /** Per-row log-sum-exp of the effective logits [N] (with returnLse). */
   lse?: Float32Array;
 }
 
-export interface DeviceLinearCrossEntropyResult {
-  loss: number | Float32Array;
+/**
+ * linearCrossEntropy's result on device tensors: the loss, lse and dBias on the host, the
+ * gradients of E and W on the device.
+ *
+ * @example
+ * const r = linearCrossEntropy(upload(E), upload(W), labels); // r.dClassifier: DeviceTensor
+ */
+export interface DeviceLinearCrossEntropyResult<R extends Reduction = Reduction> {
+  loss: LossValue<R>;
+  /** dLoss/dE [N, D] on the device. */
   dEmbeddings?: DeviceTensor;
+  /** dLoss/dW [V, D] on the device. */
   dClassifier?: DeviceTensor;
+  /** dLoss/db [V], when a bias was given. */
   dBias?: Float32Array;
+  /** Per-row log-sum-exp of the effective logits [N] (with returnLse). */
   lse?: Float32Array;
   /** The device workspace the fused kernels used (linearCrossEntropyWorkspaceBytes). */
   workspaceBytes: number;
 }
 
+/**
+ * crossEntropy's result for logits of kind X and reduction R.
+ *
+ * @example
+ * const r: CrossEntropyResultFor<Tensor, 'none'> = crossEntropy(x, labels, { reduction: 'none' });
+ */
+export type CrossEntropyResultFor<X extends AnyTensor, R extends Reduction = Reduction> =
+  ByKind<X, CrossEntropyResult<R>, DeviceCrossEntropyResult<R>>;
+
+/**
+ * linearCrossEntropy's result for inputs of kind X and reduction R.
+ *
+ * @example
+ * const r: LinearCrossEntropyResultFor<Tensor, 'mean'> = linearCrossEntropy(E, W, labels);
+ */
+export type LinearCrossEntropyResultFor<X extends AnyTensor, R extends Reduction = Reduction> =
+  ByKind<X, LinearCrossEntropyResult<R>, DeviceLinearCrossEntropyResult<R>>;
+
+/**
+ * Options of upload.
+ *
+ * @example
+ * const d = upload(x, { backend: 'cuda-emu' });
+ */
 export interface UploadOptions {
   /** Default: the selected backend when it is cuda or cuda-emu, else cuda. */
   backend?: DeviceBackendName;
@@ -83,7 +211,16 @@ export interface UploadOptions {
 
 // ---------------------------------------------------------------- device tensors
 
-/** Copies a host tensor to a device backend; the handle stays there until disposed. */
+/**
+ * Copies a host tensor to a device backend (cuda, or cuda-emu's host memory); the handle stays
+ * there until disposed, and ops on it return DeviceTensors.
+ *
+ * @param t a Tensor [rows, cols] or [cols], f32 or bf16.
+ * @param options `backend`: 'cuda' or 'cuda-emu' (default: the selected backend when it is one, else cuda).
+ * @example
+ * using d = upload(tensor(logits, [N, V]), { backend: 'cuda-emu' });
+ * const probs = download(softmax(d));
+ */
 export function upload(t: Tensor, options?: UploadOptions): DeviceTensor {
   const m = asMatrix(t, 'upload: tensor');
   const o = asOptionsObject(options, 'upload');
@@ -95,7 +232,12 @@ export function upload(t: Tensor, options?: UploadOptions): DeviceTensor {
   return b.upload(m);
 }
 
-/** A host copy of a device tensor. */
+/**
+ * A host copy of a device tensor, of its shape and dtype (bf16 as bits in a Uint16Array).
+ *
+ * @example
+ * const host: Tensor = download(softmax(upload(x)));
+ */
 export function download(t: DeviceTensor): Tensor {
   return deviceArg(t, 'download: tensor').download();
 }
@@ -207,11 +349,20 @@ function gumbelSettings(options: unknown, fn: string, needSeed: boolean): Gumbel
 }
 
 // ---------------------------------------------------------------- row-wise ops
+// Public signatures are generic in the input kind X (see AnyTensor); each implementation
+// signature below its public one takes either kind and is not visible to callers.
 
-/** log Σ_j exp(x_j / T) per row, over unmasked entries (−inf for a fully masked row). */
-export function logSumExp(x: Tensor, options?: SoftmaxOptions): Float32Array;
-export function logSumExp(x: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
-export function logSumExp(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Float32Array | DeviceTensor {
+/**
+ * Row-wise log-sum-exp: `lse_i = log Σ_j exp(x_ij / T)` over unmasked j (−inf for a fully masked row).
+ *
+ * @param x [rows, cols] (or [cols]: one row), a Tensor or a DeviceTensor.
+ * @param options `temperature` T > 0 (default 1); `mask` Uint8Array [rows·cols] or [cols], 0 = masked.
+ * @returns Float32Array [rows] for a Tensor; a DeviceTensor [rows] (f32) for a DeviceTensor.
+ * @example
+ * const lse = logSumExp(tensor(logits, [N, V]), { temperature: 0.7 }); // Float32Array [N]
+ */
+export function logSumExp<X extends AnyTensor>(x: X, options?: SoftmaxOptions): ByKind<X, Float32Array, DeviceTensor>;
+export function logSumExp(x: AnyTensor, options?: SoftmaxOptions): Float32Array | DeviceTensor {
   if (x instanceof DeviceTensor) {
     return onDevice(x, 'logSumExp').device.logSumExp(x, softmaxSettings(x, options, 'logSumExp'));
   }
@@ -219,37 +370,69 @@ export function logSumExp(x: Tensor | DeviceTensor, options?: SoftmaxOptions): F
   return currentBackend().logSumExp(m, softmaxSettings(m, options, 'logSumExp'));
 }
 
-export function softmax(x: Tensor, options?: SoftmaxOptions): Tensor;
-export function softmax(x: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
-export function softmax(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Tensor | DeviceTensor {
+/**
+ * Row-wise softmax: `y_ij = exp(x_ij / T − lse_i)`; masked entries are 0 (a fully masked row is NaN, as PyTorch).
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor (f32 or bf16) or a DeviceTensor.
+ * @param options `temperature` T > 0 (default 1); `mask` Uint8Array [rows·cols] or [cols], 0 = masked.
+ * @returns y of x's shape, dtype and kind.
+ * @example
+ * const probs = softmax(tensor(logits, [N, V]), { temperature: 0.7 });
+ */
+export function softmax<X extends AnyTensor>(x: X, options?: SoftmaxOptions): SameKind<X>;
+export function softmax(x: AnyTensor, options?: SoftmaxOptions): AnyTensor {
   return softmaxOf(x, options, false, 'softmax');
 }
 
-export function logSoftmax(x: Tensor, options?: SoftmaxOptions): Tensor;
-export function logSoftmax(x: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
-export function logSoftmax(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Tensor | DeviceTensor {
+/**
+ * Row-wise log-softmax: `y_ij = x_ij / T − lse_i`; masked entries are −inf.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options `temperature` T > 0 (default 1); `mask` Uint8Array [rows·cols] or [cols], 0 = masked.
+ * @returns y of x's shape, dtype and kind.
+ * @example
+ * const logProbs = logSoftmax(tensor(logits, [N, V]));
+ */
+export function logSoftmax<X extends AnyTensor>(x: X, options?: SoftmaxOptions): SameKind<X>;
+export function logSoftmax(x: AnyTensor, options?: SoftmaxOptions): AnyTensor {
   return softmaxOf(x, options, true, 'logSoftmax');
 }
 
-function softmaxOf(x: Tensor | DeviceTensor, options: unknown, log: boolean, fn: string): Tensor | DeviceTensor {
+function softmaxOf(x: AnyTensor, options: unknown, log: boolean, fn: string): AnyTensor {
   if (x instanceof DeviceTensor) return onDevice(x, fn).device.softmax(x, softmaxSettings(x, options, fn), log);
   const m = asMatrix(x, `${fn}: x`);
   return resultLike(m, currentBackend().softmax(m, softmaxSettings(m, options, fn), log));
 }
 
-export function softmaxBackward(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Tensor;
-export function softmaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
-export function softmaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: SoftmaxOptions): Tensor | DeviceTensor {
+/**
+ * softmax's vector-Jacobian product: `dx = (1/T)·y ⊙ (dy − Σ_j dy_j y_j)`, y = softmax(x).
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options the forward's: `temperature`, `mask`.
+ * @returns dx of x's shape, dtype and kind.
+ * @example
+ * const dx = softmaxBackward(x, dy, { temperature: 0.7 });
+ */
+export function softmaxBackward<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: SoftmaxOptions): SameKind<X>;
+export function softmaxBackward(x: AnyTensor, dy: AnyTensor, options?: SoftmaxOptions): AnyTensor {
   return now(softmaxBackwardOf(x, dy, options, false, 'softmaxBackward', 'sync'));
 }
 
-export function logSoftmaxBackward(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Tensor;
-export function logSoftmaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: SoftmaxOptions): DeviceTensor;
-export function logSoftmaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: SoftmaxOptions): Tensor | DeviceTensor {
+/**
+ * logSoftmax's vector-Jacobian product: `dx = (1/T)·(dy − y·Σ_j dy_j)`, y = softmax(x).
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options the forward's: `temperature`, `mask`.
+ * @returns dx of x's shape, dtype and kind.
+ * @example
+ * const dx = logSoftmaxBackward(x, dy);
+ */
+export function logSoftmaxBackward<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: SoftmaxOptions): SameKind<X>;
+export function logSoftmaxBackward(x: AnyTensor, dy: AnyTensor, options?: SoftmaxOptions): AnyTensor {
   return now(softmaxBackwardOf(x, dy, options, true, 'logSoftmaxBackward', 'sync'));
 }
 
-function softmaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unknown, log: boolean, fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
+function softmaxBackwardOf(x: AnyTensor, dy: unknown, options: unknown, log: boolean, fn: string, mode: Mode): Result<AnyTensor> {
   if (x instanceof DeviceTensor) {
     const b = onDevice(x, fn, [[dy, 'dy']]);
     return deviceOps(b, mode).softmaxBackward(x, deviceUpstream(x, dy, fn), softmaxSettings(x, options, fn), log);
@@ -260,38 +443,70 @@ function softmaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unkno
   return then(hostOps(mode).softmaxBackward(m, g, softmaxSettings(m, options, fn), log), (r) => resultLike(m, r));
 }
 
-/** StableMax: s(x_j) / Σ s(x_k), s(x) = x + 1 (x ≥ 0), 1 / (1 − x) (x < 0). */
-export function stablemax(x: Tensor): Tensor;
-export function stablemax(x: DeviceTensor): DeviceTensor;
-export function stablemax(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
-  return now(stablemaxOf(x, false, 'stablemax', 'sync'));
+/**
+ * StableMax (Prieto et al. 2025): `y_j = s(x_j) / Σ_k s(x_k)`, s(x) = x + 1 (x ≥ 0), 1 / (1 − x) (x < 0).
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options none yet: `{}` or nothing (any key is E_OPTION).
+ * @returns y of x's shape, dtype and kind.
+ * @example
+ * const y = stablemax(tensor(logits, [N, V]));
+ */
+export function stablemax<X extends AnyTensor>(x: X, options?: NoOptions): SameKind<X>;
+export function stablemax(x: AnyTensor, options?: NoOptions): AnyTensor {
+  return now(stablemaxOf(x, options, false, 'stablemax', 'sync'));
 }
 
-export function logStablemax(x: Tensor): Tensor;
-export function logStablemax(x: DeviceTensor): DeviceTensor;
-export function logStablemax(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
-  return now(stablemaxOf(x, true, 'logStablemax', 'sync'));
+/**
+ * log StableMax: `y_j = log s(x_j) − log Σ_k s(x_k)`, s as in stablemax.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options none yet: `{}` or nothing (any key is E_OPTION).
+ * @returns y of x's shape, dtype and kind.
+ * @example
+ * const logY = logStablemax(tensor(logits, [N, V]));
+ */
+export function logStablemax<X extends AnyTensor>(x: X, options?: NoOptions): SameKind<X>;
+export function logStablemax(x: AnyTensor, options?: NoOptions): AnyTensor {
+  return now(stablemaxOf(x, options, true, 'logStablemax', 'sync'));
 }
 
-function stablemaxOf(x: Tensor | DeviceTensor, log: boolean, fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
+function stablemaxOf(x: AnyTensor, options: unknown, log: boolean, fn: string, mode: Mode): Result<AnyTensor> {
+  noOptions(options, fn);
   if (x instanceof DeviceTensor) return deviceOps(onDevice(x, fn), mode).stablemax(x, log);
   const m = asMatrix(x, `${fn}: x`);
   return then(hostOps(mode).stablemax(m, log), (r) => resultLike(m, r));
 }
 
-export function stablemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
-export function stablemaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
-export function stablemaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
+/**
+ * stablemax's vector-Jacobian product: `dx_k = s'(x_k)/S · (dy_k − Σ_j dy_j y_j)`, S = Σ_j s(x_j).
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options none yet: `{}` or nothing.
+ * @returns dx of x's shape, dtype and kind.
+ * @example
+ * const dx = stablemaxBackward(x, dy);
+ */
+export function stablemaxBackward<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: NoOptions): SameKind<X>;
+export function stablemaxBackward(x: AnyTensor, dy: AnyTensor, options?: NoOptions): AnyTensor {
   return now(stablemaxBackwardOf(x, dy, options, false, 'stablemaxBackward', 'sync'));
 }
 
-export function logStablemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
-export function logStablemaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
-export function logStablemaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
+/**
+ * logStablemax's vector-Jacobian product: `dx_k = dy_k·s'(x_k)/s(x_k) − s'(x_k)/S · Σ_j dy_j`.
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options none yet: `{}` or nothing.
+ * @returns dx of x's shape, dtype and kind.
+ * @example
+ * const dx = logStablemaxBackward(x, dy);
+ */
+export function logStablemaxBackward<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: NoOptions): SameKind<X>;
+export function logStablemaxBackward(x: AnyTensor, dy: AnyTensor, options?: NoOptions): AnyTensor {
   return now(stablemaxBackwardOf(x, dy, options, true, 'logStablemaxBackward', 'sync'));
 }
 
-function stablemaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unknown, log: boolean, fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
+function stablemaxBackwardOf(x: AnyTensor, dy: unknown, options: unknown, log: boolean, fn: string, mode: Mode): Result<AnyTensor> {
   noOptions(options, fn);
   if (x instanceof DeviceTensor) {
     const b = onDevice(x, fn, [[dy, 'dy']]);
@@ -302,42 +517,73 @@ function stablemaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unk
   return then(hostOps(mode).stablemaxBackward(m, upstream(m, dy, fn), log), (r) => resultLike(m, r));
 }
 
-/** Euclidean projection onto the simplex: max(x_j − τ, 0) with an exact τ. */
-export function sparsemax(x: Tensor): Tensor;
-export function sparsemax(x: DeviceTensor): DeviceTensor;
-export function sparsemax(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
-  return now(projectionOf(x, 'sparsemax', 'sparsemax', 'sync'));
+/**
+ * Sparsemax (Martins & Astudillo 2016), the Euclidean projection onto the simplex: `y_j = max(x_j − τ, 0)`, Σ_j y_j = 1, τ exact.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options none yet: `{}` or nothing (any key is E_OPTION).
+ * @returns y of x's shape, dtype and kind (sparse: most entries exactly 0).
+ * @example
+ * const y = sparsemax(tensor(new Float32Array([1, 0.5, -1]), [3])); // [0.75, 0.25, 0]
+ */
+export function sparsemax<X extends AnyTensor>(x: X, options?: NoOptions): SameKind<X>;
+export function sparsemax(x: AnyTensor, options?: NoOptions): AnyTensor {
+  return now(projectionOf(x, options, 'sparsemax', 'sparsemax', 'sync'));
 }
 
-export function sparsemaxBackward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
-export function sparsemaxBackward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
-export function sparsemaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
+/**
+ * sparsemax's vector-Jacobian product: `dx_k = [k ∈ support]·(dy_k − mean_{support} dy)`.
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options none yet: `{}` or nothing.
+ * @returns dx of x's shape, dtype and kind.
+ * @example
+ * const dx = sparsemaxBackward(x, dy);
+ */
+export function sparsemaxBackward<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: NoOptions): SameKind<X>;
+export function sparsemaxBackward(x: AnyTensor, dy: AnyTensor, options?: NoOptions): AnyTensor {
   return now(projectionBackwardOf(x, dy, options, 'sparsemaxBackward', 'sparsemaxBackward', 'sync'));
 }
 
-/** 1.5-entmax: max(x_j / 2 − τ, 0)² with an exact τ. */
-export function entmax15(x: Tensor): Tensor;
-export function entmax15(x: DeviceTensor): DeviceTensor;
-export function entmax15(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
-  return now(projectionOf(x, 'entmax15', 'entmax15', 'sync'));
+/**
+ * 1.5-entmax (Peters et al. 2019): `y_j = max(x_j / 2 − τ, 0)²`, Σ_j y_j = 1, τ exact.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options none yet: `{}` or nothing (any key is E_OPTION).
+ * @returns y of x's shape, dtype and kind (sparse).
+ * @example
+ * const y = entmax15(tensor(logits, [N, V]));
+ */
+export function entmax15<X extends AnyTensor>(x: X, options?: NoOptions): SameKind<X>;
+export function entmax15(x: AnyTensor, options?: NoOptions): AnyTensor {
+  return now(projectionOf(x, options, 'entmax15', 'entmax15', 'sync'));
 }
 
-export function entmax15Backward(x: Tensor, dy: Tensor, options?: Record<string, never>): Tensor;
-export function entmax15Backward(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): DeviceTensor;
-export function entmax15Backward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Tensor | DeviceTensor {
+/**
+ * entmax15's vector-Jacobian product: `dx_k = √y_k·dy_k − √y_k · Σ_j √y_j dy_j / Σ_j √y_j`.
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options none yet: `{}` or nothing.
+ * @returns dx of x's shape, dtype and kind.
+ * @example
+ * const dx = entmax15Backward(x, dy);
+ */
+export function entmax15Backward<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: NoOptions): SameKind<X>;
+export function entmax15Backward(x: AnyTensor, dy: AnyTensor, options?: NoOptions): AnyTensor {
   return now(projectionBackwardOf(x, dy, options, 'entmax15Backward', 'entmax15Backward', 'sync'));
 }
 
-/** sparsemax and entmax15: the op without options. */
-function projectionOf(x: Tensor | DeviceTensor, op: 'sparsemax' | 'entmax15', fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
+/** sparsemax and entmax15: ops without options yet. */
+function projectionOf(x: AnyTensor, options: unknown, op: 'sparsemax' | 'entmax15', fn: string, mode: Mode): Result<AnyTensor> {
+  noOptions(options, fn);
   if (x instanceof DeviceTensor) return deviceOps(onDevice(x, fn), mode)[op](x);
   const m = asMatrix(x, `${fn}: x`);
   return then(hostOps(mode)[op](m), (r) => resultLike(m, r));
 }
 
 function projectionBackwardOf(
-  x: Tensor | DeviceTensor, dy: unknown, options: unknown, op: 'sparsemaxBackward' | 'entmax15Backward', fn: string, mode: Mode,
-): Result<Tensor | DeviceTensor> {
+  x: AnyTensor, dy: unknown, options: unknown, op: 'sparsemaxBackward' | 'entmax15Backward', fn: string, mode: Mode,
+): Result<AnyTensor> {
   noOptions(options, fn);
   if (x instanceof DeviceTensor) {
     const b = onDevice(x, fn, [[dy, 'dy']]);
@@ -348,14 +594,21 @@ function projectionBackwardOf(
   return then(hostOps(mode)[op](m, upstream(m, dy, fn)), (r) => resultLike(m, r));
 }
 
-/** softmax((x + g) / τ) with Philox Gumbel noise g; `hard` gives the straight-through one-hot. */
-export function gumbelSoftmax(x: Tensor, options?: GumbelSoftmaxOptions): Tensor;
-export function gumbelSoftmax(x: DeviceTensor, options?: GumbelSoftmaxOptions): DeviceTensor;
-export function gumbelSoftmax(x: Tensor | DeviceTensor, options?: GumbelSoftmaxOptions): Tensor | DeviceTensor {
+/**
+ * Gumbel-softmax: `y = softmax((x + g) / τ)`, g = −log(−log u) from counter-based Philox noise (the same on every backend for a seed); `hard`: the one-hot of the argmax forward with the soft gradient (straight-through).
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options `tau` τ > 0 (default 1), `hard` (default false), `seed` integer in [0, 2^53) (default: drawn at random).
+ * @returns y of x's shape, dtype and kind.
+ * @example
+ * const sample = gumbelSoftmax(tensor(logits, [N, V]), { tau: 0.5, hard: true, seed: 7 });
+ */
+export function gumbelSoftmax<X extends AnyTensor>(x: X, options?: GumbelSoftmaxOptions): SameKind<X>;
+export function gumbelSoftmax(x: AnyTensor, options?: GumbelSoftmaxOptions): AnyTensor {
   return now(gumbelSoftmaxOf(x, options, 'gumbelSoftmax', 'sync'));
 }
 
-function gumbelSoftmaxOf(x: Tensor | DeviceTensor, options: unknown, fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
+function gumbelSoftmaxOf(x: AnyTensor, options: unknown, fn: string, mode: Mode): Result<AnyTensor> {
   if (x instanceof DeviceTensor) {
     const b = onDevice(x, fn);
     const g = gumbelSettings(options, fn, false);
@@ -366,14 +619,22 @@ function gumbelSoftmaxOf(x: Tensor | DeviceTensor, options: unknown, fn: string,
   return then(hostOps(mode).gumbelSoftmax(m, g.tau, g.hard, g.seed), (r) => resultLike(m, r));
 }
 
-/** The soft sample's VJP (also for hard samples); needs the forward's seed and tau. */
-export function gumbelSoftmaxBackward(x: Tensor, dy: Tensor, options: GumbelSoftmaxOptions): Tensor;
-export function gumbelSoftmaxBackward(x: DeviceTensor, dy: DeviceTensor, options: GumbelSoftmaxOptions): DeviceTensor;
-export function gumbelSoftmaxBackward(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options: GumbelSoftmaxOptions): Tensor | DeviceTensor {
+/**
+ * gumbelSoftmax's vector-Jacobian product (of the soft sample, also for hard ones): the softmax rule at (x + g) / τ with T = τ.
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options the forward's `tau` and its `seed` (required: the backward redraws the same noise).
+ * @returns dx of x's shape, dtype and kind.
+ * @example
+ * const y = gumbelSoftmax(x, { tau: 0.5, seed: 7 });
+ * const dx = gumbelSoftmaxBackward(x, dy, { tau: 0.5, seed: 7 });
+ */
+export function gumbelSoftmaxBackward<X extends AnyTensor>(x: X, dy: SameKind<X>, options: GumbelSoftmaxBackwardOptions): SameKind<X>;
+export function gumbelSoftmaxBackward(x: AnyTensor, dy: AnyTensor, options: GumbelSoftmaxBackwardOptions): AnyTensor {
   return now(gumbelSoftmaxBackwardOf(x, dy, options, 'gumbelSoftmaxBackward', 'sync'));
 }
 
-function gumbelSoftmaxBackwardOf(x: Tensor | DeviceTensor, dy: unknown, options: unknown, fn: string, mode: Mode): Result<Tensor | DeviceTensor> {
+function gumbelSoftmaxBackwardOf(x: AnyTensor, dy: unknown, options: unknown, fn: string, mode: Mode): Result<AnyTensor> {
   if (x instanceof DeviceTensor) {
     const b = onDevice(x, fn, [[dy, 'dy']]);
     const d = deviceUpstream(x, dy, fn);
@@ -406,17 +667,27 @@ function then<T, U>(v: Result<T>, f: (t: T) => U): Result<U> {
 
 /** A sync mode's result. */
 function now<T>(v: Result<T>): T {
-  if (v instanceof Promise) throw new Error('internal: a sync op returned a Promise');
+  if (v instanceof Promise) throw new CutlossError('E_INTERNAL', 'a sync op returned a Promise');
   return v;
 }
 
 // ---------------------------------------------------------------- losses
 
-/** Cross-entropy from logits [N, V] with every option of README "Losses". */
-export function crossEntropy(logits: Tensor, labels: Int32Array, options?: CrossEntropyOptions): CrossEntropyResult;
-export function crossEntropy(logits: DeviceTensor, labels: Int32Array, options?: CrossEntropyOptions): DeviceCrossEntropyResult;
+/**
+ * Cross-entropy from logits: `loss_i = lse(z_i) − z_{i,t_i}`, z = softcap(x)/T, reduced by `reduction`; with the options of README "Losses" (class weights, label smoothing, z-loss, other normalizers, focal, Poly-1, …).
+ *
+ * @param logits [N, V], a Tensor (f32 or bf16) or a DeviceTensor.
+ * @param labels Int32Array [N]: class ids in [0, V), or ignoreIndex (−100) for rows that count for nothing.
+ * @param options see {@link CrossEntropyOptions}; `reduction` 'mean' (default) / 'sum' give a number, 'none' a Float32Array [N].
+ * @returns `{ loss, dLogits?, lse? }`: dLogits in the logits' kind and dtype.
+ * @example
+ * const { loss, dLogits } = crossEntropy(tensor(logits, [N, V]), Int32Array.from(targets), { labelSmoothing: 0.1 });
+ */
+export function crossEntropy<X extends AnyTensor, R extends Reduction = 'mean'>(
+  logits: X, labels: Int32Array, options?: CrossEntropyOptions<R>,
+): CrossEntropyResultFor<X, R>;
 export function crossEntropy(
-  logits: Tensor | DeviceTensor, labels: Int32Array, options?: CrossEntropyOptions,
+  logits: AnyTensor, labels: Int32Array, options?: CrossEntropyOptions,
 ): CrossEntropyResult | DeviceCrossEntropyResult {
   if (logits instanceof DeviceTensor) {
     const b = onDevice(logits, 'crossEntropy');
@@ -449,17 +720,22 @@ function deviceLossResult(out: DeviceCrossEntropyOutput, returnLse: boolean): De
 }
 
 /**
- * Cross-entropy of E·Wᵀ + b without forming the N×V logits: embeddings E [N, D],
- * classifier W [V, D]; gradients for E, W and the bias.
+ * Fused linear + cross-entropy (Cut Cross-Entropy): crossEntropy of the logits `E·Wᵀ + b` without ever holding the N×V logits; gradients for E, W and b.
+ *
+ * @param embeddings E [N, D], a Tensor (f32 or bf16) or a DeviceTensor.
+ * @param classifier W [V, D], of E's kind (and on E's device).
+ * @param labels Int32Array [N]: class ids in [0, V), or ignoreIndex.
+ * @param options see {@link LinearCrossEntropyOptions}: every crossEntropy option plus `bias` [V], `filterEps`, `deterministic`, `tf32`, `workspaceBytes`.
+ * @returns `{ loss, dEmbeddings?, dClassifier?, dBias?, lse?, workspaceBytes? }`, gradients in the inputs' kind and dtype.
+ * @example
+ * const { loss, dEmbeddings, dClassifier, dBias } =
+ *   linearCrossEntropy(tensor(E, [N, D]), tensor(W, [V, D]), labels, { bias, zLoss: 1e-4 });
  */
+export function linearCrossEntropy<X extends AnyTensor, R extends Reduction = 'mean'>(
+  embeddings: X, classifier: SameKind<X>, labels: Int32Array, options?: LinearCrossEntropyOptions<R>,
+): LinearCrossEntropyResultFor<X, R>;
 export function linearCrossEntropy(
-  embeddings: Tensor, classifier: Tensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
-): LinearCrossEntropyResult;
-export function linearCrossEntropy(
-  embeddings: DeviceTensor, classifier: DeviceTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
-): DeviceLinearCrossEntropyResult;
-export function linearCrossEntropy(
-  embeddings: Tensor | DeviceTensor, classifier: Tensor | DeviceTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
+  embeddings: AnyTensor, classifier: AnyTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
 ): LinearCrossEntropyResult | DeviceLinearCrossEntropyResult {
   if (embeddings instanceof DeviceTensor) {
     const b = onDevice(embeddings, 'linearCrossEntropy', [[classifier, 'classifier']]);
@@ -508,6 +784,13 @@ function deviceLinearResult(out: DeviceLinearCrossEntropyOutput, returnLse: bool
   return result;
 }
 
+/**
+ * Options of linearCrossEntropyWorkspaceBytes: the loss options the call will use, plus the
+ * inputs' dtype and the backend whose kernels plan the work.
+ *
+ * @example
+ * linearCrossEntropyWorkspaceBytes(N, D, V, { dtype: 'bf16', backend: 'cuda' });
+ */
 export interface LinearCrossEntropyWorkspaceOptions extends LinearCrossEntropyOptions {
   /** dtype of the embeddings and the classifier (bf16 gradients need fp32 accumulators). Default 'f32'. */
   dtype?: 'f32' | 'bf16';
@@ -520,6 +803,12 @@ export interface LinearCrossEntropyWorkspaceOptions extends LinearCrossEntropyOp
  * E [N, D], W [V, D] with these options, beyond the inputs and the returned results: O(N + V)
  * (per-row statistics and partials, sparsemax candidates), plus fp32 accumulators for bf16
  * gradients, never N×V. The same figure comes back as `workspaceBytes` of each result.
+ *
+ * @param N rows of E (tokens); D the embedding width; V rows of W (classes).
+ * @param options the linearCrossEntropy options of the call, plus `dtype` ('f32' | 'bf16') and `backend` ('cuda' | 'cuda-emu').
+ * @returns bytes, an integer.
+ * @example
+ * const bytes = linearCrossEntropyWorkspaceBytes(8192, 4096, 128000, { dtype: 'bf16' });
  */
 export function linearCrossEntropyWorkspaceBytes(
   N: number, D: number, V: number, options?: LinearCrossEntropyWorkspaceOptions,
@@ -572,9 +861,17 @@ function later<T>(fn: () => T): Promise<T> {
   });
 }
 
-export function logSumExpAsync(x: Tensor, options?: SoftmaxOptions): Promise<Float32Array>;
-export function logSumExpAsync(x: DeviceTensor, options?: SoftmaxOptions): Promise<DeviceTensor>;
-export async function logSumExpAsync(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Promise<Float32Array | DeviceTensor> {
+/**
+ * logSumExp off the JS thread: `lse_i = log Σ_j exp(x_ij / T)` over unmasked j.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options `temperature`, `mask`, as logSumExp.
+ * @returns a Promise of Float32Array [rows] (Tensor input) or a DeviceTensor [rows].
+ * @example
+ * const lse = await logSumExpAsync(tensor(logits, [N, V]));
+ */
+export function logSumExpAsync<X extends AnyTensor>(x: X, options?: SoftmaxOptions): Promise<ByKind<X, Float32Array, DeviceTensor>>;
+export async function logSumExpAsync(x: AnyTensor, options?: SoftmaxOptions): Promise<Float32Array | DeviceTensor> {
   if (x instanceof DeviceTensor) {
     return onDevice(x, 'logSumExpAsync').deviceAsync.logSumExp(x, softmaxSettings(x, options, 'logSumExpAsync'));
   }
@@ -582,102 +879,225 @@ export async function logSumExpAsync(x: Tensor | DeviceTensor, options?: Softmax
   return asyncOps(currentBackend()).logSumExp(m, softmaxSettings(m, options, 'logSumExpAsync'));
 }
 
-export function softmaxAsync(x: Tensor, options?: SoftmaxOptions): Promise<Tensor>;
-export function softmaxAsync(x: DeviceTensor, options?: SoftmaxOptions): Promise<DeviceTensor>;
-export function softmaxAsync(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Promise<Tensor | DeviceTensor> {
+/**
+ * softmax off the JS thread: `y_ij = exp(x_ij / T − lse_i)`.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options `temperature`, `mask`, as softmax.
+ * @returns a Promise of y, of x's shape, dtype and kind.
+ * @example
+ * const probs = await softmaxAsync(tensor(logits, [N, V]));
+ */
+export function softmaxAsync<X extends AnyTensor>(x: X, options?: SoftmaxOptions): Promise<SameKind<X>>;
+export function softmaxAsync(x: AnyTensor, options?: SoftmaxOptions): Promise<AnyTensor> {
   return softmaxOfAsync(x, options, false, 'softmaxAsync');
 }
 
-export function logSoftmaxAsync(x: Tensor, options?: SoftmaxOptions): Promise<Tensor>;
-export function logSoftmaxAsync(x: DeviceTensor, options?: SoftmaxOptions): Promise<DeviceTensor>;
-export function logSoftmaxAsync(x: Tensor | DeviceTensor, options?: SoftmaxOptions): Promise<Tensor | DeviceTensor> {
+/**
+ * logSoftmax off the JS thread: `y_ij = x_ij / T − lse_i`.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options `temperature`, `mask`, as logSoftmax.
+ * @returns a Promise of y, of x's shape, dtype and kind.
+ * @example
+ * const logProbs = await logSoftmaxAsync(tensor(logits, [N, V]));
+ */
+export function logSoftmaxAsync<X extends AnyTensor>(x: X, options?: SoftmaxOptions): Promise<SameKind<X>>;
+export function logSoftmaxAsync(x: AnyTensor, options?: SoftmaxOptions): Promise<AnyTensor> {
   return softmaxOfAsync(x, options, true, 'logSoftmaxAsync');
 }
 
-async function softmaxOfAsync(x: Tensor | DeviceTensor, options: unknown, log: boolean, fn: string): Promise<Tensor | DeviceTensor> {
+async function softmaxOfAsync(x: AnyTensor, options: unknown, log: boolean, fn: string): Promise<AnyTensor> {
   if (x instanceof DeviceTensor) return onDevice(x, fn).deviceAsync.softmax(x, softmaxSettings(x, options, fn), log);
   const m = asMatrix(x, `${fn}: x`);
   return resultLike(m, await asyncOps(currentBackend()).softmax(m, softmaxSettings(m, options, fn), log));
 }
 
-export function softmaxBackwardAsync(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Promise<Tensor>;
-export function softmaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: SoftmaxOptions): Promise<DeviceTensor>;
-export async function softmaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: SoftmaxOptions): Promise<Tensor | DeviceTensor> {
+/**
+ * softmaxBackward off the JS thread: `dx = (1/T)·y ⊙ (dy − Σ_j dy_j y_j)`.
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options the forward's `temperature`, `mask`.
+ * @returns a Promise of dx, of x's shape, dtype and kind.
+ * @example
+ * const dx = await softmaxBackwardAsync(x, dy);
+ */
+export function softmaxBackwardAsync<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: SoftmaxOptions): Promise<SameKind<X>>;
+export async function softmaxBackwardAsync(x: AnyTensor, dy: AnyTensor, options?: SoftmaxOptions): Promise<AnyTensor> {
   return softmaxBackwardOf(x, dy, options, false, 'softmaxBackwardAsync', 'async');
 }
 
-export function logSoftmaxBackwardAsync(x: Tensor, dy: Tensor, options?: SoftmaxOptions): Promise<Tensor>;
-export function logSoftmaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: SoftmaxOptions): Promise<DeviceTensor>;
-export async function logSoftmaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: SoftmaxOptions): Promise<Tensor | DeviceTensor> {
+/**
+ * logSoftmaxBackward off the JS thread: `dx = (1/T)·(dy − y·Σ_j dy_j)`.
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options the forward's `temperature`, `mask`.
+ * @returns a Promise of dx, of x's shape, dtype and kind.
+ * @example
+ * const dx = await logSoftmaxBackwardAsync(x, dy);
+ */
+export function logSoftmaxBackwardAsync<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: SoftmaxOptions): Promise<SameKind<X>>;
+export async function logSoftmaxBackwardAsync(x: AnyTensor, dy: AnyTensor, options?: SoftmaxOptions): Promise<AnyTensor> {
   return softmaxBackwardOf(x, dy, options, true, 'logSoftmaxBackwardAsync', 'async');
 }
 
-export function stablemaxAsync(x: Tensor): Promise<Tensor>;
-export function stablemaxAsync(x: DeviceTensor): Promise<DeviceTensor>;
-export async function stablemaxAsync(x: Tensor | DeviceTensor): Promise<Tensor | DeviceTensor> {
-  return stablemaxOf(x, false, 'stablemaxAsync', 'async');
+/**
+ * stablemax off the JS thread: `y_j = s(x_j) / Σ_k s(x_k)`.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options none yet: `{}` or nothing (any key rejects with E_OPTION).
+ * @returns a Promise of y, of x's shape, dtype and kind.
+ * @example
+ * const y = await stablemaxAsync(tensor(logits, [N, V]));
+ */
+export function stablemaxAsync<X extends AnyTensor>(x: X, options?: NoOptions): Promise<SameKind<X>>;
+export async function stablemaxAsync(x: AnyTensor, options?: NoOptions): Promise<AnyTensor> {
+  return stablemaxOf(x, options, false, 'stablemaxAsync', 'async');
 }
 
-export function logStablemaxAsync(x: Tensor): Promise<Tensor>;
-export function logStablemaxAsync(x: DeviceTensor): Promise<DeviceTensor>;
-export async function logStablemaxAsync(x: Tensor | DeviceTensor): Promise<Tensor | DeviceTensor> {
-  return stablemaxOf(x, true, 'logStablemaxAsync', 'async');
+/**
+ * logStablemax off the JS thread: `y_j = log s(x_j) − log Σ_k s(x_k)`.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options none yet: `{}` or nothing.
+ * @returns a Promise of y, of x's shape, dtype and kind.
+ * @example
+ * const logY = await logStablemaxAsync(tensor(logits, [N, V]));
+ */
+export function logStablemaxAsync<X extends AnyTensor>(x: X, options?: NoOptions): Promise<SameKind<X>>;
+export async function logStablemaxAsync(x: AnyTensor, options?: NoOptions): Promise<AnyTensor> {
+  return stablemaxOf(x, options, true, 'logStablemaxAsync', 'async');
 }
 
-export function stablemaxBackwardAsync(x: Tensor, dy: Tensor, options?: Record<string, never>): Promise<Tensor>;
-export function stablemaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): Promise<DeviceTensor>;
-export async function stablemaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Promise<Tensor | DeviceTensor> {
+/**
+ * stablemaxBackward off the JS thread: `dx_k = s'(x_k)/S · (dy_k − Σ_j dy_j y_j)`.
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options none yet: `{}` or nothing.
+ * @returns a Promise of dx, of x's shape, dtype and kind.
+ * @example
+ * const dx = await stablemaxBackwardAsync(x, dy);
+ */
+export function stablemaxBackwardAsync<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: NoOptions): Promise<SameKind<X>>;
+export async function stablemaxBackwardAsync(x: AnyTensor, dy: AnyTensor, options?: NoOptions): Promise<AnyTensor> {
   return stablemaxBackwardOf(x, dy, options, false, 'stablemaxBackwardAsync', 'async');
 }
 
-export function logStablemaxBackwardAsync(x: Tensor, dy: Tensor, options?: Record<string, never>): Promise<Tensor>;
-export function logStablemaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): Promise<DeviceTensor>;
-export async function logStablemaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Promise<Tensor | DeviceTensor> {
+/**
+ * logStablemaxBackward off the JS thread: `dx_k = dy_k·s'(x_k)/s(x_k) − s'(x_k)/S · Σ_j dy_j`.
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options none yet: `{}` or nothing.
+ * @returns a Promise of dx, of x's shape, dtype and kind.
+ * @example
+ * const dx = await logStablemaxBackwardAsync(x, dy);
+ */
+export function logStablemaxBackwardAsync<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: NoOptions): Promise<SameKind<X>>;
+export async function logStablemaxBackwardAsync(x: AnyTensor, dy: AnyTensor, options?: NoOptions): Promise<AnyTensor> {
   return stablemaxBackwardOf(x, dy, options, true, 'logStablemaxBackwardAsync', 'async');
 }
 
-export function sparsemaxAsync(x: Tensor): Promise<Tensor>;
-export function sparsemaxAsync(x: DeviceTensor): Promise<DeviceTensor>;
-export async function sparsemaxAsync(x: Tensor | DeviceTensor): Promise<Tensor | DeviceTensor> {
-  return projectionOf(x, 'sparsemax', 'sparsemaxAsync', 'async');
+/**
+ * sparsemax off the JS thread: `y_j = max(x_j − τ, 0)`, Σ_j y_j = 1.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options none yet: `{}` or nothing.
+ * @returns a Promise of y, of x's shape, dtype and kind.
+ * @example
+ * const y = await sparsemaxAsync(tensor(logits, [N, V]));
+ */
+export function sparsemaxAsync<X extends AnyTensor>(x: X, options?: NoOptions): Promise<SameKind<X>>;
+export async function sparsemaxAsync(x: AnyTensor, options?: NoOptions): Promise<AnyTensor> {
+  return projectionOf(x, options, 'sparsemax', 'sparsemaxAsync', 'async');
 }
 
-export function sparsemaxBackwardAsync(x: Tensor, dy: Tensor, options?: Record<string, never>): Promise<Tensor>;
-export function sparsemaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): Promise<DeviceTensor>;
-export async function sparsemaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Promise<Tensor | DeviceTensor> {
+/**
+ * sparsemaxBackward off the JS thread: `dx_k = [k ∈ support]·(dy_k − mean_{support} dy)`.
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options none yet: `{}` or nothing.
+ * @returns a Promise of dx, of x's shape, dtype and kind.
+ * @example
+ * const dx = await sparsemaxBackwardAsync(x, dy);
+ */
+export function sparsemaxBackwardAsync<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: NoOptions): Promise<SameKind<X>>;
+export async function sparsemaxBackwardAsync(x: AnyTensor, dy: AnyTensor, options?: NoOptions): Promise<AnyTensor> {
   return projectionBackwardOf(x, dy, options, 'sparsemaxBackward', 'sparsemaxBackwardAsync', 'async');
 }
 
-export function entmax15Async(x: Tensor): Promise<Tensor>;
-export function entmax15Async(x: DeviceTensor): Promise<DeviceTensor>;
-export async function entmax15Async(x: Tensor | DeviceTensor): Promise<Tensor | DeviceTensor> {
-  return projectionOf(x, 'entmax15', 'entmax15Async', 'async');
+/**
+ * entmax15 off the JS thread: `y_j = max(x_j / 2 − τ, 0)²`, Σ_j y_j = 1.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options none yet: `{}` or nothing.
+ * @returns a Promise of y, of x's shape, dtype and kind.
+ * @example
+ * const y = await entmax15Async(tensor(logits, [N, V]));
+ */
+export function entmax15Async<X extends AnyTensor>(x: X, options?: NoOptions): Promise<SameKind<X>>;
+export async function entmax15Async(x: AnyTensor, options?: NoOptions): Promise<AnyTensor> {
+  return projectionOf(x, options, 'entmax15', 'entmax15Async', 'async');
 }
 
-export function entmax15BackwardAsync(x: Tensor, dy: Tensor, options?: Record<string, never>): Promise<Tensor>;
-export function entmax15BackwardAsync(x: DeviceTensor, dy: DeviceTensor, options?: Record<string, never>): Promise<DeviceTensor>;
-export async function entmax15BackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options?: Record<string, never>): Promise<Tensor | DeviceTensor> {
+/**
+ * entmax15Backward off the JS thread: `dx_k = √y_k·dy_k − √y_k · Σ_j √y_j dy_j / Σ_j √y_j`.
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options none yet: `{}` or nothing.
+ * @returns a Promise of dx, of x's shape, dtype and kind.
+ * @example
+ * const dx = await entmax15BackwardAsync(x, dy);
+ */
+export function entmax15BackwardAsync<X extends AnyTensor>(x: X, dy: SameKind<X>, options?: NoOptions): Promise<SameKind<X>>;
+export async function entmax15BackwardAsync(x: AnyTensor, dy: AnyTensor, options?: NoOptions): Promise<AnyTensor> {
   return projectionBackwardOf(x, dy, options, 'entmax15Backward', 'entmax15BackwardAsync', 'async');
 }
 
-export function gumbelSoftmaxAsync(x: Tensor, options?: GumbelSoftmaxOptions): Promise<Tensor>;
-export function gumbelSoftmaxAsync(x: DeviceTensor, options?: GumbelSoftmaxOptions): Promise<DeviceTensor>;
-export async function gumbelSoftmaxAsync(x: Tensor | DeviceTensor, options?: GumbelSoftmaxOptions): Promise<Tensor | DeviceTensor> {
+/**
+ * gumbelSoftmax off the JS thread: `y = softmax((x + g) / τ)` with the same Philox noise as the sync op.
+ *
+ * @param x [rows, cols] (or [cols]), a Tensor or a DeviceTensor.
+ * @param options `tau`, `hard`, `seed`, as gumbelSoftmax.
+ * @returns a Promise of y, of x's shape, dtype and kind.
+ * @example
+ * const y = await gumbelSoftmaxAsync(tensor(logits, [N, V]), { tau: 0.5, seed: 7 });
+ */
+export function gumbelSoftmaxAsync<X extends AnyTensor>(x: X, options?: GumbelSoftmaxOptions): Promise<SameKind<X>>;
+export async function gumbelSoftmaxAsync(x: AnyTensor, options?: GumbelSoftmaxOptions): Promise<AnyTensor> {
   return gumbelSoftmaxOf(x, options, 'gumbelSoftmaxAsync', 'async');
 }
 
-export function gumbelSoftmaxBackwardAsync(x: Tensor, dy: Tensor, options: GumbelSoftmaxOptions): Promise<Tensor>;
-export function gumbelSoftmaxBackwardAsync(x: DeviceTensor, dy: DeviceTensor, options: GumbelSoftmaxOptions): Promise<DeviceTensor>;
-export async function gumbelSoftmaxBackwardAsync(x: Tensor | DeviceTensor, dy: Tensor | DeviceTensor, options: GumbelSoftmaxOptions): Promise<Tensor | DeviceTensor> {
+/**
+ * gumbelSoftmaxBackward off the JS thread: the softmax rule at (x + g) / τ.
+ *
+ * @param x the forward's input [rows, cols]; dy the upstream gradient, x's shape and kind.
+ * @param options the forward's `tau` and `seed` (required).
+ * @returns a Promise of dx, of x's shape, dtype and kind.
+ * @example
+ * const dx = await gumbelSoftmaxBackwardAsync(x, dy, { tau: 0.5, seed: 7 });
+ */
+export function gumbelSoftmaxBackwardAsync<X extends AnyTensor>(
+  x: X, dy: SameKind<X>, options: GumbelSoftmaxBackwardOptions,
+): Promise<SameKind<X>>;
+export async function gumbelSoftmaxBackwardAsync(x: AnyTensor, dy: AnyTensor, options: GumbelSoftmaxBackwardOptions): Promise<AnyTensor> {
   return gumbelSoftmaxBackwardOf(x, dy, options, 'gumbelSoftmaxBackwardAsync', 'async');
 }
 
-export function crossEntropyAsync(logits: Tensor, labels: Int32Array, options?: CrossEntropyOptions): Promise<CrossEntropyResult>;
-export function crossEntropyAsync(
-  logits: DeviceTensor, labels: Int32Array, options?: CrossEntropyOptions,
-): Promise<DeviceCrossEntropyResult>;
+/**
+ * crossEntropy off the JS thread: `loss_i = lse(z_i) − z_{i,t_i}`, reduced by `reduction`.
+ *
+ * @param logits [N, V], a Tensor or a DeviceTensor.
+ * @param labels Int32Array [N].
+ * @param options see {@link CrossEntropyOptions}.
+ * @returns a Promise of `{ loss, dLogits?, lse? }`, as crossEntropy.
+ * @example
+ * const { loss } = await crossEntropyAsync(tensor(logits, [N, V]), labels, { reduction: 'sum' });
+ */
+export function crossEntropyAsync<X extends AnyTensor, R extends Reduction = 'mean'>(
+  logits: X, labels: Int32Array, options?: CrossEntropyOptions<R>,
+): Promise<CrossEntropyResultFor<X, R>>;
 export async function crossEntropyAsync(
-  logits: Tensor | DeviceTensor, labels: Int32Array, options?: CrossEntropyOptions,
+  logits: AnyTensor, labels: Int32Array, options?: CrossEntropyOptions,
 ): Promise<CrossEntropyResult | DeviceCrossEntropyResult> {
   if (logits instanceof DeviceTensor) {
     const b = onDevice(logits, 'crossEntropyAsync');
@@ -689,14 +1109,20 @@ export async function crossEntropyAsync(
   return crossEntropyResult(m, await asyncOps(currentBackend()).crossEntropy(m, t, o), o.returnLse);
 }
 
-export function linearCrossEntropyAsync(
-  embeddings: Tensor, classifier: Tensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
-): Promise<LinearCrossEntropyResult>;
-export function linearCrossEntropyAsync(
-  embeddings: DeviceTensor, classifier: DeviceTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
-): Promise<DeviceLinearCrossEntropyResult>;
+/**
+ * linearCrossEntropy off the JS thread: crossEntropy of `E·Wᵀ + b` without the N×V logits.
+ *
+ * @param embeddings E [N, D]; classifier W [V, D] of E's kind; labels Int32Array [N].
+ * @param options see {@link LinearCrossEntropyOptions}.
+ * @returns a Promise of `{ loss, dEmbeddings?, dClassifier?, dBias?, lse?, workspaceBytes? }`, as linearCrossEntropy.
+ * @example
+ * const { loss, dEmbeddings } = await linearCrossEntropyAsync(tensor(E, [N, D]), tensor(W, [V, D]), labels);
+ */
+export function linearCrossEntropyAsync<X extends AnyTensor, R extends Reduction = 'mean'>(
+  embeddings: X, classifier: SameKind<X>, labels: Int32Array, options?: LinearCrossEntropyOptions<R>,
+): Promise<LinearCrossEntropyResultFor<X, R>>;
 export async function linearCrossEntropyAsync(
-  embeddings: Tensor | DeviceTensor, classifier: Tensor | DeviceTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
+  embeddings: AnyTensor, classifier: AnyTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
 ): Promise<LinearCrossEntropyResult | DeviceLinearCrossEntropyResult> {
   if (embeddings instanceof DeviceTensor) {
     const b = onDevice(embeddings, 'linearCrossEntropyAsync', [[classifier, 'classifier']]);

@@ -5,6 +5,7 @@
 // device tensors stay where they are. Ops without a native kernel yet run on the next backend
 // (none at present: FALLBACK_OPS lists them).
 
+import { allocate } from './alloc.js';
 import type {
   AsyncBackendOps, Backend, CrossEntropyOutput, LinearCrossEntropyOutput, SoftmaxSettings,
 } from './backend.js';
@@ -133,8 +134,8 @@ export function gradientScales(
     valid++;
     sumTargetWeights += w === null ? 1 : w[t]!;
   }
-  const scaleWeighted = new Float32Array(N);
-  const scaleUnweighted = new Float32Array(N);
+  const scaleWeighted = allocate(Float32Array, N, 'scaleWeighted');
+  const scaleUnweighted = allocate(Float32Array, N, 'scaleUnweighted');
   if (o.computeGrad) {
     for (let i = 0; i < N; i++) {
       if (labels[i] === o.ignoreIndex) continue;
@@ -166,7 +167,7 @@ export function reduceLoss(
   }
   let loss: number | Float32Array;
   if (o.reduction === 'none') {
-    const perRow = new Float32Array(N);
+    const perRow = allocate(Float32Array, N, 'perRow');
     for (let i = 0; i < N; i++) if (labels[i] !== o.ignoreIndex) perRow[i] = weighted[i]! + unweighted[i]!;
     loss = perRow;
   } else if (o.reduction === 'sum') {
@@ -271,7 +272,7 @@ export class NativeBackend implements Backend {
 
   /** Reads a temporary f32 buffer of n elements and frees it. */
   private take(id: number, n: number): Float32Array {
-    const out = new Float32Array(n);
+    const out = allocate(Float32Array, n, 'the result');
     try {
       this.addon.download(id, out);
     } catch (e) {

@@ -5,12 +5,38 @@ import { CutlossError, describe } from './errors.js';
 import { NORMALIZER_SOFTMAX, NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX } from './js/math.js';
 import type { Dtype } from './tensor.js';
 
+/**
+ * How a loss is reduced over the N rows: `'mean'` (over non-ignored rows; weighted by the
+ * target's class weight when there are class weights), `'sum'`, or `'none'` (one value per row).
+ */
 export type Reduction = 'mean' | 'sum' | 'none';
+
+/**
+ * What turns logits into probabilities inside a loss: `'softmax'`, `'stablemax'` (Prieto et al.
+ * 2025) or `'sparsemax'` (the sparsemax loss of Martins & Astudillo 2016).
+ */
 export type Normalizer = 'softmax' | 'stablemax' | 'sparsemax';
 
-export interface CrossEntropyOptions {
+/**
+ * The type of `loss` for a reduction: a number for `'mean'` and `'sum'`, a Float32Array [N]
+ * for `'none'`; a reduction only known at run time (`Reduction`) gives the union.
+ *
+ * @example
+ * const perRow: LossValue<'none'> = crossEntropy(x, labels, { reduction: 'none' }).loss; // Float32Array
+ */
+export type LossValue<R extends Reduction> = R extends 'none' ? Float32Array : number;
+
+/**
+ * Options of `crossEntropy` (and of `linearCrossEntropy`, which adds its own). Every field is
+ * optional; an unknown key is a compile error and, at run time, `E_OPTION`. `R` is the
+ * reduction literal, which decides the type of `loss` (see {@link LossValue}).
+ *
+ * @example
+ * const options: CrossEntropyOptions = { labelSmoothing: 0.1, zLoss: 1e-4, ignoreIndex: -100 };
+ */
+export interface CrossEntropyOptions<R extends Reduction = Reduction> {
   /** 'mean' (default): over non-ignored rows; 'sum'; 'none': a Float32Array [N]. */
-  reduction?: Reduction;
+  reduction?: R;
   /** Label value whose rows contribute nothing (default −100). */
   ignoreIndex?: number;
   /** α in [0, 1): the target mixes with the uniform distribution, as PyTorch. */
@@ -23,6 +49,7 @@ export interface CrossEntropyOptions {
   softcap?: number;
   /** T > 0: logits are divided by T after the softcap. */
   temperature?: number;
+  /** Default 'softmax'. */
   normalizer?: Normalizer;
   /** γ ≥ 0: focal loss factor (1 − p_t)^γ. */
   focalGamma?: number;
@@ -38,7 +65,14 @@ export interface CrossEntropyOptions {
   returnLse?: boolean;
 }
 
-export interface LinearCrossEntropyOptions extends CrossEntropyOptions {
+/**
+ * Options of `linearCrossEntropy`: those of {@link CrossEntropyOptions} plus the bias and the
+ * fused kernels' settings.
+ *
+ * @example
+ * const options: LinearCrossEntropyOptions = { bias: new Float32Array(V), filterEps: 'auto' };
+ */
+export interface LinearCrossEntropyOptions<R extends Reduction = Reduction> extends CrossEntropyOptions<R> {
   /** Float32Array [V], added to the logits. */
   bias?: Float32Array;
   /** Skip backward tiles whose |dloss/dz| are all below this: 0 = exact, 'auto' = dtype ε / 32. */
@@ -117,7 +151,8 @@ function vectorOption(o: Record<string, unknown>, name: string, length: number, 
 export function checkKnownKeys(o: Record<string, unknown>, allowed: readonly string[], fn: string): void {
   for (const key of Object.keys(o)) {
     if (!allowed.includes(key)) {
-      throw new CutlossError('E_OPTION', `${fn}: unknown option '${key}'; known options: ${allowed.join(', ')}`);
+      const known = allowed.length === 0 ? 'it takes no options' : `known options: ${allowed.join(', ')}`;
+      throw new CutlossError('E_OPTION', `${fn}: unknown option '${key}'; ${known}`);
     }
   }
 }
@@ -214,27 +249,19 @@ export function autoFilterEps(dtype: Dtype): number {
   return dtype === 'bf16' ? 2 ** -7 / 32 : 2 ** -23 / 32;
 }
 
-/** Labels: Int32Array (or integer array-like) of length N, each in [0, V) or ignoreIndex. */
+/**
+ * Labels: exactly an Int32Array of length N (the contract's type, on every backend), each in
+ * [0, V) or ignoreIndex. Other arrays are E_DTYPE rather than converted: a silent copy would
+ * hide wrapped or truncated values (Uint8Array, Float32Array) and cost a pass per call.
+ */
 export function resolveLabels(labels: unknown, rows: number, vocab: number, ignoreIndex: number): Int32Array {
-  let out: Int32Array;
-  if (labels instanceof Int32Array) {
-    out = labels;
-  } else if (
-    Array.isArray(labels) || labels instanceof Uint8Array || labels instanceof Uint16Array ||
-    labels instanceof Int16Array || labels instanceof Int8Array || labels instanceof Uint32Array
-  ) {
-    const arr = labels as ArrayLike<unknown>;
-    out = new Int32Array(arr.length);
-    for (let i = 0; i < arr.length; i++) {
-      const v = arr[i];
-      if (typeof v !== 'number' || !Number.isInteger(v) || v < -2147483648 || v > 2147483647) {
-        throw new CutlossError('E_LABEL', `labels[${i}] must be an integer, got ${describe(v)}`);
-      }
-      out[i] = v;
-    }
-  } else {
-    throw new CutlossError('E_DTYPE', `labels must be an Int32Array of length N = ${rows}, got ${describe(labels)}`);
+  if (!(labels instanceof Int32Array)) {
+    throw new CutlossError(
+      'E_DTYPE',
+      `labels must be an Int32Array of length N = ${rows}, got ${describe(labels)}; convert with Int32Array.from(labels)`,
+    );
   }
+  const out = labels;
   if (out.length !== rows) {
     throw new CutlossError('E_SHAPE', `labels must have length N = ${rows}, got ${out.length}`);
   }

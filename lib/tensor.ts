@@ -1,8 +1,21 @@
+import { allocate } from './alloc.js';
 import { CutlossError, describe } from './errors.js';
 
+/**
+ * Element type: 'f32' (a Float32Array), or 'bf16' (bfloat16 as raw bits in a Uint16Array).
+ *
+ * @example
+ * const x: Tensor = { data: bits, shape: [N, V], dtype: 'bf16' satisfies Dtype };
+ */
 export type Dtype = 'f32' | 'bf16';
 
-/** Host data with an explicit shape; bf16 is raw bits in a Uint16Array. 1-D means one row. */
+/**
+ * Host data with an explicit shape, row-major: `shape` [rows, cols], or [cols] for one row;
+ * `data` has rows·cols elements (f32, or bf16 bits in a Uint16Array with `dtype: 'bf16'`).
+ *
+ * @example
+ * const x: Tensor = { data: new Float32Array(N * V), shape: [N, V] };
+ */
 export interface Tensor {
   data: Float32Array | Uint16Array;
   shape: [rows: number, cols: number] | [cols: number];
@@ -69,7 +82,15 @@ export function asMatrix(t: unknown, name: string): Matrix {
   return { data, rows, cols, dtype: dt, shape: (shape.length === 2 ? [rows, cols] : [cols]) as Tensor['shape'] };
 }
 
-/** Convenience constructor that validates. */
+/**
+ * A Tensor from data and shape, validated at once (E_SHAPE, E_DTYPE) rather than at the first op.
+ *
+ * @param data Float32Array (f32) or Uint16Array (bf16 bits) of rows·cols elements.
+ * @param shape [rows, cols], or [cols] for one row.
+ * @param dtype 'f32' or 'bf16'; default from the data's type.
+ * @example
+ * const x = tensor(new Float32Array([1, 2, 3, 4, 5, 6]), [2, 3]);
+ */
 export function tensor(data: Float32Array | Uint16Array, shape: Tensor['shape'], dtype?: Dtype): Tensor {
   const m = asMatrix({ data, shape, dtype }, 'tensor');
   return { data, shape: m.shape, dtype: m.dtype };
@@ -79,11 +100,23 @@ export function tensor(data: Float32Array | Uint16Array, shape: Tensor['shape'],
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
 
+/**
+ * The float a bfloat16 bit pattern holds: `bits << 16` read as an f32 (exact).
+ *
+ * @example
+ * bf16ToF32(0x3f80); // 1
+ */
 export function bf16ToF32(bits: number): number {
   u32Scratch[0] = bits << 16;
   return f32Scratch[0]!;
 }
 
+/**
+ * The bfloat16 bits nearest to x (f32 rounded to 8 mantissa bits, ties to even; NaN stays NaN).
+ *
+ * @example
+ * const bits = Uint16Array.from(values, f32ToBf16); // data for a bf16 Tensor
+ */
 export function f32ToBf16(x: number): number {
   f32Scratch[0] = x;
   const u = u32Scratch[0]!;
@@ -95,7 +128,7 @@ export function f32ToBf16(x: number): number {
 export function toF32(m: Matrix): Float32Array {
   if (m.dtype === 'f32') return m.data as Float32Array;
   const src = m.data as Uint16Array;
-  const out = new Float32Array(src.length);
+  const out = allocate(Float32Array, src.length, 'the f32 copy of a bf16 input');
   const outBits = new Uint32Array(out.buffer);
   for (let i = 0; i < src.length; i++) outBits[i] = src[i]! << 16;
   return out;
@@ -103,7 +136,7 @@ export function toF32(m: Matrix): Float32Array {
 
 export function fromF32(values: Float32Array, dtype: Dtype): Float32Array | Uint16Array {
   if (dtype === 'f32') return values;
-  const out = new Uint16Array(values.length);
+  const out = allocate(Uint16Array, values.length, 'the bf16 result');
   for (let i = 0; i < values.length; i++) out[i] = f32ToBf16(values[i]!);
   return out;
 }

@@ -23,8 +23,10 @@ Failure currentFailure() {
     // cudaErrorMemoryAllocation is 2 in every CUDA version
     const char* code = e.code == 2 ? "E_OOM" : "E_INTERNAL";
     return {code, "kernel failed: " + e.name + (e.code >= 0 ? " (" + std::to_string(e.code) + ")" : "") + ": " + e.what()};
-  } catch (const std::bad_alloc&) {
-    return {"E_OOM", "out of host memory"};
+  } catch (const std::bad_alloc& e) {
+    // allocators that know the size say so in what(); a plain bad_alloc only says its type
+    const std::string what = e.what();
+    return {"E_OOM", what == std::bad_alloc().what() ? "out of host memory" : what};
   } catch (const std::exception& e) {
     return {"E_INTERNAL", std::string("native failure: ") + e.what()};
   } catch (...) {

@@ -7,6 +7,7 @@
 //             it to the logit source (which folds it into dE/dW, or writes dLogits).
 // Where the logits come from is the LogitSource's business, so both losses share this code.
 
+import { allocate, f32Copy } from '../alloc.js';
 import { sparsemaxThreshold } from './sparse.js';
 import {
   NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX, effectiveLogit, effectiveSlope, gradCoefficient, lseOfBlock,
@@ -60,8 +61,8 @@ class SparsemaxCandidates {
   overflow: Uint8Array;
   constructor(rows: number) {
     this.values = new Array<Float64Array>(rows);
-    this.counts = new Int32Array(rows);
-    this.overflow = new Uint8Array(rows);
+    this.counts = allocate(Int32Array, rows, 'counts');
+    this.overflow = allocate(Uint8Array, rows, 'overflow');
   }
   /** Keeps z when it is within 1 of the running max (compared as a gap: exact for huge z). */
   push(row: number, z: number, max: number): void {
@@ -107,16 +108,16 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
   const stable = cfg.normalizer === NORMALIZER_STABLEMAX;
   const sparse = cfg.normalizer === NORMALIZER_SPARSEMAX;
 
-  const rowMax = new Float64Array(N).fill(-Infinity);
-  const rowSum = new Float64Array(N);
-  const zLabel = new Float64Array(N);
-  const sumWZ = needSmooth ? new Float64Array(N) : null;
-  const sumSq = needSq ? new Float64Array(N) : null;
-  const stableSum = stable ? new Float64Array(N) : null;
-  const sumWLogS = stable && needSmooth ? new Float64Array(N) : null;
+  const rowMax = allocate(Float64Array, N, 'rowMax').fill(-Infinity);
+  const rowSum = allocate(Float64Array, N, 'rowSum');
+  const zLabel = allocate(Float64Array, N, 'zLabel');
+  const sumWZ = needSmooth ? allocate(Float64Array, N, 'sumWZ') : null;
+  const sumSq = needSq ? allocate(Float64Array, N, 'sumSq') : null;
+  const stableSum = stable ? allocate(Float64Array, N, 'stableSum') : null;
+  const sumWLogS = stable && needSmooth ? allocate(Float64Array, N, 'sumWLogS') : null;
   const candidates = sparse ? new SparsemaxCandidates(N) : null;
 
-  const tile = new Float64Array(TR * TC);
+  const tile = allocate(Float64Array, TR * TC, 'tile');
 
   /** Fills the tile with effective logits z (softcap, temperature). */
   const loadTile = (r0: number, nr: number, c0: number, nc: number): void => {
@@ -171,7 +172,7 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
     }
   }
 
-  const lse = new Float64Array(N);
+  const lse = allocate(Float64Array, N, 'lse');
   for (let row = 0; row < N; row++) lse[row] = lseValue({ max: rowMax[row]!, sum: rowSum[row]! });
 
   // ---- sparsemax thresholds: exact from candidates, Michelot passes for crowded rows
@@ -179,9 +180,9 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
   let omega: Float64Array | null = null;
   let support: Float64Array | null = null;
   if (candidates !== null) {
-    tau = new Float64Array(N);
-    omega = new Float64Array(N);
-    support = new Float64Array(N);
+    tau = allocate(Float64Array, N, 'tau');
+    omega = allocate(Float64Array, N, 'omega');
+    support = allocate(Float64Array, N, 'support');
     const crowded: number[] = [];
     for (let row = 0; row < N; row++) {
       if (candidates.overflow[row]) {
@@ -200,7 +201,7 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
   }
 
   // ---- per-row losses and the reduction
-  const valid = new Uint8Array(N);
+  const valid = allocate(Uint8Array, N, 'valid');
   let nValid = 0;
   let sumTargetWeights = 0;
   for (let row = 0; row < N; row++) {
@@ -230,11 +231,11 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
     return stats;
   };
 
-  const perRow = cfg.reduction === 'none' ? new Float32Array(N) : null;
+  const perRow = cfg.reduction === 'none' ? allocate(Float32Array, N, 'perRow') : null;
   let totalWeighted = 0;
   let totalUnweighted = 0;
   const grads: (RowGrad | null)[] = cfg.computeGrad ? new Array<RowGrad | null>(N).fill(null) : [];
-  const invScale = cfg.computeGrad ? new Float64Array(N) : null;
+  const invScale = cfg.computeGrad ? allocate(Float64Array, N, 'invScale') : null;
   for (let row = 0; row < N; row++) {
     if (!valid[row]) continue;
     const t = labels[row]!;
@@ -265,7 +266,7 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
   let skippedTiles = 0;
   let visitedTiles = 0;
   if (cfg.computeGrad && nValid > 0) {
-    const grad = new Float64Array(TR * TC);
+    const grad = allocate(Float64Array, TR * TC, 'grad');
     for (let c0 = 0; c0 < V; c0 += TC) {
       const nc = Math.min(TC, V - c0);
       source.beginClassTile(c0, nc);
@@ -307,7 +308,7 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
       source.endClassTile(c0, nc);
     }
   }
-  return { loss, lse: Float32Array.from(lse), skippedTiles, visitedTiles };
+  return { loss, lse: f32Copy(lse, 'lse'), skippedTiles, visitedTiles };
 }
 
 /**
@@ -321,15 +322,15 @@ function michelotThresholds(
   N: number, V: number, TR: number, TC: number,
   loadTile: (r0: number, nr: number, c0: number, nc: number) => void, tile: Float64Array,
 ): void {
-  const active = new Uint8Array(N);
+  const active = allocate(Uint8Array, N, 'active');
   for (const row of rows) {
     active[row] = 1;
     tau[row] = -1; // relative to the row max, like every sparsemax threshold here
     support[row] = -1;
   }
-  const count = new Float64Array(N);
-  const sum = new Float64Array(N);
-  const sumSqP = new Float64Array(N); // Σ (z − τ)² over z > τ: ‖p‖² once τ is the fixed point
+  const count = allocate(Float64Array, N, 'count');
+  const sum = allocate(Float64Array, N, 'sum');
+  const sumSqP = allocate(Float64Array, N, 'sumSqP'); // Σ (z − τ)² over z > τ: ‖p‖² once τ is the fixed point
   let remaining = rows.length;
   for (let iter = 0; remaining > 0 && iter < 10000; iter++) {
     for (const row of rows) if (active[row]) count[row] = sum[row] = sumSqP[row] = 0;

@@ -1,6 +1,7 @@
 // Gumbel-softmax (Jang et al. 2017) with counter-based noise: the same seed gives the
 // same samples on every backend (see math.ts, philox4x32).
 
+import { allocate, f32Copy } from '../alloc.js';
 import { expShifted, gumbelFromUniform, lseOfBlock, lseValue, philox4x32, uniformFromWord } from './math.js';
 import type { RowwiseInput } from './rowwise.js';
 
@@ -8,7 +9,7 @@ const TWO_32 = 4294967296;
 
 /** Gumbel noise for elements [0, count) of a tensor, seeded by an integer in [0, 2^53). */
 export function gumbelNoise(seed: number, count: number): Float64Array {
-  const noise = new Float64Array(count);
+  const noise = allocate(Float64Array, count, 'noise');
   const words = new Uint32Array(4);
   const k0 = seed % TWO_32;
   const k1 = Math.floor(seed / TWO_32);
@@ -36,8 +37,8 @@ function softSamples(inp: RowwiseInput, tau: number, seed: number): Float64Array
 export function gumbelSoftmax(inp: RowwiseInput, tau: number, hard: boolean, seed: number): Float32Array {
   const { rows, cols } = inp;
   const y = softSamples(inp, tau, seed);
-  if (!hard) return Float32Array.from(y);
-  const out = new Float32Array(rows * cols);
+  if (!hard) return f32Copy(y, 'the output');
+  const out = allocate(Float32Array, rows * cols, 'the output');
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     let best = 0;
@@ -57,7 +58,7 @@ export function gumbelSoftmax(inp: RowwiseInput, tau: number, hard: boolean, see
 export function gumbelSoftmaxBackward(inp: RowwiseInput, dy: Float32Array, tau: number, seed: number): Float32Array {
   const { rows, cols } = inp;
   const y = softSamples(inp, tau, seed);
-  const out = new Float32Array(rows * cols);
+  const out = allocate(Float32Array, rows * cols, 'the output');
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     let dot = 0;

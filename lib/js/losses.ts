@@ -3,6 +3,7 @@
 // E_tile·W_tileᵀ + b and folds the tile's gradient into dE, dW and dBias at once, so the
 // N×V logits never exist.
 
+import { allocate, f32Copy } from '../alloc.js';
 import { gemmNNAcc, gemmTNAcc } from './gemm.js';
 import { runFusedLoss, type LogitSource, type LossConfig } from './fusedLoss.js';
 
@@ -18,7 +19,7 @@ export type LossSettings = Omit<LossConfig, 'rows' | 'labels' | 'tileRows' | 'ti
 class DenseLogits implements LogitSource {
   readonly dLogits: Float32Array | null;
   constructor(private readonly x: Float32Array, private readonly V: number, withGrad: boolean) {
-    this.dLogits = withGrad ? new Float32Array(x.length) : null;
+    this.dLogits = withGrad ? allocate(Float32Array, x.length, 'dLogits') : null;
   }
   fill(r0: number, nr: number, c0: number, nc: number, out: Float64Array): void {
     for (let r = 0; r < nr; r++) {
@@ -55,11 +56,11 @@ class LinearLogits implements LogitSource {
     tileCols: number,
     withGrad: boolean,
   ) {
-    this.dE = withGrad ? new Float64Array(N * D) : null;
-    this.dW = withGrad ? new Float32Array(V * D) : null;
-    this.dWTile = withGrad ? new Float64Array(Math.min(tileCols, V) * D) : null;
-    this.dBias = withGrad && bias !== null ? new Float64Array(V) : null;
-    this.wT = new Float64Array(Math.min(tileCols, V) * D);
+    this.dE = withGrad ? allocate(Float64Array, N * D, 'dE') : null;
+    this.dW = withGrad ? allocate(Float32Array, V * D, 'dW') : null;
+    this.dWTile = withGrad ? allocate(Float64Array, Math.min(tileCols, V) * D, 'dWTile') : null;
+    this.dBias = withGrad && bias !== null ? allocate(Float64Array, V, 'dBias') : null;
+    this.wT = allocate(Float64Array, Math.min(tileCols, V) * D, 'wT');
   }
   fill(r0: number, nr: number, c0: number, nc: number, out: Float64Array): void {
     const D = this.D;
@@ -125,9 +126,9 @@ export function linearCrossEntropyJs(
   return {
     loss: out.loss,
     lse: out.lse,
-    dEmbeddings: source.dE === null ? null : Float32Array.from(source.dE),
+    dEmbeddings: source.dE === null ? null : f32Copy(source.dE, 'dE'),
     dClassifier: source.dW,
-    dBias: source.dBias === null ? null : Float32Array.from(source.dBias),
+    dBias: source.dBias === null ? null : f32Copy(source.dBias, 'dBias'),
     skippedTiles: out.skippedTiles,
     visitedTiles: out.visitedTiles,
   };

@@ -3,6 +3,7 @@
 // Rows are reduced with the two-pass block scheme of math.ts; values are f32 in, f32 out,
 // with float64 arithmetic in between.
 
+import { allocate } from '../alloc.js';
 import {
   expShifted, lseOfBlock, lseValue, stablemaxDlogS, stablemaxDs, stablemaxLogS, stablemaxS,
 } from './math.js';
@@ -35,16 +36,16 @@ function loadRow(inp: RowwiseInput, row: number, o: SoftmaxOptions, z: Float64Ar
 }
 
 export function logSumExp(inp: RowwiseInput, o: SoftmaxOptions): Float32Array {
-  const out = new Float32Array(inp.rows);
-  const z = new Float64Array(inp.cols);
+  const out = allocate(Float32Array, inp.rows, 'the output');
+  const z = allocate(Float64Array, inp.cols, 'z');
   for (let r = 0; r < inp.rows; r++) out[r] = loadRow(inp, r, o, z);
   return out;
 }
 
 export function softmax(inp: RowwiseInput, o: SoftmaxOptions, log: boolean): Float32Array {
   const { rows, cols } = inp;
-  const out = new Float32Array(rows * cols);
-  const z = new Float64Array(cols);
+  const out = allocate(Float32Array, rows * cols, 'the output');
+  const z = allocate(Float64Array, cols, 'z');
   for (let r = 0; r < rows; r++) {
     const lse = loadRow(inp, r, o, z);
     const base = r * cols;
@@ -61,8 +62,8 @@ export function softmax(inp: RowwiseInput, o: SoftmaxOptions, log: boolean): Flo
 /** dx = (1/T)·y ⊙ (dy − Σ dy⊙y) for softmax; dx = (1/T)·(dy − y·Σ dy) for log-softmax. */
 export function softmaxBackward(inp: RowwiseInput, dy: Float32Array, o: SoftmaxOptions, log: boolean): Float32Array {
   const { rows, cols } = inp;
-  const out = new Float32Array(rows * cols);
-  const z = new Float64Array(cols);
+  const out = allocate(Float32Array, rows * cols, 'the output');
+  const z = allocate(Float64Array, cols, 'z');
   const mo = (r: number) => maskOffset(o.mask, r, cols);
   for (let r = 0; r < rows; r++) {
     const lse = loadRow(inp, r, o, z);
@@ -88,7 +89,7 @@ export function softmaxBackward(inp: RowwiseInput, dy: Float32Array, o: SoftmaxO
 
 export function stablemax(inp: RowwiseInput, log: boolean): Float32Array {
   const { x, rows, cols } = inp;
-  const out = new Float32Array(rows * cols);
+  const out = allocate(Float32Array, rows * cols, 'the output');
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     let sum = 0;
@@ -108,7 +109,7 @@ export function stablemax(inp: RowwiseInput, log: boolean): Float32Array {
  */
 export function stablemaxBackward(inp: RowwiseInput, dy: Float32Array, log: boolean): Float32Array {
   const { x, rows, cols } = inp;
-  const out = new Float32Array(rows * cols);
+  const out = allocate(Float32Array, rows * cols, 'the output');
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     let sum = 0;

@@ -1,6 +1,7 @@
 // Sparse normalizers on the reference backend: sparsemax (Martins & Astudillo 2016) and
 // entmax-1.5 (Peters et al. 2019), with exact sort-based thresholds, and their VJPs.
 
+import { allocate } from '../alloc.js';
 import type { RowwiseInput } from './rowwise.js';
 
 export interface SparsemaxThreshold {
@@ -91,9 +92,9 @@ function byRow(
   writeRow: (out: Float32Array, base: number, v: Float64Array, tau: number) => void,
 ): Float32Array {
   const { x, rows, cols } = inp;
-  const out = new Float32Array(rows * cols);
-  const v = new Float64Array(cols);
-  const sortBuf = new Float64Array(cols);
+  const out = allocate(Float32Array, rows * cols, 'the output');
+  const v = allocate(Float64Array, cols, 'v');
+  const sortBuf = allocate(Float64Array, cols, 'sortBuf');
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     writeRow(out, base, v, threshold(x, base, cols, v, sortBuf));

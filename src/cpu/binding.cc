@@ -9,6 +9,7 @@
 #include "binding.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -77,6 +78,13 @@ Napi::ArrayBuffer newOutputBuffer(Napi::Env env, size_t bytes, Fill fill) {
       }
       if (!fresh) outputPool::give(data, bytes);
     }
+  }
+  // v8::ArrayBuffer::New ends the process when its allocator (calloc) is refused: ask malloc
+  // first, so that a refusal reaches the caller as E_OOM with the size
+  if (bytes > 0) {
+    void* probe = std::malloc(bytes);
+    if (probe == nullptr) throw outOfHostMemory(bytes);
+    std::free(probe);
   }
   return Napi::ArrayBuffer::New(env, bytes);
 }

@@ -7,7 +7,10 @@
 #include <mutex>
 #include <new>
 #include <utility>
+#include <string>
 #include <vector>
+
+#include "../boundary.h"
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
@@ -22,6 +25,10 @@ namespace {
 // Below this, malloc's arenas serve better than a mapping of its own.
 constexpr size_t kMapThreshold = size_t{1} << 20;
 }  // namespace
+
+ArgError outOfHostMemory(size_t bytes) {
+  return ArgError("E_OOM", "cannot allocate " + std::to_string(bytes) + " bytes of host memory");
+}
 
 namespace outputPool {
 
@@ -84,13 +91,13 @@ HostBuffer::HostBuffer(size_t bytes) : data_(nullptr), bytes_(bytes) {
 #if CUTLOSS_HAS_MMAP
   if (bytes >= kMapThreshold) {
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
+    if (p == MAP_FAILED) throw outOfHostMemory(bytes);
     data_ = p;
     return;
   }
 #endif
   data_ = std::calloc(bytes, 1);
-  if (data_ == nullptr) throw std::bad_alloc();
+  if (data_ == nullptr) throw outOfHostMemory(bytes);
 }
 
 HostBuffer::~HostBuffer() { release(data_, bytes_); }

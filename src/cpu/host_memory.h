@@ -7,7 +7,14 @@
 
 #include <cstddef>
 
+namespace cutloss {
+class ArgError;
+}
+
 namespace cutloss::cpu {
+
+/** E_OOM naming the bytes asked for: what a failed host allocation reports to JavaScript. */
+ArgError outOfHostMemory(size_t bytes);
 
 /**
  * Recently freed large outputs, kept for the next output of the same size: a fresh mapping
@@ -45,7 +52,7 @@ size_t liveBytes();
 
 class HostBuffer {
  public:
-  /** Zero-filled memory of `bytes` (none for 0). Throws std::bad_alloc. */
+  /** Zero-filled memory of `bytes` (none for 0). Throws outOfHostMemory(bytes) (E_OOM). */
   explicit HostBuffer(size_t bytes);
   ~HostBuffer();
   HostBuffer(const HostBuffer&) = delete;
