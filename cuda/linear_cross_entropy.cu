@@ -36,7 +36,13 @@ namespace CUTLOSS_KERNEL_NS {
 constexpr int kStatMichelotActive = kStatCount;  // 1 while a crowded sparsemax row is iterated
 static_assert(kStatMichelotActive < kRowStatFloats, "rowStats stride too small");
 
-enum CounterIndex : int { kCounterVisited = 0, kCounterSkipped = 1, kCounterMichelotRows = 2, kCounterMichelotPasses = 3 };
+enum CounterIndex : int {
+  kCounterVisited = 0,
+  kCounterSkipped = 1,
+  kCounterMichelotRows = 2,
+  kCounterMichelotPasses = 3,
+  kCounterMmaForwardBlocks = 4,  // tells tests which forward ran
+};
 
 constexpr int kWarps = kTileThreads / 32;
 // The tile kernels say __launch_bounds__(kTileThreads, 1): given the block size alone, ptxas
@@ -253,6 +259,148 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeForwardKernel(LinearC
     out[5] = st.stableSum;
     out[6] = st.sumWeightedLogS;
     out[7] = static_cast<float>(st.candidates);
+  }
+}
+
+/** A row's running forward state in the mma kernel: one per (warp column, row). */
+struct MmaRowState {
+  LseState lse;
+  float zLabel, sumWeightedZ, sumSqOthers, stableSum, sumWeightedLogS;
+};
+constexpr int kMmaForwardSharedBytes = kMmaRingBytes + 4 * kMmaBlockRows * static_cast<int>(sizeof(MmaRowState));
+
+/**
+ * The forward on tensor cores (softmax and stablemax; sparsemax keeps the FloatTile kernel,
+ * whose epilogue collects candidates in column order). Grid (row blocks of 128, splits): the
+ * block walks its split's classes 128 at a time. One flat loop runs over (class tile, k-stage)
+ * so the next tile's first copies are in flight while this tile's epilogue runs; the epilogue
+ * reads the accumulator fragments: a lane holds rows g and g + 8 of each m16 tile and columns
+ * 2t, 2t + 1 of each n8 tile, so each row's sums over the warp's 32 columns take two quad
+ * shuffles (xor 1, 2). The lane with t = 0 folds them into the row's state of its warp column
+ * (a slot no other thread writes); at the end one thread per row merges the 4 slots in order.
+ */
+template <class Op>
+__global__ void __launch_bounds__(kMmaThreads, 2) linearCeForwardMmaKernel(LinearCeArgs a) {
+  CUTLOSS_DYNAMIC_SHARED(uint4, sharedWords);  // uint4: 16-byte aligned for cp.async and ldmatrix
+  unsigned char* ring = reinterpret_cast<unsigned char*>(sharedWords);
+  MmaRowState* state = reinterpret_cast<MmaRowState*>(ring + kMmaRingBytes);  // [4 warp columns][128 rows]
+  const int64_t N = a.E.rows;
+  const int64_t V = a.W.rows;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaBlockRows;
+  const int split = blockIdx.y;
+  const int64_t colBegin = static_cast<int64_t>(split) * a.tilesPerSplit * kTile;
+  const int64_t colEnd = min(static_cast<int64_t>(min(split * a.tilesPerSplit + a.tilesPerSplit, a.vocabTiles)) * kTile, V);
+  const int classTiles = static_cast<int>((colEnd - colBegin + kMmaBlockCols - 1) / kMmaBlockCols);
+  const int64_t rowBytes = a.E.cols * Op::kElementBytes;
+  const int kStages = static_cast<int>((rowBytes + kMmaRowBytes - 1) / kMmaRowBytes);
+  const int total = classTiles * kStages;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int wm = warp / 4, wn = warp % 4;
+  const int g = lane / 4, t = lane % 4;
+  const bool smoothing = a.p.smoothing > 0.0f;
+  const bool squentropy = a.p.squentropy != 0.0f;
+  const bool stable = a.p.normalizer == kNormalizerStablemax;
+
+  for (int i = static_cast<int>(threadIdx.x); i < 4 * kMmaBlockRows; i += kMmaThreads) {
+    state[i] = MmaRowState{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  }
+  if (threadIdx.x == 0) atomicAdd(a.counters + kCounterMmaForwardBlocks, 1u);
+  const MmaRows eRows{static_cast<const unsigned char*>(a.E.data), rowBytes, r0, N};
+  const auto wRows = [&](int tile) {
+    return MmaRows{static_cast<const unsigned char*>(a.W.data), rowBytes, colBegin + static_cast<int64_t>(tile) * kMmaBlockCols, colEnd};
+  };
+  const auto load = [&](int step) {
+    mmaLoadStage(ring + (step % kMmaStages) * kMmaStageBytes, eRows, wRows(step / kStages),
+                 static_cast<int64_t>(step % kStages) * kMmaRowBytes);
+  };
+  float acc[4][4][4];
+CUTLOSS_UNROLL
+  for (int mt = 0; mt < 4; ++mt)
+CUTLOSS_UNROLL
+    for (int nt = 0; nt < 4; ++nt)
+CUTLOSS_UNROLL
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+
+  for (int s = 0; s < kMmaStages - 1; ++s) {
+    if (s < total) load(s);
+    cpAsyncCommit();  // empty groups keep the wait count uniform
+  }
+  for (int step = 0; step < total; ++step) {
+    cpAsyncWait<kMmaStages - 2>();  // this thread's copies of stage `step` have landed ...
+    __syncthreads();                // ... and everyone's; the stage read last step is free again
+    if (step + kMmaStages - 1 < total) load(step + kMmaStages - 1);
+    cpAsyncCommit();
+    mmaStageProduct<Op>(ring + (step % kMmaStages) * kMmaStageBytes, wm, wn, acc);
+    if (step % kStages != kStages - 1) continue;
+
+    // epilogue of class tile `step / kStages`, from the fragments
+    const int64_t c0 = colBegin + static_cast<int64_t>(step / kStages) * kMmaBlockCols + wn * kMmaWarpCols;
+CUTLOSS_UNROLL
+    for (int mt = 0; mt < 4; ++mt) {
+CUTLOSS_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const int m = wm * kMmaWarpRows + mt * 16 + g + 8 * h;
+        const int label = r0 + m < N ? a.labels[r0 + m] : -1;  // reloaded (from L1) rather than held: registers
+        TileRowSums sums{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+CUTLOSS_UNROLL
+        for (int nt = 0; nt < 4; ++nt) {
+CUTLOSS_UNROLL
+          for (int j = 0; j < 2; ++j) {
+            const int64_t col = c0 + nt * 8 + 2 * t + j;
+            if (col >= colEnd || r0 + m >= N) continue;
+            const float x = acc[mt][nt][2 * h + j] + (a.bias != nullptr ? a.bias[col] : 0.0f);
+            const float z = effectiveLogit(x, a.p.softcap, a.p.invTemperature);
+            const bool isLabel = col == label;
+            sums.lse = lsePush(sums.lse, z);
+            if (isLabel) sums.zLabel = z;
+            if (smoothing) sums.sumWeightedZ += classWeight(a.p, col) * z;
+            if (squentropy && !isLabel) sums.sumSqOthers += z * z;
+            if (stable) {
+              sums.stableSum += stablemaxS(z);
+              if (smoothing) sums.sumWeightedLogS += classWeight(a.p, col) * stablemaxLogS(z);
+            }
+          }
+        }
+        sums = rowGroupAllReduce(sums, CombineTileRowSums());
+        if (t == 0) {
+          MmaRowState& st = state[wn * kMmaBlockRows + m];
+          st.lse = mergeLse(st.lse, sums.lse);
+          st.zLabel += sums.zLabel;
+          st.sumWeightedZ += sums.sumWeightedZ;
+          st.sumSqOthers += sums.sumSqOthers;
+          st.stableSum += sums.stableSum;
+          st.sumWeightedLogS += sums.sumWeightedLogS;
+        }
+      }
+    }
+CUTLOSS_UNROLL
+    for (int mt = 0; mt < 4; ++mt)
+CUTLOSS_UNROLL
+      for (int nt = 0; nt < 4; ++nt)
+CUTLOSS_UNROLL
+        for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+  }
+  cpAsyncWait<0>();
+  __syncthreads();  // every warp column's state is final
+  if (threadIdx.x < kMmaBlockRows && r0 + threadIdx.x < N) {
+    const int m = static_cast<int>(threadIdx.x);
+    const int64_t row = r0 + m;
+    TileRowSums s{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int w = 0; w < 4; ++w) {  // in column order: the same sums in every fiber order
+      const MmaRowState& st = state[w * kMmaBlockRows + m];
+      s = CombineTileRowSums()(s, TileRowSums{st.lse, st.zLabel, st.sumWeightedZ, st.sumSqOthers, st.stableSum,
+                                              st.sumWeightedLogS});
+    }
+    float* out = a.partials + (static_cast<int64_t>(split) * N + row) * kLinearCePartialFloats;
+    out[0] = s.lse.max;
+    out[1] = s.lse.sum;
+    out[2] = s.zLabel;
+    out[3] = s.sumWeightedZ;
+    out[4] = s.sumSqOthers;
+    out[5] = s.stableSum;
+    out[6] = s.sumWeightedLogS;
+    out[7] = 0.0f;  // no sparsemax candidates
   }
 }
 
@@ -622,17 +770,34 @@ void zeroFloats(float* p, int64_t n, Stream s) {
   if (n > 0) CUTLOSS_RUN("linearCrossEntropy", fillKernel, elementBlocks(n), 256, 0, s, p, n, 0.0f);
 }
 
+/** Which forward kernel runs: the FloatTile one, or the mma one with bf16 or tf32 operands. */
+enum class ForwardPath { FloatTile, MmaBf16, MmaTf32 };
+
+template <class Op>
+void runMmaForward(const LinearCeArgs& a, const LinearCePlan& plan, Stream s) {
+  const auto linearCeForwardMma = &linearCeForwardMmaKernel<Op>;  // the name the emulator's reports give
+  CUTLOSS_ALLOW_DYNAMIC_SHARED(linearCeForwardMma, kMmaForwardSharedBytes);
+  const dim3 grid(static_cast<unsigned>((a.E.rows + kMmaBlockRows - 1) / kMmaBlockRows), static_cast<unsigned>(plan.splits));
+  CUTLOSS_RUN("linearCrossEntropy", linearCeForwardMma, grid, kMmaThreads, kMmaForwardSharedBytes, s, a);
+}
+
 template <class Gemm>
 void runLinearCrossEntropy(const LinearCeArgs& a, const LinearCePlan& plan, const LinearCeOut& out,
-                           const LinearCeConfig& cfg, Stream s) {
+                           const LinearCeConfig& cfg, ForwardPath path, Stream s) {
   const char* op = "linearCrossEntropy";
   const int64_t N = a.E.rows;
   const dim3 tiles(static_cast<unsigned>(plan.rowTiles), static_cast<unsigned>(plan.splits));
   const unsigned rowWarps = static_cast<unsigned>((N + kWarps - 1) / kWarps);
   const unsigned rowThreads = static_cast<unsigned>((N + 255) / 256);
   CUTLOSS_RUN(op, zeroCountersKernel, 1, 32, 0, s, a.counters, 0, kLinearCeCounters);
-  const auto forward = &linearCeForwardKernel<Gemm>;
-  CUTLOSS_RUN(op, forward, tiles, kTileThreads, 0, s, a);
+  if (path == ForwardPath::MmaBf16) {
+    runMmaForward<MmaBf16>(a, plan, s);
+  } else if (path == ForwardPath::MmaTf32) {
+    runMmaForward<MmaTf32>(a, plan, s);
+  } else {
+    const auto forward = &linearCeForwardKernel<Gemm>;
+    CUTLOSS_RUN(op, forward, tiles, kTileThreads, 0, s, a);
+  }
   CUTLOSS_RUN(op, linearCeMergeKernel, rowWarps, kTileThreads, 0, s, a);
   if (a.p.normalizer == kNormalizerSparsemax) {
     // Crowded rows: Michelot passes until every τ is fixed. The set {z > τ} shrinks at each
@@ -724,13 +889,22 @@ void linearCrossEntropy(const MatrixRef& E, const MatrixRef& W, const float* bia
   a.dBias = withGrad ? out.dBias : nullptr;
 
   const bool bothBf16 = E.dtype == DType::BF16 && W.dtype == DType::BF16;
+  const bool bothF32 = E.dtype == DType::F32 && W.dtype == DType::F32;
   const bool tensorCores = c.gemm == TileGemm::Wmma || (c.gemm == TileGemm::Auto && (bothBf16 || c.tf32));
+  // The mma forward copies 16-byte row segments: rows must be 16-byte multiples at 16-byte aligned bases.
+  const int64_t rowBytes = D * (bothBf16 ? 2 : 4);
+  const bool aligned = rowBytes % 16 == 0 && reinterpret_cast<uintptr_t>(E.data) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(W.data) % 16 == 0;
+  ForwardPath path = ForwardPath::FloatTile;
+  if (tensorCores && aligned && p.normalizer != kNormalizerSparsemax && (bothBf16 || bothF32)) {
+    path = bothBf16 ? ForwardPath::MmaBf16 : ForwardPath::MmaTf32;
+  }
   if (!tensorCores) {
-    runLinearCrossEntropy<FmaTile>(a, plan, out, c, s);
+    runLinearCrossEntropy<FmaTile>(a, plan, out, c, path, s);
   } else if (bothBf16) {
-    runLinearCrossEntropy<WmmaBf16Tile>(a, plan, out, c, s);
+    runLinearCrossEntropy<WmmaBf16Tile>(a, plan, out, c, path, s);
   } else {
-    runLinearCrossEntropy<WmmaTf32Tile>(a, plan, out, c, s);
+    runLinearCrossEntropy<WmmaTf32Tile>(a, plan, out, c, path, s);
   }
 }
 

@@ -1,4 +1,17 @@
-// The tile product the fused linear + cross-entropy kernels are built on: one kTile × kTile
+// The tile products the fused linear + cross-entropy kernels are built on.
+//
+// MmaTile (first section): the tensor-core product of the forward's logits, C = E·Wᵀ over a
+// 128 × 128 block tile, straight from global memory: a ring of kMmaStages stages of 16-byte
+// cp.async copies into XOR-swizzled shared memory, ldmatrix.x4, mma.sync (m16n8k16 bf16 or
+// m16n8k8 tf32), fp32 accumulators left in registers for an epilogue that reads fragments.
+// Eight warps in a 2 × 4 grid, each 64 × 32 (4 × 4 mma tiles: per 32-byte k-step of a row, 4 A
+// and 2 B ldmatrix.x4 feed 16 mma). The dtype is a template parameter: no per-element branch;
+// bounds are zero-filled copies (rows past the matrix, K past D) that only tail tiles meet.
+// Needs D·elementBytes % 16 == 0 and 16-byte aligned bases (the launcher checks, else FloatTile
+// products below). All operations come from warp_ops.cuh, so the emulator checks them lane by
+// lane.
+//
+// The FloatTile products (second section): one kTile × kTile
 // block of C = A·Bᵀ, summed over k in chunks staged through shared memory, left in a shared
 // float tile for the caller's epilogue. It is one swappable piece with three variants, chosen
 // per launch (linear_cross_entropy.cu):
@@ -13,6 +26,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "warp_ops.cuh"
 
 // Loop unrolling for nvcc (accumulators stay in registers); host compilers decide for themselves.
 #if defined(__CUDACC__)
@@ -23,6 +37,108 @@
 
 namespace cutloss {
 namespace CUTLOSS_KERNEL_NS {
+
+// ---------------------------------------------------------------- MmaTile
+
+constexpr int kMmaBlockRows = 128;  // block tile: rows of E ...
+constexpr int kMmaBlockCols = 128;  // ... × rows of W (classes)
+constexpr int kMmaWarpRows = 64;    // warp tile 64 × 32: 2 × 4 warps
+constexpr int kMmaWarpCols = 32;
+constexpr int kMmaThreads = 256;
+constexpr int kMmaStages = 4;        // copies of stages s+1..s+3 in flight while stage s is multiplied
+constexpr int kMmaRowBytes = 64;     // K bytes of one operand row in a stage: 32 bf16 or 16 fp32
+constexpr int kMmaChunks = kMmaRowBytes / 16;
+constexpr int kMmaStageBytes = (kMmaBlockRows + kMmaBlockCols) * kMmaRowBytes;  // 16 KiB
+constexpr int kMmaRingBytes = kMmaStages * kMmaStageBytes;                       // 64 KiB
+static_assert(kMmaBlockRows == 2 * kMmaWarpRows && kMmaBlockCols == 4 * kMmaWarpCols, "2 × 4 warps");
+static_assert(kMmaThreads == 8 * 32, "eight warps");
+
+/** bf16 operands: m16n8k16, a 16-byte k-step is 16 elements. Exact products for bf16 inputs. */
+struct MmaBf16 {
+  static constexpr int kElementBytes = 2;
+  __device__ __forceinline__ static void convert(uint32_t*, int) {}
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    mmaBf16(d, a, b);
+  }
+};
+
+/** tf32 operands: m16n8k8 (8 elements a k-step), each fp32 rounded by cvt.rna once it is in registers. */
+struct MmaTf32 {
+  static constexpr int kElementBytes = 4;
+  __device__ __forceinline__ static void convert(uint32_t* r, int n) {
+CUTLOSS_UNROLL
+    for (int i = 0; i < n; ++i) r[i] = toTf32(__uint_as_float(r[i]));
+  }
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    mmaTf32(d, a, b);
+  }
+};
+
+/** Byte offset of 16-byte chunk c of row r in a stage operand. The XOR spreads the 8 rows one
+ *  ldmatrix reads (at one logical chunk) over all 8 16-byte bank groups: no conflicts. */
+__device__ __forceinline__ int mmaSwizzle(int r, int c) { return r * kMmaRowBytes + ((c ^ ((r >> 1) & 3)) << 4); }
+
+/** Rows [r0, r0 + 128) of a row-major operand in global memory; rows from rowEnd on read as zeros. */
+struct MmaRows {
+  const unsigned char* base;
+  int64_t rowBytes;  // = K · element bytes, a multiple of 16
+  int64_t r0;
+  int64_t rowEnd;
+};
+
+/** Issues the copies of stage bytes [kByte0, kByte0 + 64) of both operands into `stage`. */
+__device__ __forceinline__ void mmaLoadStage(unsigned char* stage, const MmaRows& a, const MmaRows& b, int64_t kByte0) {
+  constexpr int kPerOperand = kMmaBlockRows * kMmaChunks / kMmaThreads;  // copies per thread and operand
+CUTLOSS_UNROLL
+  for (int i = 0; i < 2 * kPerOperand; ++i) {
+    const bool isB = i >= kPerOperand;  // known at compile time once unrolled: no local-memory select
+    const int idx = static_cast<int>(threadIdx.x) + (i % kPerOperand) * kMmaThreads;
+    const int r = idx / kMmaChunks;
+    const int c = idx % kMmaChunks;  // 4 consecutive threads copy one 64-byte row segment
+    const unsigned char* base = isB ? b.base : a.base;
+    const int64_t row = (isB ? b.r0 : a.r0) + r;
+    const int64_t kb = kByte0 + 16 * c;
+    const bool inside = row < (isB ? b.rowEnd : a.rowEnd) && kb < a.rowBytes;  // both operands have K·bytes per row
+    const unsigned char* src = inside ? base + row * a.rowBytes + kb : base;  // src-size 0: nothing is read
+    cpAsync16(stage + (isB ? kMmaBlockRows * kMmaRowBytes : 0) + mmaSwizzle(r, c), src, inside ? 16 : 0);
+  }
+}
+
+/** acc[mt][nt] += the warp's 64 × 32 product over one stage (two 32-byte k-steps). */
+template <class Op>
+__device__ __forceinline__ void mmaStageProduct(const unsigned char* stage, int wm, int wn, float (&acc)[4][4][4]) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const unsigned char* sa = stage;
+  const unsigned char* sb = stage + kMmaBlockRows * kMmaRowBytes;
+CUTLOSS_UNROLL
+  for (int ks = 0; ks < 2; ++ks) {
+    uint32_t a[4][4], b[4][2];
+CUTLOSS_UNROLL
+    for (int mt = 0; mt < 4; ++mt) {  // matrices: rows 0–7 | 8–15 of the m16 tile × chunks 2ks | 2ks + 1
+      const int r = wm * kMmaWarpRows + mt * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
+      ldmatrixX4(a[mt], sa + mmaSwizzle(r, 2 * ks + lane / 16));
+      Op::convert(a[mt], 4);
+    }
+CUTLOSS_UNROLL
+    for (int np = 0; np < 2; ++np) {  // two n8 tiles: (rows 0–7, chunk 2ks), (0–7, 2ks + 1), (8–15, 2ks), (8–15, 2ks + 1)
+      const int r = wn * kMmaWarpCols + np * 16 + (lane % 8) + 8 * (lane / 16);
+      uint32_t x[4];
+      ldmatrixX4(x, sb + mmaSwizzle(r, 2 * ks + (lane / 8) % 2));
+      Op::convert(x, 4);
+      b[2 * np][0] = x[0];
+      b[2 * np][1] = x[1];
+      b[2 * np + 1][0] = x[2];
+      b[2 * np + 1][1] = x[3];
+    }
+CUTLOSS_UNROLL
+    for (int mt = 0; mt < 4; ++mt) {
+CUTLOSS_UNROLL
+      for (int nt = 0; nt < 4; ++nt) Op::mma(acc[mt][nt], a[mt], b[nt]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- FloatTile products
 
 constexpr int kTile = kLinearCeTile;
 constexpr int kTileThreads = 256;   // 8 warps

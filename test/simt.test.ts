@@ -6,14 +6,19 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { RACE_CHECK_FLAGS } from './native/kernel-runner.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const work = mkdtempSync(path.join(tmpdir(), 'cutloss-simt-'));
 
 function buildAndRun(variant: string, flags: string[]): string {
   const exe = path.join(work, `emulator_test_${variant}`);
-  execFileSync('g++', ['-std=c++17', '-O1', '-Wall', '-Wextra', '-Werror', ...flags, '-I', 'cuda',
-    'test/simt/emulator_test.cc', 'cuda/simt/simt.cc', '-o', exe], { cwd: root, stdio: 'pipe' });
+  const cxx = ['g++', '-std=c++17', '-O1', '-Wall', '-Wextra', '-Werror', ...flags, '-I', 'cuda'];
+  // The kernels get the race checker's instrumentation; the emulator itself must not.
+  execFileSync(cxx[0]!, [...cxx.slice(1), '-c', 'cuda/simt/simt.cc', '-o', `${exe}-simt.o`], { cwd: root, stdio: 'pipe' });
+  execFileSync(cxx[0]!, [...cxx.slice(1), ...RACE_CHECK_FLAGS, '-c', 'test/simt/emulator_test.cc', '-o', `${exe}.o`],
+    { cwd: root, stdio: 'pipe' });
+  execFileSync(cxx[0]!, [`${exe}.o`, `${exe}-simt.o`, '-o', exe], { cwd: root, stdio: 'pipe' });
   try {
     return execFileSync(exe, { encoding: 'utf8' });
   } catch (e) {
@@ -32,6 +37,22 @@ const CASES = [
   'multi-dimensional grids and blocks', '__syncthreads_count / _or / _and',
   'run orders: forward, reverse, and shuffled by seed', 'bf16 and half conversions round to nearest even',
   'wmma bf16 16x16x16 and tf32 16x16x8 match plain loops', 'wmma in divergent code',
+  // the race checker and the warp matrix and copy operations (cuda/warp_ops.cuh)
+  'missing __syncthreads is reported as a shared-memory race',
+  'ldmatrix x1, x2, x4, with and without .trans, give the documented fragments',
+  'mma.sync m16n8k16 bf16 from ldmatrix matches a plain loop',
+  'planted bug: B through ldmatrix .trans gives a visibly wrong product',
+  'mma.sync m16n8k16 fp16 and m16n8k8 tf32 with documented fragments match plain loops',
+  'tf32 conversion rounds to nearest, ties away from zero (cvt.rna)',
+  'mma.sync in divergent code and at two call sites is reported',
+  'cp.async ring with wait_group and barriers, forward', 'cp.async ring with wait_group and barriers, reverse',
+  'cp.async ring with wait_group and barriers, shuffled',
+  'planted bug: missing wait_group is reported (the copies are still in flight)',
+  'planted bug: missing wait_group reads a stage before its copies land (checker off)',
+  'planted bug: a stage overwritten before every thread is done with it is reported',
+  'two-level reduction: right with its barrier, a reported race without',
+  'a warp collective orders its lanes\' shared accesses; shared atomics are no race',
+  'shared-memory bounds: writes past the dynamic window and ldmatrix from global memory',
 ];
 
 for (const [variant, flags] of [['asm', []], ['ucontext', ['-DSIMT_USE_UCONTEXT']]] as const) {

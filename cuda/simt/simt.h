@@ -10,6 +10,16 @@
 // barrier some threads skip (or exit past), and warp collectives not reached by the whole
 // warp are reported as simt::Error, never a hang.
 //
+// Shared-memory checks. Kernel sources compiled with -fsanitize=thread (GCC's instrumentation
+// only: no sanitizer runtime is linked; this emulator supplies the __tsan_* hooks) report every
+// load and store. Within one barrier interval, a shared word written by one thread and read
+// or written by another (not of the same warp with a warp collective in between) is a race,
+// reported with kernel, block, threads and address; accesses outside the dynamic shared
+// window are out of bounds. Without the instrumentation only the warp operations below check.
+//
+// Warp-level matrix and copy operations (cp.async, ldmatrix, mma.sync) are emulated lane by
+// lane in warp_ops.h; kernels reach them through cuda/warp_ops.cuh.
+//
 // Kernel sources keep to the subset below; anything else sits behind a wrapper with an
 // emulated twin (see the CUTLOSS_* macros in cuda/runtime.h).
 #pragma once
@@ -46,12 +56,19 @@ Order order();
 /** Per-fiber stack size in bytes for subsequent launches (default 64 KiB). */
 void setStackSize(size_t bytes);
 
+/** Shared-memory race and bounds checking for subsequent launches (default on). */
+void setRaceCheck(bool on);
+bool raceCheck();
+
 namespace detail {
 
 using KernelThunk = void (*)(void* closure);
 
-/** Runs `thunk(closure)` as every thread of every block of the grid. Throws simt::Error. */
-void launch(dim3 grid, dim3 block, size_t dynamicSharedBytes, KernelThunk thunk, void* closure);
+/**
+ * Runs `thunk(closure)` as every thread of every block of the grid. Throws simt::Error.
+ * Launches are serialized process-wide: static __shared__ arrays are plain statics.
+ */
+void launch(const char* name, dim3 grid, dim3 block, size_t dynamicSharedBytes, KernelThunk thunk, void* closure);
 
 dim3 currentThreadIdx();
 dim3 currentBlockIdx();
@@ -65,28 +82,49 @@ int syncthreadsOr(int predicate, const char* site);
 int syncthreadsAnd(int predicate, const char* site);
 
 /** Warp collectives: every lane of the (full) warp contributes `value`; returns lane's result. */
-enum class WarpOp { ShflIdx, ShflXor, ShflDown, ShflUp, Ballot, Any, All, Sync };
+enum class WarpOp { ShflIdx, ShflXor, ShflDown, ShflUp, Ballot, Any, All, Sync, Exchange };
 uint64_t warpCollective(WarpOp op, unsigned mask, uint64_t value, int arg, int width, const char* site);
 /** The mask of the lanes that exist in the calling thread's warp. */
 unsigned currentWarpMask();
+/** The calling thread's index in its block (x fastest) and its lane. */
+unsigned currentLinearThread();
+
+/**
+ * A warp-wide exchange: every lane of the (full) warp arrives with its own `lane` record at the
+ * same call site; once all have, `combine(records, lanes)` runs once with the records in lane
+ * order. Used by the warp matrix operations. Reports divergence like a shuffle.
+ */
+using ExchangeFn = void (*)(void* const* records, unsigned lanes);
+void warpExchange(void* lane, ExchangeFn combine, const char* file, int line);
+
+/** Records a shared-memory access made on behalf of `thread` (the warp operations' copies and loads). */
+void noteSharedAccess(const void* p, size_t bytes, bool write, unsigned thread, const char* what);
+/** Whether [p, p + bytes) lies in shared memory (the dynamic window or a static __shared__). */
+bool isShared(const void* p, size_t bytes);
 
 }  // namespace detail
 
-/** Launch a kernel through the emulator: simt::launchKernel(kernel, grid, block, smem, args...). */
+/** Launch a kernel through the emulator: simt::launchNamedKernel("name", kernel, grid, block, smem, args...). */
 template <class... Params, class... Args>
-void launchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamicSharedBytes, Args&&... args) {
+void launchNamedKernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamicSharedBytes,
+                       Args&&... args) {
   struct Closure {
     void (*kernel)(Params...);
     std::tuple<std::decay_t<Params>...> params;
   };
   Closure c{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
   detail::launch(
-      grid, block, dynamicSharedBytes,
+      name, grid, block, dynamicSharedBytes,
       [](void* p) {
         auto* cl = static_cast<Closure*>(p);
         std::apply(cl->kernel, cl->params);  // each fiber gets copies of the arguments, as on a GPU
       },
       &c);
+}
+
+template <class... Params, class... Args>
+void launchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamicSharedBytes, Args&&... args) {
+  launchNamedKernel("kernel", kernel, grid, block, dynamicSharedBytes, std::forward<Args>(args)...);
 }
 
 // ---------------------------------------------------------------- bit casts and types
@@ -112,9 +150,10 @@ using simt::dim3;
 #define __noinline__ __attribute__((noinline))
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
-// Blocks run one at a time, so one static per kernel is exactly one shared array per block
-// (thread_local: launches on different OS threads do not share it).
-#define __shared__ static thread_local
+// Blocks run one at a time and launches one at a time, so one static per kernel is exactly
+// one shared array per block. Not thread_local: the race checker's instrumentation skips
+// thread-local variables.
+#define __shared__ static
 #define __syncwarp(...) ((void)0)
 
 #define threadIdx (::simt::detail::currentThreadIdx())
@@ -180,33 +219,35 @@ constexpr int widthOr32(int w) { return w; }
 
 // ---------------------------------------------------------------- atomics
 // Fibers switch only at barriers and collectives, so a read-modify-write is already atomic.
+// Not instrumented (SIMT_ATOMIC): atomics on one word from many threads are not a race.
+#define SIMT_ATOMIC __attribute__((no_sanitize("thread"), noinline))
 
 template <class T>
-inline T atomicAdd(T* address, T v) {
+SIMT_ATOMIC T atomicAdd(T* address, T v) {
   T old = *address;
   *address = old + v;
   return old;
 }
 template <class T>
-inline T atomicMax(T* address, T v) {
+SIMT_ATOMIC T atomicMax(T* address, T v) {
   T old = *address;
   if (v > old) *address = v;
   return old;
 }
 template <class T>
-inline T atomicMin(T* address, T v) {
+SIMT_ATOMIC T atomicMin(T* address, T v) {
   T old = *address;
   if (v < old) *address = v;
   return old;
 }
 template <class T>
-inline T atomicExch(T* address, T v) {
+SIMT_ATOMIC T atomicExch(T* address, T v) {
   T old = *address;
   *address = v;
   return old;
 }
 template <class T>
-inline T atomicCAS(T* address, T compare, T v) {
+SIMT_ATOMIC T atomicCAS(T* address, T compare, T v) {
   T old = *address;
   if (old == compare) *address = v;
   return old;
@@ -237,3 +278,4 @@ using std::max;
 using std::min;
 
 #include "simt_types.h"
+#include "warp_ops.h"

@@ -2,12 +2,19 @@
 // cuda_fp16.h / cuda_bf16.h *_rn functions) and the nvcuda::wmma fragment API. Fragments are
 // opaque on a GPU, so here every lane holds the whole tile and computes the whole product;
 // mma_sync is a warp collective, so a divergent wmma call is reported like a divergent shuffle.
+// (The documented per-lane layouts of mma.sync and ldmatrix are emulated in warp_ops.h.)
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+
+// ---------------------------------------------------------------- vector types
+
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
 
 // ---------------------------------------------------------------- bfloat16
 
@@ -123,11 +130,15 @@ namespace precision {
 struct tf32 {};
 }  // namespace precision
 
-/** Rounds an f32 to tf32 (10 explicit mantissa bits), nearest-even, as the hardware does. */
+/**
+ * Rounds an f32 to tf32 (10 explicit mantissa bits) as cvt.rna.tf32.f32 does: to nearest,
+ * ties away from zero (adding half a tf32 ulp to the magnitude bits; a carry into the
+ * exponent is the correct rounding up, to infinity past the largest tf32). NaN and inf stay.
+ */
 inline float __float_to_tf32(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0xfffu + ((u >> 13) & 1u)) & 0xffffe000u;
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
   std::memcpy(&f, &u, 4);
   return f;
 }
@@ -157,6 +168,8 @@ struct Storage<precision::tf32> {
 };
 /** A warp-wide rendezvous, so every lane of the warp must reach the same wmma call. */
 void warpConverge(const char* site);
+/** The calling thread's lane in its warp. */
+unsigned currentLane();
 }  // namespace detail
 
 template <class Use, int M, int N, int K, class T, class Layout = void>
@@ -187,10 +200,15 @@ inline void load_matrix_sync(fragment<accumulator, M, N, K, T, void>& f, const P
     for (int c = 0; c < N; ++c) f.x[r * N + c] = p[layout == mem_col_major ? c * ldm + r : r * ldm + c];
 }
 
+/** Every lane holds the whole tile but stores only its share (element i goes to lane i % 32),
+ *  as the hardware's lanes do: 32 lanes writing one word would be a race. */
 template <int M, int N, int K, class T, class P>
 inline void store_matrix_sync(P* p, const fragment<accumulator, M, N, K, T, void>& f, unsigned ldm, layout_t layout) {
-  for (int r = 0; r < M; ++r)
-    for (int c = 0; c < N; ++c) p[layout == mem_col_major ? c * ldm + r : r * ldm + c] = f.x[r * N + c];
+  const int lane = static_cast<int>(detail::currentLane());
+  for (int i = lane; i < M * N; i += 32) {
+    const int r = i / N, c = i % N;
+    p[layout == mem_col_major ? c * ldm + r : r * ldm + c] = f.x[i];
+  }
 }
 
 template <int M, int N, int K, class TA, class LA, class TB, class LB, class TC>

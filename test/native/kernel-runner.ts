@@ -33,7 +33,7 @@ export function buildRunner(patch?: (file: string, text: string) => string): str
   if (patch !== undefined) {
     cudaDir = path.join(work, 'cuda');
     cpSync(path.join(root, 'cuda'), cudaDir, { recursive: true });
-    for (const f of ['common.cuh', 'rowwise.cu', 'sparse.cu', 'gumbel.cu', 'cross_entropy.cu']) {
+    for (const f of ['common.cuh', 'rowwise.cu', 'sparse.cu', 'gumbel.cu', 'cross_entropy.cu', 'linear_cross_entropy.cu', 'tile_gemm.cuh']) {
       const p = path.join(cudaDir, f);
       writeFileSync(p, patch(f, readFileSync(p, 'utf8')));
     }
@@ -41,10 +41,20 @@ export function buildRunner(patch?: (file: string, text: string) => string): str
   }
   const source = patch === undefined ? path.join(root, 'test/kernels/kernel_runner.cc') : path.join(work, 'test/kernels/kernel_runner.cc');
   const exe = path.join(work, 'kernel_runner');
-  execFileSync('g++', ['-std=c++17', '-O1', '-Wall', '-Wextra', '-Werror', '-I', cudaDir, source,
-    path.join(cudaDir, 'simt/simt.cc'), '-o', exe], { cwd: root, stdio: 'pipe' });
+  const cxx = ['-std=c++17', '-O1', '-Wall', '-Wextra', '-Werror', '-I', cudaDir];
+  // The kernels are instrumented for the emulator's shared-memory race checker; the emulator is not.
+  execFileSync('g++', [...cxx, '-c', path.join(cudaDir, 'simt/simt.cc'), '-o', `${exe}-simt.o`], { cwd: root, stdio: 'pipe' });
+  execFileSync('g++', [...cxx, ...RACE_CHECK_FLAGS, '-c', source, '-o', `${exe}.o`], { cwd: root, stdio: 'pipe' });
+  execFileSync('g++', [`${exe}.o`, `${exe}-simt.o`, '-o', exe], { cwd: root, stdio: 'pipe' });
   return exe;
 }
+
+/**
+ * GCC's thread-sanitizer instrumentation without its runtime: every load and store of the
+ * kernel sources calls the emulator's hooks (cuda/simt/simt.cc), which check shared memory for
+ * races and bounds. Never on the link line (that would link libtsan).
+ */
+export const RACE_CHECK_FLAGS = ['-fsanitize=thread', '--param=tsan-instrument-func-entry-exit=0'];
 
 function keyText(v: string | number | boolean): string {
   if (typeof v === 'boolean') return v ? '1' : '0';

@@ -443,14 +443,15 @@ describe('crossEntropy kernels under the emulator match the float64 reference an
 describe('a broken kernel is caught', () => {
   // blockAllReduce with the barrier between the warps' partial writes and their reads removed:
   // a classic missing __syncthreads. The first fiber to pass reads partials other warps have
-  // not written yet (stale values from the previous reduction), in some fiber order.
+  // not written yet (stale values from the previous reduction), in some fiber order; the race
+  // checker reports the unordered write and read in every order.
   const brokenExe = buildRunner((file, text) => {
     if (file !== 'common.cuh') return text;
     const barrier = "  __syncthreads();  // every warp's partial is written before any is read\n";
     if (!text.includes(barrier)) throw new Error('the barrier to remove is not in cuda/common.cuh any more');
     return text.replace(barrier, '');
   });
-  it('a missing barrier in the block reduction gives wrong softmax values in some fiber order', () => {
+  it('a missing barrier in the block reduction is reported by the race checker, or gives wrong softmax values', () => {
     const rng = ref.mulberry32(5);
     const x = matrix(ref.randomRows(rng, 3, 1100, 2), 'f32');
     const want = jsBackend.softmax(x, noSoftmaxOptions, false);
@@ -468,6 +469,11 @@ describe('a broken kernel is caught', () => {
     const caught = wrongOrders(brokenExe);
     expect(caught.length, 'fiber orders in which the broken kernel gives wrong values').toBeGreaterThan(0);
     console.log(`missing barrier caught in the ${caught.join(' and ')} fiber order(s)`);
+    // The shared-memory race checker names it in every order, whatever values the order gives.
+    for (const r of runKernels(brokenExe, requests)) {
+      expect(r.ok).toBe(false);
+      if (!r.ok) expect(r.error).toMatch(/shared-memory race in kernel \S+, block \(0,0,0\): thread \(\d+,0,0\) (wrote|read) and thread \(\d+,0,0\) (read|wrote) the word at static __shared__ address/);
+    }
   });
 });
 

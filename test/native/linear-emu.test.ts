@@ -66,6 +66,8 @@ interface KernelRun {
   visited: number;
   skipped: number;
   michelotPasses: number;
+  /** Blocks of the tensor-core forward (cp.async, ldmatrix, mma.sync); 0 when the FloatTile forward ran. */
+  mmaBlocks: number;
   splits: number;
   tilesPerSplit: number;
   workspaceBytes: number;
@@ -113,7 +115,7 @@ function decode(r: KernelResponse, p: Problem, o: ResolvedLossOptions): KernelRu
     dE: grad ? blobValues(r, 'dE', p.E.dtype) : null,
     dW: grad ? blobValues(r, 'dW', p.W.dtype) : null,
     dBias: grad && p.bias !== null ? blobValues(r, 'dBias') : null,
-    visited: info[0]!, skipped: info[1]!, michelotPasses: info[3]!, splits: info[4]!, tilesPerSplit: info[5]!,
+    visited: info[0]!, skipped: info[1]!, michelotPasses: info[3]!, splits: info[4]!, tilesPerSplit: info[5]!, mmaBlocks: info[8]!,
     workspaceBytes: info[6]! + info[7]! * 2 ** 32, raw: r,
   };
 }
@@ -263,6 +265,84 @@ describe('tile products: FMA, bf16 wmma and tf32 wmma give the same losses and g
         expectMatches(g, p, runs[i]![1], lowPrecision, label, false);
       }
     });
+  });
+});
+
+// ---------------------------------------------------------------- tensor-core forward
+
+describe('tensor-core forward: cp.async ring, ldmatrix, mma.sync, epilogue from the accumulator fragments', () => {
+  // Rows of D·(element bytes) a multiple of 16 take the mma forward: several 128-row blocks, class
+  // tiles of 128 with a partial last one, splits that end inside a tile, K tails inside a stage.
+  const SHAPES_MMA: [number, number, number][] = [[37, 40, 300], [130, 24, 260], [9, 64, 129]];
+  const OPTIONS: LinearCrossEntropyOptions[] = [
+    {},
+    { labelSmoothing: 0.1, zLoss: 1e-3, softcap: 5, temperature: 0.7 },
+    { normalizer: 'stablemax', labelSmoothing: 0.2, squentropy: true },
+    { focalGamma: 2, polyEpsilon: 0.5, reduction: 'none' },
+  ];
+  it('bf16 and tf32 match the float64 reference and the JS backend; bf16 matches the FMA forward to fp32 rounding', { timeout: SLOW }, () => {
+    const runs: [Problem, LinearCrossEntropyOptions, KernelSettings][] = [];
+    const labels: string[] = [];
+    SHAPES_MMA.forEach((shape, si) => {
+      OPTIONS.forEach((opts, oi) => {
+        let options = opts;
+        const k = si * OPTIONS.length + oi;
+        const bf16 = problem(700 + k, shape, 'bf16', k % 2 === 0);
+        const f32 = problem(700 + k, shape, 'f32', k % 2 === 1);
+        // the backward is the FloatTile one: its gradients once per shape are enough here
+        options = oi === 0 ? options : { ...options, computeGrad: false };
+        runs.push([bf16, options, { vocabSplits: k % 3 === 0 ? 3 : 0 }]);
+        labels.push(`bf16 mma ${JSON.stringify(options)} [${shape.join(', ')}]`);
+        runs.push([bf16, { ...options, computeGrad: false }, { gemm: 'fma', vocabSplits: k % 3 === 0 ? 3 : 0 }]);
+        labels.push(`bf16 FMA ${JSON.stringify(options)} [${shape.join(', ')}]`);
+        runs.push([f32, options, { tf32: true, vocabSplits: k % 2 === 0 ? 2 : 0 }]);
+        labels.push(`tf32 mma ${JSON.stringify(options)} [${shape.join(', ')}]`);
+      });
+    });
+    const out = onKernels(runs);
+    for (let i = 0; i < runs.length; i += 3) {
+      const [mma, fma, tf32] = [out[i]!, out[i + 1]!, out[i + 2]!];
+      expect(mma.mmaBlocks, labels[i]).toBeGreaterThan(0);
+      expect(fma.mmaBlocks, labels[i + 1]).toBe(0);
+      expect(tf32.mmaBlocks, labels[i + 2]).toBeGreaterThan(0);
+      expectMatches(mma, runs[i]![0], runs[i]![1], true, labels[i]!);
+      expectMatches(tf32, runs[i + 2]![0], runs[i + 2]![1], true, labels[i + 2]!);
+      // bf16 products are exact in fp32 on both paths: only the order of the fp32 sums differs
+      expectClose(lossList(mma.loss), lossList(fma.loss), { rtol: 1e-5, atol: 1e-6, label: `${labels[i]} vs FMA loss` });
+      expectClose(mma.lse, fma.lse, { rtol: 1e-5, atol: 1e-6, label: `${labels[i]} vs FMA lse` });
+    }
+  });
+  it('planted bugs in the mma forward are caught: a missing wait_group, B fragments from the wrong chunk', { timeout: SLOW }, () => {
+    const plant = (from: string, to: string) => {
+      let planted = false;
+      const runner = buildRunner((file, text) => {
+        if ((file !== 'linear_cross_entropy.cu' && file !== 'tile_gemm.cuh') || !text.includes(from)) return text;
+        planted = true;
+        return text.replace(from, to);
+      });
+      expect(planted, `"${from}" is no longer in the kernel`).toBe(true);
+      return runner;
+    };
+    const p = problem(811, [37, 40, 300], 'bf16', false);
+    const o = resolved(p, { computeGrad: false });
+    const request = { ...linearRequest(p, o, {}), order: 'forward' as const };
+    const noWait = plant('    cpAsyncWait<kMmaStages - 2>();  // this thread', '    // this thread');
+    const [r1] = runKernels(noWait, [request]);
+    expect(r1!.ok).toBe(false);
+    if (!r1!.ok) expect(r1!.error).toMatch(/shared-memory race in kernel linearCeForwardMma, block \(0,0,0\): thread \(\d+,0,0\) wrote \(cp.async in flight\)/);
+    const wrongChunk = plant('mmaSwizzle(r, 2 * ks + (lane / 8) % 2)', 'mmaSwizzle(r, 2 * ks + lane / 16)');
+    const [r2] = runKernels(wrongChunk, [request]);
+    const g = decode(r2!, p, o);
+    expect(g.mmaBlocks).toBeGreaterThan(0);
+    expect(() => expectMatches(g, p, { computeGrad: false }, true, 'wrong chunk')).toThrow();
+  });
+  it('sparsemax, and rows that are no 16-byte multiple, keep the FloatTile forward', { timeout: SLOW }, () => {
+    const sparse = problem(801, [37, 40, 300], 'bf16', false);
+    const odd = problem(802, [37, 19, 300], 'bf16', true);
+    const out = onKernels([[sparse, { normalizer: 'sparsemax', computeGrad: false }, {}], [odd, { computeGrad: false }, {}]]);
+    expect(out.map((g) => g.mmaBlocks)).toEqual([0, 0]);
+    expectMatches(out[0]!, sparse, { normalizer: 'sparsemax', computeGrad: false }, true, 'sparsemax');
+    expectMatches(out[1]!, odd, { computeGrad: false }, true, 'D = 19');
   });
 });
 

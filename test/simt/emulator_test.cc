@@ -2,6 +2,7 @@
 // checks results against plain loops, or checks that a misbehaving kernel is reported.
 // Prints "ok <case>" or "FAIL <case>: why" per case; exits 1 if any failed.
 #include "runtime.h"
+#include "warp_ops.cuh"
 
 #include <cstdio>
 #include <functional>
@@ -188,6 +189,180 @@ __global__ void wmmaDivergent(const __nv_bfloat16* a, const __nv_bfloat16* b, fl
   wmmaTile(a, b, c);
 }
 
+// ---------------------------------------------------------------- warp matrix operations
+
+using namespace cutloss::emu;
+
+/** ldmatrix rows must be 16-byte aligned. */
+template <class T, int N>
+struct alignas(16) Aligned {
+  T v[N];
+};
+
+/** Four 8×8 b16 matrices (m[j][r][c] at j·64 + r·8 + c) through ldmatrix: out[lane·4 + j] = register j. */
+__global__ void ldmatrixProbe(const uint16_t* m, uint32_t* out, int count, bool trans) {
+  __shared__ Aligned<uint16_t, 256> t16;
+  uint16_t* tile = t16.v;
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 256; i += 32) tile[i] = m[i];
+  __syncthreads();
+  const uint16_t* row = tile + lane * 8;  // lane i: row i % 8 of matrix i / 8
+  uint32_t r[4] = {0, 0, 0, 0};
+  if (count == 4) {
+    uint32_t x[4];
+    trans ? ldmatrixX4Trans(x, row) : ldmatrixX4(x, row);
+    for (int j = 0; j < 4; ++j) r[j] = x[j];
+  } else if (count == 2) {
+    uint32_t x[2];
+    trans ? ldmatrixX2Trans(x, row) : ldmatrixX2(x, row);
+    r[0] = x[0];
+    r[1] = x[1];
+  } else {
+    uint32_t x[1];
+    trans ? ldmatrixX1Trans(x, row) : ldmatrixX1(x, row);
+    r[0] = x[0];
+  }
+  for (int j = 0; j < 4; ++j) out[lane * 4 + j] = r[j];
+}
+
+/**
+ * C = A·B + C for A [16 × 16] row-major and Bt = Bᵀ [8 × 16] row-major (k contiguous, as W
+ * rows are), bf16, through ldmatrix (.x4 for A, .x2 for B; `transB` loads B transposed, which
+ * is wrong for this layout) and mma.sync m16n8k16. C [16 × 8] row-major in and out.
+ */
+__global__ void mmaBf16Probe(const __nv_bfloat16* a, const __nv_bfloat16* bt, float* c, bool transB) {
+  __shared__ Aligned<__nv_bfloat16, 256> sa16;
+  __shared__ Aligned<__nv_bfloat16, 128> sb16;
+  __nv_bfloat16* sa = sa16.v;
+  __nv_bfloat16* sb = sb16.v;
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 256; i += 32) sa[i] = a[i];
+  for (int i = lane; i < 128; i += 32) sb[i] = bt[i];
+  __syncthreads();
+  uint32_t fa[4], fb[2];
+  ldmatrixX4(fa, sa + ((lane % 8) + 8 * ((lane / 8) % 2)) * 16 + 8 * (lane / 16));
+  const __nv_bfloat16* rowB = sb + (lane % 8) * 16 + 8 * ((lane / 8) % 2);
+  transB ? ldmatrixX2Trans(fb, rowB) : ldmatrixX2(fb, rowB);
+  const int g = lane / 4, t = lane % 4;
+  float d[4];
+  for (int i = 0; i < 4; ++i) d[i] = c[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2];
+  mmaBf16(d, fa, fb);
+  for (int i = 0; i < 4; ++i) c[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = d[i];
+}
+
+uint32_t pack2(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16); }
+
+/** fp16 m16n8k16 with the fragments filled straight from global memory by the documented layout. */
+__global__ void mmaF16Probe(const __half* a, const __half* bt, float* c) {
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  uint32_t fa[4], fb[2];
+  for (int i = 0; i < 4; ++i) {
+    const int r = g + 8 * (i % 2), k = 2 * t + 8 * (i / 2);
+    fa[i] = pack2(a[r * 16 + k].x, a[r * 16 + k + 1].x);
+  }
+  for (int i = 0; i < 2; ++i) fb[i] = pack2(bt[g * 16 + 2 * t + 8 * i].x, bt[g * 16 + 2 * t + 8 * i + 1].x);
+  float d[4] = {0, 0, 0, 0};
+  mmaF16(d, fa, fb);
+  for (int i = 0; i < 4; ++i) c[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = d[i];
+}
+
+/** tf32 m16n8k8: A [16 × 8], Bt [8 × 8] (n rows, k contiguous), fragments by the documented layout. */
+__global__ void mmaTf32Probe(const float* a, const float* bt, float* c) {
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  uint32_t fa[4], fb[2];
+  for (int i = 0; i < 4; ++i) fa[i] = toTf32(a[(g + 8 * (i % 2)) * 8 + t + 4 * (i / 2)]);
+  for (int i = 0; i < 2; ++i) fb[i] = toTf32(bt[g * 8 + t + 4 * i]);
+  float d[4] = {0, 0, 0, 0};
+  mmaTf32(d, fa, fb);
+  for (int i = 0; i < 4; ++i) c[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = d[i];
+}
+
+__global__ void mmaDivergent(float* c, int split) {
+  uint32_t fa[4] = {0, 0, 0, 0}, fb[2] = {0, 0};
+  float d[4] = {0, 0, 0, 0};
+  if (static_cast<int>(threadIdx.x) < split) {
+    mmaBf16(d, fa, fb);
+  } else {
+    mmaBf16(d, fa, fb);  // another call site: lanes must not be split across the two
+  }
+  c[threadIdx.x] = d[0];
+}
+
+enum PipelineBug { kPipelineCorrect = 0, kMissingWait = 1, kStageOverwrittenEarly = 2 };
+
+/**
+ * Streams `chunks` chunks of 256 floats through a 2-stage cp.async ring (each of the 64
+ * threads copies 16 bytes a chunk) and has every thread sum 4 floats of each chunk that other
+ * threads copied: out[t] = Σ_c Σ_k x[c·256 + (4t + 37 + k) % 256].
+ */
+__global__ void pipelinedSum(const float* x, int chunks, float* out, int bug) {
+  CUTLOSS_DYNAMIC_SHARED(float, stage);  // [2][256]
+  const int t = threadIdx.x;
+  const auto issue = [&](int c) {
+    if (c < chunks) cpAsync16(stage + (c % 2) * 256 + 4 * t, x + c * 256 + 4 * t, 16);
+    cpAsyncCommit();  // an empty group past the end keeps wait<1> uniform
+  };
+  float acc = 0.0f;
+  issue(0);
+  for (int c = 0; c < chunks; ++c) {
+    issue(c + 1);
+    if (bug != kMissingWait) cpAsyncWait<1>();  // chunk c has landed (c + 1 may be in flight)
+    __syncthreads();                            // ... for every thread's copies
+    const float* s = stage + (c % 2) * 256;
+    for (int k = 0; k < 4; ++k) acc += s[(4 * t + 37 + k) % 256];
+    if (bug != kStageOverwrittenEarly) __syncthreads();  // everyone is done with stage c % 2 before it is refilled
+  }
+  cpAsyncWait<0>();
+  out[t] = acc;
+}
+
+/** Block sum in two levels: warp shuffles, then warp 0 over the warps' partials in shared memory. */
+__global__ void twoLevelSum(const float* x, float* out, bool barrier) {
+  __shared__ float warpSums[8];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float v = x[blockIdx.x * blockDim.x + threadIdx.x];
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (lane == 0) warpSums[warp] = v;
+  if (barrier) __syncthreads();  // the second level reads other warps' partials
+  if (warp == 0) {
+    v = lane < static_cast<int>(blockDim.x / 32) ? warpSums[lane] : 0.0f;
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) out[blockIdx.x] = v;
+  }
+}
+
+/** Lanes hand values around through shared memory, ordered by a warp collective, and count with shared atomics. */
+__global__ void warpOrderedExchange(int* out) {
+  __shared__ int slot[32];
+  __shared__ int counter;
+  const int lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) counter = 0;
+  if (threadIdx.x < 32) slot[lane] = lane * 3;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    (void)__shfl_sync(0xffffffffu, 0, 0);        // the warp meets: earlier writes are visible
+    out[lane] = slot[(lane + 1) % 32];
+    __shfl_sync(0xffffffffu, 0, 0);
+    slot[lane] = -1;  // after everyone's read
+  }
+  atomicAdd(&counter, 1);
+  __syncthreads();
+  if (threadIdx.x == 0) out[32] = counter;
+}
+
+__global__ void sharedOverrun(float* out, int n) {
+  CUTLOSS_DYNAMIC_SHARED(float, buf);
+  buf[threadIdx.x] = 1.0f;  // thread n and past write beyond the window
+  __syncthreads();
+  out[threadIdx.x] = static_cast<float>(n);
+}
+
+__global__ void ldmatrixFromGlobal(const uint16_t* m, uint32_t* out) {
+  uint32_t r[1];
+  ldmatrixX1(r, m + (threadIdx.x % 8) * 8);
+  out[threadIdx.x] = r[0];
+}
+
 }  // namespace
 
 int main() {
@@ -210,8 +385,21 @@ int main() {
     });
   }
 
-  // ---- the same kernel without barriers is caught: some order gives a wrong sum
+  // ---- the same kernel without barriers is caught: the race checker reports the race, and
+  // with the checker off some order gives a wrong sum
+  check("missing __syncthreads is reported as a shared-memory race", [&] {
+    return expectError(
+        [&] {
+          std::vector<float> out(4);
+          CUTLOSS_LAUNCH(blockSumMissingBarrier, dim3(4), dim3(256), 0, nullptr, x.data(), out.data(), n);
+        },
+        "shared-memory race in kernel blockSumMissingBarrier, block (0,0,0): thread");
+  });
   check("missing __syncthreads changes the result in some order", [&]() -> std::string {
+    simt::setRaceCheck(false);
+    struct On {
+      ~On() { simt::setRaceCheck(true); }
+    } restore;
     int wrongOrders = 0;
     for (simt::Order o : kOrders) {
       simt::setOrder(o, 7);
@@ -410,6 +598,173 @@ int main() {
     return expectError(
         [&] { CUTLOSS_LAUNCH(wmmaDivergent, dim3(1), dim3(32), 0, nullptr, a.data(), a.data(), c.data()); },
         "divergent warp collective");
+  });
+
+  // ---- warp matrix and copy operations, lane by lane
+  check("ldmatrix x1, x2, x4, with and without .trans, give the documented fragments", [&]() -> std::string {
+    std::vector<uint16_t> m(256);
+    for (int i = 0; i < 256; ++i) m[i] = static_cast<uint16_t>(1000 + i);  // matrix j, row r, col c = 1000 + 64j + 8r + c
+    for (int count : {1, 2, 4}) {
+      for (bool trans : {false, true}) {
+        std::vector<uint32_t> out(128, 0xdeadbeefu);
+        CUTLOSS_LAUNCH(ldmatrixProbe, dim3(1), dim3(32), 0, nullptr, m.data(), out.data(), count, trans);
+        for (int l = 0; l < 32; ++l) {
+          for (int j = 0; j < count; ++j) {
+            const int row = l / 4, col = 2 * (l % 4);  // PTX ISA: lane l holds row l/4, columns 2(l%4), +1
+            const auto at = [&](int r, int c) { return 1000u + 64u * j + 8u * (trans ? c : r) + (trans ? r : c); };
+            const uint32_t want = at(row, col) | (at(row, col + 1) << 16);
+            if (out[l * 4 + j] != want) {
+              return "x" + std::to_string(count) + (trans ? ".trans" : "") + " lane " + std::to_string(l) + " reg " +
+                     std::to_string(j);
+            }
+          }
+        }
+      }
+    }
+    return "";
+  });
+
+  std::vector<__nv_bfloat16> ma(256), mbt(128);
+  std::vector<float> mc0(128);
+  for (int i = 0; i < 256; ++i) ma[i] = __float2bfloat16(static_cast<float>((i * 7) % 19) / 8 - 1.0f);
+  for (int i = 0; i < 128; ++i) mbt[i] = __float2bfloat16(static_cast<float>((i * 5) % 23) / 4 - 2.5f);
+  for (int i = 0; i < 128; ++i) mc0[i] = static_cast<float>(i % 7) - 3.0f;
+  const auto plainBf16 = [&](int r, int n) {
+    double acc = mc0[r * 8 + n];
+    for (int k = 0; k < 16; ++k) acc += static_cast<double>(__bfloat162float(ma[r * 16 + k])) * __bfloat162float(mbt[n * 16 + k]);
+    return acc;
+  };
+  check("mma.sync m16n8k16 bf16 from ldmatrix matches a plain loop", [&]() -> std::string {
+    std::vector<float> c = mc0;
+    CUTLOSS_LAUNCH(mmaBf16Probe, dim3(1), dim3(32), 0, nullptr, ma.data(), mbt.data(), c.data(), false);
+    for (int r = 0; r < 16; ++r)
+      for (int n = 0; n < 8; ++n)
+        if (std::fabs(c[r * 8 + n] - plainBf16(r, n)) > 1e-5) return "C(" + std::to_string(r) + "," + std::to_string(n) + ")";
+    return "";
+  });
+  check("planted bug: B through ldmatrix .trans gives a visibly wrong product", [&]() -> std::string {
+    std::vector<float> c = mc0;
+    CUTLOSS_LAUNCH(mmaBf16Probe, dim3(1), dim3(32), 0, nullptr, ma.data(), mbt.data(), c.data(), true);
+    int wrong = 0;
+    for (int r = 0; r < 16; ++r)
+      for (int n = 0; n < 8; ++n) wrong += std::fabs(c[r * 8 + n] - plainBf16(r, n)) > 1e-3;
+    std::printf("  %d of 128 outputs wrong\n", wrong);
+    return wrong > 64 ? "" : "the wrong .trans went unnoticed";
+  });
+  check("mma.sync m16n8k16 fp16 and m16n8k8 tf32 with documented fragments match plain loops", [&]() -> std::string {
+    std::vector<__half> ha(256), hbt(128);
+    for (int i = 0; i < 256; ++i) ha[i] = __float2half(static_cast<float>((i * 11) % 17) / 16 - 0.5f);
+    for (int i = 0; i < 128; ++i) hbt[i] = __float2half(static_cast<float>((i * 3) % 13) / 8 - 0.75f);
+    std::vector<float> c(128);
+    CUTLOSS_LAUNCH(mmaF16Probe, dim3(1), dim3(32), 0, nullptr, ha.data(), hbt.data(), c.data());
+    for (int r = 0; r < 16; ++r)
+      for (int n = 0; n < 8; ++n) {
+        double want = 0;
+        for (int k = 0; k < 16; ++k) want += static_cast<double>(__half2float(ha[r * 16 + k])) * __half2float(hbt[n * 16 + k]);
+        if (std::fabs(c[r * 8 + n] - want) > 1e-5) return "fp16 C(" + std::to_string(r) + "," + std::to_string(n) + ")";
+      }
+    std::vector<float> ta(128), tbt(64), tc(128);
+    for (int i = 0; i < 128; ++i) ta[i] = 1.0f + static_cast<float>(i) / 3000.0f;
+    for (int i = 0; i < 64; ++i) tbt[i] = static_cast<float>(i % 9) / 7.0f - 0.5f;
+    CUTLOSS_LAUNCH(mmaTf32Probe, dim3(1), dim3(32), 0, nullptr, ta.data(), tbt.data(), tc.data());
+    for (int r = 0; r < 16; ++r)
+      for (int n = 0; n < 8; ++n) {
+        double want = 0;
+        for (int k = 0; k < 8; ++k) {
+          want += static_cast<double>(nvcuda::wmma::__float_to_tf32(ta[r * 8 + k])) * nvcuda::wmma::__float_to_tf32(tbt[n * 8 + k]);
+        }
+        if (std::fabs(tc[r * 8 + n] - want) > 1e-5 * std::fabs(want) + 1e-6) {
+          return "tf32 C(" + std::to_string(r) + "," + std::to_string(n) + ")";
+        }
+      }
+    return "";
+  });
+  check("tf32 conversion rounds to nearest, ties away from zero (cvt.rna)", [&]() -> std::string {
+    const float tie = 1.0f + 1.0f / 2048;  // exactly half a tf32 ulp above 1: nearest-even would give 1
+    if (simt::bitCast<float>(toTf32(tie)) != 1.0f + 1.0f / 1024) return "tie above 1";
+    if (simt::bitCast<float>(toTf32(-tie)) != -(1.0f + 1.0f / 1024)) return "tie below -1";
+    if (simt::bitCast<float>(toTf32(1.0f + 1.0f / 4096)) != 1.0f) return "below the tie";
+    if (nvcuda::wmma::__float_to_tf32(tie) != 1.0f + 1.0f / 1024) return "wmma::__float_to_tf32 tie";
+    if (!std::isinf(simt::bitCast<float>(toTf32(3.4028235e38f)))) return "rounding past the largest tf32";
+    return std::isnan(simt::bitCast<float>(toTf32(NAN))) ? "" : "NaN";
+  });
+  check("mma.sync in divergent code and at two call sites is reported", [&]() -> std::string {
+    std::vector<float> c(32);
+    std::string why = expectError([&] { CUTLOSS_LAUNCH(mmaDivergent, dim3(1), dim3(32), 0, nullptr, c.data(), 16); },
+                                  "divergent warp collective");
+    if (!why.empty()) return why;
+    why = expectError([&] { CUTLOSS_LAUNCH(mmaDivergent, dim3(1), dim3(48), 0, nullptr, c.data(), 48); }, "partial warp");
+    if (!why.empty()) return why;
+    CUTLOSS_LAUNCH(mmaDivergent, dim3(1), dim3(32), 0, nullptr, c.data(), 32);  // converged: fine
+    return "";
+  });
+
+  const int chunks = 5;
+  std::vector<float> stream(chunks * 256);
+  for (int i = 0; i < chunks * 256; ++i) stream[i] = static_cast<float>((i * 13) % 29) - 14.0f;
+  std::vector<float> streamSums(64, 0.0f);
+  for (int t = 0; t < 64; ++t)
+    for (int c = 0; c < chunks; ++c)
+      for (int k = 0; k < 4; ++k) streamSums[t] += stream[c * 256 + (4 * t + 37 + k) % 256];
+  const size_t ring = 2 * 256 * sizeof(float);
+  for (simt::Order o : kOrders) {
+    const std::string name = std::string("cp.async ring with wait_group and barriers, ") + orderName(o);
+    check(name.c_str(), [&]() -> std::string {
+      simt::setOrder(o, 3);
+      std::vector<float> out(64);
+      CUTLOSS_LAUNCH(pipelinedSum, dim3(1), dim3(64), ring, nullptr, stream.data(), chunks, out.data(), 0);
+      for (int t = 0; t < 64; ++t)
+        if (out[t] != streamSums[t]) return "thread " + std::to_string(t) + ": " + std::to_string(out[t]);
+      return "";
+    });
+  }
+  check("planted bug: missing wait_group is reported (the copies are still in flight)", [&] {
+    std::vector<float> out(64);
+    return expectError(
+        [&] { CUTLOSS_LAUNCH(pipelinedSum, dim3(1), dim3(64), ring, nullptr, stream.data(), chunks, out.data(), 1); },
+        "(cp.async in flight)");
+  });
+  check("planted bug: missing wait_group reads a stage before its copies land (checker off)", [&]() -> std::string {
+    simt::setRaceCheck(false);
+    std::vector<float> out(64);
+    CUTLOSS_LAUNCH(pipelinedSum, dim3(1), dim3(64), ring, nullptr, stream.data(), chunks, out.data(), 1);
+    simt::setRaceCheck(true);
+    int wrong = 0;
+    for (int t = 0; t < 64; ++t) wrong += !(out[t] == streamSums[t]);
+    return wrong == 64 ? "" : std::to_string(64 - wrong) + " threads got the right sum without waiting";
+  });
+  check("planted bug: a stage overwritten before every thread is done with it is reported", [&] {
+    std::vector<float> out(64);
+    return expectError(
+        [&] { CUTLOSS_LAUNCH(pipelinedSum, dim3(1), dim3(64), ring, nullptr, stream.data(), chunks, out.data(), 2); },
+        "(cp.async) the word at dynamic shared memory byte");
+  });
+  check("two-level reduction: right with its barrier, a reported race without", [&]() -> std::string {
+    std::vector<float> out(4);
+    CUTLOSS_LAUNCH(twoLevelSum, dim3(4), dim3(256), 0, nullptr, x.data(), out.data(), true);
+    for (int b = 0; b < 3; ++b)  // the first 768 values: x has 1000
+      if (out[b] != expected[b]) return "block " + std::to_string(b) + ": " + std::to_string(out[b]);
+    return expectError([&] { CUTLOSS_LAUNCH(twoLevelSum, dim3(4), dim3(256), 0, nullptr, x.data(), out.data(), false); },
+                       "shared-memory race in kernel twoLevelSum, block (0,0,0)");
+  });
+  check("a warp collective orders its lanes' shared accesses; shared atomics are no race", [&]() -> std::string {
+    std::vector<int> out(33, -7);
+    CUTLOSS_LAUNCH(warpOrderedExchange, dim3(1), dim3(64), 0, nullptr, out.data());
+    for (int l = 0; l < 32; ++l)
+      if (out[l] != ((l + 1) % 32) * 3) return "lane " + std::to_string(l);
+    return out[32] == 64 ? "" : "counter " + std::to_string(out[32]);
+  });
+  check("shared-memory bounds: writes past the dynamic window and ldmatrix from global memory", [&]() -> std::string {
+    std::vector<float> out(64);
+    CUTLOSS_LAUNCH(sharedOverrun, dim3(1), dim3(64), 64 * sizeof(float), nullptr, out.data(), 64);
+    std::string why = expectError(
+        [&] { CUTLOSS_LAUNCH(sharedOverrun, dim3(1), dim3(64), 60 * sizeof(float), nullptr, out.data(), 60); },
+        "out of bounds in kernel sharedOverrun, block (0,0,0): thread (60,0,0) wrote 4 bytes at dynamic shared memory byte 240");
+    if (!why.empty()) return why;
+    std::vector<uint16_t> m(64, 1);
+    std::vector<uint32_t> r(32);
+    return expectError([&] { CUTLOSS_LAUNCH(ldmatrixFromGlobal, dim3(1), dim3(32), 0, nullptr, m.data(), r.data()); },
+                       "ldmatrix in kernel ldmatrixFromGlobal gave an address that is not shared memory");
   });
 
   std::printf("%d failed\n", failures);

@@ -1,0 +1,349 @@
+// A performance MODEL (not a measurement: no GPU ran) of the fused linear + cross-entropy CUDA
+// kernels on an A100 and an H100, from what the compiler says about them and from their tiling:
+//   - `nvcc -Xptxas -v`: registers, shared memory and spills of each kernel, for sm_80 and sm_90;
+//   - the PTX of cuda/linear_cross_entropy.cu: the instruction mix of the mma forward's main loop
+//     (instructions, ldmatrix and cp.async per mma.sync) and of the backward's element staging;
+//   - the tiling (cuda/tile_gemm.cuh): bytes per stage, shared-memory bytes per mma, tiles, atomics.
+// Each kernel's time is the largest of its tensor, issue, shared-memory, L2 and DRAM times
+// (perfect overlap: a lower bound for the code as it stands), stretched by the last wave.
+//
+//   npm run bench:gpu-model            compile with nvcc, print the table (and --json for JSON)
+//   npm run bench:gpu-model -- --check also fail on spills, local memory, or > 128 registers in the mma forward
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+// ---------------------------------------------------------------- hardware (published figures; assumptions marked)
+
+export interface Gpu {
+  name: string;
+  sms: number;
+  clockHz: number;
+  /** Dense tensor-core peaks the kernels' instruction can reach, FLOP/s. */
+  bf16: number;
+  tf32: number;
+  hbm: number; // bytes/s
+  l2: number; // bytes/s, ASSUMED (microbenchmark ballpark, not published by the vendor)
+  smemPerSm: number; // bytes usable by blocks
+  smemBytesPerClock: number; // per SM
+  regsPerSm: number;
+  maxWarpsPerSm: number;
+  note: string;
+}
+
+export const GPUS: Gpu[] = [
+  {
+    name: 'A100', sms: 108, clockHz: 1.41e9, bf16: 312e12, tf32: 156e12, hbm: 2.0e12, l2: 5.0e12, smemPerSm: 164 * 1024,
+    smemBytesPerClock: 128, regsPerSm: 65536, maxWarpsPerSm: 64,
+    note: 'A100 SXM: 108 SMs at 1.41 GHz, 312 TFLOP/s bf16 dense, 2.0 TB/s HBM; L2 5 TB/s assumed',
+  },
+  {
+    name: 'H100', sms: 132, clockHz: 1.83e9, bf16: 989e12 * 0.62, tf32: 494e12 * 0.62, hbm: 3.35e12, l2: 10e12,
+    smemPerSm: 228 * 1024, smemBytesPerClock: 128, regsPerSm: 65536, maxWarpsPerSm: 64,
+    note: 'H100 SXM: 132 SMs at 1.83 GHz, 989 TFLOP/s bf16 dense of which mma.sync (no wgmma) is assumed to reach 62%, 3.35 TB/s HBM; L2 10 TB/s assumed',
+  },
+];
+
+// ---------------------------------------------------------------- compiler facts
+
+export interface KernelResources {
+  registers: number;
+  stackBytes: number;
+  spillBytes: number;
+  staticSmem: number;
+}
+
+/** ptxas -v lines → resources per (mangled kernel name, arch). */
+export function parsePtxasLog(log: string): Map<string, KernelResources> {
+  const out = new Map<string, KernelResources>();
+  let current: string | null = null;
+  let res: KernelResources | null = null;
+  for (const line of log.split('\n')) {
+    const entry = /Compiling entry function '([^']+)' for '(sm_\d+)'/.exec(line);
+    if (entry) {
+      current = `${entry[1]}@${entry[2]}`;
+      res = { registers: 0, stackBytes: 0, spillBytes: 0, staticSmem: 0 };
+      out.set(current, res);
+      continue;
+    }
+    if (res === null) continue;
+    const frame = /(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads/.exec(line);
+    if (frame) {
+      res.stackBytes = Number(frame[1]);
+      res.spillBytes = Number(frame[2]) + Number(frame[3]);
+    }
+    const used = /Used (\d+) registers/.exec(line);
+    if (used) res.registers = Number(used[1]);
+    const smem = /(\d+) bytes smem/.exec(line);
+    if (smem) res.staticSmem = Number(smem[1]);
+  }
+  return out;
+}
+
+export interface LoopMix {
+  instructions: number;
+  mma: number;
+  ldmatrix: number;
+  cpAsync: number;
+  barriers: number;
+  /** Instructions of the epilogue, which runs once per class tile (every few steps). */
+  epilogueInstructions: number;
+}
+
+const isInstruction = (l: string) => {
+  const t = l.trim();
+  return t.endsWith(';') && !t.startsWith('.') && !t.startsWith('//') && !t.startsWith('{') && !t.startsWith('}');
+};
+
+/** The body of one .entry in a PTX file. */
+export function ptxEntry(ptx: string, nameIncludes: string): string[] {
+  const lines = ptx.split('\n');
+  const start = lines.findIndex((l) => l.includes('.entry') && l.includes(nameIncludes));
+  if (start < 0) throw new Error(`no PTX entry containing ${nameIncludes}`);
+  let end = lines.findIndex((l, i) => i > start && l.includes('.entry'));
+  if (end < 0) end = lines.length;
+  return lines.slice(start, end);
+}
+
+/**
+ * The mma forward's step (cuda/linear_cross_entropy.cu, linearCeForwardMmaKernel): from the
+ * loop's head (the label before its cp.async.wait_group) to the branch that skips the epilogue
+ * after the step's last mma.sync; the epilogue is what follows up to the loop's back edge.
+ */
+export function mmaStepMix(body: string[]): LoopMix {
+  const wait = body.findIndex((l) => l.includes('cp.async.wait_group'));
+  if (wait < 0) throw new Error('no cp.async.wait_group in the mma forward');
+  let head = wait;
+  while (head > 0 && !/^\$L__BB\S+:/.test(body[head]!.trim())) head--;
+  const label = body[head]!.trim().replace(/:$/, '');
+  let lastMma = -1;
+  for (let i = wait; i < body.length; i++) {
+    if (body[i]!.includes('shfl.sync')) break;
+    if (body[i]!.includes('mma.sync')) lastMma = i;
+  }
+  let stepEnd = lastMma;
+  while (stepEnd < body.length && !/\bbra\b/.test(body[stepEnd]!)) stepEnd++;
+  let backEdge = body.length - 1;
+  for (let i = body.length - 1; i > stepEnd; i--) {
+    if (new RegExp(`bra(\\.uni)?\\s+${label.replace('$', '\\$')};`).test(body[i]!)) {
+      backEdge = i;
+      break;
+    }
+  }
+  const step = body.slice(head, stepEnd + 1);
+  const count = (re: RegExp) => step.filter((l) => re.test(l)).length;
+  return {
+    instructions: step.filter(isInstruction).length,
+    mma: count(/mma\.sync/),
+    ldmatrix: count(/ldmatrix/),
+    cpAsync: count(/cp\.async\.cg/),
+    barriers: count(/bar\.sync/),
+    epilogueInstructions: body.slice(stepEnd + 1, backEdge + 1).filter(isInstruction).length,
+  };
+}
+
+/**
+ * The FloatTile products' staging (stageOperand in cuda/tile_gemm.cuh): innermost loops that
+ * store to shared memory and hold no tensor-core op; instructions per staged element.
+ */
+export function stagingPerElement(body: string[]): number {
+  const labelAt = new Map<string, number>();
+  body.forEach((l, i) => {
+    const m = /^(\$L__BB\S+):/.exec(l.trim());
+    if (m) labelAt.set(m[1]!, i);
+  });
+  let best = Infinity;
+  body.forEach((l, i) => {
+    const m = /bra(?:\.uni)?\s+(\$L__BB\S+);/.exec(l);
+    if (!m) return;
+    const start = labelAt.get(m[1]!);
+    if (start === undefined || start >= i) return;
+    const loop = body.slice(start, i + 1);
+    if (loop.some((x) => /wmma|mma\.sync|bar\.sync/.test(x))) return;
+    const stores = loop.filter((x) => /st\.shared/.test(x)).length;
+    const loads = loop.filter((x) => /ld\.global/.test(x)).length;
+    if (stores === 0 || loads === 0) return;
+    best = Math.min(best, loop.filter(isInstruction).length / stores);
+  });
+  if (!Number.isFinite(best)) throw new Error('no staging loop found');
+  return best;
+}
+
+// ---------------------------------------------------------------- the model
+
+export interface Case {
+  name: string;
+  N: number;
+  D: number;
+  V: number;
+  dtype: 'bf16' | 'tf32';
+}
+
+export const CASES: Case[] = [
+  { name: 'CCE paper (Gemma-2 2B head)', N: 8192, D: 2304, V: 256000, dtype: 'bf16' },
+  { name: 'S2 (bench:cpu), bf16', N: 2048, D: 512, V: 32000, dtype: 'bf16' },
+  { name: 'S2 (bench:cpu), tf32', N: 2048, D: 512, V: 32000, dtype: 'tf32' },
+];
+
+export interface ForwardFacts {
+  registers: number;
+  sharedBytes: number;
+  mix: LoopMix;
+}
+
+export interface Estimate {
+  seconds: number;
+  bound: string;
+  parts: Record<string, number>;
+  blocksPerSm: number;
+}
+
+/** The mma forward's tiling: 128 × 128 blocks of 256 threads, 64-byte k-stages, splits of 64-class tiles as the plan makes them. */
+export function forwardEstimate(c: Case, gpu: Gpu, f: ForwardFacts): Estimate {
+  const bytes = c.dtype === 'bf16' ? 2 : 4;
+  const flops = 2 * c.N * c.V * c.D;
+  const rowBlocks = Math.ceil(c.N / 128);
+  const vocabTiles = Math.ceil(c.V / 64);
+  const rowTiles = Math.ceil(c.N / 64);
+  const splits = Math.min(64, Math.ceil(1024 / rowTiles), vocabTiles);
+  const perSplit = Math.ceil(vocabTiles / splits);
+  const classTilesPerBlock = Math.ceil((perSplit * 64) / 128);
+  const stagesPerTile = Math.ceil((c.D * bytes) / 64);
+  const grid = rowBlocks * Math.ceil(vocabTiles / perSplit);
+  const steps = grid * classTilesPerBlock * stagesPerTile;
+  const blocksPerSm = Math.max(1, Math.min(
+    Math.floor(gpu.regsPerSm / (f.registers * 256)),
+    Math.floor(gpu.smemPerSm / (f.sharedBytes + 1024)),
+    Math.floor(gpu.maxWarpsPerSm / 8),
+  ));
+  const waves = grid / (gpu.sms * blocksPerSm);
+  const tail = Math.ceil(waves) / waves;
+  const peak = c.dtype === 'bf16' ? gpu.bf16 : gpu.tf32;
+  // mma per step and block: 8 warps × the step's mma (bf16 m16n8k16 = 4096 FLOP, tf32 m16n8k8 = 2048)
+  const warpInstructions = steps * 8 * f.mix.instructions + grid * classTilesPerBlock * 8 * f.mix.epilogueInstructions;
+  const smemPerStep = 8 * f.mix.ldmatrix * 512 + 2 * 128 * 64; // ldmatrix.x4 reads 512 B a warp; the copies write 16 KiB
+  const parts = {
+    tensor: flops / peak,
+    issue: warpInstructions / (gpu.sms * 4 * gpu.clockHz),
+    smem: (steps * smemPerStep) / (gpu.sms * gpu.smemBytesPerClock * gpu.clockHz),
+    l2: (steps * 2 * 128 * 64) / gpu.l2,
+    dram: ((c.N + c.V) * c.D * bytes + c.N * splits * 32) / gpu.hbm,
+  };
+  const [bound, t] = Object.entries(parts).reduce((a, b) => (b[1] > a[1] ? b : a));
+  return { seconds: t * tail, bound, parts, blocksPerSm };
+}
+
+/**
+ * The backward as it stands (FloatTile products with wmma, atomic mode): per (row tile, vocabulary
+ * tile) of 64 × 64 the logits are recomputed and dE, dW formed, each product staging every operand
+ * element through shared memory; every product tile is folded in with 4096 scalar fp32 atomics,
+ * whose accumulators (dE N·D, dW V·D fp32) do not fit in L2: read and written in DRAM.
+ */
+export function backwardEstimate(c: Case, gpu: Gpu, stagingInstructions: number): Estimate {
+  const flops = 3 * 2 * c.N * c.V * c.D;
+  const tiles = Math.ceil(c.N / 64) * Math.ceil(c.V / 64);
+  const staged = 3 * tiles * 128 * c.D; // (64 + 64) · K elements per product, three products a tile
+  const atomics = tiles * 2 * 64 * c.D; // dE and dW: a 64 × D block each per tile
+  const parts = {
+    tensor: flops / (c.dtype === 'bf16' ? gpu.bf16 : gpu.tf32),
+    issue: (staged * stagingInstructions) / 32 / (gpu.sms * 4 * gpu.clockHz),
+    atomics: (atomics * 4 * 2) / gpu.hbm,
+  };
+  // the atomics trail the products they follow: added, not overlapped
+  const seconds = Math.max(parts.tensor, parts.issue) + parts.atomics;
+  return { seconds, bound: parts.issue > parts.tensor ? 'issue + atomics' : 'tensor + atomics', parts, blocksPerSm: 1 };
+}
+
+/** Three GEMMs (logits, dE, dW) at the tensor peak, and at 70% of it: the row-chunked baseline. */
+export function threeGemmSeconds(c: Case, gpu: Gpu): [number, number] {
+  const t = (3 * 2 * c.N * c.V * c.D) / (c.dtype === 'bf16' ? gpu.bf16 : gpu.tf32);
+  return [t, t / 0.7];
+}
+
+// ---------------------------------------------------------------- compile and report
+
+interface Compiled {
+  resources: Map<string, KernelResources>;
+  ptx80: string;
+}
+
+/** ptxas -v for sm_80 and sm_90, and the sm_80 PTX, of cuda/linear_cross_entropy.cu. */
+function compile(): Compiled {
+  const work = mkdtempSync(path.join(tmpdir(), 'cutloss-gpu-model-'));
+  const src = path.join(root, 'cuda/linear_cross_entropy.cu');
+  const ptx = path.join(work, 'lce.ptx');
+  const run = (args: string[]) => {
+    const r = spawnSync('nvcc', ['-std=c++17', '-O3', ...args], { encoding: 'utf8', maxBuffer: 1 << 28 });
+    if (r.status !== 0) throw new Error(`nvcc ${args.join(' ')} failed: ${r.error?.message ?? r.stderr}`);
+    return `${r.stdout}${r.stderr}`;  // ptxas -v reports on stderr
+  };
+  run(['-arch=sm_80', '-ptx', src, '-o', ptx]);
+  const log = run(['-gencode', 'arch=compute_80,code=sm_80', '-gencode', 'arch=compute_90,code=sm_90', '-Xptxas=-v', '-c', src,
+    '-o', path.join(work, 'lce.o')]);
+  return { resources: parsePtxasLog(log), ptx80: readFileSync(ptx, 'utf8') };
+}
+
+export const MMA_KERNEL = (dtype: 'bf16' | 'tf32') => `linearCeForwardMmaKernelINS0_7Mma${dtype === 'bf16' ? 'Bf16' : 'Tf32'}E`;
+const BACKWARD_KERNEL = 'linearCeBackwardKernelINS0_8WmmaTileI13__nv_bfloat16Li16ES3_Li32ELi8EEELi0E';
+
+function resourcesOf(res: Map<string, KernelResources>, nameIncludes: string, arch: string): KernelResources {
+  for (const [k, v] of res) if (k.includes(nameIncludes) && k.endsWith(`@${arch}`)) return v;
+  throw new Error(`ptxas said nothing about ${nameIncludes} for ${arch}`);
+}
+
+const ms = (s: number) => `${(s * 1e3).toFixed(1)} ms`;
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const c = compile();
+  const rows: Record<string, unknown>[] = [];
+  const problems: string[] = [];
+  for (const dtype of ['bf16', 'tf32'] as const) {
+    for (const arch of ['sm_80', 'sm_90']) {
+      const r = resourcesOf(c.resources, MMA_KERNEL(dtype), arch);
+      if (r.spillBytes > 0 || r.stackBytes > 0) problems.push(`${dtype} mma forward on ${arch}: ${r.stackBytes} B stack, ${r.spillBytes} B spills`);
+      if (r.registers > 128) problems.push(`${dtype} mma forward on ${arch}: ${r.registers} registers (> 128: one block per SM)`);
+    }
+  }
+  const staging = stagingPerElement(ptxEntry(c.ptx80, BACKWARD_KERNEL));
+  console.log('cutloss GPU performance MODEL — estimates from ptxas, the PTX and the tiling; no GPU measured these.');
+  for (const g of GPUS) console.log(`  ${g.note}`);
+  for (const cs of CASES) {
+    const mix = mmaStepMix(ptxEntry(c.ptx80, MMA_KERNEL(cs.dtype)));
+    for (const g of GPUS) {
+      const arch = g.name === 'A100' ? 'sm_80' : 'sm_90';
+      const r = resourcesOf(c.resources, MMA_KERNEL(cs.dtype), arch);
+      const fwd = forwardEstimate(cs, g, { registers: r.registers, sharedBytes: 79872, mix });
+      const bwd = backwardEstimate(cs, g, staging);
+      const [gemm, gemm70] = threeGemmSeconds(cs, g);
+      rows.push({
+        case: cs.name, gpu: g.name, registers: r.registers, blocksPerSm: fwd.blocksPerSm,
+        instrPerMma: +(mix.instructions / mix.mma).toFixed(2), smemBytesPerMma: +((8 * mix.ldmatrix * 512 + 16384) / (8 * mix.mma)).toFixed(1),
+        forward: ms(fwd.seconds), forwardBound: fwd.bound, forwardOfPeak: `${((fwd.parts.tensor! / fwd.seconds) * 100).toFixed(0)}%`,
+        backward: ms(bwd.seconds), backwardBound: bwd.bound, total: ms(fwd.seconds + bwd.seconds),
+        threeGemm: `${ms(gemm)} (at 70%: ${ms(gemm70)})`, cce: cs.N === 8192 && g.name === 'A100' ? '134.8 ms (paper, measured)' : '',
+      });
+    }
+  }
+  if (args.includes('--json')) {
+    console.log(JSON.stringify({ model: true, staging, rows }, null, 2));
+  } else {
+    console.table(rows);
+    console.log(`backward staging: ${staging.toFixed(1)} PTX instructions per staged element (FloatTile products)`);
+  }
+  if (problems.length > 0) {
+    console.error(problems.join('\n'));
+    if (args.includes('--check')) process.exitCode = 1;
+  }
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((e: unknown) => {
+    console.error(e);
+    process.exitCode = 1;
+  });
+}
