@@ -7,6 +7,7 @@
       "target_name": "cutloss",
       "sources": [
         "src/addon.cc",
+        "src/bench_probe.cc",
         "src/boundary.cc",
         "src/cuda_host.cc",
         "src/device_buffer.cc",

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// The `cutloss` command (package.json "bin"): `cutloss doctor` and `cutloss --version`. Exit
+// The `cutloss` command (package.json "bin"): `cutloss doctor`, `cutloss bench` (lib/bench)
+// and `cutloss --version`. Exit
 // status 0 when every check passed, 1 when one failed or the backend asked for is unavailable,
 // 2 on bad usage.
 
@@ -7,6 +8,7 @@ import { packageInfo } from './native-loader.cjs';
 import { runDoctor, type CheckResult, type CheckedBackend, type DoctorReport } from './doctor.js';
 
 const USAGE = `Usage: cutloss doctor [--backend cuda|cuda-emu|cpu] [--quick] [--json] [--seed N]
+       cutloss bench [--backend NAME] [--cases LIST] [--quick] [--json] [--out DIR] [--budget S] …
        cutloss --version
 
   Prints the backends and why each is or is not available, the GPU as nvidia-smi sees it,
@@ -81,7 +83,7 @@ function printHeader(r: DoctorReport): void {
   console.log(`\nChecks on ${r.target.backend} against the js reference: ${r.target.note} (seed ${r.seed}${r.quick ? ', quick' : ''})`);
 }
 
-function main(argv: string[]): number {
+function main(argv: string[]): number | Promise<number> {
   const [command, ...rest] = argv;
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
     console.log(USAGE);
@@ -90,6 +92,10 @@ function main(argv: string[]): number {
   if (command === '--version' || command === '-v' || command === 'version') {
     console.log(packageInfo().version);
     return 0;
+  }
+  if (command === 'bench') {
+    // loaded only for this command: the benchmark's modules are of no use to the others
+    return import('./bench/cli.js').then((m) => m.benchMain(rest));
   }
   if (command !== 'doctor') {
     console.error(`cutloss: unknown command '${command}'\n\n${USAGE}`);
@@ -126,4 +132,6 @@ function main(argv: string[]): number {
   return report.passed ? 0 : 1;
 }
 
-process.exitCode = main(process.argv.slice(2));
+const status = main(process.argv.slice(2));
+if (typeof status === 'number') process.exitCode = status;
+else void status.then((code) => { process.exitCode = code; });

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "bench_probe.h"
 #include "boundary.h"
 #include "cuda_host.h"
 #include "device_buffer.h"
@@ -153,6 +154,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerOps(env, exports);
   registerSharing(env, exports);
   cpu::registerCpu(env, exports);
+  registerBenchProbe(env, exports);
   return exports;
 }
 

@@ -139,6 +139,38 @@ bool isDeviceMemory(const void* p) {
   return attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged;
 }
 
+void memoryInfo(size_t* freeBytes, size_t* totalBytes) {
+  requireAvailable();
+  cudaError_t err = cudaMemGetInfo(freeBytes, totalBytes);
+  if (err != cudaSuccess) fail(err, "cudaMemGetInfo");
+}
+
+float timeOnDefaultStream(const std::function<void()>& body) {
+  requireAvailable();
+  cudaEvent_t start = nullptr, stop = nullptr;
+  cudaError_t err = cudaEventCreate(&start);
+  if (err == cudaSuccess) err = cudaEventCreate(&stop);
+  // Events are destroyed whether body throws or not (a JS exception passes through here).
+  struct Events {
+    cudaEvent_t& a;
+    cudaEvent_t& b;
+    ~Events() {
+      if (a != nullptr) cudaEventDestroy(a);
+      if (b != nullptr) cudaEventDestroy(b);
+    }
+  } events{start, stop};
+  if (err != cudaSuccess) fail(err, "cudaEventCreate");
+  err = cudaEventRecord(start, nullptr);
+  if (err != cudaSuccess) fail(err, "cudaEventRecord");
+  body();
+  err = cudaEventRecord(stop, nullptr);
+  if (err == cudaSuccess) err = cudaEventSynchronize(stop);
+  float ms = 0;
+  if (err == cudaSuccess) err = cudaEventElapsedTime(&ms, start, stop);
+  if (err != cudaSuccess) fail(err, "cudaEvent timing");
+  return ms;
+}
+
 #else  // no CUDA part in this build
 
 const Status& status() {
@@ -170,6 +202,11 @@ void ipcClose(void*) noexcept {}
 bool isDeviceMemory(const void*) {
   requireAvailable();
   return false;
+}
+void memoryInfo(size_t*, size_t*) { requireAvailable(); }
+float timeOnDefaultStream(const std::function<void()>&) {
+  requireAvailable();
+  return 0;
 }
 
 #endif

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 
 namespace cutloss::cudahost {
@@ -40,5 +41,13 @@ void* ipcOpen(const std::string& handle);
 void ipcClose(void* base) noexcept;
 /** Whether p points into device (or managed) memory; throws ArgError E_BACKEND when CUDA cannot tell. */
 bool isDeviceMemory(const void* p);
+
+/** cudaMemGetInfo of the current device: memory free for any process, and the device's total. */
+void memoryInfo(size_t* freeBytes, size_t* totalBytes);
+/**
+ * Runs `body` between two events recorded on the default stream (where every cutloss launch
+ * goes) and returns cudaEventElapsedTime: the device's own clock, not the host's.
+ */
+float timeOnDefaultStream(const std::function<void()>& body);
 
 }  // namespace cutloss::cudahost

@@ -22,6 +22,17 @@ namespace {
 
 std::atomic<size_t> gLiveCount{0};
 std::atomic<size_t> gLiveBytes{0};
+// Per backend (index: Backend), for the benchmark's allocator high-water mark.
+std::atomic<size_t> gBackendLive[2]{};
+std::atomic<size_t> gBackendPeak[2]{};
+
+void accountOwned(Backend backend, size_t bytes) {
+  const int b = static_cast<int>(backend);
+  const size_t now = gBackendLive[b] += bytes;
+  size_t peak = gBackendPeak[b].load();
+  while (now > peak && !gBackendPeak[b].compare_exchange_weak(peak, now)) {
+  }
+}
 
 // Emulator memory is whole pages from mmap: page-aligned (more than cudaMalloc's 256 bytes,
 // so emulated kernels see real pointer alignment), zero-filled by the kernel, and replaceable
@@ -56,7 +67,10 @@ Backend readBackend(const Napi::Value& v, const char* name) {
 DeviceBuffer::DeviceBuffer(Backend backend, Ownership ownership, void* data, size_t bytes, size_t mapped)
     : backend_(backend), ownership_(ownership), data_(data), bytes_(bytes), mapped_(mapped) {
   gLiveCount++;
-  if (ownership_ == Ownership::Owned) gLiveBytes += bytes;
+  if (ownership_ == Ownership::Owned) {
+    gLiveBytes += bytes;
+    accountOwned(backend, bytes);
+  }
 }
 
 DeviceBuffer::~DeviceBuffer() {
@@ -70,7 +84,10 @@ DeviceBuffer::~DeviceBuffer() {
     }
   }
   gLiveCount--;
-  if (ownership_ == Ownership::Owned) gLiveBytes -= bytes_;
+  if (ownership_ == Ownership::Owned) {
+    gLiveBytes -= bytes_;
+    gBackendLive[static_cast<int>(backend_)] -= bytes_;
+  }
 }
 
 std::shared_ptr<DeviceBuffer> DeviceBuffer::allocate(Backend backend, size_t bytes) {
@@ -175,6 +192,13 @@ std::string DeviceBuffer::ipcHandle() {
 
 size_t DeviceBuffer::liveCount() { return gLiveCount.load(); }
 size_t DeviceBuffer::liveBytes() { return gLiveBytes.load(); }
+size_t DeviceBuffer::liveBytes(Backend backend) { return gBackendLive[static_cast<int>(backend)].load(); }
+size_t DeviceBuffer::peakBytes(Backend backend) { return gBackendPeak[static_cast<int>(backend)].load(); }
+void DeviceBuffer::resetPeak(Backend backend) {
+  const int b = static_cast<int>(backend);
+  gBackendPeak[b].store(gBackendLive[b].load());
+}
+size_t DeviceBuffer::emulatorCapacity() { return physicalMemory(); }
 
 namespace handles {
 

@@ -58,6 +58,13 @@ class DeviceBuffer {
   static size_t liveCount();
   /** Bytes of the owned ones. */
   static size_t liveBytes();
+  /** Bytes of the owned ones on one backend, and their high-water mark since the last resetPeak. */
+  static size_t liveBytes(Backend backend);
+  static size_t peakBytes(Backend backend);
+  /** Sets the backend's high-water mark to its live bytes (the benchmark's before-the-call). */
+  static void resetPeak(Backend backend);
+  /** The memory the emulator may use: the machine's physical memory, as allocate() checks it. */
+  static size_t emulatorCapacity();
 
  private:
   DeviceBuffer(Backend backend, Ownership ownership, void* data, size_t bytes, size_t mapped);

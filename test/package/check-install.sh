@@ -43,7 +43,7 @@ for f in dist/esm/index.js dist/esm/index.d.ts dist/cjs/index.js dist/cjs/index.
          cuda/linear_cross_entropy.cu src/cpu/find-openblas.cjs README.md; do
   grep -qx "package/$f" <<<"$listing" || { echo "the tarball lacks $f"; exit 1; }
 done
-if grep -E '^package/(test|bench|build|node_modules|prebuilds|lib|\.ci)/' <<<"$listing"; then
+if grep -E '^package/(test|bench|build|node_modules|prebuilds|\.ci)/|^package/lib/.*\.ts$' <<<"$listing"; then
   echo "the tarball holds files a consumer does not need (above)"; exit 1
 fi
 echo "source tarball: $(du -k "$work/source.tgz" | cut -f1) KiB, $(wc -l <<<"$listing") files"

@@ -1,6 +1,6 @@
 // The memory-bandwidth limit of S1 and S3: the time to stream a [rows, cols] float matrix as
 // often as the fewest-pass row algorithm must, read twice and written once (pass 1: each
-// row's max; pass 2: y = x − max), with no arithmetic to speak of. bench/cpu/run.ts builds it
+// row's max; pass 2: y = x − max), with no arithmetic to speak of. lib/bench/run.ts builds it
 // (g++ -O3 -march=native -fopenmp) and runs it with the benchmark's thread count.
 //   stream <rows> <cols> <runs>
 // Prints one JSON line: median ms writing into an output written before (`warmMs`), and into
