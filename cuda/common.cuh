@@ -192,7 +192,8 @@ enum RowStatOffset : int {
   kStatTau = 7,
   kStatOmega = 8,
   kStatSupport = 9,
-  kStatCount = 10,
+  kStatLogSum = 10,
+  kStatCount = 11,
 };
 static_assert(kStatCount <= kRowStatFloats, "RowStats must fit in the rowStats stride");
 
@@ -208,6 +209,7 @@ __device__ __forceinline__ void storeRowStats(float* rowStats, int64_t row, cons
   stats[kStatTau] = st.tau;
   stats[kStatOmega] = st.omega;
   stats[kStatSupport] = st.support;
+  stats[kStatLogSum] = st.logSum;
 }
 
 __device__ __forceinline__ RowStats loadRowStats(const float* rowStats, int64_t row) {
@@ -223,6 +225,7 @@ __device__ __forceinline__ RowStats loadRowStats(const float* rowStats, int64_t 
   st.tau = stats[kStatTau];
   st.omega = stats[kStatOmega];
   st.support = stats[kStatSupport];
+  st.logSum = stats[kStatLogSum];
   return st;
 }
 

@@ -59,6 +59,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 
     RowStats st;
     st.lse = lseValue(s.lse);
+    st.logSum = logf(s.lse.sum);
     st.zLabel = isClass(label, cols) ? z(label) : quietNaN();
     st.sumWeightedZ = s.sumWeightedZ;
     st.sumSqOthers = s.sumSqOthers;

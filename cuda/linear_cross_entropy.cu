@@ -439,6 +439,7 @@ __global__ void __launch_bounds__(kTileThreads) linearCeMergeKernel(LinearCeArgs
   overflow = __any_sync(kFullWarp, overflow != 0);
   RowStats st;
   st.lse = lseValue(s.lse);
+  st.logSum = logf(s.lse.sum);
   st.zLabel = s.zLabel;
   st.sumWeightedZ = s.sumWeightedZ;
   st.sumSqOthers = s.sumSqOthers;

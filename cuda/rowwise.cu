@@ -96,9 +96,15 @@ __global__ void __launch_bounds__(kMaxRowThreads) stablemaxKernel(MatrixRef x, b
   const int cols = static_cast<int>(x.cols);
   for (int64_t row = blockIdx.x; row < x.rows; row += gridDim.x) {
     const int64_t base = row * x.cols;
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) sum += stablemaxS(loadElement(x.data, x.dtype, base + j));
-    sum = blockSum(sum);
+    float partial = 0.0f;
+    float max = negativeInfinity();
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float v = loadElement(x.data, x.dtype, base + j);
+      partial += stablemaxS(v);
+      max = maxPropagatingNaN(max, v);
+    }
+    partial = blockSum(partial);
+    const float sum = stablemaxRowSum(partial, blockMax(max));  // NaN for +inf or all −inf, as softmax
     const float logSum = logf(sum);
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float v = loadElement(x.data, x.dtype, base + j);
@@ -115,14 +121,17 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     const int64_t base = row * x.cols;
     // S and Σ dy (log) or Σ dy·s (then Σ dy·y = that / S), in one pass
     FloatPair sums{0.0f, 0.0f};
+    float max = negativeInfinity();
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-      const float s = stablemaxS(loadElement(x.data, x.dtype, base + j));
+      const float v = loadElement(x.data, x.dtype, base + j);
+      const float s = stablemaxS(v);
       const float g = loadElement(dy.data, dy.dtype, base + j);
       sums.a += s;
       sums.b += logForm ? g : g * s;
+      max = maxPropagatingNaN(max, v);
     }
     sums = blockSum2(sums);
-    const float S = sums.a;
+    const float S = stablemaxRowSum(sums.a, blockMax(max));  // NaN for +inf or all −inf, as softmax
     const float dot = logForm ? sums.b : sums.b / S;
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float v = loadElement(x.data, x.dtype, base + j);

@@ -257,7 +257,12 @@ function hostOnly(values: [unknown, string][], fn: string): void {
   }
 }
 
-/** The backend's async twins; a backend without them (js) runs the sync op on a later turn of the event loop. */
+/**
+ * The backend's async twins; a backend without them (js) computes at call time and settles
+ * on a later turn of the event loop: like the native twins, which copy their inputs before
+ * returning, the result never depends on what happens to the inputs after the call (a
+ * buffer transferred to a worker, an array reused).
+ */
 function asyncOps(b: Backend): AsyncBackendOps {
   if (b.async !== undefined) return b.async;
   return {
@@ -849,16 +854,15 @@ function nativeForPlanning(): NativeBackend {
 // They settle asynchronously and reject (never throw) on bad input. Native backends run the
 // work on the libuv pool; the reference backend runs it on the JS thread after the current tick.
 
+/** fn's result (or error) now, settled on a later turn of the event loop. */
 function later<T>(fn: () => T): Promise<T> {
-  return new Promise((resolve, reject) => {
-    setImmediate(() => {
-      try {
-        resolve(fn());
-      } catch (e) {
-        reject(e);
-      }
-    });
-  });
+  let result: T;
+  try {
+    result = fn();
+  } catch (e) {
+    return new Promise((_, reject) => setImmediate(() => reject(e)));
+  }
+  return new Promise((resolve) => setImmediate(() => resolve(result)));
 }
 
 /**

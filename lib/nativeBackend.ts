@@ -141,7 +141,8 @@ export function gradientScales(
       if (labels[i] === o.ignoreIndex) continue;
       const g = typeof o.gradScale === 'number' ? o.gradScale : o.gradScale[i]!;
       if (o.reduction === 'mean') {
-        scaleWeighted[i] = sumTargetWeights === 0 ? 0 : g / sumTargetWeights;
+        // target weights summing to 0: the weighted mean Σ w·ℓ / 0 has no gradient (NaN)
+        scaleWeighted[i] = sumTargetWeights === 0 ? NaN : g / sumTargetWeights;
         scaleUnweighted[i] = g / valid;
       } else {
         scaleWeighted[i] = g;

@@ -133,9 +133,10 @@ describe('cuda/math matches lib/js/math.ts', () => {
     checkFloats('lsePush', (row) => [m.lseValue(m.lseOfBlock(row))],
       (row) => ({ rtol: 4 * EPS32, atol: 8 * EPS32 * (inputScale(row) + 1) }));
     // x − lse and exp(x − lse) to full fp32 precision, even where lse itself is 1e4 or 3e38
-    checkFloats('minusLse', (row) => row.map((x) => x - m.lseValue(m.lseOfBlock(row))),
+    const state = (row: number[]) => m.lseOfBlock(row);
+    checkFloats('minusLse', (row) => row.map((x) => m.minusLse(x, state(row).max, Math.log(state(row).sum))),
       (row) => ({ rtol: 4 * EPS32, atol: 8 * EPS32 }));
-    checkFloats('expMinusLse', (row) => row.map((x) => m.expShifted(x, m.lseValue(m.lseOfBlock(row)))),
+    checkFloats('expMinusLse', (row) => row.map((x) => m.expMinusLse(x, state(row).max, Math.log(state(row).sum))),
       () => ({ rtol: 8 * EPS32, atol: 1e-44 }));
   });
 
@@ -188,19 +189,19 @@ describe('cuda/math matches lib/js/math.ts', () => {
   });
 
   describe('loss epilogues on every option combination and normalizer', () => {
-    // a: [vocab, normalizer, α, γ, ε, λ, σ, 10 RowStats fields, wLabel, sumWeights, sW, sU, ...]
+    // a: [vocab, normalizer, α, γ, ε, λ, σ, 11 RowStats fields, wLabel, sumWeights, sW, sU, ...]
     const decode = (l: ProbeLine) => {
       const a = l.a;
       const k: m.LossConstants = {
         vocab: a[0]!, normalizer: a[1]!, smoothing: f(a[2]!), focalGamma: f(a[3]!), polyEpsilon: f(a[4]!),
         zLoss: f(a[5]!), squentropy: f(a[6]!),
       };
-      const s = a.slice(7, 17).map(f);
+      const s = a.slice(7, 18).map(f);
       const st: m.RowStats = {
         lse: s[0]!, zLabel: s[1]!, sumWeightedZ: s[2]!, sumSqOthers: s[3]!, stableSum: s[4]!, sumWeightedLogS: s[5]!,
-        zMax: s[6]!, tau: s[7]!, omega: s[8]!, support: s[9]!,
+        zMax: s[6]!, tau: s[7]!, omega: s[8]!, support: s[9]!, logSum: s[10]!,
       };
-      const [wLabel, sumWeights, sW, sU] = a.slice(17, 21).map(f) as [number, number, number, number];
+      const [wLabel, sumWeights, sW, sU] = a.slice(18, 22).map(f) as [number, number, number, number];
       const rl = m.rowLoss(k, st, wLabel, sumWeights);
       const rg = m.rowGrad(k, st, rl, wLabel, sW, sU);
       // fp32 rounding of terms of the statistics' magnitude, times the scales and weights they meet
@@ -232,7 +233,7 @@ describe('cuda/math matches lib/js/math.ts', () => {
       let n = 0;
       for (const l of linesOf('gradCoefficient')) {
         const { rg, tol, k } = decode(l);
-        const [z, isLabel, wK] = [f(l.a[21]!), l.a[22] === 1, f(l.a[23]!)];
+        const [z, isLabel, wK] = [f(l.a[22]!), l.a[23] === 1, f(l.a[24]!)];
         compare('gradCoefficient', [f(l.r[0]!)], [m.gradCoefficient(rg, z, isLabel, wK)], tol, `${JSON.stringify(k)} z=${z}`);
         n++;
       }

@@ -104,18 +104,25 @@ function lseRow(z: readonly Dual[], keep?: readonly boolean[]): Dual {
     .add(m);
 }
 
+/** z_j − lse for every j, formed as (z_j − m) − log Σ exp(z − m): at |m| ≈ 3e38 even float64
+ * would round log Σ away in m + log Σ. A row whose max is ±inf (or that keeps nothing) has no
+ * finite distribution and gives NaN throughout, as PyTorch's softmax. */
+function logProbsRow(z: readonly Dual[], keep?: readonly boolean[]): Dual[] {
+  const live = z.filter((_, j) => !keep || keep[j]);
+  const m = live.length === 0 ? -Infinity : Math.max(...live.map((zj) => zj.v));
+  if (!Number.isFinite(m) && !Number.isNaN(m)) return z.map(() => new Dual(NaN, NaN));
+  const logSum = dualSum(live.map((zj) => zj.sub(m).exp())).log();
+  return z.map((zj, j) => (!keep || keep[j] ? zj.sub(m).sub(logSum) : new Dual(-Infinity)));
+}
+
 function softmaxRowD(x: readonly Dual[], temperature: number, keep?: readonly boolean[]): Dual[] {
   const z = x.map((xj) => xj.div(temperature));
-  if (keep && !keep.some(Boolean)) return x.map(() => new Dual(NaN, NaN)); // as PyTorch
-  const lse = lseRow(z, keep);
-  return z.map((zj, j) => (!keep || keep[j] ? zj.sub(lse).exp() : new Dual(0)));
+  return logProbsRow(z, keep).map((l) => l.exp());
 }
 
 function logSoftmaxRowD(x: readonly Dual[], temperature: number, keep?: readonly boolean[]): Dual[] {
   const z = x.map((xj) => xj.div(temperature));
-  if (keep && !keep.some(Boolean)) return x.map(() => new Dual(NaN, NaN));
-  const lse = lseRow(z, keep);
-  return z.map((zj, j) => (!keep || keep[j] ? zj.sub(lse) : new Dual(-Infinity)));
+  return logProbsRow(z, keep);
 }
 
 /** StableMax's s(x): x + 1 for x ≥ 0, 1/(1 − x) for x < 0 (Prieto et al. 2025). */
@@ -123,13 +130,18 @@ function stablemaxS(x: Dual): Dual {
   return x.v >= 0 ? x.add(1) : new Dual(1).div(new Dual(1).sub(x));
 }
 
+/** A row with +inf or only −inf has no finite distribution: NaN, as softmax. */
+const noFiniteMax = (x: readonly Dual[]) => !Number.isFinite(Math.max(...x.map((xj) => xj.v)));
+
 function stablemaxRowD(x: readonly Dual[]): Dual[] {
+  if (noFiniteMax(x)) return x.map(() => new Dual(NaN, NaN));
   const s = x.map(stablemaxS);
   const S = dualSum(s);
   return s.map((sj) => sj.div(S));
 }
 
 function logStablemaxRowD(x: readonly Dual[]): Dual[] {
+  if (noFiniteMax(x)) return x.map(() => new Dual(NaN, NaN));
   const s = x.map(stablemaxS);
   const logS = dualSum(s).log();
   return s.map((sj) => sj.log().sub(logS));
@@ -448,11 +460,12 @@ function ceRowTerms(x: readonly Dual[], t: number, o: CeResolved): RowTerms {
   let p: Dual[];
   let ell: Dual[]; // ℓ_j: the loss if the target were class j
   if (o.normalizer === 'softmax') {
-    p = z.map((zj) => zj.sub(lse).exp());
-    ell = z.map((zj) => lse.sub(zj));
+    const logP = logProbsRow(z);
+    p = logP.map((l) => l.exp());
+    ell = logP.map((l) => l.neg());
   } else if (o.normalizer === 'stablemax') {
     const s = z.map(stablemaxS);
-    const S = dualSum(s);
+    const S = noFiniteMax(z) ? new Dual(NaN, NaN) : dualSum(s);
     p = s.map((sj) => sj.div(S));
     ell = s.map((sj) => S.log().sub(sj.log()));
   } else {

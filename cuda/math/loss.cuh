@@ -29,6 +29,7 @@ struct LossConstants {
 /** What the forward pass reduces for each row (only the fields its options need). */
 struct RowStats {
   float lse;              // log Σ exp(z)
+  float logSum;           // log Σ exp(z − zMax): z − lse is formed as (z − zMax) − logSum (see minusLse)
   float zLabel;           // z_t
   float sumWeightedZ;     // Σ_j w_j z_j (for smoothing)
   float sumSqOthers;      // Σ_{j≠t} z_j² (squentropy)
@@ -62,22 +63,24 @@ CUTLOSS_HD RowLoss rowLoss(const LossConstants& k, const RowStats& st, float wLa
   float labelLoss, pLabel, oneMinusPLabel;
   float spreadLoss = 0.0f;
   if (k.normalizer == kNormalizerStablemax) {
-    const float logS = logf(st.stableSum);
+    const float S = stablemaxRowSum(st.stableSum, st.zMax);
+    const float logS = logf(S);
     labelLoss = logS - stablemaxLogS(st.zLabel);
     if (alpha > 0.0f) spreadLoss = sumWeights * logS - st.sumWeightedLogS;
     const float sLabel = stablemaxS(st.zLabel);
-    pLabel = sLabel / st.stableSum;
-    oneMinusPLabel = (st.stableSum - sLabel) / st.stableSum;
+    pLabel = sLabel / S;
+    oneMinusPLabel = (S - sLabel) / S;
   } else if (k.normalizer == kNormalizerSparsemax) {
     labelLoss = st.omega - (st.zLabel - st.zMax);
     if (alpha > 0.0f) spreadLoss = sumWeights * (st.omega + st.zMax) - st.sumWeightedZ;
     pLabel = maxPropagatingNaN(st.zLabel - st.zMax - st.tau, 0.0f);
     oneMinusPLabel = 1.0f - pLabel;
   } else {
-    labelLoss = st.lse - st.zLabel;
+    const float logP = minusLse(st.zLabel, st.zMax, st.logSum);  // z_t − lse without rounding lse
+    labelLoss = -logP;
     if (alpha > 0.0f) spreadLoss = sumWeights * st.lse - st.sumWeightedZ;
-    pLabel = expf(st.zLabel - st.lse);
-    oneMinusPLabel = -expm1f(st.zLabel - st.lse);  // accurate when p_t ≈ 1
+    pLabel = expf(logP);
+    oneMinusPLabel = -expm1f(logP);  // accurate when p_t ≈ 1
   }
   const float ce = keep * labelLoss + (alpha > 0.0f ? spread * spreadLoss : 0.0f);
   const float focal = k.focalGamma == 0.0f ? 1.0f : powf(oneMinusPLabel, k.focalGamma);
@@ -96,6 +99,7 @@ CUTLOSS_HD RowLoss rowLoss(const LossConstants& k, const RowStats& st, float wLa
 struct RowGrad {
   int normalizer;
   float lse;
+  float logSum;
   float pLabel;
   float mass;        // s_W·F·Σa_j
   float keep;        // s_W·F·(1 − α)·w_t   (a_t's label part)
@@ -121,6 +125,7 @@ CUTLOSS_HD RowGrad rowGrad(const LossConstants& k, const RowStats& st, const Row
   RowGrad rg;
   rg.normalizer = k.normalizer;
   rg.lse = st.lse;
+  rg.logSum = st.logSum;
   rg.pLabel = r.pLabel;
   rg.mass = sWF * r.targetMass;
   rg.keep = sWF * (1.0f - k.smoothing) * wLabel;
@@ -128,7 +133,7 @@ CUTLOSS_HD RowGrad rowGrad(const LossConstants& k, const RowStats& st, const Row
   rg.kappa = (dFocal == 0.0f ? 0.0f : sWeighted * r.ce * dFocal) - sUnweighted * k.polyEpsilon;
   rg.zCoef = sUnweighted * 2.0f * k.zLoss * st.lse;
   rg.sqCoef = k.vocab > 1 ? (sUnweighted * 2.0f * k.squentropy) / static_cast<float>(k.vocab - 1) : 0.0f;
-  rg.stableSum = st.stableSum;
+  rg.stableSum = stablemaxRowSum(st.stableSum, st.zMax);
   rg.dlogSLabel = stablemaxDlogS(st.zLabel);
   rg.zMax = st.zMax;
   rg.tau = st.tau;
@@ -143,23 +148,25 @@ CUTLOSS_HD RowGrad rowGrad(const LossConstants& k, const RowStats& st, const Row
  * times 1/Σ instead of paying a second exponential.
  */
 CUTLOSS_HD float gradCoefficientGivenSoftmax(const RowGrad& rg, float z, float softmaxK, bool isLabel, float wK) {
-  float d = rg.zCoef * softmaxK - rg.spread * wK;
-  if (isLabel) d -= rg.keep;
-  else if (rg.sqCoef != 0.0f) d += rg.sqCoef * z;  // guarded: 0·(−inf) would be NaN
+  float d = rg.zCoef * softmaxK;
+  if (!isLabel && rg.sqCoef != 0.0f) d += rg.sqCoef * z;  // guarded: 0·(−inf) would be NaN
+  const float target = rg.spread * wK + (isLabel ? rg.keep : 0.0f);  // a_k
   if (rg.normalizer == kNormalizerSoftmax) {
     // ∂C = Σa·p_k − a_k; ∂p_t = p_t(δ_tk − p_k)
-    d += rg.mass * softmaxK + rg.kappa * rg.pLabel * ((isLabel ? 1.0f : 0.0f) - softmaxK);
+    d += rg.mass * softmaxK - target + rg.kappa * rg.pLabel * ((isLabel ? 1.0f : 0.0f) - softmaxK);
   } else if (rg.normalizer == kNormalizerStablemax) {
-    // ∂C = Σa·s'_k/S − a_k·s'_k/s_k; ∂p_t = p_t(δ_tk·s'_t/s_t − s'_k/S)
+    // ∂C = Σa·s'_k/S − a_k·s'_k/s_k; ∂p_t = p_t(δ_tk·s'_t/s_t − s'_k/S). a_k is multiplied by
+    // s'/s itself, not by (1 − s'/s) after subtracting a_k: that difference of two near-equal
+    // terms cost 2^-24/(s'/s) relative, 2e-4 at logits of 1e4.
     const float dsOverS = stablemaxDs(z) / rg.stableSum;
     const float dlogS = stablemaxDlogS(z);
-    d += rg.mass * dsOverS + (rg.spread * wK + (isLabel ? rg.keep : 0.0f)) * (1.0f - dlogS);
+    d += rg.mass * dsOverS - target * dlogS;
     d += rg.kappa * rg.pLabel * ((isLabel ? rg.dlogSLabel : 0.0f) - dsOverS);
   } else {
     // sparsemax: ∂C = Σa·p_k − a_k; ∂p_t = [t, k ∈ supp](δ_tk − 1/|supp|)
     const float u = z - rg.zMax - rg.tau;  // z − τ, formed relative to the max
     const bool inSupport = u > 0.0f;
-    d += rg.mass * (inSupport ? u : 0.0f);
+    d += rg.mass * (inSupport ? u : 0.0f) - target;
     if (rg.labelInSupport && inSupport) d += rg.kappa * ((isLabel ? 1.0f : 0.0f) - rg.invSupport);
   }
   return d;
@@ -167,7 +174,7 @@ CUTLOSS_HD float gradCoefficientGivenSoftmax(const RowGrad& rg, float z, float s
 
 /** dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k). */
 CUTLOSS_HD float gradCoefficient(const RowGrad& rg, float z, bool isLabel, float wK) {
-  return gradCoefficientGivenSoftmax(rg, z, expShifted(z, rg.lse), isLabel, wK);
+  return gradCoefficientGivenSoftmax(rg, z, expMinusLse(z, rg.zMax, rg.logSum), isLabel, wK);
 }
 
 }  // namespace cutloss

@@ -59,15 +59,18 @@ CUTLOSS_HD float lseValue(LseState s) {
 // (x − max) − log(sum). In fp32 the rounding of lse itself would cost |lse|·2^-24 (5e-4 at
 // logits of 1e4); this keeps full precision. logSum = log(sum) is the row's constant.
 
+// A row whose max is +inf (an infinite logit) or −inf (every entry −inf or masked) has no
+// finite distribution: both give NaN for the whole row, as PyTorch (inf − inf, 0/0).
+
 /** x − lseValue(s), given logSum = log(s.sum). */
 CUTLOSS_HD float minusLse(float x, float max, float logSum) {
-  if (max == positiveInfinity() || max == negativeInfinity()) return x - max;
+  if (max == positiveInfinity() || max == negativeInfinity()) return quietNaN();
   return (x - max) - logSum;
 }
 
 /** expShifted(x, lseValue(s)), given logSum = log(s.sum). */
 CUTLOSS_HD float expMinusLse(float x, float max, float logSum) {
-  if (max == positiveInfinity() || max == negativeInfinity()) return expShifted(x, max);
+  if (max == positiveInfinity() || max == negativeInfinity()) return quietNaN();
   return expNonPositive((x - max) - logSum);
 }
 

@@ -22,4 +22,12 @@ CUTLOSS_HD float stablemaxDs(float x) {
 /** s'(x) / s(x), the derivative of log s(x). */
 CUTLOSS_HD float stablemaxDlogS(float x) { return x >= 0.0f ? 1.0f / (x + 1.0f) : 1.0f / (1.0f - x); }
 
+/**
+ * S = Σ s(z) of a row whose max is zMax, or NaN where the row has no finite distribution: a
+ * +inf logit (S = inf) or every logit −inf (S = 0), as softmax (minusLse).
+ */
+CUTLOSS_HD float stablemaxRowSum(float sum, float zMax) {
+  return zMax > negativeInfinity() && zMax < positiveInfinity() ? sum : quietNaN();
+}
+
 }  // namespace cutloss

@@ -92,7 +92,7 @@ class SparsemaxCandidates {
 
 function emptyStats(): RowStats {
   return {
-    lse: 0, zLabel: 0, sumWeightedZ: 0, sumSqOthers: 0, stableSum: 0, sumWeightedLogS: 0, zMax: 0, tau: 0, omega: 0,
+    lse: 0, logSum: 0, zLabel: 0, sumWeightedZ: 0, sumSqOthers: 0, stableSum: 0, sumWeightedLogS: 0, zMax: 0, tau: 0, omega: 0,
     support: 0,
   };
 }
@@ -219,6 +219,7 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
   const stats = emptyStats();
   const fillStats = (row: number): RowStats => {
     stats.lse = lse[row]!;
+    stats.logSum = Math.log(rowSum[row]!);
     stats.zLabel = zLabel[row]!;
     stats.sumWeightedZ = sumWZ === null ? 0 : sumWZ[row]!;
     stats.sumSqOthers = sumSq === null ? 0 : sumSq[row]!;
@@ -250,7 +251,8 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
     let sW = g;
     let sU = g;
     if (cfg.reduction === 'mean') {
-      sW = sumTargetWeights === 0 ? 0 : g / sumTargetWeights;
+      // target weights summing to 0: the weighted mean Σ w·ℓ / 0 has no gradient (NaN)
+      sW = sumTargetWeights === 0 ? NaN : g / sumTargetWeights;
       sU = g / nValid;
     }
     grads[row] = rowGrad(cfg, st, rl, wLabel, sW, sU);

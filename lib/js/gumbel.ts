@@ -2,7 +2,7 @@
 // same samples on every backend (see math.ts, philox4x32).
 
 import { allocate, f32Copy } from '../alloc.js';
-import { expShifted, gumbelFromUniform, lseOfBlock, lseValue, philox4x32, uniformFromWord } from './math.js';
+import { expMinusLse, gumbelFromUniform, lseOfBlock, philox4x32, uniformFromWord } from './math.js';
 import type { RowwiseInput } from './rowwise.js';
 
 const TWO_32 = 4294967296;
@@ -28,8 +28,9 @@ function softSamples(inp: RowwiseInput, tau: number, seed: number): Float64Array
   for (let i = 0; i < y.length; i++) y[i] = (x[i]! + y[i]!) / tau;
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
-    const lse = lseValue(lseOfBlock(y, base, base + cols));
-    for (let j = 0; j < cols; j++) y[base + j] = expShifted(y[base + j]!, lse);
+    const { max, sum } = lseOfBlock(y, base, base + cols);
+    const logSum = Math.log(sum);
+    for (let j = 0; j < cols; j++) y[base + j] = expMinusLse(y[base + j]!, max, logSum);
   }
   return y;
 }

@@ -46,6 +46,24 @@ export function lseValue(s: LseState): number {
   return s.max + Math.log(s.sum);
 }
 
+// x − lse and exp(x − lse) for a row's lse = max + log(sum), with the max cancelled first:
+// (x − max) − log(sum). Rounding lse itself would cost |lse|·ε: at a max of 3e38 even
+// float64's lse loses log(sum) entirely. logSum = log(sum) is the row's constant.
+// A row whose max is +inf (an infinite logit) or −inf (every entry −inf or masked) has no
+// finite distribution: both give NaN for the whole row, as PyTorch (inf − inf, 0/0).
+
+/** x − lseValue(s), given logSum = log(s.sum). */
+export function minusLse(x: number, max: number, logSum: number): number {
+  if (max === Infinity || max === -Infinity) return NaN;
+  return x - max - logSum;
+}
+
+/** expShifted(x, lseValue(s)), given logSum = log(s.sum). */
+export function expMinusLse(x: number, max: number, logSum: number): number {
+  if (max === Infinity || max === -Infinity) return NaN;
+  return Math.exp(x - max - logSum);
+}
+
 // ---------------------------------------------------------------- StableMax
 // s(x) = x + 1 for x >= 0 and 1 / (1 - x) for x < 0 (Prieto et al. 2025): positive,
 // monotone, C1 at 0, and it grows linearly, so large logits never overflow.
@@ -69,6 +87,14 @@ export function stablemaxDs(x: number): number {
 /** s'(x) / s(x), the derivative of log s(x). */
 export function stablemaxDlogS(x: number): number {
   return x >= 0 ? 1 / (x + 1) : 1 / (1 - x);
+}
+
+/**
+ * S = Σ s(z) of a row whose max is zMax, or NaN where the row has no finite distribution: a
+ * +inf logit (S = inf) or every logit −inf (S = 0), as softmax (minusLse).
+ */
+export function stablemaxRowSum(sum: number, zMax: number): number {
+  return zMax > -Infinity && zMax < Infinity ? sum : NaN;
 }
 
 // ---------------------------------------------------------------- softcap
@@ -173,6 +199,7 @@ export interface LossConstants {
 /** What the forward pass reduces for each row (only the fields its options need). */
 export interface RowStats {
   lse: number; // log Σ exp(z)
+  logSum: number; // log Σ exp(z − zMax): z − lse is formed as (z − zMax) − logSum (see minusLse)
   zLabel: number; // z_t
   sumWeightedZ: number; // Σ_j w_j z_j (for smoothing)
   sumSqOthers: number; // Σ_{j≠t} z_j² (squentropy)
@@ -208,22 +235,24 @@ export function rowLoss(k: LossConstants, st: RowStats, wLabel: number, sumWeigh
   let pLabel: number;
   let oneMinusPLabel: number;
   if (k.normalizer === NORMALIZER_STABLEMAX) {
-    const logS = Math.log(st.stableSum);
+    const S = stablemaxRowSum(st.stableSum, st.zMax);
+    const logS = Math.log(S);
     labelLoss = logS - stablemaxLogS(st.zLabel);
     if (alpha > 0) spreadLoss = sumWeights * logS - st.sumWeightedLogS;
     const sLabel = stablemaxS(st.zLabel);
-    pLabel = sLabel / st.stableSum;
-    oneMinusPLabel = (st.stableSum - sLabel) / st.stableSum;
+    pLabel = sLabel / S;
+    oneMinusPLabel = (S - sLabel) / S;
   } else if (k.normalizer === NORMALIZER_SPARSEMAX) {
     labelLoss = st.omega - (st.zLabel - st.zMax);
     if (alpha > 0) spreadLoss = sumWeights * (st.omega + st.zMax) - st.sumWeightedZ;
     pLabel = Math.max(st.zLabel - st.zMax - st.tau, 0);
     oneMinusPLabel = 1 - pLabel;
   } else {
-    labelLoss = st.lse - st.zLabel;
+    const logP = minusLse(st.zLabel, st.zMax, st.logSum); // z_t − lse without rounding lse
+    labelLoss = -logP;
     if (alpha > 0) spreadLoss = sumWeights * st.lse - st.sumWeightedZ;
-    pLabel = Math.exp(st.zLabel - st.lse);
-    oneMinusPLabel = -Math.expm1(st.zLabel - st.lse); // accurate when p_t ≈ 1
+    pLabel = Math.exp(logP);
+    oneMinusPLabel = -Math.expm1(logP); // accurate when p_t ≈ 1
   }
   const ce = keep * labelLoss + (alpha > 0 ? spread * spreadLoss : 0);
   const focal = k.focalGamma === 0 ? 1 : Math.pow(oneMinusPLabel, k.focalGamma);
@@ -242,6 +271,7 @@ export function rowLoss(k: LossConstants, st: RowStats, wLabel: number, sumWeigh
 export interface RowGrad {
   normalizer: number;
   lse: number;
+  logSum: number;
   pLabel: number;
   mass: number; // s_W·F·Σa_j
   keep: number; // s_W·F·(1 − α)·w_t   (a_t's label part)
@@ -268,6 +298,7 @@ export function rowGrad(
   return {
     normalizer: k.normalizer,
     lse: st.lse,
+    logSum: st.logSum,
     pLabel: r.pLabel,
     mass: sWF * r.targetMass,
     keep: sWF * (1 - k.smoothing) * wLabel,
@@ -275,7 +306,7 @@ export function rowGrad(
     kappa: (dFocal === 0 ? 0 : sWeighted * r.ce * dFocal) - sUnweighted * k.polyEpsilon,
     zCoef: sUnweighted * 2 * k.zLoss * st.lse,
     sqCoef: k.vocab > 1 ? (sUnweighted * 2 * k.squentropy) / (k.vocab - 1) : 0,
-    stableSum: st.stableSum,
+    stableSum: stablemaxRowSum(st.stableSum, st.zMax),
     dlogSLabel: stablemaxDlogS(st.zLabel),
     zMax: st.zMax,
     tau: st.tau,
@@ -290,23 +321,25 @@ export function rowGrad(
  * times 1/Σ instead of paying a second exponential.
  */
 export function gradCoefficientGivenSoftmax(rg: RowGrad, z: number, softmaxK: number, isLabel: boolean, wK: number): number {
-  let d = rg.zCoef * softmaxK - rg.spread * wK;
-  if (isLabel) d -= rg.keep;
-  else if (rg.sqCoef !== 0) d += rg.sqCoef * z; // guarded: 0·(−inf) would be NaN
+  let d = rg.zCoef * softmaxK;
+  if (!isLabel && rg.sqCoef !== 0) d += rg.sqCoef * z; // guarded: 0·(−inf) would be NaN
+  const target = rg.spread * wK + (isLabel ? rg.keep : 0); // a_k
   if (rg.normalizer === NORMALIZER_SOFTMAX) {
     // ∂C = Σa·p_k − a_k; ∂p_t = p_t(δ_tk − p_k)
-    d += rg.mass * softmaxK + rg.kappa * rg.pLabel * ((isLabel ? 1 : 0) - softmaxK);
+    d += rg.mass * softmaxK - target + rg.kappa * rg.pLabel * ((isLabel ? 1 : 0) - softmaxK);
   } else if (rg.normalizer === NORMALIZER_STABLEMAX) {
-    // ∂C = Σa·s'_k/S − a_k·s'_k/s_k; ∂p_t = p_t(δ_tk·s'_t/s_t − s'_k/S)
+    // ∂C = Σa·s'_k/S − a_k·s'_k/s_k; ∂p_t = p_t(δ_tk·s'_t/s_t − s'_k/S). a_k is multiplied by
+    // s'/s itself, not by (1 − s'/s) after subtracting a_k: that difference of two near-equal
+    // terms cost 2^-24/(s'/s) relative in fp32, 2e-4 at logits of 1e4.
     const dsOverS = stablemaxDs(z) / rg.stableSum;
     const dlogS = stablemaxDlogS(z);
-    d += rg.mass * dsOverS + (rg.spread * wK + (isLabel ? rg.keep : 0)) * (1 - dlogS);
+    d += rg.mass * dsOverS - target * dlogS;
     d += rg.kappa * rg.pLabel * ((isLabel ? rg.dlogSLabel : 0) - dsOverS);
   } else {
     // sparsemax: ∂C = Σa·p_k − a_k; ∂p_t = [t, k ∈ supp](δ_tk − 1/|supp|)
     const u = z - rg.zMax - rg.tau; // z − τ, formed relative to the max
     const inSupport = u > 0;
-    d += rg.mass * (inSupport ? u : 0);
+    d += rg.mass * (inSupport ? u : 0) - target;
     if (rg.labelInSupport && inSupport) d += rg.kappa * ((isLabel ? 1 : 0) - rg.invSupport);
   }
   return d;
@@ -314,5 +347,5 @@ export function gradCoefficientGivenSoftmax(rg: RowGrad, z: number, softmaxK: nu
 
 /** dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k). */
 export function gradCoefficient(rg: RowGrad, z: number, isLabel: boolean, wK: number): number {
-  return gradCoefficientGivenSoftmax(rg, z, expShifted(z, rg.lse), isLabel, wK);
+  return gradCoefficientGivenSoftmax(rg, z, expMinusLse(z, rg.zMax, rg.logSum), isLabel, wK);
 }

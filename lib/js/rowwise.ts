@@ -5,7 +5,8 @@
 
 import { allocate } from '../alloc.js';
 import {
-  expShifted, lseOfBlock, lseValue, stablemaxDlogS, stablemaxDs, stablemaxLogS, stablemaxS,
+  expMinusLse, lseOfBlock, lseValue, minusLse, stablemaxDlogS, stablemaxDs, stablemaxLogS, stablemaxRowSum, stablemaxS,
+  type LseState,
 } from './math.js';
 
 export interface RowwiseInput {
@@ -24,21 +25,21 @@ function maskOffset(mask: Uint8Array | null, row: number, cols: number): number 
   return mask !== null && mask.length !== cols ? row * cols : 0;
 }
 
-/** Scaled, masked row into `z` (masked → −inf); returns the row's log-sum-exp. */
-function loadRow(inp: RowwiseInput, row: number, o: SoftmaxOptions, z: Float64Array): number {
+/** Scaled, masked row into `z` (masked → −inf); returns the row's log-sum-exp state. */
+function loadRow(inp: RowwiseInput, row: number, o: SoftmaxOptions, z: Float64Array): LseState {
   const { x, cols } = inp;
   const base = row * cols;
   const mo = maskOffset(o.mask, row, cols);
   for (let j = 0; j < cols; j++) {
     z[j] = o.mask !== null && o.mask[mo + j] === 0 ? -Infinity : x[base + j]! * o.invTemperature;
   }
-  return lseValue(lseOfBlock(z, 0, cols));
+  return lseOfBlock(z, 0, cols);
 }
 
 export function logSumExp(inp: RowwiseInput, o: SoftmaxOptions): Float32Array {
   const out = allocate(Float32Array, inp.rows, 'the output');
   const z = allocate(Float64Array, inp.cols, 'z');
-  for (let r = 0; r < inp.rows; r++) out[r] = loadRow(inp, r, o, z);
+  for (let r = 0; r < inp.rows; r++) out[r] = lseValue(loadRow(inp, r, o, z));
   return out;
 }
 
@@ -47,14 +48,12 @@ export function softmax(inp: RowwiseInput, o: SoftmaxOptions, log: boolean): Flo
   const out = allocate(Float32Array, rows * cols, 'the output');
   const z = allocate(Float64Array, cols, 'z');
   for (let r = 0; r < rows; r++) {
-    const lse = loadRow(inp, r, o, z);
+    // outputs from (max, log Σ), never from a rounded lse; a fully masked or +inf row is NaN
+    const { max, sum } = loadRow(inp, r, o, z);
+    const logSum = Math.log(sum);
     const base = r * cols;
-    if (lse === -Infinity) {
-      out.fill(NaN, base, base + cols); // fully masked row: 0/0, as PyTorch
-      continue;
-    }
-    if (log) for (let j = 0; j < cols; j++) out[base + j] = z[j]! - lse;
-    else for (let j = 0; j < cols; j++) out[base + j] = expShifted(z[j]!, lse);
+    if (log) for (let j = 0; j < cols; j++) out[base + j] = minusLse(z[j]!, max, logSum);
+    else for (let j = 0; j < cols; j++) out[base + j] = expMinusLse(z[j]!, max, logSum);
   }
   return out;
 }
@@ -66,20 +65,21 @@ export function softmaxBackward(inp: RowwiseInput, dy: Float32Array, o: SoftmaxO
   const z = allocate(Float64Array, cols, 'z');
   const mo = (r: number) => maskOffset(o.mask, r, cols);
   for (let r = 0; r < rows; r++) {
-    const lse = loadRow(inp, r, o, z);
+    const { max, sum } = loadRow(inp, r, o, z);
+    const logSum = Math.log(sum);
     const base = r * cols;
-    if (lse === -Infinity) {
-      out.fill(NaN, base, base + cols);
+    if (max === Infinity || max === -Infinity) {
+      out.fill(NaN, base, base + cols); // no finite distribution: NaN, as the forward
       continue;
     }
     let dot = 0;
     for (let j = 0; j < cols; j++) {
       const masked = o.mask !== null && o.mask[mo(r) + j] === 0;
       if (masked) continue; // a masked output is constant: its dy does not flow back
-      dot += log ? dy[base + j]! : dy[base + j]! * expShifted(z[j]!, lse);
+      dot += log ? dy[base + j]! : dy[base + j]! * expMinusLse(z[j]!, max, logSum);
     }
     for (let j = 0; j < cols; j++) {
-      const y = expShifted(z[j]!, lse);
+      const y = expMinusLse(z[j]!, max, logSum);
       const masked = o.mask !== null && o.mask[mo(r) + j] === 0;
       out[base + j] = masked ? 0 : (log ? dy[base + j]! - y * dot : y * (dy[base + j]! - dot)) * o.invTemperature;
     }
@@ -87,13 +87,23 @@ export function softmaxBackward(inp: RowwiseInput, dy: Float32Array, o: SoftmaxO
   return out;
 }
 
+/** Σ s(x) over a row, NaN where the row holds +inf or is all −inf (stablemaxRowSum). */
+function stablemaxSumOfRow(x: Float32Array, base: number, cols: number): number {
+  let sum = 0;
+  let max = -Infinity;
+  for (let j = 0; j < cols; j++) {
+    sum += stablemaxS(x[base + j]!);
+    max = Math.max(max, x[base + j]!);
+  }
+  return stablemaxRowSum(sum, max);
+}
+
 export function stablemax(inp: RowwiseInput, log: boolean): Float32Array {
   const { x, rows, cols } = inp;
   const out = allocate(Float32Array, rows * cols, 'the output');
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
-    let sum = 0;
-    for (let j = 0; j < cols; j++) sum += stablemaxS(x[base + j]!);
+    const sum = stablemaxSumOfRow(x, base, cols);
     const logSum = Math.log(sum);
     for (let j = 0; j < cols; j++) {
       const v = x[base + j]!;
@@ -112,8 +122,7 @@ export function stablemaxBackward(inp: RowwiseInput, dy: Float32Array, log: bool
   const out = allocate(Float32Array, rows * cols, 'the output');
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
-    let sum = 0;
-    for (let j = 0; j < cols; j++) sum += stablemaxS(x[base + j]!);
+    const sum = stablemaxSumOfRow(x, base, cols);
     let dot = 0;
     for (let j = 0; j < cols; j++) dot += log ? dy[base + j]! : (dy[base + j]! * stablemaxS(x[base + j]!)) / sum;
     for (let j = 0; j < cols; j++) {

@@ -133,6 +133,7 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   const float sumWLogS = stable && smoothing ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return w[j] * stablemaxLogS(z[j]); }) : 0.0f;
   RowStats st;
   st.lse = lseValue(LseState{m, sumExp});
+  st.logSum = logf(sumExp);
   st.zLabel = zLabel;
   st.sumWeightedZ = sumWZ;
   st.sumSqOthers = sumSq;

@@ -132,7 +132,8 @@ CUTLOSS_CPU_CLONES void stablemaxRows(const HostMatrix& x, bool logForm, float* 
   for (int64_t r = r0; r < r1; r++) {
     const float* xr = rowF32(x, r, scratch);
     float* yr = y + r * n;
-    const float sum = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return stablemaxS(xr[j]); });
+    // NaN for a row with +inf (or all −inf), as softmax
+    const float sum = stablemaxRowSum(blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return stablemaxS(xr[j]); }), rowMax(xr, n));
     if (logForm) {
       const float logSum = logf(sum);
 #pragma omp simd
@@ -152,7 +153,7 @@ CUTLOSS_CPU_CLONES void stablemaxBackwardRows(const HostMatrix& x, const float* 
     const float* xr = rowF32(x, r, scratch);
     const float* g = dy + r * n;
     float* out = dx + r * n;
-    const float S = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return stablemaxS(xr[j]); });
+    const float S = stablemaxRowSum(blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return stablemaxS(xr[j]); }), rowMax(xr, n));
     // Σ dy (log) or Σ dy·s, then Σ dy·y = that / S
     const float weighted = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return logForm ? g[j] : g[j] * stablemaxS(xr[j]); });
     const float dot = logForm ? weighted : weighted / S;
