@@ -16,6 +16,8 @@
         "src/launch.cc",
         "src/ops.cc",
         "src/sharing.cc",
+        "src/scaleout/mpi.cc",
+        "src/scaleout/nccl.cc",
         "cuda/simt/simt.cc",
         "src/emu/rowwise.cc",
         "src/emu/sparse.cc",
@@ -36,7 +38,8 @@
       ],
       "cflags_cc!": ["-std=gnu++17", "-fno-exceptions"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"],
-      "cflags!": ["-fno-exceptions"]
+      "cflags!": ["-fno-exceptions"],
+      "libraries": ["-ldl"]
     },
     {
       # The CPU backend's kernels (src/cpu): -O3 with SIMD clones (src/cpu/clones.h) and the

@@ -9,6 +9,7 @@ import type { ResolvedLossOptions } from './options.js';
 import { jsBackend } from './js/index.js';
 import { native } from './native.js';
 import { FALLBACK_OPS, NATIVE_OPS, NativeBackend } from './nativeBackend.js';
+import { scaleOutDetails } from './scaleOutNative.js';
 import type { Matrix } from './tensor.js';
 
 /**
@@ -195,9 +196,11 @@ function pick(name: BackendName | 'auto'): Backend {
  * const usable = backends().filter((b) => b.available).map((b) => b.name);
  */
 export function backends(): BackendInfo[] {
+  const scaleOut = scaleOutDetails(); // MPI for the CPU processes, NCCL for the GPUs
   return ALL.map((n) => {
     const info = probeAll().get(n)!.info;
-    return { ...info, details: { ...info.details } };
+    const extra: BackendInfo['details'] = n === 'cpu' ? { mpi: scaleOut.mpi } : n === 'cuda' ? { nccl: scaleOut.nccl } : {};
+    return { ...info, details: { ...info.details, ...extra } };
   });
 }
 

@@ -17,8 +17,10 @@ import {
   type CrossEntropyOptions, type LinearCrossEntropyOptions, type LossValue, type Reduction,
 } from './options.js';
 import { asMatrix, resultLike, toF32, type Matrix, type Tensor } from './tensor.js';
+import { isScaleOut, rejectScaleOutOnDevice, scaleOutCrossEntropy, scaleOutLinearCrossEntropy } from './scaleOut.js';
 
 export { CutlossError, type CutlossErrorCode } from './errors.js';
+export type { AsyncCommunicator, Communicator, DataParallelOptions, VocabParallelOptions } from './communicator.js';
 export { backends, getBackend, setBackend, type BackendInfo, type BackendName } from './backend.js';
 export { getThreads, setThreads } from './cpuBackend.js';
 export { tensor, bf16ToF32, f32ToBf16, type Tensor, type Dtype } from './tensor.js';
@@ -695,11 +697,14 @@ export function crossEntropy(
   logits: AnyTensor, labels: Int32Array, options?: CrossEntropyOptions,
 ): CrossEntropyResult | DeviceCrossEntropyResult {
   if (logits instanceof DeviceTensor) {
+    rejectScaleOutOnDevice(options, 'crossEntropy');
     const b = onDevice(logits, 'crossEntropy');
     const { o, t } = lossArgs(logits, labels, options);
     return deviceLossResult(b.device.crossEntropy(logits, t, o), o.returnLse);
   }
   const m = asMatrix(logits, 'crossEntropy: logits');
+  const sharded = scaleOutCrossEntropy(currentBackend(), m, labels, options);
+  if (sharded !== null) return crossEntropyResult(m, sharded, sharded.returnLse);
   const { o, t } = lossArgs(m, labels, options);
   return crossEntropyResult(m, currentBackend().crossEntropy(m, t, o), o.returnLse);
 }
@@ -743,6 +748,7 @@ export function linearCrossEntropy(
   embeddings: AnyTensor, classifier: AnyTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
 ): LinearCrossEntropyResult | DeviceLinearCrossEntropyResult {
   if (embeddings instanceof DeviceTensor) {
+    rejectScaleOutOnDevice(options, 'linearCrossEntropy');
     const b = onDevice(embeddings, 'linearCrossEntropy', [[classifier, 'classifier']]);
     const W = classifier as DeviceTensor;
     const { o, t } = linearArgs(embeddings, W, labels, options);
@@ -751,6 +757,8 @@ export function linearCrossEntropy(
   hostOnly([[classifier, 'classifier']], 'linearCrossEntropy');
   const E = asMatrix(embeddings, 'linearCrossEntropy: embeddings');
   const W = asMatrix(classifier, 'linearCrossEntropy: classifier');
+  const sharded = scaleOutLinearCrossEntropy(currentBackend(), E, W, labels, options);
+  if (sharded !== null) return linearResult(E, W, sharded, sharded.returnLse);
   const { o, t } = linearArgs(E, W, labels, options);
   return linearResult(E, W, currentBackend().linearCrossEntropy(E, W, t, o), o.returnLse);
 }
@@ -1103,6 +1111,7 @@ export function crossEntropyAsync<X extends AnyTensor, R extends Reduction = 'me
 export async function crossEntropyAsync(
   logits: AnyTensor, labels: Int32Array, options?: CrossEntropyOptions,
 ): Promise<CrossEntropyResult | DeviceCrossEntropyResult> {
+  if (isScaleOut(options)) return crossEntropy(logits, labels, options); // the communicator is synchronous
   if (logits instanceof DeviceTensor) {
     const b = onDevice(logits, 'crossEntropyAsync');
     const { o, t } = lossArgs(logits, labels, options);
@@ -1128,6 +1137,7 @@ export function linearCrossEntropyAsync<X extends AnyTensor, R extends Reduction
 export async function linearCrossEntropyAsync(
   embeddings: AnyTensor, classifier: AnyTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
 ): Promise<LinearCrossEntropyResult | DeviceLinearCrossEntropyResult> {
+  if (isScaleOut(options)) return linearCrossEntropy(embeddings, classifier as never, labels, options);
   if (embeddings instanceof DeviceTensor) {
     const b = onDevice(embeddings, 'linearCrossEntropyAsync', [[classifier, 'classifier']]);
     const W = classifier as DeviceTensor;

@@ -1,6 +1,7 @@
 // Validation of labels and loss options: one place that turns what the caller passed into
 // the resolved settings every backend receives, or throws a CutlossError naming the option.
 
+import type { DataParallelOptions, VocabParallelOptions } from './communicator.js';
 import { CutlossError, describe } from './errors.js';
 import { NORMALIZER_SOFTMAX, NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX } from './js/math.js';
 import type { Dtype } from './tensor.js';
@@ -63,6 +64,14 @@ export interface CrossEntropyOptions<R extends Reduction = Reduction> {
   gradScale?: number | Float32Array;
   /** Return the per-row log-sum-exp of the effective logits. */
   returnLse?: boolean;
+  /**
+   * The classes are split over processes: this call holds classes [vocabStart, vocabStart + V_local)
+   * (classifier rows, or logit columns; `bias` and `classWeights` are those slices) and labels are
+   * global ids. Every rank gets the global loss and lse; see README "Scale-out".
+   */
+  vocabParallel?: VocabParallelOptions;
+  /** The batch is split over processes: 'mean' divides by the global token count (or weight sum). */
+  dataParallel?: DataParallelOptions;
 }
 
 /**

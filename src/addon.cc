@@ -12,6 +12,7 @@
 #include "launch.h"
 #include "ops.h"
 #include "sharing.h"
+#include "scaleout/mpi.h"
 #include "cpu/binding.h"
 
 #ifndef CUTLOSS_BUILD_TOOL
@@ -155,6 +156,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerSharing(env, exports);
   cpu::registerCpu(env, exports);
   registerBenchProbe(env, exports);
+  registerMpi(env, exports);
+  registerNccl(env, exports);
   return exports;
 }
 

@@ -22,11 +22,11 @@ import type { CrossEntropyOptions, LinearCrossEntropyOptions, Tensor as HostTens
 import { adopt, hostLabels, hostMatrix, hostVector, tapeIsRecording } from './bridge.js';
 
 /** Options of the core crossEntropy that tfjs cannot set itself (the upstream gradient comes from dy). */
-export type TfCrossEntropyOptions = Omit<CrossEntropyOptions, 'gradScale' | 'computeGrad' | 'returnLse'>;
+export type TfCrossEntropyOptions = Omit<CrossEntropyOptions, 'gradScale' | 'computeGrad' | 'returnLse' | 'vocabParallel' | 'dataParallel'>;
 
 /** Options of the core linearCrossEntropy, with the bias as a tfjs tensor. */
 export interface TfLinearCrossEntropyOptions
-  extends Omit<LinearCrossEntropyOptions, 'gradScale' | 'computeGrad' | 'returnLse' | 'bias'> {
+  extends Omit<LinearCrossEntropyOptions, 'gradScale' | 'computeGrad' | 'returnLse' | 'bias' | 'vocabParallel' | 'dataParallel'> {
   /** [V], added to the logits; differentiable. */
   bias?: tf.Tensor1D | tf.Variable;
 }

@@ -1,0 +1,43 @@
+// The sharded losses under real MPI: mpirun starts 2, 3 and 4 ranks of test/mpi/worker.ts
+// (oversubscribed: more ranks than cores), each of which checks its share against the
+// single-process result. Skipped, with the reason, where mpirun or the addon's MPI is absent;
+// CI installs Open MPI.
+import { spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { mpiStatus } from '../../lib/mpi/index.js';
+
+const mpirun = spawnSync('mpirun', ['--version'], { encoding: 'utf8' });
+const status = mpiStatus();
+const skipReason = mpirun.error !== undefined
+  ? 'mpirun is not on PATH (apt-get install openmpi-bin libopenmpi-dev)'
+  : !status.available ? `MPI is unavailable: ${status.reason}` : null;
+if (skipReason !== null) console.warn(`test/mpi/scaleout.test.ts skipped: ${skipReason}`);
+
+function run(np: number, backends: string, dtypes: string, quick: boolean) {
+  const args = ['--allow-run-as-root', '--oversubscribe', '-np', String(np), process.execPath, '--import', 'tsx',
+    'test/mpi/worker.ts', backends, dtypes, ...(quick ? ['quick'] : [])];
+  const r = spawnSync('mpirun', args, { encoding: 'utf8', timeout: 120_000, env: { ...process.env, OMPI_MCA_btl: 'self,vader' } });
+  const results = (r.stdout ?? '').split('\n').filter((l) => l.startsWith('RESULT ')).map((l) => JSON.parse(l.slice(7)) as {
+    rank: number; size: number; checks: number; failed: number; failures: string[];
+  });
+  return { r, results };
+}
+
+describe.skipIf(skipReason !== null)('vocabParallel and dataParallel under mpirun', () => {
+  const runs: [np: number, backends: string, dtypes: string, quick: boolean][] = [
+    [2, 'js,cpu', 'f32,bf16', false],
+    [2, 'cuda-emu', 'f32,bf16', true],
+    [3, 'cpu,js', 'f32,bf16', true],
+    [4, 'cpu,cuda-emu', 'f32', true],
+  ];
+  it.each(runs)('mpirun -np %i on %s (%s, quick %s): every rank equals the single process', (np, backends, dtypes, quick) => {
+    const { r, results } = run(np, backends, dtypes, quick);
+    expect(results.map((x) => x.rank).sort(), `${r.stderr}\n${r.stdout}`).toEqual([...Array(np).keys()]);
+    for (const x of results) {
+      expect(x.size).toBe(np);
+      expect(x.checks).toBeGreaterThan(50);
+      expect(x.failures, `rank ${x.rank}`).toEqual([]);
+    }
+    expect(r.status).toBe(0);
+  }, 120_000);
+});
