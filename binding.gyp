@@ -34,7 +34,7 @@
         "NODE_ADDON_API_DISABLE_DEPRECATED",
         "CUTLOSS_WITH_CUDA=0",
         "CUTLOSS_BUILD_TOOL=\"node-gyp\"",
-        "CUTLOSS_WITHOUT_CUDA_REASON=\"built by node-gyp, which builds no CUDA part (nvcc was not on PATH at install, or this is a prebuilt binary)\""
+        "CUTLOSS_WITHOUT_CUDA_REASON=\"built by node-gyp, which builds no CUDA part (nvcc was not on PATH when the addon was built)\""
       ],
       "cflags_cc!": ["-std=gnu++17", "-fno-exceptions"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"],
