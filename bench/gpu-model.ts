@@ -258,6 +258,96 @@ export function backwardEstimate(c: Case, gpu: Gpu, stagingInstructions: number)
   return { seconds, bound: parts.issue > parts.tensor ? 'issue + atomics' : 'tensor + atomics', parts, blocksPerSm: 1 };
 }
 
+export interface LoopFacts {
+  instructions: number;
+  mma: number;
+  ldmatrix: number;
+  reductions: number;
+}
+
+/**
+ * The smallest loop (label … back edge) of a PTX entry that holds every pattern and none of
+ * `without`: in the mma backward, the D-slice step (mma.sync and red.global) and the logit step
+ * (mma.sync and cp.async.wait_group, no red.global).
+ */
+export function loopWith(body: string[], patterns: RegExp[], without: RegExp[] = []): LoopFacts {
+  const labelAt = new Map<string, number>();
+  body.forEach((l, i) => {
+    const m = /^(\$L__BB\S+):/.exec(l.trim());
+    if (m) labelAt.set(m[1]!, i);
+  });
+  let best: string[] | null = null;
+  body.forEach((l, i) => {
+    const m = /bra(?:\.uni)?\s+(\$L__BB\S+);/.exec(l);
+    if (!m) return;
+    const start = labelAt.get(m[1]!);
+    if (start === undefined || start >= i) return;
+    const loop = body.slice(start, i + 1);
+    if (!patterns.every((re) => loop.some((x) => re.test(x))) || without.some((re) => loop.some((x) => re.test(x)))) return;
+    if (best === null || loop.length < best.length) best = loop;
+  });
+  if (best === null) throw new Error(`no loop with ${patterns.join(', ')}`);
+  const loop: string[] = best;
+  const count = (re: RegExp) => loop.filter((x) => re.test(x)).length;
+  return { instructions: loop.filter(isInstruction).length, mma: count(/mma\.sync/), ldmatrix: count(/ldmatrix/),
+    reductions: count(/red\.global|atom\.global/) };
+}
+
+export interface MmaBackwardFacts {
+  registers: number;
+  sharedBytes: number;
+  /** One 64-byte k-stage of the logit recomputation (the forward's step). */
+  logitStep: LoopFacts;
+  /** One 32-column D-slice: dE and dW products and their flush (reductions per thread). */
+  sliceStep: LoopFacts;
+}
+
+/**
+ * The tensor-core backward (cuda/linear_ce_backward.cuh): blocks of 128 rows × a split of the
+ * vocabulary, 128-class tiles; per kept tile the logits are recomputed (kStages ring steps), G
+ * formed once, and kStages D-slices of 32 columns each do dE += G·W and dW += Gᵀ·E on mma.sync and
+ * flush 2 · 128 · 32 fp32 reductions (red.global.add). Assumptions, stated:
+ *   - the reductions execute in L2: splits vary fastest in the grid, so the blocks in flight add
+ *     into a few row blocks' dE and the split's current dW tiles (tens of MB at most); a warp's
+ *     red touches 8 sectors of 4 floats: one sector operation per 4 reductions, at one 32-byte
+ *     sector per 32 bytes of L2 bandwidth;
+ *   - dW tiles leave L2 between waves: V·D fp32 read and written once per wave, dE once;
+ *   - `skipped` is the fraction of tiles gradient filtering skips (products and flush; the
+ *     recomputation always runs).
+ */
+export function mmaBackwardEstimate(c: Case, gpu: Gpu, f: MmaBackwardFacts, skipped = 0): Estimate {
+  const bytes = 2;
+  const rowBlocks = Math.ceil(c.N / 128);
+  const vocabTiles = Math.ceil(c.V / 64);
+  const rowTiles = Math.ceil(c.N / 64);
+  const splits = Math.min(64, Math.ceil(1024 / rowTiles), vocabTiles);
+  const perSplit = Math.ceil(vocabTiles / splits);
+  const classTilesPerBlock = Math.ceil((perSplit * 64) / 128);
+  const stages = Math.ceil((c.D * bytes) / 64);
+  const grid = rowBlocks * Math.ceil(vocabTiles / perSplit);
+  const tiles = grid * classTilesPerBlock;
+  const kept = tiles * (1 - skipped);
+  const blocksPerSm = Math.max(1, Math.min(
+    Math.floor(gpu.regsPerSm / (f.registers * 256)),
+    Math.floor(gpu.smemPerSm / (f.sharedBytes + 1024)),
+    Math.floor(gpu.maxWarpsPerSm / 8),
+  ));
+  const waves = grid / (gpu.sms * blocksPerSm);
+  const tail = Math.ceil(waves) / waves;
+  const nvd = c.N * c.V * c.D;
+  const reductions = kept * 2 * 128 * c.D;
+  const parts = {
+    tensor: (2 * nvd + 4 * nvd * (1 - skipped)) / gpu.bf16,
+    issue: (tiles * stages * 8 * f.logitStep.instructions + kept * stages * 8 * f.sliceStep.instructions) / (gpu.sms * 4 * gpu.clockHz),
+    smem: (tiles * stages * (8 * f.logitStep.ldmatrix * 512 + 16384) + kept * stages * (8 * f.sliceStep.ldmatrix * 512 + 16384)) /
+      (gpu.sms * gpu.smemBytesPerClock * gpu.clockHz),
+    l2: ((tiles + kept) * stages * 2 * 128 * 64 + (reductions / 4) * 32) / gpu.l2,
+    dram: ((c.N + c.V) * c.D * bytes + Math.ceil(waves) * c.V * c.D * 4 * 2 + c.N * c.D * 4 * 2) / gpu.hbm,
+  };
+  const [bound, t] = Object.entries(parts).reduce((a, b) => (b[1] > a[1] ? b : a));
+  return { seconds: t * tail, bound, parts, blocksPerSm };
+}
+
 /** Three GEMMs (logits, dE, dW) at the tensor peak, and at 70% of it: the row-chunked baseline. */
 export function threeGemmSeconds(c: Case, gpu: Gpu): [number, number] {
   const t = (3 * 2 * c.N * c.V * c.D) / (c.dtype === 'bf16' ? gpu.bf16 : gpu.tf32);
@@ -289,6 +379,9 @@ function compile(): Compiled {
 
 export const MMA_KERNEL = (dtype: 'bf16' | 'tf32') => `linearCeForwardMmaKernelINS0_7Mma${dtype === 'bf16' ? 'Bf16' : 'Tf32'}E`;
 const BACKWARD_KERNEL = 'linearCeBackwardKernelINS0_8WmmaTileI13__nv_bfloat16Li16ES3_Li32ELi8EEELi0E';
+export const MMA_BACKWARD_KERNEL = 'linearCeBackwardMmaKernel';
+/** cuda/linear_ce_backward.cuh's kMmaBackwardSharedBytes: ring 64 KiB, G 32 KiB, bias sums 1 KiB, 128 row records. */
+const MMA_BACKWARD_SHARED = 65536 + 32768 + 1024 + 128 * 72;
 
 function resourcesOf(res: Map<string, KernelResources>, nameIncludes: string, arch: string): KernelResources {
   for (const [k, v] of res) if (k.includes(nameIncludes) && k.endsWith(`@${arch}`)) return v;
@@ -310,6 +403,18 @@ async function main(): Promise<void> {
     }
   }
   const staging = stagingPerElement(ptxEntry(c.ptx80, BACKWARD_KERNEL));
+  const bwdBody = ptxEntry(c.ptx80, MMA_BACKWARD_KERNEL);
+  const logitStep = loopWith(bwdBody, [/mma\.sync/, /cp\.async\.wait_group/], [/ldmatrix\S*\.trans/]);
+  // ptxas lays the flush (bounds-checked red.global.add) out of the slice loop's straight line:
+  // its reductions, each with ~4 instructions of address and predicate, are added to the step
+  const sliceLoop = loopWith(bwdBody, [/mma\.sync/, /ldmatrix\S*\.trans/]);
+  // atomicAdd with its result unused: atom.global.add.f32 in the PTX, RED in SASS; one of them is dBias's
+  const reds = bwdBody.filter((l) => /(?:red|atom)\.global\.add\.f32/.test(l)).length - 1;
+  const sliceStep = { ...sliceLoop, instructions: sliceLoop.instructions + 4 * reds, reductions: reds };
+  for (const arch of ['sm_80', 'sm_90']) {
+    const r = resourcesOf(c.resources, MMA_BACKWARD_KERNEL, arch);
+    if (r.spillBytes > 0 || r.stackBytes > 0) problems.push(`mma backward on ${arch}: ${r.stackBytes} B stack, ${r.spillBytes} B spills`);
+  }
   console.log('cutloss GPU performance MODEL — estimates from ptxas, the PTX and the tiling; no GPU measured these.');
   for (const g of GPUS) console.log(`  ${g.note}`);
   for (const cs of CASES) {
@@ -318,13 +423,20 @@ async function main(): Promise<void> {
       const arch = g.name === 'A100' ? 'sm_80' : 'sm_90';
       const r = resourcesOf(c.resources, MMA_KERNEL(cs.dtype), arch);
       const fwd = forwardEstimate(cs, g, { registers: r.registers, sharedBytes: 79872, mix });
-      const bwd = backwardEstimate(cs, g, staging);
+      const old = backwardEstimate(cs, g, staging);
+      const rb = resourcesOf(c.resources, MMA_BACKWARD_KERNEL, arch);
+      const bwdFacts = { registers: rb.registers, sharedBytes: MMA_BACKWARD_SHARED, logitStep, sliceStep };
+      // tf32 keeps the FloatTile backward
+      const bwd = cs.dtype === 'bf16' ? mmaBackwardEstimate(cs, g, bwdFacts) : old;
+      const bwd90 = cs.dtype === 'bf16' ? mmaBackwardEstimate(cs, g, bwdFacts, 0.9) : null;
       const [gemm, gemm70] = threeGemmSeconds(cs, g);
       rows.push({
         case: cs.name, gpu: g.name, registers: r.registers, blocksPerSm: fwd.blocksPerSm,
         instrPerMma: +(mix.instructions / mix.mma).toFixed(2), smemBytesPerMma: +((8 * mix.ldmatrix * 512 + 16384) / (8 * mix.mma)).toFixed(1),
         forward: ms(fwd.seconds), forwardBound: fwd.bound, forwardOfPeak: `${((fwd.parts.tensor! / fwd.seconds) * 100).toFixed(0)}%`,
-        backward: ms(bwd.seconds), backwardBound: bwd.bound, total: ms(fwd.seconds + bwd.seconds),
+        backward: ms(bwd.seconds), backwardBound: bwd.bound,
+        backwardOfPeak: `${(((6 * cs.N * cs.V * cs.D) / (cs.dtype === 'bf16' ? g.bf16 : g.tf32) / bwd.seconds) * 100).toFixed(0)}%`,
+        backwardSkip90: bwd90 === null ? '' : ms(bwd90.seconds), oldBackward: ms(old.seconds), total: ms(fwd.seconds + bwd.seconds),
         threeGemm: `${ms(gemm)} (at 70%: ${ms(gemm70)})`, cce: cs.N === 8192 && g.name === 'A100' ? '134.8 ms (paper, measured)' : '',
       });
     }
@@ -333,7 +445,9 @@ async function main(): Promise<void> {
     console.log(JSON.stringify({ model: true, staging, rows }, null, 2));
   } else {
     console.table(rows);
-    console.log(`backward staging: ${staging.toFixed(1)} PTX instructions per staged element (FloatTile products)`);
+    console.log(`backward staging: ${staging.toFixed(1)} PTX instructions per staged element (FloatTile products: tf32, deterministic)`);
+    console.log(`mma backward: logit step ${logitStep.instructions} instructions / ${logitStep.mma} mma; D-slice step ${sliceStep.instructions} / ${sliceStep.mma} mma, ${sliceStep.ldmatrix} ldmatrix, ${sliceStep.reductions} red`);
+    console.log('backwardSkip90: the same with 90% of the tiles skipped by gradient filtering (sorted vocabulary, trained logits): an assumption, not measured');
   }
   if (problems.length > 0) {
     console.error(problems.join('\n'));

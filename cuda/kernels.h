@@ -107,8 +107,8 @@ constexpr int32_t kLinearCeCandidates = 64;
 /** Floats per row and split of the forward's partial reduction. */
 constexpr int32_t kLinearCePartialFloats = 8;
 /** Words of counters at the start of the workspace: tiles visited, tiles skipped, rows left to Michelot, passes,
- *  blocks of the tensor-core (mma) forward. */
-constexpr int32_t kLinearCeCounters = 5;
+ *  blocks of the tensor-core (mma) forward, blocks of the mma backward. */
+constexpr int32_t kLinearCeCounters = 6;
 
 /** Byte offsets into the workspace (kLinearCeAbsent where a part is not needed). */
 struct LinearCePlan {

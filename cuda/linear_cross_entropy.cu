@@ -42,6 +42,7 @@ enum CounterIndex : int {
   kCounterMichelotRows = 2,
   kCounterMichelotPasses = 3,
   kCounterMmaForwardBlocks = 4,  // tells tests which forward ran
+  kCounterMmaBackwardBlocks = 5,  // ... and which backward
 };
 
 constexpr int kWarps = kTileThreads / 32;
@@ -624,6 +625,8 @@ __device__ __forceinline__ ThreadRow threadRow(const LinearCeArgs& a, int64_t ro
   return r;
 }
 
+#include "linear_ce_backward.cuh"
+
 __device__ __forceinline__ void addTo(float* p, float v, bool atomic) {
   if (atomic) {
     atomicAdd(p, v);
@@ -820,7 +823,12 @@ void runLinearCrossEntropy(const LinearCeArgs& a, const LinearCePlan& plan, cons
   zeroFloats(a.dE, N * D, s);
   zeroFloats(a.dW, V * D, s);
   if (a.dBias != nullptr) zeroFloats(a.dBias, V, s);
-  if (cfg.deterministic) {
+  if (!cfg.deterministic && path == ForwardPath::MmaBf16) {
+    const auto linearCeBackwardMma = &linearCeBackwardMmaKernel;  // the name the emulator's reports give
+    CUTLOSS_ALLOW_DYNAMIC_SHARED(linearCeBackwardMma, kMmaBackwardSharedBytes);
+    const unsigned blocks = static_cast<unsigned>((N + kMmaBlockRows - 1) / kMmaBlockRows * plan.splits);
+    CUTLOSS_RUN(op, linearCeBackwardMma, blocks, kMmaThreads, kMmaBackwardSharedBytes, s, a);
+  } else if (cfg.deterministic) {
     const auto ownRows = &linearCeBackwardKernel<Gemm, kBackwardOwnRows>;
     const auto ownVocab = &linearCeBackwardKernel<Gemm, kBackwardOwnVocab>;
     CUTLOSS_RUN(op, ownRows, static_cast<unsigned>(plan.rowTiles), kTileThreads, 0, s, a);

@@ -10,8 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "../boundary.h"
-
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
 #define CUTLOSS_HAS_MMAP 1
@@ -25,10 +23,6 @@ namespace {
 // Below this, malloc's arenas serve better than a mapping of its own.
 constexpr size_t kMapThreshold = size_t{1} << 20;
 }  // namespace
-
-ArgError outOfHostMemory(size_t bytes) {
-  return ArgError("E_OOM", "cannot allocate " + std::to_string(bytes) + " bytes of host memory");
-}
 
 namespace outputPool {
 

@@ -6,15 +6,26 @@
 #pragma once
 
 #include <cstddef>
-
-namespace cutloss {
-class ArgError;
-}
+#include <new>
+#include <string>
 
 namespace cutloss::cpu {
 
-/** E_OOM naming the bytes asked for: what a failed host allocation reports to JavaScript. */
-ArgError outOfHostMemory(size_t bytes);
+/**
+ * A failed host allocation, naming the bytes asked for; src/boundary.cc reports a bad_alloc
+ * with its what() as E_OOM. A bad_alloc, not an ArgError, so the kernels need no N-API.
+ */
+class HostOutOfMemory : public std::bad_alloc {
+ public:
+  explicit HostOutOfMemory(size_t bytes)
+      : message_("cannot allocate " + std::to_string(bytes) + " bytes of host memory") {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
+};
+
+inline HostOutOfMemory outOfHostMemory(size_t bytes) { return HostOutOfMemory(bytes); }
 
 /**
  * Recently freed large outputs, kept for the next output of the same size: a fresh mapping

@@ -33,7 +33,7 @@ export function buildRunner(patch?: (file: string, text: string) => string): str
   if (patch !== undefined) {
     cudaDir = path.join(work, 'cuda');
     cpSync(path.join(root, 'cuda'), cudaDir, { recursive: true });
-    for (const f of ['common.cuh', 'rowwise.cu', 'sparse.cu', 'gumbel.cu', 'cross_entropy.cu', 'linear_cross_entropy.cu', 'tile_gemm.cuh']) {
+    for (const f of ['common.cuh', 'rowwise.cu', 'sparse.cu', 'gumbel.cu', 'cross_entropy.cu', 'linear_cross_entropy.cu', 'linear_ce_backward.cuh', 'tile_gemm.cuh']) {
       const p = path.join(cudaDir, f);
       writeFileSync(p, patch(f, readFileSync(p, 'utf8')));
     }

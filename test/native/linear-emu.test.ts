@@ -68,6 +68,8 @@ interface KernelRun {
   michelotPasses: number;
   /** Blocks of the tensor-core forward (cp.async, ldmatrix, mma.sync); 0 when the FloatTile forward ran. */
   mmaBlocks: number;
+  /** Blocks of the tensor-core backward; 0 when the FloatTile backward ran. */
+  mmaBackwardBlocks: number;
   splits: number;
   tilesPerSplit: number;
   workspaceBytes: number;
@@ -116,6 +118,7 @@ function decode(r: KernelResponse, p: Problem, o: ResolvedLossOptions): KernelRu
     dW: grad ? blobValues(r, 'dW', p.W.dtype) : null,
     dBias: grad && p.bias !== null ? blobValues(r, 'dBias') : null,
     visited: info[0]!, skipped: info[1]!, michelotPasses: info[3]!, splits: info[4]!, tilesPerSplit: info[5]!, mmaBlocks: info[8]!,
+    mmaBackwardBlocks: info[9]!,
     workspaceBytes: info[6]! + info[7]! * 2 ** 32, raw: r,
   };
 }
@@ -162,7 +165,7 @@ const gradTol = (lowPrecision: boolean) => (lowPrecision ? { rtol: 1e-2, atol: 1
 
 /** Loss and lse against float64, gradients against float64 (V ≤ REFERENCE_MAX_V) and the JS backend. */
 function expectMatches(g: KernelRun, p: Problem, options: LinearCrossEntropyOptions, lowPrecision: boolean, label: string,
-  againstJs = true): void {
+  againstJs = true, gradTolerance?: { rtol: number; atol: number; rowTol: number }): void {
   const small = p.W.rows <= REFERENCE_MAX_V;
   const full = small ? refOf(p, options) : null;
   const want = full ?? refLossOf(p, options);
@@ -171,7 +174,7 @@ function expectMatches(g: KernelRun, p: Problem, options: LinearCrossEntropyOpti
   expectClose(lossList(g.loss), lossList(want.loss), { ...lossTol, label: `${label} loss` });
   expectClose(g.lse, want.lse, { ...lossTol, label: `${label} lse` });
   if (g.dE === null) return;
-  const tol = gradTol(lowPrecision);
+  const tol = gradTolerance === undefined ? gradTol(lowPrecision) : { ...gradTolerance, cols: p.E.cols };
   if (full !== null) {
     expectClose(g.dE, full.dE, { ...tol, label: `${label} dE` });
     expectClose(g.dW!, full.dW, { ...tol, label: `${label} dW` });
@@ -305,6 +308,9 @@ describe('tensor-core forward: cp.async ring, ldmatrix, mma.sync, epilogue from 
       expect(mma.mmaBlocks, labels[i]).toBeGreaterThan(0);
       expect(fma.mmaBlocks, labels[i + 1]).toBe(0);
       expect(tf32.mmaBlocks, labels[i + 2]).toBeGreaterThan(0);
+      // the mma backward: bf16 with gradients; tf32 keeps the FloatTile backward
+      expect(mma.mmaBackwardBlocks > 0, labels[i]).toBe(mma.dE !== null);
+      expect(tf32.mmaBackwardBlocks, labels[i + 2]).toBe(0);
       expectMatches(mma, runs[i]![0], runs[i]![1], true, labels[i]!);
       expectMatches(tf32, runs[i + 2]![0], runs[i + 2]![1], true, labels[i + 2]!);
       // bf16 products are exact in fp32 on both paths: only the order of the fp32 sums differs
@@ -383,6 +389,94 @@ describe('gradient filtering (filterEps)', () => {
     const p = problem(22, [8, 16, 300], 'bf16', false, 0, { e: 1, w: 2 });
     const [g] = onKernels([[p, {}, { filterEps: 2 ** -12 }]]);
     expectMatches(g!, p, {}, true, 'bf16 filtered', false);
+  });
+});
+
+// ---------------------------------------------------------------- tensor-core backward
+
+/** G is rounded to bf16 (relative 2^-9) before both products: where a gradient's terms cancel, the error is
+ *  relative to the row's largest gradient rather than to the element, on top of the bf16 output's rounding. */
+const MMA_BACKWARD_TOL = { rtol: 1e-2, atol: 1e-6, rowTol: 2 ** -8 };
+
+describe('tensor-core backward: G once, dE += G·W and dW += Gᵀ·E on mma.sync over D-slices', () => {
+  // bf16, rows a 16-byte multiple: the mma backward in atomic mode. Several 128-row blocks, a
+  // partial last class tile, splits ending inside a tile, D tails inside a 32-column slice.
+  const SHAPES_BWD: [number, number, number][] = [[37, 40, 300], [130, 24, 150], [9, 64, 129], [20, 8, 70]];
+  const OPTIONS: LinearCrossEntropyOptions[] = [
+    {},
+    { labelSmoothing: 0.1, zLoss: 1e-3, softcap: 5, temperature: 0.7 },
+    { normalizer: 'stablemax', labelSmoothing: 0.2, squentropy: true },
+    { focalGamma: 2, polyEpsilon: 0.5, reduction: 'sum' },
+  ];
+  it('matches the float64 reference and the JS backend, in every option, with and without bias and splits', { timeout: SLOW }, () => {
+    const runs: [Problem, LinearCrossEntropyOptions, KernelSettings][] = [];
+    SHAPES_BWD.forEach((shape, si) => {
+      OPTIONS.forEach((options, oi) => {
+        const k = si * OPTIONS.length + oi;
+        runs.push([problem(900 + k, shape, 'bf16', k % 2 === 0), options, { vocabSplits: k % 3 === 0 ? 3 : 0 }]);
+      });
+    });
+    const out = onKernels(runs);
+    out.forEach((g, i) => {
+      const [p, options, settings] = runs[i]!;
+      const label = `mma backward ${JSON.stringify(options)} [${p.E.rows}, ${p.E.cols}, ${p.W.rows}] splits ${settings.vocabSplits}`;
+      expect(g.mmaBackwardBlocks, label).toBe(Math.ceil(p.E.rows / 128) * g.splits);
+      expect(g.skipped, label).toBe(0);
+      expectMatches(g, p, options, true, label, true, MMA_BACKWARD_TOL);
+    });
+  });
+  it('agrees with the deterministic FloatTile backward; filtering skips whole tiles', { timeout: SLOW }, () => {
+    const p = problem(951, [37, 40, 300], 'bf16', true, -100, { e: 1, w: 7 });
+    // few rows with a trained model's spread: most 128-class tiles hold no coefficient ≥ 2^-12
+    const peaked = problem(952, [6, 16, 1280], 'bf16', true, -100, { e: 1, w: 7 });
+    const [mma, owner, filtered, everything, exact] = onKernels([
+      [p, { labelSmoothing: 0.1 }, {}], [p, { labelSmoothing: 0.1 }, { deterministic: true }],
+      [peaked, {}, { filterEps: 2 ** -12, vocabSplits: 1 }], [p, {}, { filterEps: 1e30 }], [peaked, {}, { vocabSplits: 1 }],
+    ]);
+    expect(mma!.mmaBackwardBlocks).toBeGreaterThan(0);
+    expect(owner!.mmaBackwardBlocks).toBe(0);
+    const tol = { rtol: 1e-2, atol: 1e-6 };
+    expectClose(mma!.dE!, owner!.dE!, { ...tol, label: 'dE mma vs owner kernels' });
+    expectClose(mma!.dW!, owner!.dW!, { ...tol, label: 'dW mma vs owner kernels' });
+    expectClose(mma!.dBias!, owner!.dBias!, { ...tol, label: 'dBias mma vs owner kernels' });
+    // one split: one row block walks 10 class tiles of 128
+    expect(filtered!.visited).toBe(10);
+    expect(filtered!.skipped).toBeGreaterThan(0);
+    expect(filtered!.skipped).toBeLessThan(filtered!.visited);
+    expect(everything!.skipped).toBe(everything!.visited);
+    expect(Array.from(everything!.dE!).every((v) => v === 0)).toBe(true);
+    expect(Array.from(everything!.dW!).every((v) => v === 0)).toBe(true);
+    expect(Array.from(everything!.dBias!).every((v) => v === 0)).toBe(true);
+    // skipped coefficients are < 2^-12 times the mean's scale 1/n; at most V of them meet each W row
+    const n = peaked.labels.filter((t) => t !== -100).length;
+    const wMax = Math.max(...asRows(peaked.W).flat().map(Math.abs));
+    let maxDiff = 0;
+    for (let i = 0; i < exact!.dE!.length; i++) maxDiff = Math.max(maxDiff, Math.abs(exact!.dE![i]! - filtered!.dE![i]!));
+    expect(maxDiff).toBeLessThanOrEqual((2 ** -12 / n) * 1280 * wMax);
+    console.log(`mma backward, filterEps 2^-12: skipped ${filtered!.skipped} of ${filtered!.visited} tiles`);
+  });
+  it('planted bugs in the mma backward are caught: Gᵀ without .trans, a missing barrier after G', { timeout: SLOW }, () => {
+    const plant = (from: string, to: string) => {
+      let planted = false;
+      const runner = buildRunner((file, text) => {
+        if (file !== 'linear_ce_backward.cuh' || !text.includes(from)) return text;
+        planted = true;
+        return text.replace(from, to);
+      });
+      expect(planted, `"${from}" is no longer in the kernel`).toBe(true);
+      return runner;
+    };
+    const p = problem(961, [37, 40, 150], 'bf16', true);
+    const o = resolved(p, {});
+    const request = { ...linearRequest(p, o, {}), order: 'forward' as const };
+    const noTrans = plant('ldmatrixX4Trans(aGt,', 'ldmatrixX4(aGt,');
+    const g = decode(runKernels(noTrans, [request])[0]!, p, o);
+    expect(g.mmaBackwardBlocks).toBeGreaterThan(0);
+    expect(() => expectMatches(g, p, {}, true, 'no .trans', true, MMA_BACKWARD_TOL)).toThrow(/dW/);
+    const noBarrier = plant('keep = __syncthreads_or(keep) != 0;', 'keep = keep || __any_sync(0xffffffffu, keep);');
+    const [r] = runKernels(noBarrier, [request]);
+    expect(r!.ok).toBe(false);
+    if (!r!.ok) expect(r!.error).toMatch(/shared-memory race in kernel linearCeBackwardMma/);
   });
 });
 

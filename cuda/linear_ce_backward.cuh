@@ -1,0 +1,219 @@
+// The fused linear + cross-entropy backward on tensor cores (bf16 E and W): each 128 × 128
+// (rows × classes) tile of the gradient G = ∂loss/∂z is formed once and reused by two mma.sync
+// products, dE += G·W and dW += Gᵀ·E, so a kept tile costs three tile products on tensor cores
+// and nothing staged element by element.
+//
+// Grid (row blocks of 128 × vocabulary splits, splits fastest): the block walks the class tiles of its split.
+// For each class tile:
+//   1. the logits, recomputed on the forward's cp.async ring (mmaLoadStage, mmaStageProduct);
+//   2. G from the accumulator fragments (cuda/math/loss.cuh: gradCoefficient and the softcap's
+//      slope), rounded once to bf16 into a swizzled 32 KiB shared tile; a tile whose every
+//      coefficient is below filterEps is skipped here, before any gradient product;
+//   3. D-slices of 32 columns, streamed through the same ring: a stage holds E[rows, slice] and
+//      W[classes, slice], which are exactly the two B operands (k-major, so ldmatrix.trans). Warp
+//      w computes dE rows 16w.. (A = G, ldmatrix) and dW classes 16w.. (A = Gᵀ, ldmatrix.trans
+//      of the same tile) for the slice, and folds them into the fp32 accumulators.
+// Atomic mode only: the deterministic backward keeps the owner kernels of linear_cross_entropy.cu.
+//
+// Included by linear_cross_entropy.cu inside its kernel namespace, after LinearCeArgs, ThreadRow
+// and threadRow, which it uses.
+#pragma once
+
+constexpr int kGradTileBytes = kMmaBlockRows * kMmaBlockCols * 2;  // G in bf16: 32 KiB
+constexpr int kMmaBackwardSharedBytes =
+    kMmaRingBytes + kGradTileBytes + 2 * kMmaBlockCols * 4 + kMmaBlockRows * static_cast<int>(sizeof(ThreadRow));
+
+/** Byte offset of 16-byte chunk c (8 classes) of row r of the G tile (256-byte rows). The
+ *  XOR spreads the 8 rows one ldmatrix reads at one logical chunk over 8 bank groups. */
+__device__ __forceinline__ int gradSwizzle(int r, int c) { return r * (kMmaBlockCols * 2) + ((c ^ (r & 7)) << 4); }
+
+/**
+ * Runs `total` steps over the ring: step s's stage is loaded by load(stage, s) kMmaStages − 1
+ * steps ahead and multiplied by compute(stage, s). Ends with every copy landed and every warp
+ * done reading, so the next ring loop may start at once.
+ */
+template <class Load, class Compute>
+__device__ __forceinline__ void mmaRingLoop(unsigned char* ring, int total, Load load, Compute compute) {
+  for (int s = 0; s < kMmaStages - 1; ++s) {
+    if (s < total) load(ring + s * kMmaStageBytes, s);
+    cpAsyncCommit();  // empty groups keep the wait count uniform
+  }
+  for (int step = 0; step < total; ++step) {
+    cpAsyncWait<kMmaStages - 2>();  // this thread's copies of stage `step` have landed ...
+    __syncthreads();                // ... and everyone's; the stage read last step is free again
+    const int next = step + kMmaStages - 1;
+    if (next < total) load(ring + (next % kMmaStages) * kMmaStageBytes, next);
+    cpAsyncCommit();
+    compute(ring + (step % kMmaStages) * kMmaStageBytes, step);
+  }
+  cpAsyncWait<0>();
+  __syncthreads();  // the ring is free for the next loop
+}
+
+/**
+ * b[nt] for n8 tiles nt = 0..3 (32 columns, one stage row segment) and classes/rows k0..k0+15 of a
+ * k-major stage operand (row = k, 64 bytes = 32 columns): ldmatrix.trans turns each stored 8 × 8
+ * (k × n) block into a B fragment. Matrices: (k 0–7, nt), (k 8–15, nt), (k 0–7, nt + 1), (k 8–15, nt + 1).
+ */
+__device__ __forceinline__ void kMajorBFragments(const unsigned char* operand, int k0, uint32_t (&b)[4][2]) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+CUTLOSS_UNROLL
+  for (int np = 0; np < 2; ++np) {
+    uint32_t x[4];
+    ldmatrixX4Trans(x, operand + mmaSwizzle(k0 + (lane % 8) + 8 * ((lane / 8) % 2), 2 * np + lane / 16));
+    b[2 * np][0] = x[0];
+    b[2 * np][1] = x[1];
+    b[2 * np + 1][0] = x[2];
+    b[2 * np + 1][1] = x[3];
+  }
+}
+
+/** Adds a warp's 16 × 32 fragment tile to acc rows base + row0.., columns d0.. (row stride ld), within rows × cols. */
+__device__ __forceinline__ void flushFragments(const float (&c)[4][4], float* acc, int64_t base, int row0, int64_t rowEnd,
+                                               int64_t d0, int64_t cols) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int g = lane / 4, t = lane % 4;
+CUTLOSS_UNROLL
+  for (int nt = 0; nt < 4; ++nt) {
+CUTLOSS_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int64_t r = base + row0 + g + 8 * (i / 2);
+      const int64_t d = d0 + nt * 8 + 2 * t + (i % 2);
+      if (r < rowEnd && d < cols) atomicAdd(acc + r * cols + d, c[nt][i]);  // result unused: a reduction (red)
+    }
+  }
+}
+
+// One block per SM: ~105 KiB of shared memory, and under a 128-register cap ptxas spills the
+// logit fragments; with 1 it uses ~196 registers and no local memory.
+__global__ void __launch_bounds__(kMmaThreads, 1) linearCeBackwardMmaKernel(LinearCeArgs a) {
+  CUTLOSS_DYNAMIC_SHARED(uint4, sharedWords);  // uint4: 16-byte aligned for cp.async and ldmatrix
+  unsigned char* ring = reinterpret_cast<unsigned char*>(sharedWords);
+  unsigned char* gTile = ring + kMmaRingBytes;
+  __nv_bfloat16* gValues = reinterpret_cast<__nv_bfloat16*>(gTile);
+  float* biasSums = reinterpret_cast<float*>(gTile + kGradTileBytes);  // [2 warp rows][128 classes]
+  ThreadRow* rows = reinterpret_cast<ThreadRow*>(biasSums + 2 * kMmaBlockCols);
+  const int64_t N = a.E.rows;
+  const int64_t V = a.W.rows;
+  const int64_t D = a.E.cols;
+  // Splits vary fastest: the blocks in flight share few row blocks (their dE rows) and walk the
+  // same class tiles in step (their dW rows), so the accumulators they add to stay in L2.
+  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.splits));
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x / static_cast<unsigned>(a.splits)) * kMmaBlockRows;
+  const int64_t colBegin = static_cast<int64_t>(split) * a.tilesPerSplit * kTile;
+  const int64_t colEnd = min(static_cast<int64_t>(min(split * a.tilesPerSplit + a.tilesPerSplit, a.vocabTiles)) * kTile, V);
+  const int classTiles = static_cast<int>((colEnd - colBegin + kMmaBlockCols - 1) / kMmaBlockCols);
+  const int64_t rowBytes = D * 2;
+  const int kStages = static_cast<int>((rowBytes + kMmaRowBytes - 1) / kMmaRowBytes);  // also the D-slices
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int wm = warp / 4, wn = warp % 4;
+  const int g = lane / 4, t = lane % 4;
+
+  bool anyRow = false;
+  if (threadIdx.x < kMmaBlockRows) {
+    rows[threadIdx.x] = threadRow(a, r0 + threadIdx.x);
+    anyRow = rows[threadIdx.x].valid;
+  }
+  if (threadIdx.x == 0) atomicAdd(a.counters + kCounterMmaBackwardBlocks, 1u);
+  if (!__syncthreads_or(anyRow)) return;  // uniform: no row of the block has a gradient
+
+  const MmaRows eRows{static_cast<const unsigned char*>(a.E.data), rowBytes, r0, N};
+  for (int ct = 0; ct < classTiles; ++ct) {
+    const int64_t c0 = colBegin + static_cast<int64_t>(ct) * kMmaBlockCols;
+    const MmaRows wRows{static_cast<const unsigned char*>(a.W.data), rowBytes, c0, colEnd};
+    const auto load = [&](unsigned char* stage, int s) { mmaLoadStage(stage, eRows, wRows, static_cast<int64_t>(s) * kMmaRowBytes); };
+
+    // 1. the logits of the tile
+    float acc[4][4][4];
+CUTLOSS_UNROLL
+    for (int mt = 0; mt < 4; ++mt)
+CUTLOSS_UNROLL
+      for (int nt = 0; nt < 4; ++nt)
+CUTLOSS_UNROLL
+        for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+    mmaRingLoop(ring, kStages, load, [&](const unsigned char* stage, int) { mmaStageProduct<MmaBf16>(stage, wm, wn, acc); });
+
+    // 2. G from the fragments: lane (g, t) holds rows g, g + 8 of each m16 tile, columns 2t, 2t + 1 of each n8 tile
+    bool keep = false;
+    float columnSums[4][2];
+CUTLOSS_UNROLL
+    for (int nt = 0; nt < 4; ++nt) columnSums[nt][0] = columnSums[nt][1] = 0.0f;
+CUTLOSS_UNROLL
+    for (int mt = 0; mt < 4; ++mt) {
+CUTLOSS_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const int m = wm * kMmaWarpRows + mt * 16 + g + 8 * h;
+        const ThreadRow& row = rows[m];
+CUTLOSS_UNROLL
+        for (int nt = 0; nt < 4; ++nt) {
+          const int n = wn * kMmaWarpCols + nt * 8 + 2 * t;
+CUTLOSS_UNROLL
+          for (int j = 0; j < 2; ++j) {
+            const int64_t col = c0 + n + j;
+            float gradient = 0.0f;
+            if (row.valid && col < colEnd) {
+              const float x = acc[mt][nt][2 * h + j] + (a.bias != nullptr ? a.bias[col] : 0.0f);
+              const float z = effectiveLogit(x, a.p.softcap, a.p.invTemperature);
+              const float coef = gradCoefficient(row.rg, z, col == row.label, classWeight(a.p, col));
+              if (!(fabsf(coef) * row.invScale < a.filterEps)) keep = true;  // NaN is never filtered
+              gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature);
+            }
+            columnSums[nt][j] += gradient;
+            gValues[(gradSwizzle(m, n / 8) >> 1) + (n % 8) + j] = __float2bfloat16_rn(gradient);
+          }
+        }
+      }
+    }
+CUTLOSS_UNROLL
+    for (int nt = 0; nt < 4; ++nt) {
+CUTLOSS_UNROLL
+      for (int j = 0; j < 2; ++j) {
+        float s = columnSums[nt][j];  // the lane's 8 rows; then the warp's 64 (the lanes of one t)
+        s += shuffleXor(s, 4);
+        s += shuffleXor(s, 8);
+        s += shuffleXor(s, 16);
+        if (g == 0) biasSums[wm * kMmaBlockCols + wn * kMmaWarpCols + nt * 8 + 2 * t + j] = s;
+      }
+    }
+    keep = __syncthreads_or(keep) != 0;  // also: G and biasSums are complete
+    if (threadIdx.x == 0) {
+      atomicAdd(a.counters + kCounterVisited, 1u);
+      if (!keep) atomicAdd(a.counters + kCounterSkipped, 1u);
+    }
+    if (!keep) continue;  // uniform
+    // one add per column and block: the two warp rows' sums in a fixed order
+    if (a.dBias != nullptr && threadIdx.x < kMmaBlockCols && c0 + threadIdx.x < colEnd) {
+      atomicAdd(a.dBias + c0 + threadIdx.x, biasSums[threadIdx.x] + biasSums[kMmaBlockCols + threadIdx.x]);
+    }
+
+    // 3. dE[rows, slice] += G·W[classes, slice] and dW[classes, slice] += Gᵀ·E[rows, slice], 32 columns a stage
+    mmaRingLoop(ring, kStages, load, [&](const unsigned char* stage, int s) {
+      const unsigned char* sE = stage;
+      const unsigned char* sW = stage + kMmaBlockRows * kMmaRowBytes;
+      float dE[4][4], dW[4][4];
+CUTLOSS_UNROLL
+      for (int nt = 0; nt < 4; ++nt)
+CUTLOSS_UNROLL
+        for (int i = 0; i < 4; ++i) dE[nt][i] = dW[nt][i] = 0.0f;
+CUTLOSS_UNROLL
+      for (int ks = 0; ks < kMmaBlockCols / 16; ++ks) {  // k: classes for dE, rows for dW
+        uint32_t aG[4], aGt[4], b[4][2];
+        // A = G rows 16·warp.., classes 16·ks..: matrices (rows 0–7 | 8–15) × (chunk 2ks | 2ks + 1)
+        ldmatrixX4(aG, gTile + gradSwizzle(16 * warp + (lane % 8) + 8 * ((lane / 8) % 2), 2 * ks + lane / 16));
+        kMajorBFragments(sW, 16 * ks, b);
+CUTLOSS_UNROLL
+        for (int nt = 0; nt < 4; ++nt) mmaBf16(dE[nt], aG, b[nt]);
+        // A = Gᵀ classes 16·warp.., rows 16·ks..: stored blocks (rows 0–7, classes 0–7), (0–7, 8–15),
+        // (8–15, 0–7), (8–15, 8–15), each transposed
+        ldmatrixX4Trans(aGt, gTile + gradSwizzle(16 * ks + (lane % 8) + 8 * (lane / 16), 2 * warp + (lane / 8) % 2));
+        kMajorBFragments(sE, 16 * ks, b);
+CUTLOSS_UNROLL
+        for (int nt = 0; nt < 4; ++nt) mmaBf16(dW[nt], aGt, b[nt]);
+      }
+      const int64_t d0 = static_cast<int64_t>(s) * (kMmaRowBytes / 2);
+      flushFragments(dE, a.dE, r0, 16 * warp, N, d0, D);
+      flushFragments(dW, a.dW, c0, 16 * warp, colEnd, d0, D);
+    });
+  }
+}
