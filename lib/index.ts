@@ -17,7 +17,7 @@ import {
   type CrossEntropyOptions, type LinearCrossEntropyOptions, type LossValue, type Reduction,
 } from './options.js';
 import { asMatrix, resultLike, toF32, type Matrix, type Tensor } from './tensor.js';
-import { isScaleOut, rejectScaleOutOnDevice, scaleOutCrossEntropy, scaleOutLinearCrossEntropy } from './scaleOut.js';
+import { isScaleOut, scaleOutCrossEntropy, scaleOutLinearCrossEntropy } from './scaleOut.js';
 
 export { CutlossError, type CutlossErrorCode } from './errors.js';
 export type { AsyncCommunicator, Communicator, DataParallelOptions, VocabParallelOptions } from './communicator.js';
@@ -697,7 +697,7 @@ export function crossEntropy(
   logits: AnyTensor, labels: Int32Array, options?: CrossEntropyOptions,
 ): CrossEntropyResult | DeviceCrossEntropyResult {
   if (logits instanceof DeviceTensor) {
-    rejectScaleOutOnDevice(options, 'crossEntropy');
+    if (isScaleOut(options)) return shardedCrossEntropyOnDevice(logits, labels, options, 'crossEntropy');
     const b = onDevice(logits, 'crossEntropy');
     const { o, t } = lossArgs(logits, labels, options);
     return deviceLossResult(b.device.crossEntropy(logits, t, o), o.returnLse);
@@ -748,7 +748,7 @@ export function linearCrossEntropy(
   embeddings: AnyTensor, classifier: AnyTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
 ): LinearCrossEntropyResult | DeviceLinearCrossEntropyResult {
   if (embeddings instanceof DeviceTensor) {
-    rejectScaleOutOnDevice(options, 'linearCrossEntropy');
+    if (isScaleOut(options)) return shardedLinearOnDevice(embeddings, classifier, labels, options, 'linearCrossEntropy');
     const b = onDevice(embeddings, 'linearCrossEntropy', [[classifier, 'classifier']]);
     const W = classifier as DeviceTensor;
     const { o, t } = linearArgs(embeddings, W, labels, options);
@@ -794,6 +794,41 @@ function deviceLinearResult(out: DeviceLinearCrossEntropyOutput, returnLse: bool
   if (out.dClassifier !== null) result.dClassifier = out.dClassifier;
   if (out.dBias !== null) result.dBias = out.dBias;
   if (returnLse) result.lse = out.lse;
+  return result;
+}
+
+// vocabParallel / dataParallel on DeviceTensors: the inputs are downloaded, the host scale-out
+// path runs on their backend, and the gradients are uploaded to it (README "Scale-out").
+
+function shardedCrossEntropyOnDevice(logits: DeviceTensor, labels: unknown, options: unknown, fn: string): DeviceCrossEntropyResult {
+  const b = onDevice(logits, fn);
+  const m = asMatrix(logits.download(), `${fn}: logits`);
+  const out = scaleOutCrossEntropy(b, m, labels, options)!;
+  const result: DeviceCrossEntropyResult = { loss: out.loss };
+  if (out.dLogits !== null) result.dLogits = b.upload(asMatrix(resultLike(m, out.dLogits), `${fn}: dLogits`));
+  if (out.returnLse) result.lse = out.lse;
+  return result;
+}
+
+function shardedLinearOnDevice(
+  embeddings: DeviceTensor, classifier: unknown, labels: unknown, options: unknown, fn: string,
+): DeviceLinearCrossEntropyResult {
+  const b = onDevice(embeddings, fn, [[classifier, 'classifier']]);
+  const E = asMatrix(embeddings.download(), `${fn}: embeddings`);
+  const W = asMatrix((classifier as DeviceTensor).download(), `${fn}: classifier`);
+  const out = scaleOutLinearCrossEntropy(b, E, W, labels, options)!;
+  const result: DeviceLinearCrossEntropyResult = { loss: out.loss, workspaceBytes: out.workspaceBytes ?? 0 };
+  if (out.dEmbeddings !== null) result.dEmbeddings = b.upload(asMatrix(resultLike(E, out.dEmbeddings), `${fn}: dEmbeddings`));
+  if (out.dClassifier !== null) {
+    try {
+      result.dClassifier = b.upload(asMatrix(resultLike(W, out.dClassifier), `${fn}: dClassifier`));
+    } catch (e) {
+      result.dEmbeddings?.dispose();
+      throw e;
+    }
+  }
+  if (out.dBias !== null) result.dBias = out.dBias;
+  if (out.returnLse) result.lse = out.lse;
   return result;
 }
 

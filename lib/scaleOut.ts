@@ -47,13 +47,6 @@ export function isScaleOut(options: unknown): boolean {
       (options as Record<string, unknown>).dataParallel !== undefined);
 }
 
-/** E_OPTION for device tensors: the sharded losses take host tensors. */
-export function rejectScaleOutOnDevice(options: unknown, fn: string): void {
-  if (isScaleOut(options)) {
-    throw new CutlossError('E_OPTION', `${fn}: vocabParallel and dataParallel take host tensors, not DeviceTensors`);
-  }
-}
-
 function splitOptions(options: unknown, fn: string): ScaleOut | null {
   if (!isScaleOut(options)) return null;
   const { vocabParallel, dataParallel, ...rest } = asOptionsObject(options, fn);
@@ -89,6 +82,8 @@ interface LocalProblem {
   rows: number;
   vocab: number;
   run(o: ResolvedLossOptions, labels: Int32Array): { loss: number | Float32Array; lse: Float32Array; grads: (Float32Array | null)[] };
+  /** The largest device workspace a run used (native backends), else undefined. */
+  workspaceBytes?: number;
   /** The raw logit of (row, local class col). */
   rawLogit(row: number, col: number): number;
   /** Adds c·∂x(row, col)/∂(inputs) into grads: the gradient of one logit with coefficient c. */
@@ -118,11 +113,12 @@ function linearProblem(b: Backend, E: Matrix, W: Matrix, bias: Float32Array | nu
   const D = E.cols;
   let e: Float32Array | null = null;
   let w: Float32Array | null = null;
-  return {
+  const p: LocalProblem = {
     rows: E.rows,
     vocab: W.rows,
     run(o, labels) {
       const r = b.linearCrossEntropy(E, W, labels, o);
+      if (r.workspaceBytes !== undefined) p.workspaceBytes = Math.max(p.workspaceBytes ?? 0, r.workspaceBytes);
       return { loss: r.loss, lse: r.lse, grads: [r.dEmbeddings, r.dClassifier, r.dBias] };
     },
     rawLogit(row, col) {
@@ -143,6 +139,7 @@ function linearProblem(b: Backend, E: Matrix, W: Matrix, bias: Float32Array | nu
       if (dB !== null && dB !== undefined) dB[col]! += c;
     },
   };
+  return p;
 }
 
 function addInto(acc: (Float32Array | null)[], more: (Float32Array | null)[]): void {
@@ -176,11 +173,14 @@ export function scaleOutLinearCrossEntropy(
   }
   const dtype = E.dtype === 'bf16' || W.dtype === 'bf16' ? 'bf16' : 'f32';
   const o = resolveLossOptions(so.rest, E.rows, W.rows, dtype, true);
-  const r = runScaleOut(linearProblem(b, E, W, o.bias), so, o, labels);
+  const p = linearProblem(b, E, W, o.bias);
+  const r = runScaleOut(p, so, o, labels);
   const [dE, dW, dB] = r.grads;
-  return {
+  const out: LinearCrossEntropyOutput & { returnLse: boolean } = {
     loss: r.loss, lse: r.lse, dEmbeddings: dE ?? null, dClassifier: dW ?? null, dBias: dB ?? null, returnLse: o.returnLse,
   };
+  if (p.workspaceBytes !== undefined) out.workspaceBytes = p.workspaceBytes;
+  return out;
 }
 
 interface Result {

@@ -2,7 +2,8 @@
 // rank equals the plain call), and NCCL's failure paths where libnccl is absent.
 import { describe, expect, it } from 'vitest';
 import {
-  CutlossError, backends, crossEntropy, linearCrossEntropy, setBackend, tensor, type Communicator,
+  CutlossError, DeviceTensor, backends, crossEntropy, download, linearCrossEntropy, setBackend, tensor, upload,
+  type Communicator,
 } from '../../lib/index.js';
 import { ncclCommunicator, ncclIdFromString, ncclIdToString, ncclStatus, ncclUniqueId } from '../../lib/nccl/index.js';
 import * as ref from '../reference64.js';
@@ -52,6 +53,47 @@ describe('vocabParallel / dataParallel options', () => {
     const bad = labels.slice();
     bad[0] = V;
     expect(code(() => linearCrossEntropy(E, W, bad, { vocabParallel: { communicator: one, vocabStart: 0, vocabSize: V } }))).toBe('E_LABEL');
+  });
+});
+
+describe.skipIf(!backends().find((b) => b.name === 'cuda-emu')!.available)('vocabParallel / dataParallel on DeviceTensors', () => {
+  const emu = (t: typeof E) => upload(t, { backend: 'cuda-emu' });
+  const vp = { vocabParallel: { communicator: one, vocabStart: 0, vocabSize: V } };
+  const dp = { dataParallel: { communicator: one } };
+  it('a group of one equals the plain device call; gradients stay DeviceTensors', () => {
+    const bias = Float32Array.from({ length: V }, (_, j) => j / V);
+    const o = { labelSmoothing: 0.1, bias, returnLse: true } as const;
+    const [Ed, Wd] = [emu(E), emu(W)];
+    const a = linearCrossEntropy(Ed, Wd, labels, o);
+    for (const s of [vp, dp]) {
+      const b = linearCrossEntropy(Ed, Wd, labels, { ...o, ...s });
+      expect(b.loss).toBeCloseTo(a.loss, 6);
+      expect(b.dEmbeddings).toBeInstanceOf(DeviceTensor);
+      expect(b.dClassifier!.backend).toBe('cuda-emu');
+      expect(b.dBias).toBeInstanceOf(Float32Array);
+      expect(b.workspaceBytes).toBeGreaterThan(0);
+      for (const k of ['dEmbeddings', 'dClassifier'] as const) {
+        const want = download(a[k]!).data;
+        download(b[k]!).data.forEach((x, i) => expect(x).toBeCloseTo(want[i]!, 6));
+      }
+      b.lse!.forEach((x, i) => expect(x).toBeCloseTo(a.lse![i]!, 5));
+    }
+    const X = emu(tensor(Float32Array.from({ length: N * V }, (_, i) => Math.sin(i)), [N, V]));
+    const c = crossEntropy(X, labels);
+    const d = crossEntropy(X, labels, vp);
+    expect(d.loss).toBeCloseTo(c.loss, 6);
+    expect(d.dLogits).toBeInstanceOf(DeviceTensor);
+    const want = download(c.dLogits!).data;
+    download(d.dLogits!).data.forEach((x, i) => expect(x).toBeCloseTo(want[i]!, 6));
+  });
+  it('host/device mixing is E_BACKEND, disposed inputs E_DISPOSED', () => {
+    const [Ed, Wd] = [emu(E), emu(W)];
+    expect(code(() => linearCrossEntropy(Ed, W as never, labels, vp))).toBe('E_BACKEND');
+    expect(code(() => linearCrossEntropy(E, Wd as never, labels, dp))).toBe('E_BACKEND');
+    Wd.dispose();
+    expect(code(() => linearCrossEntropy(Ed, Wd, labels, vp))).toBe('E_DISPOSED');
+    Ed.dispose();
+    expect(code(() => crossEntropy(Ed, labels, dp))).toBe('E_DISPOSED');
   });
 });
 

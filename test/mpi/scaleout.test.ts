@@ -4,6 +4,7 @@
 // CI installs Open MPI.
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
+import { backends } from '../../lib/index.js';
 import { mpiStatus } from '../../lib/mpi/index.js';
 
 const mpirun = spawnSync('mpirun', ['--version'], { encoding: 'utf8' });
@@ -14,8 +15,11 @@ const skipReason = mpirun.error !== undefined
 if (skipReason !== null) console.warn(`test/mpi/scaleout.test.ts skipped: ${skipReason}`);
 
 function run(np: number, backends: string, dtypes: string, quick: boolean) {
-  const args = ['--allow-run-as-root', '--oversubscribe', '-np', String(np), process.execPath, '--import', 'tsx',
-    'test/mpi/worker.ts', backends, dtypes, ...(quick ? ['quick'] : [])];
+  return runWorker(np, ['test/mpi/worker.ts', backends, dtypes, ...(quick ? ['quick'] : [])]);
+}
+
+function runWorker(np: number, worker: string[]) {
+  const args = ['--allow-run-as-root', '--oversubscribe', '-np', String(np), process.execPath, '--import', 'tsx', ...worker];
   const r = spawnSync('mpirun', args, { encoding: 'utf8', timeout: 120_000, env: { ...process.env, OMPI_MCA_btl: 'self,vader' } });
   const results = (r.stdout ?? '').split('\n').filter((l) => l.startsWith('RESULT ')).map((l) => JSON.parse(l.slice(7)) as {
     rank: number; size: number; checks: number; failed: number; failures: string[];
@@ -40,4 +44,17 @@ describe.skipIf(skipReason !== null)('vocabParallel and dataParallel under mpiru
     }
     expect(r.status).toBe(0);
   }, 120_000);
+});
+
+const emu = backends().find((b) => b.name === 'cuda-emu')!;
+describe.skipIf(skipReason !== null || !emu.available)('vocabParallel and dataParallel on cuda-emu DeviceTensors', () => {
+  it('mpirun -np 2: every rank equals the single-process device call, gradients on the device', () => {
+    const { r, results } = runWorker(2, ['test/mpi/deviceWorker.ts']);
+    expect(results.map((x) => x.rank).sort(), `${r.stderr}\n${r.stdout}`).toEqual([0, 1]);
+    for (const x of results) {
+      expect(x.checks).toBeGreaterThan(50);
+      expect(x.failures, `rank ${x.rank}`).toEqual([]);
+    }
+    expect(r.status).toBe(0);
+  }, 60_000);
 });
