@@ -59,14 +59,42 @@ const LOSS_OPTIONS: [string, CrossEntropyOptions][] = [
   ['sparsemax', { reduction: 'none', normalizer: 'sparsemax' }],
 ];
 
-// Pending: the matrix still disagrees with the float64 reference on ±inf/NaN rows, on
-// temperature < 1 at 3e38 (f32 overflows where float64 does not) and on ties at the float32
-// max; the reference and the backends' semantics there are not yet reconciled.
-describe.skip.each(BACKENDS)('float32 edge matrix on %s', (backend) => {
+const F32_MAX = 3.4028234663852886e38;
+
+/**
+ * Float32 limits of the native backends (cpu, cuda-emu) that the matrix does not judge yet;
+ * js forms these intermediates in float64 and runs every case. Both are fixable only by
+ * restructuring the native row pipelines, not by a tolerance:
+ * - temperature: the effective logit is x·(1/T) in float32 before the max shift
+ *   (cuda/math/softcap.cuh effectiveLogit). At |x| ≥ 1e4 its rounding (ulp ≈ 1e-3) moves the
+ *   loss by ~1e-4 (beyond fp32 accuracy of the answer), and where |x|/T exceeds F32_MAX it
+ *   overflows to +inf, which the +inf rule turns into a NaN row; (x − max)/T would do neither.
+ * - stablemax: S = Σ s(z) is accumulated in float32 and overflows once the row's s values sum
+ *   past F32_MAX (two logits ≥ 1.7e38), giving p = 0 and log p = −inf; scaling by the largest
+ *   s would not.
+ */
+function nativeGap(backend: string, op: string, rows: number[][]): string | undefined {
+  if (backend === 'js') return undefined;
+  const finite = rows.flat().filter(Number.isFinite);
+  if (/temperature|T=/.test(op) && finite.some((v) => Math.abs(v) >= 1e4)) {
+    return 'x·(1/T) is rounded (or overflows) in float32 before the max shift';
+  }
+  const sOverflows = rows.some((r) => r.filter((v) => v >= 0 && Number.isFinite(v)).reduce((acc, v) => acc + v + 1, 0) > F32_MAX);
+  if (/stablemax/i.test(op) && sOverflows) return 'S = Σ s(z) overflows float32';
+  return undefined;
+}
+
+describe.each(BACKENDS)('float32 edge matrix on %s', (backend) => {
   for (const [name, rows, labels] of EDGE_MATRIX) {
+    // listed as skipped, so the gaps stay visible in every run
+    for (const op of [...ROW_OPS.map(([op]) => op), ...LOSS_OPTIONS.map(([opt]) => `crossEntropy ${opt}`)]) {
+      const why = nativeGap(backend, op, rows);
+      if (why) it.skip(`${name}: ${op} (${why})`, () => {});
+    }
     it(`${name}: row-wise ops and their VJPs`, () => {
       const x = lib.tensor(f32(rows), [rows.length, rows[0]!.length]);
       for (const [op, run, want] of ROW_OPS) {
+        if (nativeGap(backend, op, rows)) continue;
         const got = withBackend(backend, () => run(x));
         expectElementsClose(got.data as Float32Array, flat(want(rows)), `${op}`);
       }
@@ -81,6 +109,7 @@ describe.skip.each(BACKENDS)('float32 edge matrix on %s', (backend) => {
     it(`${name}: crossEntropy under each normalizer and option`, () => {
       const x = lib.tensor(f32(rows), [rows.length, rows[0]!.length]);
       for (const [opt, o] of LOSS_OPTIONS) {
+        if (nativeGap(backend, opt, rows)) continue;
         const got = withBackend(backend, () => lib.crossEntropy(x, Int32Array.from(labels), o));
         const want = ref.crossEntropy(rows, labels, { ...o, reduction: 'none' } as ref.CeOptions);
         expectElementsClose(got.loss as Float32Array, want.loss as number[], `${opt} loss`);

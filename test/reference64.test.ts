@@ -319,6 +319,19 @@ describe('sparsemax', () => {
     expectClose(sparsemax([[0.1, 0.2, 0.3]]), [[0.1 + 0.4 / 3, 0.2 + 0.4 / 3, 0.3 + 0.4 / 3]]); // τ = −0.4/3
     expectClose(sparsemax([[1, 0, -1]]), [[1, 0, 0]]); // boundary: z_2 = τ = 0
   });
+  it('a row with +inf or NaN, or only −inf, is NaN (README), loss and gradient too; −inf entries get 0', () => {
+    for (const row of [[Infinity, 1, 2], [NaN, 1, 2], [-Infinity, -Infinity, -Infinity]]) {
+      expect(sparsemax([row])[0].every(Number.isNaN)).toBe(true);
+      const ce = crossEntropy([row], [1], { normalizer: 'sparsemax', reduction: 'none' });
+      expect((ce.loss as number[])[0]).toBeNaN();
+      expect(ce.dLogits[0].every(Number.isNaN)).toBe(true);
+    }
+    expectClose(sparsemax([[-Infinity, 0, 0]]), [[0, 0.5, 0.5]]);
+    // a −inf label logit: loss +inf, gradient p − onehot
+    const ce = crossEntropy([[-Infinity, 0, 0]], [0], { normalizer: 'sparsemax', reduction: 'none' });
+    expect((ce.loss as number[])[0]).toBe(Infinity);
+    expectClose(ce.dLogits, [[-1, 0.5, 0.5]]);
+  });
   it('is the Euclidean projection onto the simplex (KKT conditions) on random rows', () => {
     const rng = mulberry32(7);
     for (const row of randomRows(rng, 50, 9, 0.7)) {

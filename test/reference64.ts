@@ -151,6 +151,12 @@ function logStablemaxRowD(x: readonly Dual[]): Dual[] {
  * k = max{k : 1 + k·z_(k) > Σ_{j≤k} z_(j)}, τ = (Σ_{j≤k} z_(j) − 1)/k. The support is chosen
  * on values; τ is then a smooth function of the top-k logits, so duals differentiate it. */
 function sparsemaxRowD(zIn: readonly Dual[]): { p: Dual[]; tau: Dual; shift: number; support: boolean[] } {
+  // +inf, NaN or only −inf: no finite distribution, NaN as softmax. Unguarded, the shift below
+  // turns such a row into NaN gaps, k stays 0, τ = −inf and relu(NaN) gives p = 0.
+  if (noFiniteMax(zIn)) {
+    const nan = new Dual(NaN, NaN);
+    return { p: zIn.map(() => nan), tau: nan, shift: NaN, support: zIn.map(() => false) };
+  }
   // Shift by the max value (a constant: sparsemax is shift-invariant) so huge logits keep
   // their gaps in float64; τ is returned relative to `shift`.
   const shift = Math.max(...zIn.map((zj) => zj.v));

@@ -121,6 +121,9 @@ CUTLOSS_HD RowGrad rowGrad(const LossConstants& k, const RowStats& st, const Row
   const float omp = r.oneMinusPLabel;
   // F' = −γ(1 − p_t)^(γ−1); at p_t = 1 its product with ∂p_t/∂z (also 0 there) has limit 0 unless γ = 1.
   const float dFocal = g == 0.0f ? 0.0f : omp > 0.0f ? -g * powf(omp, g - 1.0f) : g == 1.0f ? -1.0f : 0.0f;
+  // C·F' multiplies ∂p_t/∂z, which carries a factor p_t, and C·p_t → 0 as p_t → 0 (ℓ·e^−ℓ): at
+  // p_t = 0 (a −inf label logit, C = +inf) the term takes that limit, 0, instead of ∞·0 = NaN.
+  const float focalTerm = dFocal == 0.0f || r.pLabel == 0.0f ? 0.0f : sWeighted * r.ce * dFocal;
   const float sWF = sWeighted * r.focal;
   RowGrad rg;
   rg.normalizer = k.normalizer;
@@ -130,7 +133,7 @@ CUTLOSS_HD RowGrad rowGrad(const LossConstants& k, const RowStats& st, const Row
   rg.mass = sWF * r.targetMass;
   rg.keep = sWF * (1.0f - k.smoothing) * wLabel;
   rg.spread = (sWF * k.smoothing) / static_cast<float>(k.vocab);
-  rg.kappa = (dFocal == 0.0f ? 0.0f : sWeighted * r.ce * dFocal) - sUnweighted * k.polyEpsilon;
+  rg.kappa = focalTerm - sUnweighted * k.polyEpsilon;
   rg.zCoef = sUnweighted * 2.0f * k.zLoss * st.lse;
   rg.sqCoef = k.vocab > 1 ? (sUnweighted * 2.0f * k.squentropy) / static_cast<float>(k.vocab - 1) : 0.0f;
   rg.stableSum = stablemaxRowSum(st.stableSum, st.zMax);

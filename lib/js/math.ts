@@ -294,6 +294,9 @@ export function rowGrad(
   const omp = r.oneMinusPLabel;
   // F' = −γ(1 − p_t)^(γ−1); at p_t = 1 its product with ∂p_t/∂z (also 0 there) has limit 0 unless γ = 1.
   const dFocal = g === 0 ? 0 : omp > 0 ? -g * Math.pow(omp, g - 1) : g === 1 ? -1 : 0;
+  // C·F' multiplies ∂p_t/∂z, which carries a factor p_t, and C·p_t → 0 as p_t → 0 (ℓ·e^−ℓ): at
+  // p_t = 0 (a −inf label logit, C = +inf) the term takes that limit, 0, instead of ∞·0 = NaN.
+  const focalTerm = dFocal === 0 || r.pLabel === 0 ? 0 : sWeighted * r.ce * dFocal;
   const sWF = sWeighted * r.focal;
   return {
     normalizer: k.normalizer,
@@ -303,7 +306,7 @@ export function rowGrad(
     mass: sWF * r.targetMass,
     keep: sWF * (1 - k.smoothing) * wLabel,
     spread: (sWF * k.smoothing) / k.vocab,
-    kappa: (dFocal === 0 ? 0 : sWeighted * r.ce * dFocal) - sUnweighted * k.polyEpsilon,
+    kappa: focalTerm - sUnweighted * k.polyEpsilon,
     zCoef: sUnweighted * 2 * k.zLoss * st.lse,
     sqCoef: k.vocab > 1 ? (sUnweighted * 2 * k.squentropy) / (k.vocab - 1) : 0,
     stableSum: stablemaxRowSum(st.stableSum, st.zMax),
