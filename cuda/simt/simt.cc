@@ -785,7 +785,9 @@ unsigned currentLane() { return simt::detail::currentLinearThread() % 32; }
 
 // ---------------------------------------------------------------- instrumentation hooks
 // GCC's -fsanitize=thread instrumentation calls these for every load and store of the kernel
-// sources compiled with it; with no sanitizer runtime linked, they are ours.
+// sources compiled with it; with no sanitizer runtime linked, they are ours. Hidden: they serve
+// the kernels linked into this library, and must not stand in for a real sanitizer's elsewhere.
+#pragma GCC visibility push(hidden)
 extern "C" {
 void __tsan_init() {}
 void __tsan_func_entry(void*) {}
@@ -808,6 +810,7 @@ SIMT_HOOKS(16)
 void __tsan_read_range(void* p, unsigned long n) { simt::instrumentedAccess(p, n, false); }
 void __tsan_write_range(void* p, unsigned long n) { simt::instrumentedAccess(p, n, true); }
 }
+#pragma GCC visibility pop
 
 // ---------------------------------------------------------------- warp operations
 
