@@ -83,15 +83,16 @@ function cpuGemms() {
   return a;
 }
 
+/** The cpu contestants' shared start: threads set, the addon's GEMMs, a linear case's inputs in f32. */
+function cpuLinearProblem(spec: WorkerSpec) {
+  lib.setThreads(spec.threads);
+  const inp = caseInputs(spec.case, spec.rows);
+  return { a: cpuGemms(), inp, E: asF32(inp.E!), W: asF32(inp.W!), N: spec.rows, D: spec.case.D, V: spec.case.V };
+}
+
 /** E·Wᵀ, G·W and Gᵀ·E at full size with the BLAS cutloss links; G = the logits. f32 (bf16 inputs widened first). */
 async function gemmLimit(spec: WorkerSpec): Promise<Prepared> {
-  lib.setThreads(spec.threads);
-  const a = cpuGemms();
-  const c = spec.case;
-  const inp = caseInputs(c, spec.rows);
-  const E = asF32(inp.E!);
-  const W = asF32(inp.W!);
-  const [N, D, V] = [spec.rows, c.D, c.V];
+  const { a, E, W, N, D, V } = cpuLinearProblem(spec);
   const info = a.cpuInfo();
   return {
     label: 'GEMM limit (E·Wᵀ, G·W, Gᵀ·E)',
@@ -115,13 +116,7 @@ async function gemmLimit(spec: WorkerSpec): Promise<Prepared> {
 /** The materialized head on the cpu backend: logits by GEMM, crossEntropy, then dE and dW by GEMM. */
 async function materializedCpu(spec: WorkerSpec): Promise<Prepared> {
   lib.setBackend('cpu');
-  lib.setThreads(spec.threads);
-  const a = cpuGemms();
-  const c = spec.case;
-  const inp = caseInputs(c, spec.rows);
-  const E = asF32(inp.E!);
-  const W = asF32(inp.W!);
-  const [N, D, V] = [spec.rows, c.D, c.V];
+  const { a, inp, E, W, N, D, V } = cpuLinearProblem(spec);
   const make = (n: number, e: Float32Array, w: Float32Array, v: number, labels: Int32Array) => (mode: 'fwd' | 'fwdbwd') => {
     const L = a.cpuSgemm(false, true, n, v, D, e, w);
     const r = lib.crossEntropy(lib.tensor(L, [n, v]), labels, { computeGrad: mode === 'fwdbwd' });
@@ -136,7 +131,7 @@ async function materializedCpu(spec: WorkerSpec): Promise<Prepared> {
   const tiny = make(n, E.subarray(0, n * D), W.subarray(0, v * D), v, new Int32Array(n));
   return {
     label: 'materialized (cutloss cpu crossEntropy on E·Wᵀ)',
-    note: `logits [${N}, ${V}] f32 written, crossEntropy on the cpu backend, dE and dW by GEMM${c.dtype === 'bf16' ? '; bf16 inputs widened to f32' : ''}`,
+    note: `logits [${N}, ${V}] f32 written, crossEntropy on the cpu backend, dE and dW by GEMM${spec.case.dtype === 'bf16' ? '; bf16 inputs widened to f32' : ''}`,
     returnedBytes: (N + V) * D * 4,
     run: make(N, E, W, V, inp.labels),
     warm: () => tiny('fwdbwd'),
