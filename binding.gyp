@@ -24,6 +24,8 @@
         "src/emu/gumbel.cc",
         "src/emu/cross_entropy.cc",
         "src/emu/linear_cross_entropy.cc",
+        "src/emu/sigmoid_pair.cc",
+        "src/emu/zscore.cc",
         "src/cpu/binding.cc",
         "src/cpu/parallel.cc",
         "src/cpu/host_memory.cc"
@@ -57,7 +59,10 @@
         "src/cpu/cross_entropy.cc",
         "src/cpu/linear_cross_entropy.cc",
         "src/cpu/kept_exp_avx512.cc",
-        "src/cpu/gemm.cc"
+        "src/cpu/gemm.cc",
+        "src/cpu/bf16_gemm.cc",
+        "src/cpu/sigmoid_pair.cc",
+        "src/cpu/zscore.cc"
       ],
       "defines": ["<!@(node src/cpu/find-openblas.cjs defines)"],
       "include_dirs": ["<!@(node src/cpu/find-openblas.cjs include)"],

@@ -230,7 +230,8 @@ __device__ __forceinline__ RowStats loadRowStats(const float* rowStats, int64_t 
 }
 
 __device__ __forceinline__ LossConstants lossConstants(const LossParams& p) {
-  return LossConstants{p.vocab, p.normalizer, p.smoothing, p.focalGamma, p.polyEpsilon, p.zLoss, p.squentropy};
+  return LossConstants{p.vocab, p.normalizer, p.smoothing, p.focalGamma, p.polyEpsilon, p.zLoss, p.squentropy,
+                       p.generalizedCE};
 }
 
 __device__ __forceinline__ float classWeight(const LossParams& p, int64_t j) {

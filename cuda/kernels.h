@@ -54,6 +54,7 @@ struct LossParams {
   float polyEpsilon = 0.0f;
   float zLoss = 0.0f;
   float squentropy = 0.0f;  // 1 or 0
+  float generalizedCE = 0.0f;  // q in (0, 1]; 0 = off
   float softcap = 0.0f;     // 0 = off
   float invTemperature = 1.0f;
   int32_t ignoreIndex = -100;
@@ -109,6 +110,8 @@ constexpr int32_t kLinearCePartialFloats = 8;
 /** Words of counters at the start of the workspace: tiles visited, tiles skipped, rows left to Michelot, passes,
  *  blocks of the tensor-core (mma) forward, blocks of the mma backward. */
 constexpr int32_t kLinearCeCounters = 6;
+/** Row chunks summed apart for the mean row of E that orders the vocabulary when filtering. */
+constexpr int32_t kLinearCeMeanRowChunks = 32;
 
 /** Byte offsets into the workspace (kLinearCeAbsent where a part is not needed). */
 struct LinearCePlan {
@@ -123,6 +126,9 @@ struct LinearCePlan {
   size_t michelot = 0;    // float [splits × N × 4], sparsemax only
   size_t dEAccum = 0;     // float [N × D], when dE is bf16
   size_t dWAccum = 0;     // float [V × D], when dW is bf16
+  size_t meanRow = 0;     // float [kLinearCeMeanRowChunks × (D + 1)]: E's labelled rows' mean, when filtering gradients
+  size_t orderKeys = 0;   // uint64 [V rounded up to a power of 2]: (mean logit, class) sort keys, likewise
+  size_t order = 0;       // int32 [V]: classes by mean logit, descending: the backward's vocabulary order, likewise
   size_t bytes = 0;
 };
 constexpr size_t kLinearCeAbsent = ~size_t{0};
@@ -163,6 +169,14 @@ inline LinearCePlan linearCrossEntropyPlan(int64_t N, int64_t D, int64_t V, int3
   p.dEAccum = withGrad && dEType == DType::BF16 ? take(n * static_cast<size_t>(D) * sizeof(float)) : kLinearCeAbsent;
   p.dWAccum = withGrad && dWType == DType::BF16 ? take(static_cast<size_t>(V) * static_cast<size_t>(D) * sizeof(float))
                                                 : kLinearCeAbsent;
+  // Filtering skips whole tiles only where a tile's classes are unlikely for every row: the
+  // backward walks the classes sorted by mean logit (O(V) keys), as Cut Cross-Entropy does.
+  const bool sorted = withGrad && c.filterEps > 0.0f;
+  size_t keys = 1;
+  while (keys < static_cast<size_t>(V)) keys *= 2;
+  p.meanRow = sorted ? take(kLinearCeMeanRowChunks * (static_cast<size_t>(D) + 1) * sizeof(float)) : kLinearCeAbsent;
+  p.orderKeys = sorted ? take(keys * sizeof(uint64_t)) : kLinearCeAbsent;
+  p.order = sorted ? take(static_cast<size_t>(V) * sizeof(int32_t)) : kLinearCeAbsent;
   p.bytes = at;
   return p;
 }
@@ -178,6 +192,80 @@ struct LinearCeOut {
   MutMatrixRef dW{};                       // [V × D], in its dtype
   float* dBias = nullptr;                  // [V], or null
 };
+
+// ---------------------------------------------------------------- pairwise sigmoid loss (SigLIP)
+// cuda/sigmoid_pair.cu: −Σ_ij log σ(z_ij·(t·x_i·y_j + b)) over x [N × D] and y [M × D], y holding
+// the global rows [yStart, yStart + M) (z = +1 where the global row of y is i). Tiles of
+// kPairTile × kPairTile pairs; nothing of size N×M exists.
+
+constexpr int kPairTile = 32;
+
+struct SigmoidPairParams {
+  float temperature = 1.0f;
+  float bias = 0.0f;
+  /** Each pair's dloss/du is multiplied by it (gradScale / N). */
+  float gradScale = 1.0f;
+  int64_t yStart = 0;
+};
+
+/** Outputs: per row tile of x the sums { Σ softplus, dTemperature, dBias }; the gradients when set. */
+struct SigmoidPairOut {
+  float* partials = nullptr;  // [ceil(N / kPairTile) × 3]
+  MutMatrixRef dX{};          // [N × D], data null: the forward only
+  MutMatrixRef dY{};          // [M × D]
+  float* dXAccum = nullptr;   // [N × D] f32, when dX is bf16
+  float* dYAccum = nullptr;   // [M × D] f32, when dY is bf16
+};
+
+// ---------------------------------------------------------------- spherical Z-loss
+// cuda/zscore.cu: normalizer 'zscore' of linearCrossEntropy from the classifier's centred moments
+// (lib/js/zscore.ts has the formulas); O(V·D²) per call, O(D²) per token, nothing N×V.
+
+struct ZscoreParams {
+  float a = 1.0f;
+  float b = 0.0f;
+  int32_t ignoreIndex = -100;
+  /** [N] dL/dloss_i (reduction scale × class weight of the target); null: the forward only. */
+  const float* rowScale = nullptr;
+};
+
+struct ZscoreKernelOut {
+  float* rowLoss = nullptr;   // [N] before class weights (0 for ignored rows)
+  float* zt = nullptr;        // [N] z̃ of the label
+  MutMatrixRef dE{};          // [N × D], data null: the forward only
+  MutMatrixRef dW{};          // [V × D]
+  float* dWAccum = nullptr;   // [V × D] f32, when dW is bf16
+  float* dBias = nullptr;     // [V], or null (no bias)
+};
+
+/** f32 scratch of zscoreLinear; sizes from zscoreWorkFloats. */
+struct ZscoreWork {
+  float* partials = nullptr;  // [zscorePartialFloats]: per-chunk moments
+  float* mean = nullptr;      // [D + 1]
+  float* moments = nullptr;   // [(D + 1)²] C'
+  float* M = nullptr;         // [(D + 1)²] M'
+  float* rA = nullptr;        // [D + 1]
+  float* CE = nullptr;        // [N × D]
+  float* aRow = nullptr;      // [N]
+  float* pRow = nullptr;      // [N]
+};
+
+/** Row chunks of a moment over `rows` rows of width (D + 1) (1 for column sums): partials stay ≤ 16 MiB. */
+inline int zscoreChunks(int64_t rows, int64_t width) {
+  int64_t c = (rows + 511) / 512;
+  if (c > 64) c = 64;
+  const int64_t cap = (int64_t{1} << 22) / (width * width);
+  if (c > cap) c = cap;
+  return static_cast<int>(c < 1 ? 1 : c);
+}
+
+inline int64_t zscorePartialFloats(int64_t N, int64_t D, int64_t V) {
+  const int64_t Da = D + 1;
+  int64_t n = zscoreChunks(V, 1) * Da;
+  const int64_t sizes[3] = {zscoreChunks(N, 1) * Da, zscoreChunks(V, Da) * Da * Da, zscoreChunks(N, Da) * Da * Da};
+  for (int64_t v : sizes) n = v > n ? v : n;
+  return n;
+}
 
 #define CUTLOSS_DECLARE_KERNELS                                                                              \
   void logSumExp(const MatrixRef& x, const SoftmaxParams& p, float* out, Stream s);                         \
@@ -204,7 +292,11 @@ struct LinearCeOut {
   /* linearCrossEntropyPlan(...).bytes. With gradients, forward and backward in one call.    */            \
   void linearCrossEntropy(const MatrixRef& E, const MatrixRef& W, const float* bias, const int32_t* labels,  \
                           const LossParams& p, const LinearCeConfig& c, const LinearCeOut& out, void* workspace, \
-                          Stream s);
+                          Stream s);                                                                     \
+  void sigmoidPairLoss(const MatrixRef& x, const MatrixRef& y, const SigmoidPairParams& p,                  \
+                       const SigmoidPairOut& out, Stream s);                                                \
+  void zscoreLinear(const MatrixRef& E, const MatrixRef& W, const float* bias, const int32_t* labels,       \
+                    const ZscoreParams& p, const ZscoreKernelOut& out, const ZscoreWork& w, Stream s);
 
 namespace gpu {
 CUTLOSS_DECLARE_KERNELS

@@ -3,8 +3,9 @@
 // products, dE += G·W and dW += Gᵀ·E, so a kept tile costs three tile products on tensor cores
 // and nothing staged element by element.
 //
-// Grid (row blocks of 128 × vocabulary splits, splits fastest): the block walks the class tiles of its split.
-// For each class tile:
+// Grid (row blocks of 128 × vocabulary splits, splits fastest): the block walks the class tiles of its split,
+// in the vocabulary order a.order gives (classes by mean logit when filtering: W rows are gathered,
+// 16-byte aligned like any row; identity otherwise). For each class tile:
 //   1. the logits, recomputed on the forward's cp.async ring (mmaLoadStage, mmaStageProduct);
 //   2. G from the accumulator fragments (cuda/math/loss.cuh: gradCoefficient and the softcap's
 //      slope), rounded once to bf16 into a swizzled 32 KiB shared tile; a tile whose every
@@ -20,8 +21,8 @@
 #pragma once
 
 constexpr int kGradTileBytes = kMmaBlockRows * kMmaBlockCols * 2;  // G in bf16: 32 KiB
-constexpr int kMmaBackwardSharedBytes =
-    kMmaRingBytes + kGradTileBytes + 2 * kMmaBlockCols * 4 + kMmaBlockRows * static_cast<int>(sizeof(ThreadRow));
+constexpr int kMmaBackwardSharedBytes = kMmaRingBytes + kGradTileBytes + 2 * kMmaBlockCols * 4 +
+                                        kMmaBlockRows * static_cast<int>(sizeof(ThreadRow)) + kMmaBlockCols * 4;
 
 /** Byte offset of 16-byte chunk c (8 classes) of row r of the G tile (256-byte rows). The
  *  XOR spreads the 8 rows one ldmatrix reads at one logical chunk over 8 bank groups. */
@@ -68,18 +69,24 @@ CUTLOSS_UNROLL
   }
 }
 
-/** Adds a warp's 16 × 32 fragment tile to acc rows base + row0.., columns d0.. (row stride ld), within rows × cols. */
+/** Adds a warp's 16 × 32 fragment tile to acc rows base + row0.., columns d0.. (row stride ld), within rows × cols;
+ *  with `rows` (shared, tile row → matrix row) the rows are rows[row0 + ..] instead. */
 __device__ __forceinline__ void flushFragments(const float (&c)[4][4], float* acc, int64_t base, int row0, int64_t rowEnd,
-                                               int64_t d0, int64_t cols) {
+                                               int64_t d0, int64_t cols, const int32_t* rows = nullptr) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int g = lane / 4, t = lane % 4;
 CUTLOSS_UNROLL
-  for (int nt = 0; nt < 4; ++nt) {
+  for (int h = 0; h < 2; ++h) {
+    const int64_t at = base + row0 + g + 8 * h;
+    if (at >= rowEnd) continue;
+    const int64_t r = rows != nullptr ? static_cast<int64_t>(rows[row0 + g + 8 * h]) : at;
 CUTLOSS_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const int64_t r = base + row0 + g + 8 * (i / 2);
-      const int64_t d = d0 + nt * 8 + 2 * t + (i % 2);
-      if (r < rowEnd && d < cols) atomicAdd(acc + r * cols + d, c[nt][i]);  // result unused: a reduction (red)
+    for (int nt = 0; nt < 4; ++nt) {
+CUTLOSS_UNROLL
+      for (int j = 0; j < 2; ++j) {
+        const int64_t d = d0 + nt * 8 + 2 * t + j;
+        if (d < cols) atomicAdd(acc + r * cols + d, c[nt][2 * h + j]);  // result unused: a reduction (red)
+      }
     }
   }
 }
@@ -93,6 +100,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) linearCeBackwardMmaKernel(Line
   __nv_bfloat16* gValues = reinterpret_cast<__nv_bfloat16*>(gTile);
   float* biasSums = reinterpret_cast<float*>(gTile + kGradTileBytes);  // [2 warp rows][128 classes]
   ThreadRow* rows = reinterpret_cast<ThreadRow*>(biasSums + 2 * kMmaBlockCols);
+  int32_t* classes = reinterpret_cast<int32_t*>(rows + kMmaBlockRows);  // [128]: the tile's classes, in walk order
   const int64_t N = a.E.rows;
   const int64_t V = a.W.rows;
   const int64_t D = a.E.cols;
@@ -121,7 +129,9 @@ __global__ void __launch_bounds__(kMmaThreads, 1) linearCeBackwardMmaKernel(Line
   const MmaRows eRows{static_cast<const unsigned char*>(a.E.data), rowBytes, r0, N};
   for (int ct = 0; ct < classTiles; ++ct) {
     const int64_t c0 = colBegin + static_cast<int64_t>(ct) * kMmaBlockCols;
-    const MmaRows wRows{static_cast<const unsigned char*>(a.W.data), rowBytes, c0, colEnd};
+    // the previous tile's readers of `classes` are past a barrier (its ring loop's last, or its keep vote)
+    if (threadIdx.x < kMmaBlockCols) classes[threadIdx.x] = c0 + threadIdx.x < colEnd ? classAt(a, c0 + threadIdx.x) : -1;
+    const MmaGatheredRows wRows = mmaGatherRows(static_cast<const unsigned char*>(a.W.data), rowBytes, a.order, c0, colEnd);
     const auto load = [&](unsigned char* stage, int s) { mmaLoadStage(stage, eRows, wRows, static_cast<int64_t>(s) * kMmaRowBytes); };
 
     // 1. the logits of the tile
@@ -133,6 +143,7 @@ CUTLOSS_UNROLL
 CUTLOSS_UNROLL
         for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
     mmaRingLoop(ring, kStages, load, [&](const unsigned char* stage, int) { mmaStageProduct<MmaBf16>(stage, wm, wn, acc); });
+    // the ring loop's barriers also published `classes`
 
     // 2. G from the fragments: lane (g, t) holds rows g, g + 8 of each m16 tile, columns 2t, 2t + 1 of each n8 tile
     bool keep = false;
@@ -150,12 +161,12 @@ CUTLOSS_UNROLL
           const int n = wn * kMmaWarpCols + nt * 8 + 2 * t;
 CUTLOSS_UNROLL
           for (int j = 0; j < 2; ++j) {
-            const int64_t col = c0 + n + j;
+            const int32_t cls = classes[n + j];  // −1 past the vocabulary
             float gradient = 0.0f;
-            if (row.valid && col < colEnd) {
-              const float x = acc[mt][nt][2 * h + j] + (a.bias != nullptr ? a.bias[col] : 0.0f);
+            if (row.valid && cls >= 0) {
+              const float x = acc[mt][nt][2 * h + j] + (a.bias != nullptr ? a.bias[cls] : 0.0f);
               const float z = effectiveLogit(x, a.p.softcap, a.p.invTemperature);
-              const float coef = gradCoefficient(row.rg, z, col == row.label, classWeight(a.p, col));
+              const float coef = gradCoefficient(row.rg, z, cls == row.label, classWeight(a.p, cls));
               if (!(fabsf(coef) * row.invScale < a.filterEps)) keep = true;  // NaN is never filtered
               gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature);
             }
@@ -184,7 +195,7 @@ CUTLOSS_UNROLL
     if (!keep) continue;  // uniform
     // one add per column and block: the two warp rows' sums in a fixed order
     if (a.dBias != nullptr && threadIdx.x < kMmaBlockCols && c0 + threadIdx.x < colEnd) {
-      atomicAdd(a.dBias + c0 + threadIdx.x, biasSums[threadIdx.x] + biasSums[kMmaBlockCols + threadIdx.x]);
+      atomicAdd(a.dBias + classes[threadIdx.x], biasSums[threadIdx.x] + biasSums[kMmaBlockCols + threadIdx.x]);
     }
 
     // 3. dE[rows, slice] += G·W[classes, slice] and dW[classes, slice] += Gᵀ·E[rows, slice], 32 columns a stage
@@ -213,7 +224,7 @@ CUTLOSS_UNROLL
       }
       const int64_t d0 = static_cast<int64_t>(s) * (kMmaRowBytes / 2);
       flushFragments(dE, a.dE, r0, 16 * warp, N, d0, D);
-      flushFragments(dW, a.dW, c0, 16 * warp, colEnd, d0, D);
+      flushFragments(dW, a.dW, c0, 16 * warp, colEnd, d0, D, classes);
     });
   }
 }

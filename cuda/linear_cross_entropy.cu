@@ -14,9 +14,9 @@
 //
 // Sparsemax. τ lies within 1 of the row max, so each split keeps the logits within 1 of its
 // running max (at most kLinearCeCandidates per row, compacted as the max grows); the merge
-// pass finds τ exactly from the union by Michelot's fixed point. Rows whose candidates
-// overflow fall back to Michelot passes over the vocabulary tiles (one GEMM pass each,
-// usually a handful), which are exact too. No extra pass when nothing overflows.
+// pass finds τ exactly from the union by the threshold search of cuda/math/michelot.cuh. Rows
+// whose candidates overflow run that search over the vocabulary tiles instead (one GEMM pass
+// each, at most 34 for any V, usually 2 or 3), exact too. No extra pass when nothing overflows.
 //
 // Backward. The host forms each row's reduction scales (s_W, s_U) from labels and class
 // weights before the forward, so one call does both. Each tile is recomputed, turned into
@@ -27,14 +27,28 @@
 // another owns dW tiles and dBias (walking row tiles in order), which costs one more logit
 // recomputation but gives bit-identical gradients. bf16 gradients are accumulated in an fp32
 // workspace and rounded once at the end. Offsets are int64: N·D, V·D may exceed 2^31.
+//
+// Vocabulary order. With filterEps > 0 the backward walks the classes sorted by mean logit over
+// the batch, descending (W·mean(E) + b: one GEMV, then a bitonic sort of (key, class) pairs,
+// O(V) workspace), as Cut Cross-Entropy does: a trained model's likely classes gather in the
+// first tiles and the tail's tiles hold no coefficient above the threshold for any row, so whole
+// tiles are skipped. Only summation order changes. The order is not cached across calls: it
+// depends on W and on E's rows, training changes W at every step, and proving W unchanged would
+// take a read of W (what the GEMV costs) or a version number the API does not have. The keys are
+// unique, so the order, and deterministic mode's results, are the same run to run.
 #include "tile_gemm.cuh"
 
 namespace cutloss {
 namespace CUTLOSS_KERNEL_NS {
 
-// rowStats slots past the RowStats fields (common.cuh)
-constexpr int kStatMichelotActive = kStatCount;  // 1 while a crowded sparsemax row is iterated
-static_assert(kStatMichelotActive < kRowStatFloats, "rowStats stride too small");
+// rowStats slots past the RowStats fields (common.cuh): a crowded sparsemax row's threshold
+// search (cuda/math/michelot.cuh) between passes; its tau and hi sit in kStatTau and kStatOmega.
+constexpr int kStatSearchPhase = kStatCount;  // SparsemaxSearchPhase: kSearchDone (0) on every other row
+constexpr int kStatSearchX = kStatCount + 1;
+constexpr int kStatSearchGen = kStatCount + 2;  // int32 bits, like the two below: counts reach V > 2^24
+constexpr int kStatSearchCountHi = kStatCount + 3;
+constexpr int kStatSearchPasses = kStatCount + 4;
+static_assert(kStatSearchPasses < kRowStatFloats, "rowStats stride too small");
 
 enum CounterIndex : int {
   kCounterVisited = 0,
@@ -72,7 +86,15 @@ struct LinearCeArgs {
   float* dE;  // fp32 accumulators
   float* dW;
   float* dBias;
+  float* meanRow;      // [kMeanRowChunks × (D + 1)]: partial column sums and row counts, then the mean row
+  uint64_t* orderKeys;  // [power of 2 ≥ V]
+  int32_t* order;      // [V]: the backward's vocabulary order, or null (identity)
 };
+
+/** The class at position j of the backward's vocabulary walk. */
+__device__ __forceinline__ int64_t classAt(const LinearCeArgs& a, int64_t j) {
+  return a.order != nullptr ? static_cast<int64_t>(a.order[j]) : j;
+}
 
 // ---------------------------------------------------------------- operand loaders
 
@@ -87,14 +109,16 @@ struct EmbeddingRows {
   }
 };
 
-/** B(j, k) = W[c0 + j][k]: the classes of a logit tile. */
+/** B(j, k) = W[c0 + j][k]: the classes of a logit tile (with `order`: W[order[c0 + j]][k]). */
 struct ClassifierRows {
   static constexpr bool kContiguousK = true;
   MatrixRef W;
   int64_t c0;
+  const int32_t* order = nullptr;
   __device__ __forceinline__ float at(int j, int k) const {
     const int64_t c = c0 + j;
-    return c < W.rows && k < W.cols ? loadElement(W.data, W.dtype, c * W.cols + k) : 0.0f;
+    if (!(c < W.rows && k < W.cols)) return 0.0f;
+    return loadElement(W.data, W.dtype, (order != nullptr ? static_cast<int64_t>(order[c]) : c) * W.cols + k);
   }
 };
 
@@ -112,16 +136,19 @@ struct GradColumns {
   __device__ __forceinline__ float at(int i, int k) const { return k < kTile ? (*g)[k][i] : 0.0f; }
 };
 
-/** B(j, k) = M[base + k][d0 + j]: columns d0.. of the rows a gradient tile meets (W for dE, E for dW). */
+/** B(j, k) = M[base + k][d0 + j]: columns d0.. of the rows a gradient tile meets (W for dE, E for dW);
+ *  with `order`, row order[base + k]. */
 struct MatrixColumns {
   static constexpr bool kContiguousK = false;
   MatrixRef M;
   int64_t base;
   int d0;
+  const int32_t* order = nullptr;
   __device__ __forceinline__ float at(int j, int k) const {
     const int64_t r = base + k;
     const int d = d0 + j;
-    return r < M.rows && d < M.cols ? loadElement(M.data, M.dtype, r * M.cols + d) : 0.0f;
+    if (!(r < M.rows && d < M.cols)) return 0.0f;
+    return loadElement(M.data, M.dtype, (order != nullptr ? static_cast<int64_t>(order[r]) : r) * M.cols + d);
   }
 };
 
@@ -268,23 +295,27 @@ struct MmaRowState {
   LseState lse;
   float zLabel, sumWeightedZ, sumSqOthers, stableSum, sumWeightedLogS;
 };
-constexpr int kMmaForwardSharedBytes = kMmaRingBytes + 4 * kMmaBlockRows * static_cast<int>(sizeof(MmaRowState));
+constexpr int kMmaForwardWarpColumns = kMmaBlockCols / kMmaForwardWarpCols;  // 2
+constexpr int kMmaForwardSharedBytes =
+    kMmaRingBytes + kMmaForwardWarpColumns * kMmaBlockRows * static_cast<int>(sizeof(MmaRowState));
 
 /**
  * The forward on tensor cores (softmax and stablemax; sparsemax keeps the FloatTile kernel,
  * whose epilogue collects candidates in column order). Grid (row blocks of 128, splits): the
- * block walks its split's classes 128 at a time. One flat loop runs over (class tile, k-stage)
- * so the next tile's first copies are in flight while this tile's epilogue runs; the epilogue
- * reads the accumulator fragments: a lane holds rows g and g + 8 of each m16 tile and columns
- * 2t, 2t + 1 of each n8 tile, so each row's sums over the warp's 32 columns take two quad
- * shuffles (xor 1, 2). The lane with t = 0 folds them into the row's state of its warp column
- * (a slot no other thread writes); at the end one thread per row merges the 4 slots in order.
+ * block walks its split's classes 128 at a time, four warps of 64 × 64. The copies run one
+ * cursor (class tile, k-stage) ahead of the products, so the next tile's first stages are in
+ * flight while this tile's epilogue runs; the epilogue reads the accumulator fragments: a lane
+ * holds rows g and g + 8 of each m16 tile and columns 2t, 2t + 1 of each n8 tile, so each row's
+ * sums over the warp's 64 columns take two quad shuffles (xor 1, 2). The lane with t = 0 folds
+ * them into the row's state of its warp column (a slot no other thread writes); at the end one
+ * thread per row merges the 2 slots in order. kOptions false: plain softmax cross-entropy (no
+ * softcap, smoothing, squentropy or stablemax), whose epilogue is a fraction of the general one's.
  */
-template <class Op>
-__global__ void __launch_bounds__(kMmaThreads, 2) linearCeForwardMmaKernel(LinearCeArgs a) {
+template <class Op, bool kOptions>
+__global__ void __launch_bounds__(kMmaForwardThreads, 2) linearCeForwardMmaKernel(LinearCeArgs a) {
   CUTLOSS_DYNAMIC_SHARED(uint4, sharedWords);  // uint4: 16-byte aligned for cp.async and ldmatrix
   unsigned char* ring = reinterpret_cast<unsigned char*>(sharedWords);
-  MmaRowState* state = reinterpret_cast<MmaRowState*>(ring + kMmaRingBytes);  // [4 warp columns][128 rows]
+  MmaRowState* state = reinterpret_cast<MmaRowState*>(ring + kMmaRingBytes);  // [2 warp columns][128 rows]
   const int64_t N = a.E.rows;
   const int64_t V = a.W.rows;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaBlockRows;
@@ -294,49 +325,59 @@ __global__ void __launch_bounds__(kMmaThreads, 2) linearCeForwardMmaKernel(Linea
   const int classTiles = static_cast<int>((colEnd - colBegin + kMmaBlockCols - 1) / kMmaBlockCols);
   const int64_t rowBytes = a.E.cols * Op::kElementBytes;
   const int kStages = static_cast<int>((rowBytes + kMmaRowBytes - 1) / kMmaRowBytes);
-  const int total = classTiles * kStages;
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  const int wm = warp / 4, wn = warp % 4;
+  const int wm = warp / kMmaForwardWarpColumns, wn = warp % kMmaForwardWarpColumns;
   const int g = lane / 4, t = lane % 4;
-  const bool smoothing = a.p.smoothing > 0.0f;
-  const bool squentropy = a.p.squentropy != 0.0f;
-  const bool stable = a.p.normalizer == kNormalizerStablemax;
+  const bool smoothing = kOptions && a.p.smoothing > 0.0f;
+  const bool squentropy = kOptions && a.p.squentropy != 0.0f;
+  const bool stable = kOptions && a.p.normalizer == kNormalizerStablemax;
+  const float softcap = kOptions ? a.p.softcap : 0.0f;
 
-  for (int i = static_cast<int>(threadIdx.x); i < 4 * kMmaBlockRows; i += kMmaThreads) {
+  for (int i = static_cast<int>(threadIdx.x); i < kMmaForwardWarpColumns * kMmaBlockRows; i += kMmaForwardThreads) {
     state[i] = MmaRowState{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   }
   if (threadIdx.x == 0) atomicAdd(a.counters + kCounterMmaForwardBlocks, 1u);
-  const MmaRows eRows{static_cast<const unsigned char*>(a.E.data), rowBytes, r0, N};
-  const auto wRows = [&](int tile) {
-    return MmaRows{static_cast<const unsigned char*>(a.W.data), rowBytes, colBegin + static_cast<int64_t>(tile) * kMmaBlockCols, colEnd};
+  const unsigned char* wBase = static_cast<const unsigned char*>(a.W.data);
+  MmaStageCopier copier(static_cast<const unsigned char*>(a.E.data), r0, N, wBase, colBegin, colEnd, rowBytes);
+  const MmaLaneOffsets offsets = mmaLaneOffsets(wm * kMmaWarpRows, wn * kMmaForwardWarpCols);
+  // the copy cursor: `loads` stages issued, the next at k-stage loadStage of its class tile into ring slot loadSlot
+  const int total = classTiles * kStages;
+  int loads = 0, loadStage = 0, loadSlot = 0;
+  const auto loadNext = [&]() {
+    copier.load(ring + loadSlot * kMmaStageBytes, static_cast<int64_t>(loadStage) * kMmaRowBytes);
+    ++loads;
+    loadSlot = loadSlot == kMmaStages - 1 ? 0 : loadSlot + 1;
+    if (++loadStage == kStages) {
+      loadStage = 0;
+      copier.nextW();
+    }
   };
-  const auto load = [&](int step) {
-    mmaLoadStage(ring + (step % kMmaStages) * kMmaStageBytes, eRows, wRows(step / kStages),
-                 static_cast<int64_t>(step % kStages) * kMmaRowBytes);
-  };
-  float acc[4][4][4];
+  float acc[4][8][4];
 CUTLOSS_UNROLL
   for (int mt = 0; mt < 4; ++mt)
 CUTLOSS_UNROLL
-    for (int nt = 0; nt < 4; ++nt)
+    for (int nt = 0; nt < 8; ++nt)
 CUTLOSS_UNROLL
       for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
 
   for (int s = 0; s < kMmaStages - 1; ++s) {
-    if (s < total) load(s);
+    if (loads < total) loadNext();
     cpAsyncCommit();  // empty groups keep the wait count uniform
   }
-  for (int step = 0; step < total; ++step) {
-    cpAsyncWait<kMmaStages - 2>();  // this thread's copies of stage `step` have landed ...
-    __syncthreads();                // ... and everyone's; the stage read last step is free again
-    if (step + kMmaStages - 1 < total) load(step + kMmaStages - 1);
-    cpAsyncCommit();
-    mmaStageProduct<Op>(ring + (step % kMmaStages) * kMmaStageBytes, wm, wn, acc);
-    if (step % kStages != kStages - 1) continue;
+  int slot = 0;
+  for (int tile = 0; tile < classTiles; ++tile) {
+    for (int k = 0; k < kStages; ++k) {
+      cpAsyncWait<kMmaStages - 2>();  // this thread's copies of this stage have landed ...
+      __syncthreads();                // ... and everyone's; the stage read last step is free again
+      if (loads < total) loadNext();
+      cpAsyncCommit();
+      mmaWarpProduct<Op, 4, 8>(ring + slot * kMmaStageBytes, offsets, acc);
+      slot = slot == kMmaStages - 1 ? 0 : slot + 1;
+    }
 
-    // epilogue of class tile `step / kStages`, from the fragments
-    const int64_t c0 = colBegin + static_cast<int64_t>(step / kStages) * kMmaBlockCols + wn * kMmaWarpCols;
+    // epilogue of class tile `tile`, from the fragments
+    const int64_t c0 = colBegin + static_cast<int64_t>(tile) * kMmaBlockCols + wn * kMmaForwardWarpCols;
 CUTLOSS_UNROLL
     for (int mt = 0; mt < 4; ++mt) {
 CUTLOSS_UNROLL
@@ -344,16 +385,35 @@ CUTLOSS_UNROLL
         const int m = wm * kMmaWarpRows + mt * 16 + g + 8 * h;
         const int label = r0 + m < N ? a.labels[r0 + m] : -1;  // reloaded (from L1) rather than held: registers
         TileRowSums sums{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        // the lane's 16 logits in place, their max, then one exp each (lsePush would branch on every element)
+        float rowMax = negativeInfinity();
 CUTLOSS_UNROLL
-        for (int nt = 0; nt < 4; ++nt) {
+        for (int nt = 0; nt < 8; ++nt) {
+CUTLOSS_UNROLL
+          for (int j = 0; j < 2; ++j) {
+            const int64_t col = c0 + nt * 8 + 2 * t + j;
+            float& v = acc[mt][nt][2 * h + j];
+            v = col < colEnd && r0 + m < N
+                    ? effectiveLogit(v + (a.bias != nullptr ? a.bias[col] : 0.0f), softcap, a.p.invTemperature)
+                    : negativeInfinity();
+            rowMax = maxPropagatingNaN(rowMax, v);
+          }
+        }
+        float expSum = 0.0f;
+CUTLOSS_UNROLL
+        for (int nt = 0; nt < 8; ++nt) {
+CUTLOSS_UNROLL
+          for (int j = 0; j < 2; ++j) expSum += c0 + nt * 8 + 2 * t + j < colEnd ? expShifted(acc[mt][nt][2 * h + j], rowMax) : 0.0f;
+        }
+        sums.lse = rowMax == negativeInfinity() ? lseEmpty() : LseState{rowMax, expSum};
+CUTLOSS_UNROLL
+        for (int nt = 0; nt < 8; ++nt) {
 CUTLOSS_UNROLL
           for (int j = 0; j < 2; ++j) {
             const int64_t col = c0 + nt * 8 + 2 * t + j;
             if (col >= colEnd || r0 + m >= N) continue;
-            const float x = acc[mt][nt][2 * h + j] + (a.bias != nullptr ? a.bias[col] : 0.0f);
-            const float z = effectiveLogit(x, a.p.softcap, a.p.invTemperature);
+            const float z = acc[mt][nt][2 * h + j];
             const bool isLabel = col == label;
-            sums.lse = lsePush(sums.lse, z);
             if (isLabel) sums.zLabel = z;
             if (smoothing) sums.sumWeightedZ += classWeight(a.p, col) * z;
             if (squentropy && !isLabel) sums.sumSqOthers += z * z;
@@ -378,7 +438,7 @@ CUTLOSS_UNROLL
 CUTLOSS_UNROLL
     for (int mt = 0; mt < 4; ++mt)
 CUTLOSS_UNROLL
-      for (int nt = 0; nt < 4; ++nt)
+      for (int nt = 0; nt < 8; ++nt)
 CUTLOSS_UNROLL
         for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
   }
@@ -388,7 +448,7 @@ CUTLOSS_UNROLL
     const int m = static_cast<int>(threadIdx.x);
     const int64_t row = r0 + m;
     TileRowSums s{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    for (int w = 0; w < 4; ++w) {  // in column order: the same sums in every fiber order
+    for (int w = 0; w < kMmaForwardWarpColumns; ++w) {  // in column order: the same sums in every fiber order
       const MmaRowState& st = state[w * kMmaBlockRows + m];
       s = CombineTileRowSums()(s, TileRowSums{st.lse, st.zLabel, st.sumWeightedZ, st.sumSqOthers, st.stableSum,
                                               st.sumWeightedLogS});
@@ -403,6 +463,35 @@ CUTLOSS_UNROLL
     out[6] = s.sumWeightedLogS;
     out[7] = 0.0f;  // no sparsemax candidates
   }
+}
+
+/** A crowded sparsemax row's search between passes, in its rowStats slots. */
+__device__ __forceinline__ void storeSearch(float* stats, const SparsemaxSearch& st) {
+  if (st.phase == kSearchDone) {
+    stats[kStatTau] = st.tau;
+    stats[kStatSupport] = static_cast<float>(st.gen);
+    stats[kStatOmega] = st.tau + 0.5f * (1.0f + st.sumSqP);
+  } else {
+    stats[kStatTau] = st.tau;
+    stats[kStatOmega] = st.hi;
+    stats[kStatSearchX] = st.x;
+    stats[kStatSearchGen] = floatFromBits(static_cast<uint32_t>(st.gen));
+    stats[kStatSearchCountHi] = floatFromBits(static_cast<uint32_t>(st.countHi));
+    stats[kStatSearchPasses] = floatFromBits(static_cast<uint32_t>(st.passes));
+  }
+  stats[kStatSearchPhase] = static_cast<float>(st.phase);
+}
+__device__ __forceinline__ SparsemaxSearch loadSearch(const float* stats) {
+  SparsemaxSearch st;
+  st.tau = stats[kStatTau];
+  st.hi = stats[kStatOmega];
+  st.x = stats[kStatSearchX];
+  st.sumSqP = 0.0f;
+  st.gen = static_cast<int32_t>(floatBits(stats[kStatSearchGen]));
+  st.countHi = static_cast<int32_t>(floatBits(stats[kStatSearchCountHi]));
+  st.passes = static_cast<int32_t>(floatBits(stats[kStatSearchPasses]));
+  st.phase = static_cast<int32_t>(stats[kStatSearchPhase]);
+  return st;
 }
 
 struct MichelotSums3 {
@@ -420,9 +509,9 @@ struct AddMichelot3 {
 
 /**
  * One warp per row: merges the splits' partials in split order into RowStats, and for
- * sparsemax finds τ from the candidates by Michelot's fixed point (common.cuh's
- * sparsemaxThresholdOfRow over a short list); a row whose candidates overflowed is marked for
- * the passes over the vocabulary instead.
+ * sparsemax finds τ from the candidates by the threshold search (cuda/math/michelot.cuh) over
+ * that short list; a row whose candidates overflowed starts the search's passes over the
+ * vocabulary instead.
  */
 __global__ void __launch_bounds__(kTileThreads) linearCeMergeKernel(LinearCeArgs a) {
   const int64_t N = a.E.rows;
@@ -457,48 +546,48 @@ __global__ void __launch_bounds__(kTileThreads) linearCeMergeKernel(LinearCeArgs
       st.tau = quietNaN();
       st.omega = quietNaN();
     } else if (overflow) {
-      st.tau = -1.0f;  // Michelot's start, relative to the max; the passes take it from here
-      st.support = -1.0f;
       active = a.labels[row] != a.p.ignoreIndex ? 1.0f : 0.0f;  // ignored rows need no τ
     } else {
-      float tau = -1.0f;
-      int support = -1;
-      MichelotSums3 sums{0, 0.0f, 0.0f};
-      for (;;) {  // uniform across the warp: every lane sees the same reduced sums
-        sums = MichelotSums3{0, 0.0f, 0.0f};
+      // the same search as the passes over the vocabulary, over the short list
+      SparsemaxSearch search = sparsemaxSearchStart();
+      while (search.phase != kSearchDone) {  // uniform across the warp: every lane sees the same sums
+        MichelotSums3 sums{0, 0.0f, 0.0f};
         for (int split = 0; split < a.splits; ++split) {
           const int64_t slot = static_cast<int64_t>(split) * N + row;
           const int kept = static_cast<int>(a.partials[slot * kLinearCePartialFloats + 7]);
           const float* values = a.candidates + slot * kLinearCeCandidates;
           for (int i = lane; i < kept; i += 32) {
             const float z = values[i] - m;
-            if (z > tau) {
+            if (z > search.x) {
               sums.count += 1;
               sums.sum += z;
-              sums.sumSqP += (z - tau) * (z - tau);
+              sums.sumSqP += (z - search.x) * (z - search.x);
             }
           }
         }
         sums = warpAllReduce(sums, AddMichelot3());
-        if (sums.count == support) break;
-        support = sums.count;
-        tau = maxPropagatingNaN(tau, (sums.sum - 1.0f) / static_cast<float>(sums.count));
+        sparsemaxSearchStep(search, sums.count, sums.sum, sums.sumSqP);
       }
-      st.tau = tau;
-      st.support = static_cast<float>(support);
-      st.omega = tau + 0.5f * (1.0f + sums.sumSqP);
+      st.tau = search.tau;
+      st.support = static_cast<float>(search.gen);
+      st.omega = search.tau + 0.5f * (1.0f + search.sumSqP);
     }
   }
   if (lane == 0) {
     storeRowStats(a.rowStats, row, st);
-    a.rowStats[row * kRowStatFloats + kStatMichelotActive] = active;
-    if (active != 0.0f) atomicAdd(a.counters + kCounterMichelotRows, 1u);
+    if (active != 0.0f) {
+      storeSearch(a.rowStats + row * kRowStatFloats, sparsemaxSearchStart());
+      atomicAdd(a.counters + kCounterMichelotRows, 1u);
+    } else {
+      a.rowStats[row * kRowStatFloats + kStatSearchPhase] = static_cast<float>(kSearchDone);
+    }
   }
 }
 
 /**
- * One Michelot step for the crowded rows, over the vocabulary tiles of split y: the count,
- * Σ (z − m) and Σ (z − m − τ)² of the logits above τ. The thread layout is the forward's.
+ * One pass of the threshold search for the crowded rows, over the vocabulary tiles of split y:
+ * the count, Σ (z − m) and Σ (z − m − x)² of the logits with z − m > x, the row's trial
+ * threshold (cuda/math/michelot.cuh). The thread layout is the forward's.
  */
 template <class Gemm>
 __global__ void __launch_bounds__(kTileThreads, 1) linearCeMichelotPassKernel(LinearCeArgs a) {
@@ -512,9 +601,9 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeMichelotPassKernel(Li
   const int phase = threadIdx.x % 4;
   const int64_t row = r0 + m;
   const float* stats = a.rowStats + (row < N ? row : 0) * kRowStatFloats;
-  const bool active = row < N && stats[kStatMichelotActive] != 0.0f;
+  const bool active = row < N && stats[kStatSearchPhase] != static_cast<float>(kSearchDone);
   const float max = active ? stats[kStatZMax] : 0.0f;
-  const float tau = active ? stats[kStatTau] : 0.0f;
+  const float x = active ? stats[kStatSearchX] : 0.0f;
   // uniform, and no early return: the shuffles below stay in convergent code
   const bool any = __syncthreads_or(active);
   const int firstTile = split * a.tilesPerSplit;
@@ -528,44 +617,39 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeMichelotPassKernel(Li
     for (int q = 0; q < kTile / 4 && active; ++q) {
       const int n = phase + 4 * q;
       const float z = tileLogit(a, c, m, n, c0, nc) - max;
-      if (z > tau) {
+      if (z > x) {
         s.count += 1;
         s.sum += z;
-        s.sumSqP += (z - tau) * (z - tau);
+        s.sumSqP += (z - x) * (z - x);
       }
     }
     total = AddMichelot3()(total, rowGroupAllReduce(s, AddMichelot3()));
   }
   if (active && phase == 0) {
     float* out = a.michelot + (static_cast<int64_t>(split) * N + row) * 4;
-    out[0] = static_cast<float>(total.count);  // exact: counts stay below 2^24
+    out[0] = floatFromBits(static_cast<uint32_t>(total.count));  // the int's bits: exact beyond 2^24
     out[1] = total.sum;
     out[2] = total.sumSqP;
   }
 }
 
-/** Merges a pass's partials in split order and moves τ, as sparsemaxThresholdOfRow's loop does. */
+/** Merges a pass's partials in split order and takes the search's step (cuda/math/michelot.cuh). */
 __global__ void linearCeMichelotUpdateKernel(LinearCeArgs a) {
   const int64_t N = a.E.rows;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row == 0) atomicAdd(a.counters + kCounterMichelotPasses, 1u);
   if (row >= N) return;
   float* stats = a.rowStats + row * kRowStatFloats;
-  if (stats[kStatMichelotActive] == 0.0f) return;
+  if (stats[kStatSearchPhase] == static_cast<float>(kSearchDone)) return;
   MichelotSums3 s{0, 0.0f, 0.0f};
   for (int split = 0; split < a.splits; ++split) {
     const float* in = a.michelot + (static_cast<int64_t>(split) * N + row) * 4;
-    s = AddMichelot3()(s, MichelotSums3{static_cast<int>(in[0]), in[1], in[2]});
+    s = AddMichelot3()(s, MichelotSums3{static_cast<int>(floatBits(in[0])), in[1], in[2]});
   }
-  const float tau = stats[kStatTau];
-  if (static_cast<float>(s.count) == stats[kStatSupport]) {  // the set {z > τ} stopped changing: τ is exact
-    stats[kStatOmega] = tau + 0.5f * (1.0f + s.sumSqP);
-    stats[kStatMichelotActive] = 0.0f;
-    return;
-  }
-  stats[kStatSupport] = static_cast<float>(s.count);
-  stats[kStatTau] = maxPropagatingNaN(tau, (s.sum - 1.0f) / static_cast<float>(s.count));  // never falls back
-  atomicAdd(a.counters + kCounterMichelotRows, 1u);
+  SparsemaxSearch search = loadSearch(stats);
+  sparsemaxSearchStep(search, s.count, s.sum, s.sumSqP);
+  storeSearch(stats, search);
+  if (search.phase != kSearchDone) atomicAdd(a.counters + kCounterMichelotRows, 1u);
 }
 
 /** One thread per row: the row's loss terms from its finished RowStats, and its lse. */
@@ -635,13 +719,16 @@ __device__ __forceinline__ void addTo(float* p, float v, bool atomic) {
   }
 }
 
-/** Adds the product tile c (rows × cols valid) into acc rows base.., columns d0.. (row stride ld). */
+/** Adds the product tile c (rows × cols valid) into acc rows base.. (with `order`: order[base + ..]),
+ *  columns d0.. (row stride ld). */
 __device__ __forceinline__ void addTile(const FloatTile& c, float* acc, int64_t base, int rows, int d0, int cols,
-                                        int64_t ld, bool atomic) {
+                                        int64_t ld, bool atomic, const int32_t* order = nullptr) {
   for (int idx = threadIdx.x; idx < kTile * kTile; idx += kTileThreads) {
     const int i = idx / kTile;
     const int j = idx % kTile;
-    if (i < rows && j < cols) addTo(acc + (base + i) * ld + d0 + j, c[i][j], atomic);
+    if (!(i < rows && j < cols)) continue;
+    const int64_t r = order != nullptr ? static_cast<int64_t>(order[base + i]) : base + i;
+    addTo(acc + r * ld + d0 + j, c[i][j], atomic);
   }
 }
 
@@ -660,7 +747,7 @@ __device__ void backwardTile(const LinearCeArgs& a, int64_t r0, int vt, const Th
   const int nc = static_cast<int>(min(static_cast<int64_t>(kTile), V - c0));
   const int nr = static_cast<int>(min(static_cast<int64_t>(kTile), N - r0));
   const bool atomic = Mode == kBackwardAtomic;
-  Gemm::product(EmbeddingRows{a.E, r0}, ClassifierRows{a.W, c0}, D, c);
+  Gemm::product(EmbeddingRows{a.E, r0}, ClassifierRows{a.W, c0, a.order}, D, c);
   const int m = threadIdx.x / 4;
   const int phase = threadIdx.x % 4;
   bool keep = false;
@@ -669,9 +756,10 @@ CUTLOSS_UNROLL
     const int n = phase + 4 * q;
     float gradient = 0.0f;
     if (row.valid && n < nc) {
-      const float x = c[m][n] + (a.bias != nullptr ? a.bias[c0 + n] : 0.0f);
+      const int64_t cls = classAt(a, c0 + n);
+      const float x = c[m][n] + (a.bias != nullptr ? a.bias[cls] : 0.0f);
       const float z = effectiveLogit(x, a.p.softcap, a.p.invTemperature);
-      const float coef = gradCoefficient(row.rg, z, c0 + n == row.label, classWeight(a.p, c0 + n));
+      const float coef = gradCoefficient(row.rg, z, cls == row.label, classWeight(a.p, cls));
       if (!(fabsf(coef) * row.invScale < a.filterEps)) keep = true;  // NaN is never filtered
       gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature);
     }
@@ -687,18 +775,18 @@ CUTLOSS_UNROLL
   if (Mode != kBackwardOwnRows && a.dBias != nullptr && column < nc) {
     float sum = 0.0f;
     for (int i = 0; i < nr; ++i) sum += g[i][column];  // rows in order: the same sum in every mode
-    addTo(a.dBias + c0 + column, sum, atomic);
+    addTo(a.dBias + classAt(a, c0 + column), sum, atomic);
   }
   if (Mode != kBackwardOwnVocab) {
     for (int d0 = 0; d0 < D; d0 += kTile) {  // dE[r0.., d0..] += G·W[c0.., d0..]
-      Gemm::product(GradRows{&g}, MatrixColumns{a.W, c0, d0}, nc, c);
+      Gemm::product(GradRows{&g}, MatrixColumns{a.W, c0, d0, a.order}, nc, c);
       addTile(c, a.dE, r0, nr, d0, min(kTile, D - d0), D, atomic);
     }
   }
   if (Mode != kBackwardOwnRows) {
     for (int d0 = 0; d0 < D; d0 += kTile) {  // dW[c0.., d0..] += Gᵀ·E[r0.., d0..]
       Gemm::product(GradColumns{&g}, MatrixColumns{a.E, r0, d0}, nr, c);
-      addTile(c, a.dW, c0, nc, d0, min(kTile, D - d0), D, atomic);
+      addTile(c, a.dW, c0, nc, d0, min(kTile, D - d0), D, atomic, a.order);
     }
   }
 }
@@ -746,6 +834,82 @@ __global__ void storeGradientKernel(const float* acc, MutMatrixRef out) {
   }
 }
 
+// ---------------------------------------------------------------- vocabulary order (filtering backward)
+
+// The mean row is summed in kLinearCeMeanRowChunks row chunks: blocks (column chunk, row chunk)
+// keep the GPU busy whatever N or D is.
+constexpr int kMeanRowChunks = kLinearCeMeanRowChunks;
+
+/** meanRow[y][d] = Σ E[r][d] over labelled rows r ≡ y (mod kMeanRowChunks), in order; [y][D] their count. */
+__global__ void linearCeMeanRowPartialKernel(LinearCeArgs a) {
+  const int64_t D = a.E.cols;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int y = blockIdx.y;
+  if (d > D) return;
+  float sum = 0.0f;
+  int count = 0;
+  for (int64_t r = y; r < a.E.rows; r += kMeanRowChunks) {
+    if (a.labels[r] == a.p.ignoreIndex) continue;  // padding rows say nothing about the vocabulary
+    if (d < D) sum += loadElement(a.E.data, a.E.dtype, r * D + d);
+    ++count;
+  }
+  a.meanRow[y * (D + 1) + d] = d < D ? sum : static_cast<float>(count);
+}
+
+/** The mean row, over the chunks in order, into meanRow[0..D). */
+__global__ void linearCeMeanRowKernel(LinearCeArgs a) {
+  const int64_t D = a.E.cols;
+  float count = 0.0f;
+  for (int y = 0; y < kMeanRowChunks; ++y) count += a.meanRow[y * (D + 1) + D];  // column D: never overwritten
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float sum = 0.0f;
+    for (int y = 0; y < kMeanRowChunks; ++y) sum += a.meanRow[y * (D + 1) + d];
+    a.meanRow[d] = count > 0.0f ? sum / count : 0.0f;  // d < D: only this thread reads column d
+  }
+}
+
+/** One warp per class: key = (mean logit W[c]·meanRow + b[c], descending; c), padded with ~0 to `keys`. */
+__global__ void __launch_bounds__(kTileThreads) linearCeOrderKeysKernel(LinearCeArgs a, int64_t keys) {
+  const int lane = threadIdx.x & 31;
+  const int64_t D = a.E.cols;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; c < keys; c += warps) {
+    if (c >= a.W.rows) {  // uniform per warp
+      if (lane == 0) a.orderKeys[c] = ~uint64_t{0};
+      continue;
+    }
+    float dot = 0.0f;
+    for (int64_t d = lane; d < D; d += 32) dot += loadElement(a.W.data, a.W.dtype, c * D + d) * a.meanRow[d];
+    dot = warpAllReduce(dot, AddFloat());
+    if (lane != 0) continue;
+    const float mean = dot + (a.bias != nullptr ? a.bias[c] : 0.0f);
+    const uint32_t u = __float_as_uint(mean);
+    const uint32_t ascending = (u & 0x80000000u) != 0u ? ~u : u | 0x80000000u;  // unsigned order = float order
+    a.orderKeys[c] = (static_cast<uint64_t>(~ascending) << 32) | static_cast<uint64_t>(c);
+  }
+}
+
+/** One step (k, j) of a bitonic sort of `n` (a power of 2) keys, ascending: the unique keys leave one order. */
+__global__ void linearCeBitonicStepKernel(uint64_t* keys, int64_t n, int64_t k, int64_t j) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t l = i ^ j;
+    if (l <= i) continue;  // the pair's lower index does the exchange
+    const uint64_t x = keys[i], y = keys[l];
+    if ((x > y) == ((i & k) == 0)) {
+      keys[i] = y;
+      keys[l] = x;
+    }
+  }
+}
+
+__global__ void linearCeOrderKernel(LinearCeArgs a) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < a.W.rows;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    a.order[i] = static_cast<int32_t>(a.orderKeys[i] & 0xffffffffu);
+  }
+}
+
 // ---------------------------------------------------------------- launchers
 
 /** Blocks for a grid-stride loop over n elements. */
@@ -779,10 +943,13 @@ enum class ForwardPath { FloatTile, MmaBf16, MmaTf32 };
 
 template <class Op>
 void runMmaForward(const LinearCeArgs& a, const LinearCePlan& plan, Stream s) {
-  const auto linearCeForwardMma = &linearCeForwardMmaKernel<Op>;  // the name the emulator's reports give
+  const bool plain = a.p.softcap <= 0.0f && !(a.p.smoothing > 0.0f) && a.p.squentropy == 0.0f &&
+                     a.p.normalizer == kNormalizerSoftmax;
+  // the name the emulator's reports give
+  const auto linearCeForwardMma = plain ? &linearCeForwardMmaKernel<Op, false> : &linearCeForwardMmaKernel<Op, true>;
   CUTLOSS_ALLOW_DYNAMIC_SHARED(linearCeForwardMma, kMmaForwardSharedBytes);
   const dim3 grid(static_cast<unsigned>((a.E.rows + kMmaBlockRows - 1) / kMmaBlockRows), static_cast<unsigned>(plan.splits));
-  CUTLOSS_RUN("linearCrossEntropy", linearCeForwardMma, grid, kMmaThreads, kMmaForwardSharedBytes, s, a);
+  CUTLOSS_RUN("linearCrossEntropy", linearCeForwardMma, grid, kMmaForwardThreads, kMmaForwardSharedBytes, s, a);
 }
 
 template <class Gemm>
@@ -804,11 +971,17 @@ void runLinearCrossEntropy(const LinearCeArgs& a, const LinearCePlan& plan, cons
   }
   CUTLOSS_RUN(op, linearCeMergeKernel, rowWarps, kTileThreads, 0, s, a);
   if (a.p.normalizer == kNormalizerSparsemax) {
-    // Crowded rows: Michelot passes until every τ is fixed. The set {z > τ} shrinks at each
-    // step, so V + 1 passes always suffice; in practice a handful.
+    // Crowded rows: passes of the threshold search until every row's τ is found, at most
+    // kSparsemaxPassLimit (34) for any V (cuda/math/michelot.cuh); most rows take 2 or 3.
     const auto pass = &linearCeMichelotPassKernel<Gemm>;
-    uint32_t passes = 0;
-    while (readCounter(a.counters + kCounterMichelotRows, s) > 0 && passes <= static_cast<uint32_t>(a.p.vocab) + 1) {
+    const int64_t limit = kSparsemaxPassLimit;
+    int64_t passes = 0;
+    while (readCounter(a.counters + kCounterMichelotRows, s) > 0) {
+      if (passes == limit) {
+        throw KernelError(-1, "cutloss::MichelotLimit",
+                          std::string(op) + ": sparsemax thresholds still unknown after " + std::to_string(limit) +
+                              " passes over the vocabulary, more than the search can take");
+      }
       CUTLOSS_RUN(op, pass, tiles, kTileThreads, 0, s, a);
       CUTLOSS_RUN(op, zeroCountersKernel, 1, 32, 0, s, a.counters, static_cast<int>(kCounterMichelotRows), 1);
       CUTLOSS_RUN(op, linearCeMichelotUpdateKernel, rowThreads, 256, 0, s, a);
@@ -823,6 +996,20 @@ void runLinearCrossEntropy(const LinearCeArgs& a, const LinearCePlan& plan, cons
   zeroFloats(a.dE, N * D, s);
   zeroFloats(a.dW, V * D, s);
   if (a.dBias != nullptr) zeroFloats(a.dBias, V, s);
+  if (a.order != nullptr) {
+    int64_t keys = 1;
+    while (keys < V) keys *= 2;
+    const dim3 chunks(static_cast<unsigned>((D + 1 + 255) / 256), static_cast<unsigned>(kMeanRowChunks));
+    CUTLOSS_RUN(op, linearCeMeanRowPartialKernel, chunks, 256, 0, s, a);
+    CUTLOSS_RUN(op, linearCeMeanRowKernel, 1, 256, 0, s, a);
+    CUTLOSS_RUN(op, linearCeOrderKeysKernel, elementBlocks(keys * 32), kTileThreads, 0, s, a, keys);
+    for (int64_t k = 2; k <= keys; k *= 2) {
+      for (int64_t j = k / 2; j > 0; j /= 2) {
+        CUTLOSS_RUN(op, linearCeBitonicStepKernel, elementBlocks(keys), 256, 0, s, a.orderKeys, keys, k, j);
+      }
+    }
+    CUTLOSS_RUN(op, linearCeOrderKernel, elementBlocks(V), 256, 0, s, a);
+  }
   if (!cfg.deterministic && path == ForwardPath::MmaBf16) {
     const auto linearCeBackwardMma = &linearCeBackwardMmaKernel;  // the name the emulator's reports give
     CUTLOSS_ALLOW_DYNAMIC_SHARED(linearCeBackwardMma, kMmaBackwardSharedBytes);
@@ -896,6 +1083,9 @@ void linearCrossEntropy(const MatrixRef& E, const MatrixRef& W, const float* bia
                                                     : static_cast<float*>(out.dW.data))
                   : nullptr;
   a.dBias = withGrad ? out.dBias : nullptr;
+  a.meanRow = reinterpret_cast<float*>(part(plan.meanRow));
+  a.orderKeys = reinterpret_cast<uint64_t*>(part(plan.orderKeys));
+  a.order = reinterpret_cast<int32_t*>(part(plan.order));
 
   const bool bothBf16 = E.dtype == DType::BF16 && W.dtype == DType::BF16;
   const bool bothF32 = E.dtype == DType::F32 && W.dtype == DType::F32;

@@ -4,9 +4,13 @@
 // 128 × 128 block tile, straight from global memory: a ring of kMmaStages stages of 16-byte
 // cp.async copies into XOR-swizzled shared memory, ldmatrix.x4, mma.sync (m16n8k16 bf16 or
 // m16n8k8 tf32), fp32 accumulators left in registers for an epilogue that reads fragments.
-// Eight warps in a 2 × 4 grid, each 64 × 32 (4 × 4 mma tiles: per 32-byte k-step of a row, 4 A
-// and 2 B ldmatrix.x4 feed 16 mma). The dtype is a template parameter: no per-element branch;
-// bounds are zero-filled copies (rows past the matrix, K past D) that only tail tiles meet.
+// The forward runs four warps in a 2 × 2 grid, each 64 × 64 (4 × 8 mma tiles: per 32-byte k-step
+// of a row, 4 A and 4 B ldmatrix.x4 feed 32 mma: 128 ldmatrix bytes per mma); the backward, which
+// keeps a gradient tile beside the ring, eight warps in 2 × 4, each 64 × 32 (6 ldmatrix, 16 mma).
+// Each thread's copy and ldmatrix offsets are computed once (the swizzle repeats every 16 rows)
+// and the per-tile steps ride as immediates in the instructions' addresses. The dtype is a
+// template parameter: no per-element branch; bounds are zero-filled copies (rows past the
+// matrix, K past D) that only tail tiles meet.
 // Needs D·elementBytes % 16 == 0 and 16-byte aligned bases (the launcher checks, else FloatTile
 // products below). All operations come from warp_ops.cuh, so the emulator checks them lane by
 // lane.
@@ -25,6 +29,9 @@
 // emulation, so all three are tested without a GPU.
 #pragma once
 
+#include <type_traits>
+#include <utility>
+
 #include "common.cuh"
 #include "warp_ops.cuh"
 
@@ -38,13 +45,25 @@
 namespace cutloss {
 namespace CUTLOSS_KERNEL_NS {
 
+/** f(std::integral_constant<int, i>) for i = 0..N−1: a compile-time index (decltype(arg)::value) for immediate address offsets. */
+template <class F, int... I>
+__device__ __forceinline__ void staticForEach(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>()), ...);
+}
+template <int N, class F>
+__device__ __forceinline__ void staticFor(F&& f) {
+  staticForEach(f, std::make_integer_sequence<int, N>());
+}
+
 // ---------------------------------------------------------------- MmaTile
 
 constexpr int kMmaBlockRows = 128;  // block tile: rows of E ...
 constexpr int kMmaBlockCols = 128;  // ... × rows of W (classes)
-constexpr int kMmaWarpRows = 64;    // warp tile 64 × 32: 2 × 4 warps
+constexpr int kMmaWarpRows = 64;    // backward warp tile 64 × 32: 2 × 4 warps
 constexpr int kMmaWarpCols = 32;
 constexpr int kMmaThreads = 256;
+constexpr int kMmaForwardWarpCols = 64;  // forward warp tile 64 × 64: 2 × 2 warps, two blocks an SM
+constexpr int kMmaForwardThreads = 128;
 constexpr int kMmaStages = 4;        // copies of stages s+1..s+3 in flight while stage s is multiplied
 constexpr int kMmaRowBytes = 64;     // K bytes of one operand row in a stage: 32 bf16 or 16 fp32
 constexpr int kMmaChunks = kMmaRowBytes / 16;
@@ -86,13 +105,14 @@ struct MmaRows {
   int64_t rowEnd;
 };
 
+constexpr int kMmaCopiesPerOperand = kMmaBlockRows * kMmaChunks / kMmaThreads;  // copies per thread, operand and stage
+
 /** Issues the copies of stage bytes [kByte0, kByte0 + 64) of both operands into `stage`. */
 __device__ __forceinline__ void mmaLoadStage(unsigned char* stage, const MmaRows& a, const MmaRows& b, int64_t kByte0) {
-  constexpr int kPerOperand = kMmaBlockRows * kMmaChunks / kMmaThreads;  // copies per thread and operand
 CUTLOSS_UNROLL
-  for (int i = 0; i < 2 * kPerOperand; ++i) {
-    const bool isB = i >= kPerOperand;  // known at compile time once unrolled: no local-memory select
-    const int idx = static_cast<int>(threadIdx.x) + (i % kPerOperand) * kMmaThreads;
+  for (int i = 0; i < 2 * kMmaCopiesPerOperand; ++i) {
+    const bool isB = i >= kMmaCopiesPerOperand;  // known at compile time once unrolled: no local-memory select
+    const int idx = static_cast<int>(threadIdx.x) + (i % kMmaCopiesPerOperand) * kMmaThreads;
     const int r = idx / kMmaChunks;
     const int c = idx % kMmaChunks;  // 4 consecutive threads copy one 64-byte row segment
     const unsigned char* base = isB ? b.base : a.base;
@@ -104,39 +124,156 @@ CUTLOSS_UNROLL
   }
 }
 
-/** acc[mt][nt] += the warp's 64 × 32 product over one stage (two 32-byte k-steps). */
-template <class Op>
-__device__ __forceinline__ void mmaStageProduct(const unsigned char* stage, int wm, int wn, float (&acc)[4][4][4]) {
+/** The B rows one thread copies (tile rows threadIdx.x / kMmaChunks + 64·i), gathered by an
+ *  index and resolved once per tile; null past the end (zeros). Rows stay 16-byte aligned. */
+struct MmaGatheredRows {
+  const unsigned char* row[kMmaCopiesPerOperand];
+};
+
+/** Rows index[r0 + r] of `base` for the calling thread's copy rows r (index null: r0 + r), below rowEnd. */
+__device__ __forceinline__ MmaGatheredRows mmaGatherRows(const unsigned char* base, int64_t rowBytes, const int32_t* index,
+                                                         int64_t r0, int64_t rowEnd) {
+  MmaGatheredRows g;
+CUTLOSS_UNROLL
+  for (int i = 0; i < kMmaCopiesPerOperand; ++i) {
+    const int64_t row = r0 + (static_cast<int>(threadIdx.x) + i * kMmaThreads) / kMmaChunks;
+    g.row[i] = row < rowEnd ? base + (index != nullptr ? static_cast<int64_t>(index[row]) : row) * rowBytes : nullptr;
+  }
+  return g;
+}
+
+/** mmaLoadStage with B's rows gathered (the backward walks the vocabulary in sorted order). */
+__device__ __forceinline__ void mmaLoadStage(unsigned char* stage, const MmaRows& a, const MmaGatheredRows& b, int64_t kByte0) {
+CUTLOSS_UNROLL
+  for (int i = 0; i < 2 * kMmaCopiesPerOperand; ++i) {
+    const bool isB = i >= kMmaCopiesPerOperand;
+    const int idx = static_cast<int>(threadIdx.x) + (i % kMmaCopiesPerOperand) * kMmaThreads;
+    const int r = idx / kMmaChunks;
+    const int c = idx % kMmaChunks;
+    const int64_t kb = kByte0 + 16 * c;
+    const unsigned char* rowStart = isB ? b.row[i % kMmaCopiesPerOperand] : (a.r0 + r < a.rowEnd ? a.base + (a.r0 + r) * a.rowBytes : nullptr);
+    const bool inside = rowStart != nullptr && kb < a.rowBytes;
+    const unsigned char* src = inside ? rowStart + kb : a.base;  // src-size 0: nothing is read
+    cpAsync16(stage + (isB ? kMmaBlockRows * kMmaRowBytes : 0) + mmaSwizzle(r, c), src, inside ? 16 : 0);
+  }
+}
+
+/** A lane's ldmatrix offsets in a stage, per 32-byte k-step ks, for the first m16 (A) and first
+ *  pair of n8 tiles (B) of its warp tile; tile i lies 16·i rows further, the same swizzle. */
+struct MmaLaneOffsets {
+  int a[2];
+  int b[2];
+};
+
+/** Offsets for a warp tile at stage rows rowBase (of E) and colBase (of W). */
+__device__ __forceinline__ MmaLaneOffsets mmaLaneOffsets(int rowBase, int colBase) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  const unsigned char* sa = stage;
-  const unsigned char* sb = stage + kMmaBlockRows * kMmaRowBytes;
+  MmaLaneOffsets o;
 CUTLOSS_UNROLL
   for (int ks = 0; ks < 2; ++ks) {
-    uint32_t a[4][4], b[4][2];
+    // A matrices: rows 0–7 | 8–15 of the m16 tile × chunks 2ks | 2ks + 1
+    o.a[ks] = mmaSwizzle(rowBase + (lane % 8) + 8 * ((lane / 8) % 2), 2 * ks + lane / 16);
+    // B matrices, two n8 tiles: (rows 0–7, chunk 2ks), (0–7, 2ks + 1), (8–15, 2ks), (8–15, 2ks + 1)
+    o.b[ks] = kMmaBlockRows * kMmaRowBytes + mmaSwizzle(colBase + (lane % 8) + 8 * (lane / 16), 2 * ks + (lane / 8) % 2);
+  }
+  return o;
+}
+
+/** acc[mt][nt] += the warp's (16·MT) × (8·NT) product over one stage (two 32-byte k-steps). */
+template <class Op, int MT, int NT>
+__device__ __forceinline__ void mmaWarpProduct(const unsigned char* stage, const MmaLaneOffsets& o, float (&acc)[MT][NT][4]) {
+  static_assert(NT % 2 == 0, "B fragments come in pairs of n8 tiles");
 CUTLOSS_UNROLL
-    for (int mt = 0; mt < 4; ++mt) {  // matrices: rows 0–7 | 8–15 of the m16 tile × chunks 2ks | 2ks + 1
-      const int r = wm * kMmaWarpRows + mt * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
-      ldmatrixX4(a[mt], sa + mmaSwizzle(r, 2 * ks + lane / 16));
+  for (int ks = 0; ks < 2; ++ks) {
+    uint32_t a[MT][4], b[NT][2];
+    const unsigned char* sa = stage + o.a[ks];
+    const unsigned char* sb = stage + o.b[ks];
+    staticFor<MT>([&](auto mtConstant) {  // + 16 rows: the same swizzle, 1 KiB further
+      constexpr int mt = decltype(mtConstant)::value;
+      ldmatrixX4At<mt * 16 * kMmaRowBytes>(a[mt], sa);
       Op::convert(a[mt], 4);
-    }
-CUTLOSS_UNROLL
-    for (int np = 0; np < 2; ++np) {  // two n8 tiles: (rows 0–7, chunk 2ks), (0–7, 2ks + 1), (8–15, 2ks), (8–15, 2ks + 1)
-      const int r = wn * kMmaWarpCols + np * 16 + (lane % 8) + 8 * (lane / 16);
+    });
+    staticFor<NT / 2>([&](auto npConstant) {
+      constexpr int np = decltype(npConstant)::value;
       uint32_t x[4];
-      ldmatrixX4(x, sb + mmaSwizzle(r, 2 * ks + (lane / 8) % 2));
+      ldmatrixX4At<np * 16 * kMmaRowBytes>(x, sb);
       Op::convert(x, 4);
       b[2 * np][0] = x[0];
       b[2 * np][1] = x[1];
       b[2 * np + 1][0] = x[2];
       b[2 * np + 1][1] = x[3];
-    }
+    });
 CUTLOSS_UNROLL
-    for (int mt = 0; mt < 4; ++mt) {
+    for (int mt = 0; mt < MT; ++mt) {
 CUTLOSS_UNROLL
-      for (int nt = 0; nt < 4; ++nt) Op::mma(acc[mt][nt], a[mt], b[nt]);
+      for (int nt = 0; nt < NT; ++nt) Op::mma(acc[mt][nt], a[mt], b[nt]);
     }
   }
 }
+
+/** acc[mt][nt] += the backward warp (wm, wn)'s 64 × 32 product over one stage. */
+template <class Op>
+__device__ __forceinline__ void mmaStageProduct(const unsigned char* stage, int wm, int wn, float (&acc)[4][4][4]) {
+  mmaWarpProduct<Op, 4, 4>(stage, mmaLaneOffsets(wm * kMmaWarpRows, wn * kMmaWarpCols), acc);
+}
+
+/**
+ * The forward's stage copies: thread i copies 16-byte chunk i % 4 of rows i / 4 + 32·j (j < 4)
+ * of each operand, so its shared offsets are one swizzled offset plus 2 KiB steps and its
+ * sources one row pointer plus steps of 32 rows. Its rows that exist are j < count (E: once;
+ * W: 4 fewer each class tile); the others, and chunks past K, copy with src-size 0, which reads
+ * nothing, so their addresses need no clamp (as CUTLASS's zero-fill copies).
+ */
+struct MmaStageCopier {
+  static constexpr int kRowStep = kMmaForwardThreads / kMmaChunks;  // 32
+  static constexpr int kCopies = kMmaBlockRows / kRowStep;          // per operand and stage: 4
+  const unsigned char* e;  // the thread's first E row, at its chunk
+  const unsigned char* w;  // the thread's first W row of the class tile, at its chunk
+  int64_t rowBytes;
+  int smem;  // swizzled offset of the first copy
+  int chunkBytes;
+  int eCount, wCount;  // rows j < count exist (may be ≤ 0)
+
+  __device__ __forceinline__ static int rowCount(int64_t first, int64_t end) {
+    return static_cast<int>(max(static_cast<int64_t>(0), min(static_cast<int64_t>(kCopies), (end - first + kRowStep - 1) / kRowStep)));
+  }
+  /** E rows [r0, r0 + 128) below rowEnd; W rows [c0, c0 + 128) below cEnd, then the next 128 at each nextW. */
+  __device__ __forceinline__ MmaStageCopier(const unsigned char* eBase, int64_t r0, int64_t rowEnd, const unsigned char* wBase,
+                                            int64_t c0, int64_t cEnd, int64_t rowBytes_)
+      : rowBytes(rowBytes_) {
+    const int tid = static_cast<int>(threadIdx.x);
+    chunkBytes = 16 * (tid % kMmaChunks);
+    smem = mmaSwizzle(tid / kMmaChunks, tid % kMmaChunks);
+    e = eBase + (r0 + tid / kMmaChunks) * rowBytes + chunkBytes;
+    eCount = rowCount(r0 + tid / kMmaChunks, rowEnd);
+    w = wBase + (c0 + tid / kMmaChunks) * rowBytes + chunkBytes;
+    wCount = static_cast<int>(max(static_cast<int64_t>(-(1 << 30)), min(static_cast<int64_t>(1 << 30),
+                                                                         (cEnd - c0 - tid / kMmaChunks + kRowStep - 1) / kRowStep)));
+  }
+  __device__ __forceinline__ void nextW() {
+    w += kMmaBlockCols * rowBytes;
+    wCount -= kMmaBlockCols / kRowStep;
+  }
+  /** Issues the copies of row bytes [kByte0, kByte0 + 64) of both operands into `stage`. */
+  __device__ __forceinline__ void load(unsigned char* stage, int64_t kByte0) const {
+    const bool kInside = kByte0 + chunkBytes < rowBytes;
+    const int ec = kInside ? eCount : 0;
+    const int wc = kInside ? wCount : 0;
+    const int64_t step = kRowStep * rowBytes;
+    unsigned char* dst = stage + smem;
+    const unsigned char* src = e + kByte0;
+    staticFor<kCopies>([&](auto jConstant) {  // + 32 rows: the same swizzle, 2 KiB further
+      constexpr int j = decltype(jConstant)::value;
+      cpAsync16At<j * kRowStep * kMmaRowBytes>(dst, src + j * step, j < ec ? 16 : 0);
+    });
+    src = w + kByte0;
+    staticFor<kCopies>([&](auto jConstant) {
+      constexpr int j = decltype(jConstant)::value;
+      cpAsync16At<kMmaBlockRows * kMmaRowBytes + j * kRowStep * kMmaRowBytes>(dst, src + j * step, j < wc ? 16 : 0);
+    });
+  }
+};
+static_assert(MmaStageCopier::kRowStep % 16 == 0, "copy rows 32 apart share the swizzle");
 
 // ---------------------------------------------------------------- FloatTile products
 

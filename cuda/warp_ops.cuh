@@ -42,6 +42,17 @@ __device__ __forceinline__ void cpAsync16(void* smem, const void* gmem, int srcB
 #endif
 }
 
+/** cpAsync16 to smem + Offset bytes: the offset rides in the instruction's address, no add. */
+template <int Offset>
+__device__ __forceinline__ void cpAsync16At(void* smem, const void* gmem, int srcBytes CUTLOSS_WARP_SITE_PARAM) {
+#if defined(__CUDACC__)
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0+%3], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(srcBytes), "n"(Offset) : "memory");
+#else
+  ::simt::warp::cpAsync(static_cast<unsigned char*>(smem) + Offset, gmem, 16, srcBytes, CUTLOSS_WARP_SITE_ARGS);
+#endif
+}
+
 /** Closes this thread's copies issued since the last commit into one group. */
 __device__ __forceinline__ void cpAsyncCommit() {
 #if defined(__CUDACC__)
@@ -76,6 +87,18 @@ __device__ __forceinline__ void ldmatrixX4(uint32_t (&r)[4], const void* row CUT
                : "r"(CUTLOSS_SMEM_ADDRESS(row)));
 #else
   ::simt::warp::ldmatrix(r, 4, false, row, CUTLOSS_WARP_SITE_ARGS);
+#endif
+}
+
+/** ldmatrixX4 at row + Offset bytes: the offset rides in the instruction's address, no add. */
+template <int Offset>
+__device__ __forceinline__ void ldmatrixX4At(uint32_t (&r)[4], const void* row CUTLOSS_WARP_SITE_PARAM) {
+#if defined(__CUDACC__)
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4+%5];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(CUTLOSS_SMEM_ADDRESS(row)), "n"(Offset));
+#else
+  ::simt::warp::ldmatrix(r, 4, false, static_cast<const unsigned char*>(row) + Offset, CUTLOSS_WARP_SITE_ARGS);
 #endif
 }
 

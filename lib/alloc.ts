@@ -4,6 +4,7 @@
 // grows with the input goes through here so the user gets the same error on every backend.
 
 import { CutlossError } from './errors.js';
+import { f32ToBf16 } from './tensor.js';
 
 interface TypedArrayKind<A> {
   new (length: number): A;
@@ -33,4 +34,20 @@ export function f32Copy(values: ArrayLike<number>, what: string): Float32Array {
   const out = allocate(Float32Array, values.length, what);
   out.set(values);
   return out;
+}
+
+/**
+ * Writes f32 gradient values into a caller-provided output, rounding to bf16 for a bf16 one.
+ * E_DISPOSED when its array was detached meanwhile (an async call), and nothing is written.
+ */
+export function writeGradient(dest: { data: Float32Array | Uint16Array }, values: Float32Array, name = 'options.out'): void {
+  const d = dest.data;
+  if (d.length !== values.length) {
+    throw new CutlossError('E_DISPOSED', `${name}: its array was detached or resized before the result could be written into it`);
+  }
+  if (d instanceof Float32Array) {
+    d.set(values);
+    return;
+  }
+  for (let i = 0; i < values.length; i++) d[i] = f32ToBf16(values[i]!);
 }

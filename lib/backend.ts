@@ -200,6 +200,16 @@ export function backends(): BackendInfo[] {
   return ALL.map((n) => {
     const info = probeAll().get(n)!.info;
     const extra: BackendInfo['details'] = n === 'cpu' ? { mpi: scaleOut.mpi } : n === 'cuda' ? { nccl: scaleOut.nccl } : {};
+    if (info.available && (n === 'cuda' || n === 'cuda-emu')) {
+      const addon = native().addon!;
+      const fault = n === 'cuda' ? addon.cudaStatus().fault : undefined;
+      if (fault !== undefined) { // a sticky error after the probe: every later call is refused (E_BACKEND)
+        const reason = `${fault.name} (${fault.code}): ${fault.message}; the CUDA context is broken until the process restarts`;
+        return { ...info, available: false, reason, details: { ...info.details, ...extra } };
+      }
+      const c = addon.deviceCacheStats(n === 'cuda' ? 1 : 0); // the caching allocator
+      Object.assign(extra, { cachedBytes: c.cachedBytes, cacheHits: c.hits, cacheMisses: c.misses, parkedExportBytes: c.parkedBytes });
+    }
     return { ...info, details: { ...info.details, ...extra } };
   });
 }

@@ -2,14 +2,15 @@
 // with SIMD loops, and linearCrossEntropy on a statically linked OpenBLAS in chunks of rows
 // bounded by a workspace. Host arrays go to the addon as they are (a synchronous call reads
 // them in place; an async one copies them and runs on the libuv pool), and results come back
-// as new Float32Arrays. The loss reductions happen here, around one native call: each row's
+// as new Float32Arrays, or in the caller's f32 arrays (options.out: written in place by a
+// synchronous call, copied in when an async one is done). The loss reductions happen here, around one native call: each row's
 // gradient scales are known from the labels before it, and the per-row terms reduce after.
 
 import type { AsyncBackendOps, Backend, BackendInfo, CrossEntropyOutput, LinearCrossEntropyOutput, SoftmaxSettings } from './backend.js';
 import { CutlossError, describe } from './errors.js';
 import { fromNativeError, native as loadNative, nativeLossParams, unshared, type NativeAddon, type NativeLossParams } from './native.js';
 import { gradientScales, reduceLoss } from './nativeBackend.js';
-import type { ResolvedLossOptions } from './options.js';
+import type { HostOutput, ResolvedLossOptions } from './options.js';
 import type { Matrix } from './tensor.js';
 
 /**
@@ -43,10 +44,35 @@ interface CpuLinearResult extends CpuLossRows {
   workspaceBytes: number;
   blocks: number;
   skippedBlocks: number;
+  sparseBlocks: number;
+  gradEntries: number;
+  gradEntriesUsed: number;
+}
+
+/** What the last linearCrossEntropy's backward did with filterEps, for backends() and the benchmark. */
+export interface CpuGradientWork {
+  /** Entries of the gradient N×V formed, and those its products spent work on (whole dense slices). */
+  entries: number;
+  used: number;
+  /** 1 − used / entries. */
+  skippedFraction: number;
+  /** Vocabulary slices (of 512 columns, per row chunk): all, skipped, done as per-entry products. */
+  slices: number;
+  skippedSlices: number;
+  sparseSlices: number;
+}
+
+let lastGradientWork: CpuGradientWork | null = null;
+
+/** The last cpu linearCrossEntropy's gradient work (null before any call with gradients). */
+export function cpuLastGradientWork(): CpuGradientWork | null {
+  return lastGradientWork;
 }
 
 export interface CpuInfo {
   gemm: { library: string; kernel: string; kernelNote: string; blasLinked: boolean };
+  /** bf16 linearCrossEntropy's GEMMs: oneDNN on bf16 instructions (isa) or the portable path (note says why). */
+  bf16Gemm: { path: string; isa: string; note: string };
   simd: string;
   threads: number;
   defaultThreads: number;
@@ -71,11 +97,13 @@ export interface CpuOps {
   cpuCrossEntropy(
     logits: HostData, rows: number, cols: number, dtype: Dtype01, labels: Int32Array, params: NativeLossParams,
     classWeights: Float32Array | null, scaleWeighted: Float32Array | null, scaleUnweighted: Float32Array | null,
+    dLogitsOut?: Float32Array | null,
   ): CpuCrossEntropyResult;
   cpuLinearCrossEntropy(
     E: HostData, N: number, D: number, eDtype: Dtype01, W: HostData, V: number, wDtype: Dtype01, labels: Int32Array,
     params: NativeLossParams, classWeights: Float32Array | null, bias: Float32Array | null,
     scaleWeighted: Float32Array | null, scaleUnweighted: Float32Array | null, filterEps: number, workspaceBytes: number,
+    dEOut?: Float32Array | null, dWOut?: Float32Array | null, dBiasOut?: Float32Array | null,
   ): CpuLinearResult;
   /** C = op(A)·op(B) [M, N] with the backend's GEMM (benchmarks, tests). */
   cpuSgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array): Float32Array;
@@ -90,6 +118,8 @@ export interface CpuAddon extends CpuOps, CpuAsyncOps {
   cpuSetThreads(n: number): void;
   /** 'blas' (OpenBLAS, where linked) or 'portable'; false when not available. */
   cpuSetGemm(name: 'blas' | 'portable'): boolean;
+  /** 'auto' (oneDNN's bf16 GEMM where it can; false where it cannot) or 'off' (bf16 widened, the fp32 GEMM). */
+  cpuSetBf16Gemm(name: 'auto' | 'off'): boolean;
 }
 
 /** The addon's CPU part, or null when this build of the addon has none. */
@@ -117,6 +147,19 @@ async function nativeAsync<T>(fn: () => Promise<T>): Promise<T> {
   } catch (e) {
     throw fromNativeError(e);
   }
+}
+
+type GradientScales = ReturnType<typeof gradientScales>;
+
+/** A caller's output the kernels write straight into: f32 only (the facade rounds into bf16 ones). */
+function f32Out(o: HostOutput | null | undefined): Float32Array | null {
+  return o !== null && o !== undefined && o.data instanceof Float32Array ? o.data : null;
+}
+
+/** The linear loss's dE, dW and dBias outputs, where the caller gave f32 ones (and gradients are asked for). */
+function linearOuts(o: ResolvedLossOptions, s: GradientScales | null): [Float32Array | null, Float32Array | null, Float32Array | null] {
+  if (s === null || o.out === null) return [null, null, null];
+  return [f32Out(o.out.dEmbeddings), f32Out(o.out.dClassifier), o.bias === null ? null : o.out.dBias];
 }
 
 // ---------------------------------------------------------------- the backend
@@ -151,12 +194,12 @@ export class CpuBackend implements Backend {
       crossEntropy: async (logits, labels, o) => {
         const s = o.computeGrad ? gradientScales(labels, o) : null;
         const r = await nativeAsync(() => a.cpuCrossEntropyAsync(...this.crossEntropyArgs(logits, labels, o, s)));
-        return this.crossEntropyResult(labels, o, r);
+        return this.crossEntropyResult(labels, o, r, s);
       },
       linearCrossEntropy: async (E, W, labels, o) => {
         const s = o.computeGrad ? gradientScales(labels, o) : null;
         const r = await nativeAsync(() => a.cpuLinearCrossEntropyAsync(...this.linearArgs(E, W, labels, o, s)));
-        return this.linearResult(labels, o, r);
+        return this.linearResult(labels, o, r, s);
       },
     };
   }
@@ -199,13 +242,13 @@ export class CpuBackend implements Backend {
   crossEntropy(logits: Matrix, labels: Int32Array, o: ResolvedLossOptions): CrossEntropyOutput {
     const s = o.computeGrad ? gradientScales(labels, o) : null;
     const r = native(() => this.addon.cpuCrossEntropy(...this.crossEntropyArgs(logits, labels, o, s)));
-    return this.crossEntropyResult(labels, o, r);
+    return this.crossEntropyResult(labels, o, r, s);
   }
 
   linearCrossEntropy(E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions): LinearCrossEntropyOutput {
     const s = o.computeGrad ? gradientScales(labels, o) : null;
     const r = native(() => this.addon.cpuLinearCrossEntropy(...this.linearArgs(E, W, labels, o, s)));
-    return this.linearResult(labels, o, r);
+    return this.linearResult(labels, o, r, s);
   }
 
   // ---- the losses' arguments and results
@@ -215,13 +258,15 @@ export class CpuBackend implements Backend {
   ): Parameters<CpuOps['cpuCrossEntropy']> {
     return [
       unshared(logits.data), logits.rows, logits.cols, dtypeCode(logits), unshared(labels), nativeLossParams(o),
-      unshared(o.classWeights), s?.scaleWeighted ?? null, s?.scaleUnweighted ?? null,
+      unshared(o.classWeights), s?.scaleWeighted ?? null, s?.scaleUnweighted ?? null, s === null ? null : f32Out(o.out?.dLogits),
     ];
   }
 
-  private crossEntropyResult(labels: Int32Array, o: ResolvedLossOptions, r: CpuCrossEntropyResult): CrossEntropyOutput {
+  private crossEntropyResult(
+    labels: Int32Array, o: ResolvedLossOptions, r: CpuCrossEntropyResult, s: GradientScales | null,
+  ): CrossEntropyOutput {
     const { loss } = reduceLoss(labels, r.weighted, r.unweighted, o);
-    return { loss, lse: r.lse, dLogits: r.dLogits ?? null };
+    return { loss, lse: r.lse, dLogits: r.dLogits ?? (s === null ? null : f32Out(o.out?.dLogits)) };
   }
 
   private linearArgs(
@@ -230,15 +275,25 @@ export class CpuBackend implements Backend {
     return [
       unshared(E.data), E.rows, E.cols, dtypeCode(E), unshared(W.data), W.rows, dtypeCode(W), unshared(labels), nativeLossParams(o),
       unshared(o.classWeights), unshared(o.bias), s?.scaleWeighted ?? null, s?.scaleUnweighted ?? null, o.filterEps,
-      o.workspaceBytes ?? DEFAULT_CPU_WORKSPACE_BYTES,
+      o.workspaceBytes ?? DEFAULT_CPU_WORKSPACE_BYTES, ...linearOuts(o, s),
     ];
   }
 
-  private linearResult(labels: Int32Array, o: ResolvedLossOptions, r: CpuLinearResult): LinearCrossEntropyOutput {
+  private linearResult(
+    labels: Int32Array, o: ResolvedLossOptions, r: CpuLinearResult, s: GradientScales | null,
+  ): LinearCrossEntropyOutput {
     const { loss } = reduceLoss(labels, r.weighted, r.unweighted, o);
+    if (r.gradEntries > 0) {
+      lastGradientWork = {
+        entries: r.gradEntries, used: r.gradEntriesUsed, skippedFraction: 1 - r.gradEntriesUsed / r.gradEntries,
+        slices: r.blocks, skippedSlices: r.skippedBlocks, sparseSlices: r.sparseBlocks,
+      };
+    }
+    const [dE, dW, dB] = linearOuts(o, s);
+    const withGrad = s !== null;
     return {
-      loss, lse: r.lse, dEmbeddings: r.dEmbeddings ?? null, dClassifier: r.dClassifier ?? null, dBias: r.dBias ?? null,
-      workspaceBytes: r.workspaceBytes,
+      loss, lse: r.lse, dEmbeddings: r.dEmbeddings ?? (withGrad ? dE : null), dClassifier: r.dClassifier ?? (withGrad ? dW : null),
+      dBias: r.dBias ?? (withGrad && o.bias !== null ? dB : null), workspaceBytes: r.workspaceBytes,
     };
   }
 }
@@ -266,6 +321,15 @@ export function probeCpu(addon: NativeAddon | null, loadError: string | null, fi
     // read at each backends() call: it also says when products fell back to the portable kernel
     get gemmKernelNote() {
       return cpu.cpuInfo().gemm.kernelNote;
+    },
+    // the last linearCrossEntropy's backward: the share of the gradient's entries filterEps spared
+    get lastGradientWorkSkipped() {
+      return lastGradientWork === null ? 'no call yet' : `${(100 * lastGradientWork.skippedFraction).toFixed(2)}%`;
+    },
+    // read at each backends() call: CUTLOSS_CPU_BF16=off or cpuSetBf16Gemm changes it
+    get bf16Gemm() {
+      const b = cpu.cpuInfo().bf16Gemm;
+      return b.isa === '' ? `${b.path}: ${b.note}` : `${b.path} on ${b.isa}`;
     },
     simd: i.simd,
     threads: i.threads,

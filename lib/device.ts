@@ -3,7 +3,9 @@
 // by a FinalizationRegistry once the handle is garbage; a disposed handle is E_DISPOSED.
 // Memory can be shared: exportHandle() / DeviceTensor.fromHandle() across processes (CUDA
 // IPC; POSIX shared memory on cuda-emu) and threads, and DeviceTensor.fromPointer() wraps
-// memory other native code owns. Only the owner of memory ever frees it.
+// memory other native code owns. Only the owner of memory ever frees it, and an export it
+// disposes of stays allocated until every process that imported it has closed its import
+// (CUDA forbids freeing memory other processes still have open); new imports are refused.
 
 import { allocate } from './alloc.js';
 import { CutlossError, describe } from './errors.js';
@@ -230,8 +232,9 @@ export class DeviceTensor {
 
   /**
    * A handle another process on this machine (or a worker thread) opens with
-   * DeviceTensor.fromHandle(). This tensor keeps owning the memory: keep it alive while
-   * importers use it; once it is disposed, new imports fail with E_DISPOSED. Only memory
+   * DeviceTensor.fromHandle(). This tensor keeps owning the memory; once it is disposed, new
+   * imports fail with E_DISPOSED, and the memory is freed when the last process that imported
+   * it disposes of its import (or ends; one that crashed keeps it until this process ends). Only memory
    * cutloss allocated can be exported (not imports or wrapped pointers).
    */
   exportHandle(): DeviceTensorHandle {
@@ -244,7 +247,11 @@ export class DeviceTensor {
     };
   }
 
-  /** Frees the device memory now (only releases the handle when the memory is not 'owned'). Idempotent; later use is E_DISPOSED. */
+  /**
+   * Frees the device memory now (only releases the handle when the memory is not 'owned'): back to
+   * the backend's caching allocator for the next call, or, for an exported tensor still open in
+   * other processes, once they all closed it. Idempotent; later use is E_DISPOSED.
+   */
   dispose(): void {
     if (this.bufferId === 0) return;
     finalizer.unregister(this);

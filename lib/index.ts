@@ -13,11 +13,18 @@ import type {
   DeviceCrossEntropyOutput, DeviceLinearCrossEntropyOutput, NativeBackend,
 } from './nativeBackend.js';
 import {
-  asOptionsObject, checkKnownKeys, resolveLabels, resolveLossOptions, resolveTemperature,
-  type CrossEntropyOptions, type LinearCrossEntropyOptions, type LossValue, type Reduction,
+  asOptionsObject, checkKnownKeys, rejectShardedGeneralizedCE, resolveLabels, resolveLossOptions, resolveTemperature,
+  type CrossEntropyOptions, type HostOutput, type HostOutputs, type LinearCrossEntropyOptions, type LossValue,
+  type OutputInputs, type Reduction,
 } from './options.js';
+import { writeGradient } from './alloc.js';
 import { asMatrix, resultLike, toF32, type Matrix, type Tensor } from './tensor.js';
 import { isScaleOut, scaleOutCrossEntropy, scaleOutLinearCrossEntropy } from './scaleOut.js';
+import { gatherRows, readClassSample, sampleProblem, type ClassSampleOptions } from './classSample.js';
+import {
+  isZscore, zscoreLinearCrossEntropy, zscoreLinearCrossEntropyAsync, zscoreLinearCrossEntropyOnDevice,
+  zscoreLinearCrossEntropyOnDeviceAsync, type ZscoreLinearCrossEntropyOptions,
+} from './zscore.js';
 
 export { CutlossError, type CutlossErrorCode } from './errors.js';
 export type { AsyncCommunicator, Communicator, DataParallelOptions, VocabParallelOptions } from './communicator.js';
@@ -25,9 +32,17 @@ export { backends, getBackend, setBackend, type BackendInfo, type BackendName } 
 export { getThreads, setThreads } from './cpuBackend.js';
 export { tensor, bf16ToF32, f32ToBf16, type Tensor, type Dtype } from './tensor.js';
 export {
+  sigmoidPairLoss, sigmoidPairLossAsync, type DeviceSigmoidPairLossResult, type PairParallelOptions,
+  type SigmoidPairLossOptions, type SigmoidPairLossResult, type SigmoidPairLossResultFor,
+} from './sigmoidPair.js';
+export type { ZscoreLinearCrossEntropyOptions, ZscoreOptions } from './zscore.js';
+export type { ClassSampleOptions } from './classSample.js';
+export {
   DeviceTensor, type DeviceBackendName, type DeviceOwnership, type DeviceTensorHandle, type FromPointerOptions,
 } from './device.js';
-export type { CrossEntropyOptions, LinearCrossEntropyOptions, LossValue, Normalizer, Reduction } from './options.js';
+export type {
+  CrossEntropyOptions, LinearCrossEntropyOptions, LossOutputs, LossValue, Normalizer, Reduction,
+} from './options.js';
 
 // ---------------------------------------------------------------- public types
 // Each op has one generic signature rather than a Tensor overload and a DeviceTensor overload:
@@ -144,6 +159,8 @@ export interface LinearCrossEntropyResult<R extends Reduction = Reduction> {
   lse?: Float32Array;
   /** cuda and cuda-emu: the device workspace the fused kernels used (linearCrossEntropyWorkspaceBytes). */
   workspaceBytes?: number;
+  /** With classSample: the sampled classes' global ids, ascending; dClassifier and dBias have their rows only. */
+  sampledClasses?: Int32Array;
 }
 
 /**
@@ -180,6 +197,8 @@ export interface DeviceLinearCrossEntropyResult<R extends Reduction = Reduction>
   lse?: Float32Array;
   /** The device workspace the fused kernels used (linearCrossEntropyWorkspaceBytes). */
   workspaceBytes: number;
+  /** With classSample: the sampled classes' global ids, ascending; dClassifier and dBias have their rows only. */
+  sampledClasses?: Int32Array;
 }
 
 /**
@@ -696,28 +715,41 @@ export function crossEntropy<X extends AnyTensor, R extends Reduction = 'mean'>(
 export function crossEntropy(
   logits: AnyTensor, labels: Int32Array, options?: CrossEntropyOptions,
 ): CrossEntropyResult | DeviceCrossEntropyResult {
+  rejectShardedGeneralizedCE(options, 'crossEntropy');
   if (logits instanceof DeviceTensor) {
     if (isScaleOut(options)) return shardedCrossEntropyOnDevice(logits, labels, options, 'crossEntropy');
     const b = onDevice(logits, 'crossEntropy');
-    const { o, t } = lossArgs(logits, labels, options);
+    const { o, t } = lossArgs(logits, labels, options, logits);
     return deviceLossResult(b.device.crossEntropy(logits, t, o), o.returnLse);
   }
   const m = asMatrix(logits, 'crossEntropy: logits');
   const sharded = scaleOutCrossEntropy(currentBackend(), m, labels, options);
   if (sharded !== null) return crossEntropyResult(m, sharded, sharded.returnLse);
-  const { o, t } = lossArgs(m, labels, options);
-  return crossEntropyResult(m, currentBackend().crossEntropy(m, t, o), o.returnLse);
+  const { o, t } = lossArgs(m, labels, options, logits);
+  return crossEntropyResult(m, currentBackend().crossEntropy(m, t, o), o.returnLse, o.out);
 }
 
-function lossArgs(logits: { rows: number; cols: number; dtype: Matrix['dtype'] }, labels: unknown, options: unknown) {
-  const o = resolveLossOptions(options, logits.rows, logits.cols, logits.dtype, false);
+/** `raw`: the caller's logits, which out and inPlace are checked against. */
+function lossArgs(logits: { rows: number; cols: number; dtype: Matrix['dtype'] }, labels: unknown, options: unknown, raw: AnyTensor) {
+  const inputs: OutputInputs = { tensors: [[raw, 'logits']], vectors: [[labels instanceof Int32Array ? labels : null, 'labels']] };
+  const o = resolveLossOptions(options, logits.rows, logits.cols, logits.dtype, false, inputs);
   const t = resolveLabels(labels, logits.rows, logits.cols, o.ignoreIndex);
   return { o, t };
 }
 
-function crossEntropyResult(m: Matrix, out: CrossEntropyOutput, returnLse: boolean): CrossEntropyResult {
+/**
+ * A gradient result: the caller's output tensor when there is one (holding `values` already
+ * when the backend wrote it there, else filled from them now), or a new tensor like `m`.
+ */
+function gradientResult(m: Matrix, values: Float32Array, dest: HostOutput | null | undefined): Tensor {
+  if (dest === null || dest === undefined) return resultLike(m, values);
+  if (values !== dest.data) writeGradient(dest, values, 'options.out');
+  return dest.tensor;
+}
+
+function crossEntropyResult(m: Matrix, out: CrossEntropyOutput, returnLse: boolean, dest?: HostOutputs | null): CrossEntropyResult {
   const result: CrossEntropyResult = { loss: out.loss };
-  if (out.dLogits !== null) result.dLogits = resultLike(m, out.dLogits);
+  if (out.dLogits !== null) result.dLogits = gradientResult(m, out.dLogits, dest?.dLogits);
   if (returnLse) result.lse = out.lse;
   return result;
 }
@@ -742,16 +774,26 @@ function deviceLossResult(out: DeviceCrossEntropyOutput, returnLse: boolean): De
  *   linearCrossEntropy(tensor(E, [N, D]), tensor(W, [V, D]), labels, { bias, zLoss: 1e-4 });
  */
 export function linearCrossEntropy<X extends AnyTensor, R extends Reduction = 'mean'>(
-  embeddings: X, classifier: SameKind<X>, labels: Int32Array, options?: LinearCrossEntropyOptions<R>,
+  embeddings: X, classifier: SameKind<X>, labels: Int32Array, options?: LinearCrossEntropyOptions<R> | ZscoreLinearCrossEntropyOptions<R>,
 ): LinearCrossEntropyResultFor<X, R>;
 export function linearCrossEntropy(
-  embeddings: AnyTensor, classifier: AnyTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
+  embeddings: AnyTensor, classifier: AnyTensor, labels: Int32Array, options?: LinearCrossEntropyOptions | ZscoreLinearCrossEntropyOptions,
 ): LinearCrossEntropyResult | DeviceLinearCrossEntropyResult {
+  if (isZscore(options)) { // the spherical Z-loss: its own moment-based kernels (lib/zscore.ts)
+    if (embeddings instanceof DeviceTensor) return zscoreLinearCrossEntropyOnDevice(embeddings, classifier, labels, options);
+    hostOnly([[classifier, 'classifier']], 'linearCrossEntropy');
+    return zscoreLinearCrossEntropy(embeddings, classifier, labels, options);
+  }
+  const sample = readClassSample(options);
+  if (sample !== null) {
+    return classSampled(embeddings, classifier, labels, options!, sample, (W, t, o) => linearCrossEntropy(embeddings, W as never, t, o));
+  }
+  rejectShardedGeneralizedCE(options, 'linearCrossEntropy');
   if (embeddings instanceof DeviceTensor) {
     if (isScaleOut(options)) return shardedLinearOnDevice(embeddings, classifier, labels, options, 'linearCrossEntropy');
     const b = onDevice(embeddings, 'linearCrossEntropy', [[classifier, 'classifier']]);
     const W = classifier as DeviceTensor;
-    const { o, t } = linearArgs(embeddings, W, labels, options);
+    const { o, t } = linearArgs(embeddings, W, labels, options, [embeddings, W]);
     return deviceLinearResult(b.device.linearCrossEntropy(embeddings, W, t, o), o.returnLse);
   }
   hostOnly([[classifier, 'classifier']], 'linearCrossEntropy');
@@ -759,13 +801,43 @@ export function linearCrossEntropy(
   const W = asMatrix(classifier, 'linearCrossEntropy: classifier');
   const sharded = scaleOutLinearCrossEntropy(currentBackend(), E, W, labels, options);
   if (sharded !== null) return linearResult(E, W, sharded, sharded.returnLse);
-  const { o, t } = linearArgs(E, W, labels, options);
-  return linearResult(E, W, currentBackend().linearCrossEntropy(E, W, t, o), o.returnLse);
+  const { o, t } = linearArgs(E, W, labels, options, [embeddings, classifier]);
+  return linearResult(E, W, currentBackend().linearCrossEntropy(E, W, t, o), o.returnLse, o.out);
+}
+
+/**
+ * Partial FC (lib/classSample.ts): the loss over the labels' classes and a seeded sample of the
+ * others; W's sampled rows are gathered (on a device: downloaded, gathered, uploaded) and the
+ * result names them in `sampledClasses`, dClassifier and dBias holding their rows only.
+ */
+function classSampled<T>(
+  embeddings: AnyTensor, classifier: AnyTensor, labels: Int32Array, options: object, sample: ClassSampleOptions,
+  run: (W: AnyTensor, labels: Int32Array, options: LinearCrossEntropyOptions) => T,
+): T {
+  if (!(labels instanceof Int32Array)) throw new CutlossError('E_DTYPE', `linearCrossEntropy: labels must be an Int32Array, got ${describe(labels)}`);
+  const device = classifier instanceof DeviceTensor;
+  const W = asMatrix(device ? (classifier as DeviceTensor).download() : classifier, 'linearCrossEntropy: classifier');
+  const p = sampleProblem(W.rows, labels, options as Record<string, unknown>, sample);
+  const gathered = gatherRows(W, p.ids);
+  let Ws: AnyTensor = gathered;
+  if (device) Ws = onDevice(classifier as DeviceTensor, 'linearCrossEntropy').upload(asMatrix(gathered, 'sampled classifier'));
+  const withIds = (r: object) => Object.assign(r, { sampledClasses: p.globalIds });
+  const dispose = () => { if (Ws instanceof DeviceTensor) Ws.dispose(); };
+  let result: T;
+  try {
+    result = run(Ws, p.labels, p.options as LinearCrossEntropyOptions);
+  } catch (e) {
+    dispose();
+    throw e;
+  }
+  if (result instanceof Promise) return result.then(withIds).finally(dispose) as T;
+  dispose();
+  return withIds(result as object) as T;
 }
 
 type Shaped = { rows: number; cols: number; dtype: Matrix['dtype'] };
 
-function linearArgs(E: Shaped, W: Shaped, labels: unknown, options: unknown) {
+function linearArgs(E: Shaped, W: Shaped, labels: unknown, options: unknown, raw: [AnyTensor, AnyTensor]) {
   if (E.cols !== W.cols) {
     throw new CutlossError(
       'E_SHAPE',
@@ -773,16 +845,26 @@ function linearArgs(E: Shaped, W: Shaped, labels: unknown, options: unknown) {
     );
   }
   const dtype = E.dtype === 'bf16' || W.dtype === 'bf16' ? 'bf16' : 'f32';
-  const o = resolveLossOptions(options, E.rows, W.rows, dtype, true);
+  const inputs: OutputInputs = {
+    tensors: [[raw[0], 'embeddings'], [raw[1], 'classifier']],
+    vectors: [[labels instanceof Int32Array ? labels : null, 'labels']],
+  };
+  const o = resolveLossOptions(options, E.rows, W.rows, dtype, true, inputs);
   const t = resolveLabels(labels, E.rows, W.rows, o.ignoreIndex);
   return { o, t };
 }
 
-function linearResult(E: Matrix, W: Matrix, out: LinearCrossEntropyOutput, returnLse: boolean): LinearCrossEntropyResult {
+function linearResult(
+  E: Matrix, W: Matrix, out: LinearCrossEntropyOutput, returnLse: boolean, dest?: HostOutputs | null,
+): LinearCrossEntropyResult {
   const result: LinearCrossEntropyResult = { loss: out.loss };
-  if (out.dEmbeddings !== null) result.dEmbeddings = resultLike(E, out.dEmbeddings);
-  if (out.dClassifier !== null) result.dClassifier = resultLike(W, out.dClassifier);
-  if (out.dBias !== null) result.dBias = out.dBias;
+  if (out.dEmbeddings !== null) result.dEmbeddings = gradientResult(E, out.dEmbeddings, dest?.dEmbeddings);
+  if (out.dClassifier !== null) result.dClassifier = gradientResult(W, out.dClassifier, dest?.dClassifier);
+  if (out.dBias !== null) {
+    const db = dest?.dBias;
+    if (db !== null && db !== undefined && out.dBias !== db) writeGradient({ data: db }, out.dBias, 'options.out.dBias');
+    result.dBias = db ?? out.dBias;
+  }
   if (returnLse) result.lse = out.lse;
   if (out.workspaceBytes !== undefined) result.workspaceBytes = out.workspaceBytes;
   return result;
@@ -1149,12 +1231,12 @@ export async function crossEntropyAsync(
   if (isScaleOut(options)) return crossEntropy(logits, labels, options); // the communicator is synchronous
   if (logits instanceof DeviceTensor) {
     const b = onDevice(logits, 'crossEntropyAsync');
-    const { o, t } = lossArgs(logits, labels, options);
+    const { o, t } = lossArgs(logits, labels, options, logits);
     return deviceLossResult(await b.deviceAsync.crossEntropy(logits, t, o), o.returnLse);
   }
   const m = asMatrix(logits, 'crossEntropy: logits');
-  const { o, t } = lossArgs(m, labels, options);
-  return crossEntropyResult(m, await asyncOps(currentBackend()).crossEntropy(m, t, o), o.returnLse);
+  const { o, t } = lossArgs(m, labels, options, logits);
+  return crossEntropyResult(m, await asyncOps(currentBackend()).crossEntropy(m, t, o), o.returnLse, o.out);
 }
 
 /**
@@ -1167,21 +1249,30 @@ export async function crossEntropyAsync(
  * const { loss, dEmbeddings } = await linearCrossEntropyAsync(tensor(E, [N, D]), tensor(W, [V, D]), labels);
  */
 export function linearCrossEntropyAsync<X extends AnyTensor, R extends Reduction = 'mean'>(
-  embeddings: X, classifier: SameKind<X>, labels: Int32Array, options?: LinearCrossEntropyOptions<R>,
+  embeddings: X, classifier: SameKind<X>, labels: Int32Array, options?: LinearCrossEntropyOptions<R> | ZscoreLinearCrossEntropyOptions<R>,
 ): Promise<LinearCrossEntropyResultFor<X, R>>;
 export async function linearCrossEntropyAsync(
-  embeddings: AnyTensor, classifier: AnyTensor, labels: Int32Array, options?: LinearCrossEntropyOptions,
+  embeddings: AnyTensor, classifier: AnyTensor, labels: Int32Array, options?: LinearCrossEntropyOptions | ZscoreLinearCrossEntropyOptions,
 ): Promise<LinearCrossEntropyResult | DeviceLinearCrossEntropyResult> {
+  if (isZscore(options)) {
+    if (embeddings instanceof DeviceTensor) return zscoreLinearCrossEntropyOnDeviceAsync(embeddings, classifier, labels, options);
+    hostOnly([[classifier, 'classifier']], 'linearCrossEntropyAsync');
+    return zscoreLinearCrossEntropyAsync(embeddings, classifier, labels, options);
+  }
+  const sample = readClassSample(options);
+  if (sample !== null) {
+    return classSampled(embeddings, classifier, labels, options!, sample, (W, t, o) => linearCrossEntropyAsync(embeddings, W as never, t, o));
+  }
   if (isScaleOut(options)) return linearCrossEntropy(embeddings, classifier as never, labels, options);
   if (embeddings instanceof DeviceTensor) {
     const b = onDevice(embeddings, 'linearCrossEntropyAsync', [[classifier, 'classifier']]);
     const W = classifier as DeviceTensor;
-    const { o, t } = linearArgs(embeddings, W, labels, options);
+    const { o, t } = linearArgs(embeddings, W, labels, options, [embeddings, W]);
     return deviceLinearResult(await b.deviceAsync.linearCrossEntropy(embeddings, W, t, o), o.returnLse);
   }
   hostOnly([[classifier, 'classifier']], 'linearCrossEntropyAsync');
   const E = asMatrix(embeddings, 'linearCrossEntropy: embeddings');
   const W = asMatrix(classifier, 'linearCrossEntropy: classifier');
-  const { o, t } = linearArgs(E, W, labels, options);
-  return linearResult(E, W, await asyncOps(currentBackend()).linearCrossEntropy(E, W, t, o), o.returnLse);
+  const { o, t } = linearArgs(E, W, labels, options, [embeddings, classifier]);
+  return linearResult(E, W, await asyncOps(currentBackend()).linearCrossEntropy(E, W, t, o), o.returnLse, o.out);
 }

@@ -2,6 +2,7 @@
 // Loads the cutloss addon with node-gyp-build from the package root: build/Release (built at
 // install) or prebuilds/. This file runs from lib/ (sources, under vitest), dist/esm and
 // dist/cjs alike, so it finds the root by walking up to cutloss's own package.json.
+// CUTLOSS_ADDON=<file.node> loads that file instead (the sanitizer builds of test/sanitize).
 const fs = require('node:fs');
 const path = require('node:path');
 
@@ -21,7 +22,7 @@ function loadAddon() {
   if (root === null) return { addon: null, root: null, file: null, error: `no cutloss package.json above ${__dirname}` };
   try {
     const build = require('node-gyp-build');
-    const file = build.path(root);
+    const file = process.env.CUTLOSS_ADDON ? path.resolve(process.env.CUTLOSS_ADDON) : build.path(root);
     return { addon: require(file), root, file: path.relative(root, file), error: null };
   } catch (e) {
     const message = (e instanceof Error ? e.message : String(e)).split('\n')[0];

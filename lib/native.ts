@@ -28,6 +28,8 @@ export interface NativeLossParams {
   polyEpsilon: number;
   zLoss: number;
   squentropy: number;
+  /** Absent = 0 (off). */
+  generalizedCE?: number;
   softcap: number;
   invTemperature: number;
   ignoreIndex: number;
@@ -73,6 +75,23 @@ export interface CudaStatus {
   deviceName?: string;
   computeCapability?: string;
   totalMemory?: number;
+  /** A sticky CUDA error that broke the context after the probe: the backend is unusable from then on. */
+  fault?: { code: number; name: string; message: string };
+}
+
+/** The caching device allocator of one backend (src/block_cache.h), and exported memory kept for importers. */
+export interface DeviceCacheStats {
+  cachedBytes: number;
+  cachedBlocks: number;
+  hits: number;
+  misses: number;
+  /** Blocks obtained from the system (cudaMalloc, or mmap on cuda-emu) and given back. */
+  allocations: number;
+  frees: number;
+  oomRetries: number;
+  /** Exported memory its owner freed while another process still has it open. */
+  parkedBytes: number;
+  parkedBlocks: number;
 }
 
 export interface NativeBuildInfo {
@@ -99,11 +118,14 @@ export interface NativeOps {
   crossEntropyForward(
     logits: NativeMatrix, labels: Int32Array, params: NativeLossParams, classWeights: Float32Array | null,
   ): NativeCrossEntropyForward;
-  crossEntropyBackward(state: number, scaleWeighted: Float32Array, scaleUnweighted: Float32Array): number;
+  /** A buffer id; undefined when written into `dLogitsOut` (which may be the forward's logits: in place). */
+  crossEntropyBackward(
+    state: number, scaleWeighted: Float32Array, scaleUnweighted: Float32Array, dLogitsOut?: NativeMatrix | null,
+  ): number | undefined;
   linearCrossEntropy(
     E: NativeMatrix, W: NativeMatrix, labels: Int32Array, params: NativeLossParams, classWeights: Float32Array | null,
     bias: Float32Array | null, config: NativeLinearConfig, scaleWeighted: Float32Array | null,
-    scaleUnweighted: Float32Array | null,
+    scaleUnweighted: Float32Array | null, dEOut?: NativeMatrix | null, dWOut?: NativeMatrix | null,
   ): NativeLinearCrossEntropy;
 }
 
@@ -139,6 +161,13 @@ export interface NativeAddon extends NativeOps, NativeAsyncOps {
   /** Buffers alive (held by ids or running calls), their bytes, and ids held. */
   stats(): { buffers: number; bytes: number; handles: number };
   cudaStatus(): CudaStatus;
+  deviceCacheStats(backend: NativeBackendCode): DeviceCacheStats;
+  /** Frees the backend's cached blocks; returns their bytes. */
+  trimDeviceCache(backend: NativeBackendCode): number;
+  /** Whether a cudaError_t code leaves the CUDA context unusable (src/cuda_host.cc). */
+  isStickyCudaError(code: number): boolean;
+  /** Test hook: records a CUDA error as if a call had returned it (sticky ones disable cuda for the process). */
+  noteCudaError(code: number, name: string, message: string): void;
   /** Bytes of device workspace linearCrossEntropy allocates for these shapes (cuda/kernels.h linearCrossEntropyPlan). */
   linearCrossEntropyWorkspaceBytes(
     N: number, D: number, V: number, normalizer: number, config: NativeLinearConfig, withGrad: boolean, eDtype: 0 | 1,
@@ -250,7 +279,7 @@ export function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int
 export function nativeLossParams(o: ResolvedLossOptions): NativeLossParams {
   return {
     normalizer: o.normalizer, smoothing: o.smoothing, focalGamma: o.focalGamma, polyEpsilon: o.polyEpsilon,
-    zLoss: o.zLoss, squentropy: o.squentropy, softcap: o.softcap, invTemperature: o.invTemperature,
-    ignoreIndex: o.ignoreIndex,
+    zLoss: o.zLoss, squentropy: o.squentropy, generalizedCE: o.generalizedCE, softcap: o.softcap,
+    invTemperature: o.invTemperature, ignoreIndex: o.ignoreIndex,
   };
 }

@@ -1,8 +1,9 @@
 // The native backends, cuda (a real GPU) and cuda-emu (the same kernels under the SIMT
 // emulator). Each op is written once as a plan: a generator that yields native calls and does
 // the host work between them (the loss reduction). A plan runs now on the JS thread, or with
-// each call on the libuv pool (the async twins). Host tensors are uploaded, run, downloaded;
-// device tensors stay where they are. Ops without a native kernel yet run on the next backend
+// each call on the libuv pool (the async twins). Host tensors are uploaded, run, downloaded
+// (into the caller's arrays with options.out); device tensors stay where they are, and
+// caller-provided DeviceTensors are written in place. Ops without a native kernel yet run on the next backend
 // (none at present: FALLBACK_OPS lists them).
 
 import { allocate } from './alloc.js';
@@ -15,14 +16,14 @@ import {
   fromNativeError, nativeLossParams, unshared, type NativeAddon, type NativeAsyncOps, type NativeCrossEntropyForward,
   type NativeLinearConfig, type NativeLinearCrossEntropy, type NativeOpName, type NativeOps,
 } from './native.js';
-import type { ResolvedLossOptions } from './options.js';
+import type { HostOutput, ResolvedLossOptions } from './options.js';
 import { toF32, type Dtype, type Matrix, type Tensor } from './tensor.js';
 
 /** Ops with a native kernel (README names); the rest fall through to the next backend. */
 export const NATIVE_OPS = [
   'logSumExp', 'softmax', 'logSoftmax', 'softmaxBackward', 'logSoftmaxBackward', 'stablemax', 'logStablemax',
   'stablemaxBackward', 'logStablemaxBackward', 'sparsemax', 'sparsemaxBackward', 'entmax15', 'entmax15Backward',
-  'gumbelSoftmax', 'gumbelSoftmaxBackward', 'crossEntropy', 'linearCrossEntropy',
+  'gumbelSoftmax', 'gumbelSoftmaxBackward', 'crossEntropy', 'linearCrossEntropy', 'sigmoidPairLoss',
 ];
 export const FALLBACK_OPS: string[] = [];
 
@@ -212,7 +213,7 @@ export class NativeBackend implements Backend {
       crossEntropy: async (logits, labels, o) => {
         const t = this.upload(logits);
         try {
-          return this.toHost(await runOffThread(this.addon, this.crossEntropyPlan(t, labels, o)));
+          return this.toHost(await runOffThread(this.addon, this.crossEntropyPlan(t, labels, o)), o);
         } finally {
           t.dispose();
         }
@@ -220,7 +221,7 @@ export class NativeBackend implements Backend {
       linearCrossEntropy: async (E, W, labels, o) => {
         const [Et, Wt] = this.uploadBoth(E, W);
         try {
-          return await this.linearToHost(await runOffThread(this.addon, this.linearCrossEntropyPlan(Et, Wt, labels, o)));
+          return await this.linearToHost(await runOffThread(this.addon, this.linearCrossEntropyPlan(Et, Wt, labels, o)), o);
         } finally {
           Et.dispose();
           Wt.dispose();
@@ -271,9 +272,19 @@ export class NativeBackend implements Backend {
     return adopt(this.name, id, shape, dtype);
   }
 
-  /** Reads a temporary f32 buffer of n elements and frees it. */
-  private take(id: number, n: number): Float32Array {
-    const out = allocate(Float32Array, n, 'the result');
+  /** Reads a temporary f32 buffer of n elements (into `into` when given) and frees it. */
+  private take(id: number, n: number, into: Float32Array | null = null): Float32Array {
+    let out: Float32Array;
+    try {
+      out = into ?? allocate(Float32Array, n, 'the result');
+    } catch (e) {
+      this.addon.free(id);
+      throw e;
+    }
+    if (out.length !== n) {
+      this.addon.free(id);
+      throw detachedOutput();
+    }
     try {
       this.addon.download(id, out);
     } catch (e) {
@@ -340,6 +351,12 @@ export class NativeBackend implements Backend {
       const lse = this.take(fwd.lse, N);
       const r = reduceLoss(labels, this.take(fwd.weighted, N), this.take(fwd.unweighted, N), o);
       if (!o.computeGrad) return { loss: r.loss, lse, dLogits: null };
+      const dest = o.deviceOut?.dLogits ?? null;
+      if (dest !== null) {
+        // every row ignored included: the kernel writes zeros for ignored rows
+        yield call('crossEntropyBackward', fwd.state, r.scaleWeighted, r.scaleUnweighted, nativeMatrix(dest, 'options.out.dLogits'));
+        return { loss: r.loss, lse, dLogits: dest };
+      }
       if (r.valid === 0) return { loss: r.loss, lse, dLogits: this.zeros(logits.shape, logits.dtype) };
       const id = (yield call('crossEntropyBackward', fwd.state, r.scaleWeighted, r.scaleUnweighted)) as number;
       return { loss: r.loss, lse, dLogits: adopt(this.name, id, logits.shape, logits.dtype) };
@@ -366,21 +383,26 @@ export class NativeBackend implements Backend {
     } catch (e) {
       throw fromNativeError(e);
     }
+    const destE = scales === null ? null : o.deviceOut?.dEmbeddings ?? null;
+    const destW = scales === null ? null : o.deviceOut?.dClassifier ?? null;
     const r = (yield call(
       'linearCrossEntropy', nativeMatrix(E, 'embeddings'), nativeMatrix(W, 'classifier'), unshared(labels),
       nativeLossParams(o), unshared(o.classWeights), unshared(o.bias), config, scales?.scaleWeighted ?? null,
-      scales?.scaleUnweighted ?? null,
+      scales?.scaleUnweighted ?? null, destE === null ? null : nativeMatrix(destE, 'options.out.dEmbeddings'),
+      destW === null ? null : nativeMatrix(destW, 'options.out.dClassifier'),
     )) as NativeLinearCrossEntropy;
-    const dEmbeddings = r.dEmbeddings === undefined ? null : adopt(this.name, r.dEmbeddings, E.shape, E.dtype);
-    const dClassifier = r.dClassifier === undefined ? null : adopt(this.name, r.dClassifier, W.shape, W.dtype);
+    const made: DeviceTensor[] = []; // freed again if the call fails after all
+    const dEmbeddings = r.dEmbeddings === undefined ? destE : adopt(this.name, r.dEmbeddings, E.shape, E.dtype);
+    const dClassifier = r.dClassifier === undefined ? destW : adopt(this.name, r.dClassifier, W.shape, W.dtype);
+    if (r.dEmbeddings !== undefined) made.push(dEmbeddings!);
+    if (r.dClassifier !== undefined) made.push(dClassifier!);
     try {
       const lse = this.take(r.lse, N);
       const { loss } = reduceLoss(labels, this.take(r.weighted, N), this.take(r.unweighted, N), o);
-      const dBias = r.dBias === undefined ? null : this.take(r.dBias, W.rows);
+      const dBias = r.dBias === undefined ? null : this.take(r.dBias, W.rows, o.deviceOut?.dBias ?? o.out?.dBias ?? null);
       return { loss, lse, dEmbeddings, dClassifier, dBias, workspaceBytes };
     } catch (e) {
-      dEmbeddings?.dispose();
-      dClassifier?.dispose();
+      for (const t of made) t.dispose();
       throw e;
     } finally {
       for (const id of [r.lse, r.weighted, r.unweighted, r.dBias]) if (id !== undefined) this.addon.free(id);
@@ -458,23 +480,41 @@ export class NativeBackend implements Backend {
     }
   }
 
-  private toHost(r: DeviceCrossEntropyOutput): CrossEntropyOutput {
+  private toHost(r: DeviceCrossEntropyOutput, o: ResolvedLossOptions): CrossEntropyOutput {
     if (r.dLogits === null) return { loss: r.loss, lse: r.lse, dLogits: null };
     try {
-      return { loss: r.loss, lse: r.lse, dLogits: toF32(hostMatrix(r.dLogits.download())) };
+      return { loss: r.loss, lse: r.lse, dLogits: this.toHostValues(r.dLogits, o.out?.dLogits) };
     } finally {
       r.dLogits.dispose();
     }
   }
 
+  /**
+   * A device result as host f32 values: downloaded straight into the caller's f32 output (an
+   * async call's inputs were copied when it began, so this may be the logits themselves), or
+   * into a new array the facade copies into a bf16 output.
+   */
+  private toHostValues(t: DeviceTensor, dest: HostOutput | null | undefined): Float32Array {
+    if (dest === null || dest === undefined || !(dest.data instanceof Float32Array) || t.dtype !== 'f32') {
+      return toF32(hostMatrix(t.download()));
+    }
+    if (dest.data.length !== t.rows * t.cols) throw detachedOutput();
+    try {
+      this.addon.download(t.idOf('result'), dest.data);
+    } catch (e) {
+      throw fromNativeError(e);
+    }
+    return dest.data;
+  }
+
   /** The linear loss's device gradients as host f32 values; frees them. */
-  private linearToHost(r: DeviceLinearCrossEntropyOutput): LinearCrossEntropyOutput {
+  private linearToHost(r: DeviceLinearCrossEntropyOutput, o: ResolvedLossOptions): LinearCrossEntropyOutput {
     const grads = [r.dEmbeddings, r.dClassifier];
     try {
-      const host = (t: DeviceTensor | null) => (t === null ? null : toF32(hostMatrix(t.download())));
+      const host = (t: DeviceTensor | null, dest: HostOutput | null | undefined) => (t === null ? null : this.toHostValues(t, dest));
       return {
-        loss: r.loss, lse: r.lse, dEmbeddings: host(r.dEmbeddings), dClassifier: host(r.dClassifier), dBias: r.dBias,
-        workspaceBytes: r.workspaceBytes,
+        loss: r.loss, lse: r.lse, dEmbeddings: host(r.dEmbeddings, o.out?.dEmbeddings),
+        dClassifier: host(r.dClassifier, o.out?.dClassifier), dBias: r.dBias, workspaceBytes: r.workspaceBytes,
       };
     } finally {
       for (const t of grads) t?.dispose();
@@ -517,7 +557,7 @@ export class NativeBackend implements Backend {
   crossEntropy(logits: Matrix, labels: Int32Array, o: ResolvedLossOptions): CrossEntropyOutput {
     const t = this.upload(logits);
     try {
-      return this.toHost(runNow(this.addon, this.crossEntropyPlan(t, labels, o)));
+      return this.toHost(runNow(this.addon, this.crossEntropyPlan(t, labels, o)), o);
     } finally {
       t.dispose();
     }
@@ -525,7 +565,7 @@ export class NativeBackend implements Backend {
   linearCrossEntropy(E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions): LinearCrossEntropyOutput {
     const [Et, Wt] = this.uploadBoth(E, W);
     try {
-      return this.linearToHost(runNow(this.addon, this.linearCrossEntropyPlan(Et, Wt, labels, o)));
+      return this.linearToHost(runNow(this.addon, this.linearCrossEntropyPlan(Et, Wt, labels, o)), o);
     } finally {
       Et.dispose();
       Wt.dispose();
@@ -542,6 +582,10 @@ function hostMatrix(t: Tensor): Matrix {
   const rows = t.shape.length === 2 ? t.shape[0] : 1;
   const cols = t.shape.length === 2 ? t.shape[1]! : t.shape[0];
   return { data: t.data, rows, cols, dtype: t.dtype ?? 'f32', shape: t.shape };
+}
+
+function detachedOutput(): CutlossError {
+  return new CutlossError('E_DISPOSED', 'options.out: an output array was detached or resized before the result could be written into it');
 }
 
 export function unavailable(name: DeviceBackendName, reason: string): CutlossError {

@@ -105,6 +105,14 @@ Napi::Value CudaStatus(const Napi::CallbackInfo& info) {
     out.Set("computeCapability", std::to_string(s.computeMajor) + "." + std::to_string(s.computeMinor));
     out.Set("totalMemory", static_cast<double>(s.totalMemory));
   }
+  cudahost::Fault f;
+  if (cudahost::fault(&f)) {  // a sticky error broke the context after the probe
+    Napi::Object fault = Napi::Object::New(info.Env());
+    fault.Set("code", f.code);
+    fault.Set("name", f.name);
+    fault.Set("message", f.message);
+    out.Set("fault", fault);
+  }
   return out;
 }
 
@@ -154,6 +162,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("emulatorOrder", Napi::Function::New(env, EmulatorOrder, "emulatorOrder"));
   registerOps(env, exports);
   registerSharing(env, exports);
+  registerDeviceMemory(env, exports);
   cpu::registerCpu(env, exports);
   registerBenchProbe(env, exports);
   registerMpi(env, exports);

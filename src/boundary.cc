@@ -204,6 +204,9 @@ LossParams readLossParams(const Napi::Value& v, int64_t vocab) {
   const double squentropy = readFinite(o.Get("squentropy"), "params.squentropy");
   if (squentropy != 0 && squentropy != 1) throw ArgError("E_OPTION", "params.squentropy must be 0 or 1");
   p.squentropy = static_cast<float>(squentropy);
+  // absent = off, so callers that predate it need not send it
+  const Napi::Value gce = o.Get("generalizedCE");
+  if (!gce.IsUndefined()) p.generalizedCE = readFloatInRange(gce, "params.generalizedCE", 0, 1, "in [0, 1] (0 = off)");
   p.softcap = readFloatInRange(o.Get("softcap"), "params.softcap", 0, kFloatMax, "a float >= 0 (0 = off)");
   p.invTemperature = readPositiveFloat(o.Get("invTemperature"), "params.invTemperature");
   p.ignoreIndex = readInt32(o.Get("ignoreIndex"), "params.ignoreIndex");

@@ -6,6 +6,8 @@
 #include <functional>
 #include <string>
 
+#include "block_cache.h"
+
 namespace cutloss::cudahost {
 
 struct Status {
@@ -24,11 +26,53 @@ struct Status {
 
 /** Probed once per process: devices do not come and go under a running process. */
 const Status& status();
-/** Throws ArgError E_BACKEND with the reason when no usable device exists. */
+/**
+ * Throws ArgError E_BACKEND with the reason when no usable device exists, or when a sticky
+ * error broke this process's CUDA context (then before anything touches the context again).
+ */
 void requireAvailable();
 
-void* allocateZeroed(size_t bytes);
-void release(void* p) noexcept;
+// ---------------------------------------------------------------- sticky errors
+
+/**
+ * Whether a cudaError_t leaves the context unusable for the rest of the process (CUDA's
+ * driver_types.h: "the process must be terminated and relaunched"): illegal addresses and
+ * instructions, launch failures and timeouts, device-side asserts, uncorrectable ECC and
+ * NVLink errors, and the like. Pure: a table of codes, testable without a GPU.
+ */
+bool isStickyError(int code);
+/** Records `code` when it is sticky (the first one wins); later requireAvailable() calls refuse. */
+void noteError(int code, const std::string& name, const std::string& message);
+struct Fault {
+  int code;
+  std::string name;
+  std::string message;
+};
+/** The sticky error this process hit, if any. */
+bool fault(Fault* out);
+
+// ---------------------------------------------------------------- memory
+
+/** A cudaMalloc'd block of the caching allocator: `capacity` is its size class (>= the bytes asked for). */
+struct Block {
+  void* data = nullptr;
+  size_t capacity = 0;
+  int device = 0;
+};
+/**
+ * A block of at least `bytes` on the current device, from the cache when one of its size
+ * class is free, else cudaMalloc'd (when that runs out of memory: the cache is emptied and
+ * the cudaMalloc tried once more, then E_OOM). Zero-filled only when `zeroed` (a memset on
+ * the default stream, ordered before every later kernel). Throws ArgError (E_OOM, E_BACKEND).
+ */
+Block allocateBlock(size_t bytes, bool zeroed);
+/** Back to the cache for the next call; see the stream-order argument in cuda_host.cc. */
+void releaseBlock(const Block& block) noexcept;
+/** cudaFree at once, never cached (exported memory whose importers have all closed it). */
+void freeBlock(const Block& block) noexcept;
+BlockCacheStats cacheStats();
+/** cudaFree's every cached block; returns the bytes given back. */
+size_t trimCache();
 void copyToDevice(void* dst, const void* src, size_t bytes);
 void copyToHost(void* dst, const void* src, size_t bytes);
 /** Waits for queued kernels; throws KernelError with the CUDA error of any that failed. */

@@ -1,5 +1,6 @@
 #include "device_buffer.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
@@ -8,6 +9,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -15,6 +17,7 @@
 
 #include "boundary.h"
 #include "cuda_host.h"
+#include "sharing.h"
 
 namespace cutloss {
 
@@ -51,6 +54,56 @@ size_t physicalMemory() {
 
 std::string errnoText() { return std::strerror(errno); }
 
+// The emulator's free lists: the same caching as the GPU's (cuda_host.cc), so CI exercises it.
+// Cached pages are memory the machine cannot use otherwise: the cache keeps at most an eighth
+// of it (and 4 GiB), and frees what does not fit.
+BlockCache& emuCache() {
+  static BlockCache* c = new BlockCache(std::min<size_t>(physicalMemory() / 8, size_t{4} << 30));
+  return *c;
+}
+
+void emuFree(void* data, size_t capacity) {
+  munmap(data, capacity);
+  emuCache().countFree();
+}
+
+// ---------------------------------------------------------------- parked exports
+
+/** Memory freed by its owner while another process may still have it open (sharing.h). */
+struct Parked {
+  Backend backend;
+  void* data;
+  size_t capacity;
+  int device;
+  std::shared_ptr<ExportCounter> counter;
+};
+std::mutex gParkedMutex;
+std::vector<Parked>* gParked = new std::vector<Parked>;  // never destroyed: touched by late destructors
+
+void freeExported(const Parked& p) {
+  // Never back to the cache: an importer that closed its mapping still named this block once.
+  if (p.backend == Backend::Gpu) cudahost::freeBlock({p.data, p.capacity, p.device});
+  else emuFree(p.data, p.capacity);
+}
+
+/** Frees the parked memory no other process holds any more. */
+void reapParked() {
+  std::vector<Parked> done;
+  {
+    std::lock_guard<std::mutex> lock(gParkedMutex);
+    if (gParked->empty()) return;
+    for (auto it = gParked->begin(); it != gParked->end();) {
+      if (it->counter->opens() == 0) {
+        done.push_back(std::move(*it));
+        it = gParked->erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const Parked& p : done) freeExported(p);
+}
+
 }  // namespace
 
 const char* backendName(Backend b) { return b == Backend::Gpu ? "cuda" : "cuda-emu"; }
@@ -64,8 +117,8 @@ Backend readBackend(const Napi::Value& v, const char* name) {
   throw ArgError("E_BACKEND", std::string(name) + " must be 0 (cuda-emu) or 1 (cuda)");
 }
 
-DeviceBuffer::DeviceBuffer(Backend backend, Ownership ownership, void* data, size_t bytes, size_t mapped)
-    : backend_(backend), ownership_(ownership), data_(data), bytes_(bytes), mapped_(mapped) {
+DeviceBuffer::DeviceBuffer(Backend backend, Ownership ownership, void* data, size_t bytes, size_t capacity)
+    : backend_(backend), ownership_(ownership), data_(data), bytes_(bytes), capacity_(capacity) {
   gLiveCount++;
   if (ownership_ == Ownership::Owned) {
     gLiveBytes += bytes;
@@ -75,12 +128,20 @@ DeviceBuffer::DeviceBuffer(Backend backend, Ownership ownership, void* data, siz
 
 DeviceBuffer::~DeviceBuffer() {
   if (ownership_ == Ownership::Owned && data_ != nullptr) {
-    if (backend_ == Backend::Gpu) {
-      cudahost::release(data_);
-    } else {
-      munmap(data_, mapped_);
-      // Importers that mapped it keep their pages; new imports now fail (E_DISPOSED).
-      if (!shmName_.empty()) shm_unlink(shmName_.c_str());
+    // Importers that mapped emulator memory keep their pages; new imports now fail (E_DISPOSED).
+    if (!shmName_.empty()) shm_unlink(shmName_.c_str());
+    if (exportCounter_) {
+      Parked p{backend_, data_, capacity_, device_, std::move(exportCounter_)};
+      if (p.counter->revoke() == 0) {
+        freeExported(p);
+      } else {
+        std::lock_guard<std::mutex> lock(gParkedMutex);
+        gParked->push_back(std::move(p));
+      }
+    } else if (backend_ == Backend::Gpu) {
+      cudahost::releaseBlock({data_, capacity_, device_});
+    } else if (!shmName_.empty() || !emuCache().put(0, capacity_, data_)) {
+      emuFree(data_, capacity_);  // shared pages are never reused
     }
   }
   gLiveCount--;
@@ -90,31 +151,54 @@ DeviceBuffer::~DeviceBuffer() {
   }
 }
 
-std::shared_ptr<DeviceBuffer> DeviceBuffer::allocate(Backend backend, size_t bytes) {
+std::shared_ptr<DeviceBuffer> DeviceBuffer::allocate(Backend backend, size_t bytes, Init init) {
+  reapParked();
   void* data = nullptr;
-  size_t mapped = 0;
+  size_t capacity = 0;
+  int device = 0;
   if (bytes > 0) {
     if (backend == Backend::Gpu) {
-      data = cudahost::allocateZeroed(bytes);
+      const cudahost::Block block = cudahost::allocateBlock(bytes, init == Init::Zeroed);
+      data = block.data;
+      capacity = block.capacity;
+      device = block.device;
     } else {
-      mapped = (bytes + pageSize() - 1) / pageSize() * pageSize();
-      if (mapped < bytes || mapped > physicalMemory()) {
+      capacity = BlockCache::sizeClass(bytes, pageSize());
+      if (capacity == 0 || capacity > physicalMemory()) {
         throw ArgError("E_OOM", "cannot allocate " + std::to_string(bytes) + " bytes of emulator memory: the machine has " +
                                     std::to_string(physicalMemory()));
       }
-      data = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (data == MAP_FAILED) {
-        throw ArgError("E_OOM", "cannot allocate " + std::to_string(bytes) + " bytes of emulator memory: " + errnoText());
+      data = emuCache().take(0, capacity);
+      const bool fresh = data == nullptr;
+      if (fresh) {
+        data = mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (data == MAP_FAILED) {
+          // What the cache holds may be what is missing: give it back and try once more.
+          emuCache().countOomRetry();
+          for (const auto& [p, size] : emuCache().drain(-1)) emuFree(p, size);
+          data = mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        }
+        if (data == MAP_FAILED) {
+          throw ArgError("E_OOM", "cannot allocate " + std::to_string(bytes) + " bytes of emulator memory: " + errnoText());
+        }
+        emuCache().countAllocation();
+      }
+      if (init == Init::Uninitialized) {
+        std::memset(data, 0xFF, bytes);  // NaN: what a kernel reads without writing shows in its results
+      } else if (!fresh) {
+        std::memset(data, 0, bytes);  // fresh pages are zero already
       }
     }
   } else if (backend == Backend::Gpu) {
     cudahost::requireAvailable();
   }
-  return std::shared_ptr<DeviceBuffer>(new DeviceBuffer(backend, Ownership::Owned, data, bytes, mapped));
+  auto buffer = std::shared_ptr<DeviceBuffer>(new DeviceBuffer(backend, Ownership::Owned, data, bytes, capacity));
+  buffer->device_ = device;
+  return buffer;
 }
 
 std::shared_ptr<DeviceBuffer> DeviceBuffer::fromHost(Backend backend, const void* src, size_t bytes) {
-  auto buffer = allocate(backend, bytes);
+  auto buffer = allocate(backend, bytes, Init::Uninitialized);  // every byte is overwritten
   buffer->copyFromHost(src, bytes);
   return buffer;
 }
@@ -153,29 +237,31 @@ std::string DeviceBuffer::shareEmulated(const std::string& name) {
     throw ArgError(code, what + ": " + std::strerror(err));
   };
   // Reserve the pages now: tmpfs that runs full later would kill us with SIGBUS on a write.
-  if (ftruncate(fd, static_cast<off_t>(mapped_)) != 0) fail("E_OOM", "cannot size shared memory " + name);
-  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(mapped_)); err != 0) {
+  if (ftruncate(fd, static_cast<off_t>(capacity_)) != 0) fail("E_OOM", "cannot size shared memory " + name);
+  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(capacity_)); err != 0) {
     errno = err;
-    fail("E_OOM", "cannot reserve " + std::to_string(mapped_) + " bytes of shared memory (/dev/shm)");
+    fail("E_OOM", "cannot reserve " + std::to_string(capacity_) + " bytes of shared memory (/dev/shm)");
   }
-  void* staging = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* staging = mmap(nullptr, capacity_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (staging == MAP_FAILED) fail("E_OOM", "cannot map shared memory " + name);
-  std::memcpy(staging, data_, mapped_);
+  std::memcpy(staging, data_, capacity_);
   // Same address, so ids, running jobs and wrapped views of this memory all stay valid; the
   // contents are equal, so a kernel reading it meanwhile sees no change.
-  void* fixed = mmap(data_, mapped_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+  void* fixed = mmap(data_, capacity_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
   if (fixed == MAP_FAILED) {
     int err = errno;
     // A failed MAP_FIXED may have unmapped the range: put private pages back, with the data.
-    if (mmap(data_, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
-      std::memcpy(data_, staging, mapped_);
+    if (mmap(data_, capacity_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
+      std::memcpy(data_, staging, capacity_);
     }
-    munmap(staging, mapped_);
+    munmap(staging, capacity_);
     errno = err;
     fail("E_OOM", "cannot map shared memory " + name + " in place");
   }
-  munmap(staging, mapped_);
+  munmap(staging, capacity_);
   close(fd);
+  // The block's tail past this tensor held some earlier tensor: importers map the whole block.
+  if (capacity_ > bytes_) std::memset(static_cast<char*>(data_) + bytes_, 0, capacity_ - bytes_);
   shmName_ = name;
   return shmName_;
 }
@@ -188,6 +274,34 @@ std::string DeviceBuffer::ipcHandle() {
   }
   ipcHandle_ = cudahost::ipcHandle(data_);
   return ipcHandle_;
+}
+
+void DeviceBuffer::exportCounterOnce(const std::function<std::shared_ptr<ExportCounter>()>& make) {
+  std::lock_guard<std::mutex> lock(shareMutex_);
+  if (!exportCounter_) exportCounter_ = make();
+}
+
+DeviceBuffer::CacheStats DeviceBuffer::cacheStats(Backend backend) {
+  reapParked();
+  CacheStats out{backend == Backend::Gpu ? cudahost::cacheStats() : emuCache().stats(), 0, 0};
+  std::lock_guard<std::mutex> lock(gParkedMutex);
+  for (const Parked& p : *gParked) {
+    if (p.backend != backend) continue;
+    out.parkedBytes += p.capacity;
+    out.parkedBlocks++;
+  }
+  return out;
+}
+
+size_t DeviceBuffer::trimCache(Backend backend) {
+  reapParked();
+  if (backend == Backend::Gpu) return cudahost::trimCache();
+  size_t bytes = 0;
+  for (const auto& [p, size] : emuCache().drain(-1)) {
+    emuFree(p, size);
+    bytes += size;
+  }
+  return bytes;
 }
 
 size_t DeviceBuffer::liveCount() { return gLiveCount.load(); }
@@ -253,6 +367,56 @@ size_t count() {
 }
 
 }  // namespace handles
+
+namespace {
+
+Napi::Value DeviceCacheStats(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const DeviceBuffer::CacheStats s = DeviceBuffer::cacheStats(readBackend(info[0], "backend"));
+    Napi::Object out = Napi::Object::New(info.Env());
+    out.Set("cachedBytes", static_cast<double>(s.cache.cachedBytes));
+    out.Set("cachedBlocks", static_cast<double>(s.cache.cachedBlocks));
+    out.Set("hits", static_cast<double>(s.cache.hits));
+    out.Set("misses", static_cast<double>(s.cache.misses));
+    out.Set("allocations", static_cast<double>(s.cache.allocations));
+    out.Set("frees", static_cast<double>(s.cache.frees));
+    out.Set("oomRetries", static_cast<double>(s.cache.oomRetries));
+    out.Set("parkedBytes", static_cast<double>(s.parkedBytes));
+    out.Set("parkedBlocks", static_cast<double>(s.parkedBlocks));
+    return out;
+  });
+}
+
+Napi::Value TrimDeviceCache(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    return Napi::Number::New(info.Env(), static_cast<double>(DeviceBuffer::trimCache(readBackend(info[0], "backend"))));
+  });
+}
+
+Napi::Value IsStickyCudaError(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    return Napi::Boolean::New(info.Env(), cudahost::isStickyError(static_cast<int>(readFinite(info[0], "code"))));
+  });
+}
+
+/** For tests, in a child process: records a CUDA error as if a call had returned it. */
+Napi::Value NoteCudaError(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (!info[1].IsString() || !info[2].IsString()) throw ArgError("E_OPTION", "name and message must be strings");
+    cudahost::noteError(static_cast<int>(readFinite(info[0], "code")), info[1].As<Napi::String>().Utf8Value(),
+                        info[2].As<Napi::String>().Utf8Value());
+    return info.Env().Undefined();
+  });
+}
+
+}  // namespace
+
+void registerDeviceMemory(Napi::Env env, Napi::Object exports) {
+  exports.Set("deviceCacheStats", Napi::Function::New(env, DeviceCacheStats, "deviceCacheStats"));
+  exports.Set("trimDeviceCache", Napi::Function::New(env, TrimDeviceCache, "trimDeviceCache"));
+  exports.Set("isStickyCudaError", Napi::Function::New(env, IsStickyCudaError, "isStickyCudaError"));
+  exports.Set("noteCudaError", Napi::Function::New(env, NoteCudaError, "noteCudaError"));
+}
 
 std::shared_ptr<DeviceBuffer> readBuffer(const Napi::Value& v, const char* name) {
   if (!v.IsNumber()) throw ArgError("E_DISPOSED", std::string(name) + " is not a device buffer handle");

@@ -9,9 +9,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+
+#include "block_cache.h"
 
 namespace cutloss {
 
@@ -23,10 +26,23 @@ Backend readBackend(const Napi::Value& v, const char* name);
 /** Owned: allocated (and freed) by cutloss. Imported: mapped from an export. Wrapped: the caller's. */
 enum class Ownership : int32_t { Owned = 0, Imported = 1, Wrapped = 2 };
 
+/**
+ * What a new buffer holds. Zeroed: zeros, so no stale memory ever reaches JavaScript.
+ * Uninitialized: whatever the cache's block held (the emulator fills it with 0xFF bytes, NaN
+ * in f32 and bf16, so a kernel that reads what it never wrote fails its tests): for memory the
+ * caller overwrites whole (uploads) or kernels initialize on the stream (the linear workspace).
+ */
+enum class Init { Zeroed, Uninitialized };
+
+class ExportCounter;  // sharing.h
+
 class DeviceBuffer {
  public:
-  /** Zero-filled, so no stale memory ever reaches JavaScript. Throws ArgError (E_OOM, E_BACKEND). */
-  static std::shared_ptr<DeviceBuffer> allocate(Backend backend, size_t bytes);
+  /**
+   * From the caching allocator: a block of the size class of `bytes` on the backend, reused
+   * when one is free. Throws ArgError (E_OOM, E_BACKEND).
+   */
+  static std::shared_ptr<DeviceBuffer> allocate(Backend backend, size_t bytes, Init init = Init::Zeroed);
   static std::shared_ptr<DeviceBuffer> fromHost(Backend backend, const void* data, size_t bytes);
   /**
    * Memory cutloss does not free: `holder` keeps an import mapped (its deleter unmaps it, or
@@ -53,6 +69,11 @@ class DeviceBuffer {
   std::string shareEmulated(const std::string& name);
   /** cuda, owned memory only: the CUDA IPC handle bytes, asked for once. */
   std::string ipcHandle();
+  /**
+   * Marks the memory exported: once this buffer is freed its memory is not reused until every
+   * process that imported it closed its import (the counter says how many hold it open).
+   */
+  void exportCounterOnce(const std::function<std::shared_ptr<ExportCounter>()>& make);
 
   /** Buffers alive anywhere: referenced from JavaScript or held by a running job. */
   static size_t liveCount();
@@ -66,17 +87,29 @@ class DeviceBuffer {
   /** The memory the emulator may use: the machine's physical memory, as allocate() checks it. */
   static size_t emulatorCapacity();
 
+  /** The caching allocator's figures on one backend, and the exported memory kept for importers. */
+  struct CacheStats {
+    BlockCacheStats cache;
+    size_t parkedBytes;   // exported, freed by its owner, still open in another process
+    size_t parkedBlocks;
+  };
+  static CacheStats cacheStats(Backend backend);
+  /** Frees the backend's cached blocks (and parked ones no process holds any more); returns the bytes freed. */
+  static size_t trimCache(Backend backend);
+
  private:
-  DeviceBuffer(Backend backend, Ownership ownership, void* data, size_t bytes, size_t mapped);
+  DeviceBuffer(Backend backend, Ownership ownership, void* data, size_t bytes, size_t capacity);
   Backend backend_;
   Ownership ownership_;
   void* data_;
   size_t bytes_;
-  size_t mapped_;  // emulator memory: the length of its mapping (whole pages)
+  size_t capacity_;  // owned memory: its block's size class (the emulator's: whole pages)
+  int device_ = 0;   // owned GPU memory: the device it is on
   std::shared_ptr<void> holder_;
   std::mutex shareMutex_;
   std::string shmName_;
   std::string ipcHandle_;
+  std::shared_ptr<ExportCounter> exportCounter_;
 };
 
 /** What an op leaves for its backward, opaque to JavaScript (see ops.cc). */
@@ -101,6 +134,13 @@ std::shared_ptr<OpState> findState(double id);
 bool release(double id);
 size_t count();
 }  // namespace handles
+
+/**
+ * deviceCacheStats(backend) and trimDeviceCache(backend): the caching allocator's figures and
+ * its release; isStickyCudaError(code) and noteCudaError(code, name, message), the sticky-error
+ * table and a hook that records one (for tests, in a process of their own).
+ */
+void registerDeviceMemory(Napi::Env env, Napi::Object exports);
 
 /** An id argument that names a live buffer; E_DISPOSED otherwise. */
 std::shared_ptr<DeviceBuffer> readBuffer(const Napi::Value& v, const char* name);

@@ -29,20 +29,34 @@ class JobWorker : public Napi::AsyncWorker {
   }
 
   void OnOK() override {
-    Napi::HandleScope scope(Env());
-    try {
-      deferred_.Resolve(job_->result(Env()));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    } catch (...) {
-      Failure f = currentFailure();
-      deferred_.Reject(codedError(Env(), f.code, f.message).Value());
-    }
+    settle([this] {
+      try {
+        deferred_.Resolve(job_->result(Env()));
+      } catch (const Napi::Error& e) {
+        deferred_.Reject(e.Value());
+      } catch (...) {
+        Failure f = currentFailure();
+        deferred_.Reject(codedError(Env(), f.code, f.message).Value());
+      }
+    });
   }
 
   void OnError(const Napi::Error&) override {
-    Napi::HandleScope scope(Env());
-    deferred_.Reject(codedError(Env(), failure_.code, failure_.message).Value());
+    settle([this] { deferred_.Reject(codedError(Env(), failure_.code, failure_.message).Value()); });
+  }
+
+  /**
+   * Runs `f` in a handle scope. Once JavaScript can no longer run (the worker thread that made
+   * the call was terminated meanwhile) every N-API call throws and the promise cannot be
+   * settled: nothing may escape into libuv, where it ends the whole process.
+   */
+  template <typename F>
+  void settle(F f) {
+    try {
+      Napi::HandleScope scope(Env());
+      f();
+    } catch (...) {
+    }
   }
 
  private:
@@ -72,6 +86,7 @@ void KernelJob::run() {
 }
 
 Napi::Value KernelJob::result(Napi::Env env) {
+  if (outputs_.empty() && states_.empty()) return env.Undefined();  // written into the caller's buffers
   if (outputs_.size() == 1 && outputs_[0].first == nullptr && states_.empty()) {
     return Napi::Number::New(env, handles::add(std::move(outputs_[0].second)));
   }

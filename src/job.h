@@ -30,7 +30,7 @@ Napi::Value runLater(Napi::Env env, std::unique_ptr<Job> job);
 
 /**
  * Kernel launches over buffers it keeps alive; its outputs get ids only when it succeeded.
- * A single unnamed output is returned as its id, named outputs as { name: id }.
+ * A single unnamed output is returned as its id, named outputs as { name: id }, none as undefined.
  */
 class KernelJob : public Job {
  public:
@@ -40,6 +40,15 @@ class KernelJob : public Job {
   void keep(std::shared_ptr<DeviceBuffer> input) { inputs_.push_back(std::move(input)); }
   /** A zero-filled output of `bytes`; returns its device pointer. */
   void* output(size_t bytes, const char* name = nullptr);
+  /**
+   * A caller's buffer as an output (options.out): written in place and kept alive until the job
+   * ends; result() returns no id for it, the caller holds one already. Not zero-filled.
+   */
+  void* outputInto(std::shared_ptr<DeviceBuffer> buffer) {
+    void* data = buffer->data();
+    inputs_.push_back(std::move(buffer));
+    return data;
+  }
   void addState(const char* name, std::shared_ptr<OpState> state) { states_.emplace_back(name, std::move(state)); }
   /** No launch when there is nothing to compute (zero rows): grids of size 0 are invalid. */
   void setLaunch(KernelLaunch launch) { launch_ = std::move(launch); }

@@ -21,7 +21,12 @@ void runKernels(Backend backend, const KernelLaunch& launch) {
   }
 #if CUTLOSS_WITH_CUDA
   cudahost::requireAvailable();
-  launch(kGpuKernels, nullptr);  // the default stream: calls are synchronous for JavaScript
+  try {
+    launch(kGpuKernels, nullptr);  // the default stream: calls are synchronous for JavaScript
+  } catch (const KernelError& e) {
+    cudahost::noteError(e.code, e.name, e.what());  // a sticky error surfaces at the next launch
+    throw;
+  }
   cudahost::synchronize();
 #else
   (void)launch;

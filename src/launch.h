@@ -13,7 +13,8 @@ namespace cutloss {
 #define CUTLOSS_KERNEL_NAMES(X)                                                                     \
   X(logSumExp) X(softmax) X(softmaxBackward) X(stablemax) X(stablemaxBackward) X(sparsemax)         \
   X(sparsemaxBackward) X(entmax15) X(entmax15Backward) X(gumbelSoftmax) X(gumbelSoftmaxBackward)    \
-  X(crossEntropyForward) X(crossEntropyBackward) X(linearCrossEntropy)
+  X(crossEntropyForward) X(crossEntropyBackward) X(linearCrossEntropy) X(sigmoidPairLoss)  \
+  X(zscoreLinear)
 
 struct KernelTable {
 #define CUTLOSS_KERNEL_FIELD(name) decltype(&emu::name) name;

@@ -1,10 +1,11 @@
 // The kernel entry points. Each one reads and checks its arguments (device matrices by id,
-// host side inputs such as masks and labels copied at once), allocates its outputs, and
-// hands a KernelJob to runNow (name) or runLater (nameAsync, a Promise).
+// host side inputs such as masks and labels copied at once), allocates its outputs (or takes
+// the caller's, options.out), and hands a KernelJob to runNow (name) or runLater (nameAsync).
 #include <napi.h>
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
@@ -65,6 +66,40 @@ void requireSameShape(const MatrixArg& x, const MatrixArg& dy) {
     throw ArgError("E_SHAPE", "dy is [" + std::to_string(dy.rows) + ", " + std::to_string(dy.cols) + "], x is [" +
                                   std::to_string(x.rows) + ", " + std::to_string(x.cols) + "]");
   }
+}
+
+/** Whether two matrices share any byte (empty ones share none). */
+bool sharesMemory(const MatrixArg& a, const MatrixArg& b) {
+  const auto* lo = static_cast<const char*>(a.buffer->data());
+  const auto* blo = static_cast<const char*>(b.buffer->data());
+  const size_t n = a.bytes();
+  const size_t bn = b.bytes();
+  return n > 0 && bn > 0 && a.backend() == b.backend() && lo < blo + bn && blo < lo + n;
+}
+
+/**
+ * A caller's output (options.out): a device matrix of `like`'s shape and dtype, on its backend,
+ * sharing no memory with `inputs` except `inPlaceOf`, which it may be exactly (a kernel that
+ * reads each element before writing its gradient there).
+ */
+MatrixArg readOutput(const Napi::Value& v, const std::string& name, const MatrixArg& like,
+                     std::initializer_list<const MatrixArg*> inputs, const MatrixArg* inPlaceOf = nullptr) {
+  MatrixArg out = readMatrix(v, name);
+  if (out.backend() != like.backend()) {
+    throw ArgError("E_BACKEND", name + " is on " + backendName(out.backend()) + ", the inputs are on " +
+                                    backendName(like.backend()));
+  }
+  if (out.rows != like.rows || out.cols != like.cols) {
+    throw ArgError("E_SHAPE", name + " is [" + std::to_string(out.rows) + ", " + std::to_string(out.cols) +
+                                  "], the result is [" + std::to_string(like.rows) + ", " + std::to_string(like.cols) + "]");
+  }
+  if (out.dtype != like.dtype) throw ArgError("E_DTYPE", name + " must have the result's dtype");
+  for (const MatrixArg* in : inputs) {
+    if (!sharesMemory(out, *in)) continue;
+    const bool same = in == inPlaceOf && out.buffer->data() == in->buffer->data() && out.bytes() == in->bytes();
+    if (!same) throw ArgError("E_OPTION", name + " shares memory with an input or another output");
+  }
+  return out;
 }
 
 std::unique_ptr<KernelJob> jobFor(const MatrixArg& x) {
@@ -309,6 +344,10 @@ std::unique_ptr<Job> makeCrossEntropyBackward(const Napi::CallbackInfo& info) {
   }
   auto state = std::static_pointer_cast<CrossEntropyState>(found);
   const int64_t N = state->logits.rows;
+  // dLogits into the caller's buffer, which may be the logits themselves: each thread reads its
+  // element before it writes the gradient there (cuda/cross_entropy.cu)
+  const bool intoCaller = !info[3].IsNull() && !info[3].IsUndefined();
+  MatrixArg dest = intoCaller ? readOutput(info[3], "dLogits", state->logits, {&state->logits}, &state->logits) : MatrixArg{};
   std::vector<float> scaleWeighted = copyFloat32(info[1], "scaleWeighted");
   std::vector<float> scaleUnweighted = copyFloat32(info[2], "scaleUnweighted");
   if (static_cast<int64_t>(scaleWeighted.size()) != N || static_cast<int64_t>(scaleUnweighted.size()) != N) {
@@ -324,7 +363,8 @@ std::unique_ptr<Job> makeCrossEntropyBackward(const Napi::CallbackInfo& info) {
   job->keep(state->rowStats);
   job->keep(sW);
   job->keep(sU);
-  MutMatrixRef dLogits = outputLike(*job, state->logits);
+  MutMatrixRef dLogits = intoCaller ? MutMatrixRef{job->outputInto(dest.buffer), dest.dtype, dest.rows, dest.cols}
+                                    : outputLike(*job, state->logits);
   if (N > 0) {
     job->setLaunch([x = state->logits.ref(), t = static_cast<const int32_t*>(state->labels->data()),
                     p = state->params, stats = static_cast<const float*>(state->rowStats->data()),
@@ -384,10 +424,11 @@ LinearCeConfig readLinearConfig(const Napi::Value& v) {
 }
 
 /**
- * linearCrossEntropy(E, W, labels, params, classWeights, bias, config, scaleWeighted, scaleUnweighted):
- * the forward, and with the scales (each row's s_W, s_U, formed by the caller) the backward in
- * the same call. Returns ids { lse, weighted, unweighted } and, with the scales, { dEmbeddings,
- * dClassifier } in E's and W's dtypes and dBias (f32) when there is a bias.
+ * linearCrossEntropy(E, W, labels, params, classWeights, bias, config, scaleWeighted, scaleUnweighted,
+ * dEOut?, dWOut?): the forward, and with the scales (each row's s_W, s_U, formed by the caller)
+ * the backward in the same call. Returns ids { lse, weighted, unweighted } and, with the scales,
+ * { dEmbeddings, dClassifier } in E's and W's dtypes (or writes them into dEOut, dWOut) and dBias
+ * (f32) when there is a bias.
  */
 std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info) {
   MatrixArg E = readMatrix(info[0], "embeddings");
@@ -401,6 +442,11 @@ std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info) {
   const int64_t D = E.cols;
   const int64_t V = W.rows;
   if (V < 1) throw ArgError("E_SHAPE", "classifier must have at least one row (class)");
+  const bool intoE = !info[9].IsNull() && !info[9].IsUndefined();
+  const bool intoW = !info[10].IsNull() && !info[10].IsUndefined();
+  MatrixArg destE = intoE ? readOutput(info[9], "dEmbeddings", E, {&E, &W}) : MatrixArg{};
+  MatrixArg destW = intoW ? readOutput(info[10], "dClassifier", W, {&E, &W}) : MatrixArg{};
+  if (intoE && intoW && sharesMemory(destE, destW)) throw ArgError("E_OPTION", "dEmbeddings and dClassifier share memory");
   LossParams p = readLossParams(info[3], V);
   std::vector<int32_t> labels = readLabels(info[2], N, V, p.ignoreIndex);
   std::vector<float> weights = readOptionalVector(info[4], "classWeights", V, "V");
@@ -412,6 +458,7 @@ std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info) {
   if (withGrad && static_cast<int64_t>(scaleUnweighted.size()) != N) {
     throw ArgError("E_SHAPE", "scaleUnweighted must have N = " + std::to_string(N) + " elements with scaleWeighted");
   }
+  if (!withGrad && (intoE || intoW)) throw ArgError("E_OPTION", "gradient outputs need the gradient scales");
   double sumWeights = static_cast<double>(V);
   if (!weights.empty()) {
     sumWeights = 0;
@@ -444,14 +491,19 @@ std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info) {
   if (withGrad) {
     out.scaleWeighted = static_cast<const float*>(upload(scaleWeighted.data(), rowBytes));
     out.scaleUnweighted = static_cast<const float*>(upload(scaleUnweighted.data(), rowBytes));
-    out.dE = {job->output(E.bytes(), "dEmbeddings"), E.dtype, N, D};
-    out.dW = {job->output(W.bytes(), "dClassifier"), W.dtype, V, D};
+    // the kernels zero the gradients before accumulating, so a caller's buffers need no clearing
+    out.dE = {intoE ? job->outputInto(destE.buffer) : job->output(E.bytes(), "dEmbeddings"), E.dtype, N, D};
+    out.dW = {intoW ? job->outputInto(destW.buffer) : job->output(W.bytes(), "dClassifier"), W.dtype, V, D};
     if (b != nullptr) out.dBias = static_cast<float*>(job->output(static_cast<size_t>(V) * sizeof(float), "dBias"));
+  }
+  if (N == 0 && withGrad && intoW) {  // no launch: a caller's dW must still come back zeroed
+    std::vector<char> zeros(W.bytes());
+    destW.buffer->copyFromHost(zeros.data(), zeros.size());
   }
   const LinearCePlan plan = linearCrossEntropyPlan(N, D, V, p.normalizer, config, withGrad, E.dtype, W.dtype);
   void* workspace = nullptr;
   if (N > 0) {
-    auto buffer = DeviceBuffer::allocate(backend, plan.bytes);
+    auto buffer = DeviceBuffer::allocate(backend, plan.bytes, Init::Uninitialized);  // the kernels zero what they accumulate
     workspace = buffer->data();
     job->keep(std::move(buffer));
     job->setLaunch([e = E.ref(), w = W.ref(), b, t, p, config, out, workspace](const KernelTable& k, Stream s) {
@@ -480,6 +532,123 @@ Napi::Value LinearCrossEntropyWorkspaceBytes(const Napi::CallbackInfo& info) {
         linearCrossEntropyPlan(N, D, V, static_cast<int32_t>(normalizer), config, withGrad, eType, wType);
     return Napi::Number::New(info.Env(), static_cast<double>(plan.bytes));
   });
+}
+
+// ---------------------------------------------------------------- pairwise sigmoid loss (SigLIP)
+
+/**
+ * sigmoidPairLoss(x, y, temperature, bias, gradScale, yStart, withGrad) → ids { partials } (f32
+ * [ceil(N / kPairTile) × 3]: Σ softplus, dTemperature, dBias per row tile of x) and, with
+ * gradients, { dX, dY } in x's and y's dtypes.
+ */
+std::unique_ptr<Job> makeSigmoidPairLoss(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  MatrixArg y = readMatrix(info[1], "y");
+  requireSameBackend(x, y, "y");
+  if (x.cols != y.cols) {
+    throw ArgError("E_SHAPE", "x [N, D] and y [M, D] must share D; got D = " + std::to_string(x.cols) + " and " +
+                                  std::to_string(y.cols));
+  }
+  SigmoidPairParams p;
+  p.temperature = static_cast<float>(readFinite(info[2], "temperature"));
+  p.bias = static_cast<float>(readFinite(info[3], "bias"));
+  p.gradScale = static_cast<float>(readFinite(info[4], "gradScale"));
+  p.yStart = readCount(info[5], "yStart", kMaxDim);
+  const bool withGrad = readBool(info[6], "withGrad");
+  auto job = jobFor(x);
+  job->keep(y.buffer);
+  SigmoidPairOut out;
+  const int64_t tiles = (x.rows + kPairTile - 1) / kPairTile;
+  out.partials = static_cast<float*>(job->output(static_cast<size_t>(tiles > 0 ? tiles : 1) * 3 * sizeof(float), "partials"));
+  if (withGrad) {
+    out.dX = {job->output(x.bytes(), "dX"), x.dtype, x.rows, x.cols};
+    out.dY = {job->output(y.bytes(), "dY"), y.dtype, y.rows, y.cols};
+    auto accumulator = [&](const MatrixArg& m) -> float* {
+      if (m.dtype != DType::BF16 || m.rows == 0) return nullptr;
+      auto buffer = DeviceBuffer::allocate(m.backend(), static_cast<size_t>(m.rows * m.cols) * sizeof(float));
+      auto* ptr = static_cast<float*>(buffer->data());
+      job->keep(std::move(buffer));
+      return ptr;
+    };
+    out.dXAccum = accumulator(x);
+    out.dYAccum = accumulator(y);
+  }
+  if (x.rows > 0 && y.rows > 0) {
+    job->setLaunch([x = x.ref(), y = y.ref(), p, out](const KernelTable& k, Stream s) { k.sigmoidPairLoss(x, y, p, out, s); });
+  }
+  return job;
+}
+
+// ---------------------------------------------------------------- spherical Z-loss
+
+/**
+ * zscoreLinear(E, W, labels, bias, a, b, ignoreIndex, rowScale) → ids { rowLoss, zt } (f32 [N])
+ * and, when rowScale (f32 [N], dL/dloss_i) is given, { dEmbeddings, dClassifier } in E's and W's
+ * dtypes and dBias (f32 [V]) when there is a bias.
+ */
+std::unique_ptr<Job> makeZscoreLinear(const Napi::CallbackInfo& info) {
+  MatrixArg E = readMatrix(info[0], "embeddings");
+  MatrixArg W = readMatrix(info[1], "classifier");
+  requireSameBackend(E, W, "classifier");
+  if (E.cols != W.cols) {
+    throw ArgError("E_SHAPE", "embeddings [N, D] and classifier [V, D] must share D; got D = " + std::to_string(E.cols) +
+                                  " and " + std::to_string(W.cols));
+  }
+  const int64_t N = E.rows, D = E.cols, V = W.rows;
+  if (V < 1) throw ArgError("E_SHAPE", "classifier must have at least one row (class)");
+  ZscoreParams p;
+  p.a = readPositiveFloat(info[4], "a");
+  p.b = static_cast<float>(readFinite(info[5], "b"));
+  p.ignoreIndex = readInt32(info[6], "ignoreIndex");
+  std::vector<int32_t> labels = readLabels(info[2], N, V, p.ignoreIndex);
+  std::vector<float> bias = readOptionalVector(info[3], "bias", V, "V");
+  const bool withGrad = !info[7].IsNull() && !info[7].IsUndefined();
+  std::vector<float> rowScale = withGrad ? readOptionalVector(info[7], "rowScale", N, "N") : std::vector<float>{};
+
+  const Backend backend = E.backend();
+  auto job = jobFor(E);
+  job->keep(W.buffer);
+  auto upload = [&](const void* data, size_t bytes) -> const void* {
+    if (bytes == 0) return nullptr;
+    auto buffer = DeviceBuffer::fromHost(backend, data, bytes);
+    const void* ptr = buffer->data();
+    job->keep(std::move(buffer));
+    return ptr;
+  };
+  auto scratch = [&](int64_t floats) -> float* {
+    auto buffer = DeviceBuffer::allocate(backend, static_cast<size_t>(floats > 0 ? floats : 1) * sizeof(float), Init::Uninitialized);
+    auto* ptr = static_cast<float*>(buffer->data());
+    job->keep(std::move(buffer));
+    return ptr;
+  };
+  const auto* t = static_cast<const int32_t*>(upload(labels.data(), labels.size() * sizeof(int32_t)));
+  const auto* b = static_cast<const float*>(upload(bias.data(), bias.size() * sizeof(float)));
+  p.rowScale = static_cast<const float*>(upload(rowScale.data(), rowScale.size() * sizeof(float)));
+
+  ZscoreKernelOut out;
+  const size_t rowBytes = static_cast<size_t>(N > 0 ? N : 1) * sizeof(float);
+  out.rowLoss = static_cast<float*>(job->output(rowBytes, "rowLoss"));
+  out.zt = static_cast<float*>(job->output(rowBytes, "zt"));
+  if (withGrad) {
+    out.dE = {job->output(E.bytes(), "dEmbeddings"), E.dtype, N, D};
+    out.dW = {job->output(W.bytes(), "dClassifier"), W.dtype, V, D};
+    if (W.dtype == DType::BF16) out.dWAccum = scratch(V * D);
+    if (b != nullptr) out.dBias = static_cast<float*>(job->output(static_cast<size_t>(V) * sizeof(float), "dBias"));
+  }
+  const int64_t Da = D + 1;
+  ZscoreWork w;
+  w.partials = scratch(zscorePartialFloats(N, D, V));
+  w.mean = scratch(Da);
+  w.moments = scratch(Da * Da);
+  w.M = scratch(Da * Da);
+  w.rA = scratch(Da);
+  w.CE = scratch(N * D);
+  w.aRow = scratch(N);
+  w.pRow = scratch(N);
+  job->setLaunch([e = E.ref(), wm = W.ref(), b, t, p, out, w](const KernelTable& k, Stream s) {
+    k.zscoreLinear(e, wm, b, t, p, out, w, s);
+  });
+  return job;
 }
 
 // ---------------------------------------------------------------- registration
@@ -519,6 +688,8 @@ void registerOps(Napi::Env env, Napi::Object exports) {
   exportOp<makeCrossEntropyForward>(env, exports, "crossEntropyForward");
   exportOp<makeCrossEntropyBackward>(env, exports, "crossEntropyBackward");
   exportOp<makeLinearCrossEntropy>(env, exports, "linearCrossEntropy");
+  exportOp<makeSigmoidPairLoss>(env, exports, "sigmoidPairLoss");
+  exportOp<makeZscoreLinear>(env, exports, "zscoreLinear");
   exports.Set("linearCrossEntropyWorkspaceBytes",
               Napi::Function::New(env, LinearCrossEntropyWorkspaceBytes, "linearCrossEntropyWorkspaceBytes"));
 }

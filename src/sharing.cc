@@ -7,10 +7,15 @@
 // the exporting buffer itself, since CUDA refuses to open a process's own IPC handle; in
 // another process it maps the handle (cudaIpcOpenMemHandle, or shm_open + mmap).
 // Wrap: a pointer the caller owns becomes a buffer that never frees it.
+// Lifetime: an export's owner may dispose of it while other processes still have it open.
+// Freeing it then is undefined behaviour under CUDA IPC, so every export has an ExportCounter
+// (sharing.h) that importing processes raise and lower, and a disposed export's memory is
+// kept ("parked", device_buffer.cc) until the count falls to 0; new imports are refused.
 #include "sharing.h"
 
 #include <algorithm>
 #include <atomic>
+#include <set>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -56,6 +61,120 @@ std::string readString(const Napi::Value& v, const char* name) {
   return v.As<Napi::String>().Utf8Value();
 }
 
+// ---------------------------------------------------------------- export counters
+
+/** Names this code makes: the prefix, then hex digits and dashes. Nothing else is opened. */
+bool isCutlossShmName(const std::string& name) {
+  if (name.size() > 128 || name.rfind(kShmPrefix, 0) != 0 || name.size() == std::strlen(kShmPrefix)) return false;
+  for (size_t i = std::strlen(kShmPrefix); i < name.size(); i++) {
+    char c = name[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || c == '-')) return false;
+  }
+  return true;
+}
+
+
+constexpr uint64_t kRevoked = uint64_t{1} << 62;
+static_assert(std::atomic<uint64_t>::is_always_lock_free, "the counter is shared between processes");
+
+// Counter names of this process not yet unlinked: unlinked at exit, so none is left in /dev/shm.
+std::mutex gCounterNamesMutex;
+std::set<std::string>* gCounterNames = new std::set<std::string>;  // never destroyed: used at exit
+
+void unlinkCountersAtExit() {
+  std::lock_guard<std::mutex> lock(gCounterNamesMutex);
+  for (const std::string& name : *gCounterNames) shm_unlink(name.c_str());
+}
+
+std::atomic<uint64_t>* mapCounter(int fd, const std::string& name) {
+  void* p = mmap(nullptr, sizeof(std::atomic<uint64_t>), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int err = errno;
+  close(fd);
+  if (p == MAP_FAILED) throw ArgError("E_BACKEND", "cannot map the export counter " + name + ": " + std::strerror(err));
+  return static_cast<std::atomic<uint64_t>*>(p);
+}
+
+}  // namespace
+
+ExportCounter::ExportCounter(std::atomic<uint64_t>* word, std::string name, bool owner)
+    : word_(word), name_(std::move(name)), owner_(owner) {}
+
+std::string ExportCounter::nameFor(const std::string& process, const std::string& handle) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a of the handle bytes
+  for (unsigned char c : handle) h = (h ^ c) * 1099511628211ull;
+  char text[24];
+  std::snprintf(text, sizeof text, "-cc%016llx", static_cast<unsigned long long>(h));
+  return kShmPrefix + process + text;
+}
+
+std::shared_ptr<ExportCounter> ExportCounter::create(const std::string& name) {
+  int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) throw ArgError("E_BACKEND", "shm_open(" + name + ") failed: " + std::strerror(errno));
+  if (ftruncate(fd, sizeof(std::atomic<uint64_t>)) != 0) {
+    int err = errno;
+    close(fd);
+    shm_unlink(name.c_str());
+    throw ArgError("E_OOM", "cannot size the export counter " + name + ": " + std::strerror(err));
+  }
+  std::atomic<uint64_t>* word = nullptr;
+  try {
+    word = mapCounter(fd, name);  // zero-filled: no import, not revoked
+  } catch (...) {
+    shm_unlink(name.c_str());
+    throw;
+  }
+  {
+    static std::once_flag once;
+    std::call_once(once, [] { std::atexit(unlinkCountersAtExit); });
+    std::lock_guard<std::mutex> lock(gCounterNamesMutex);
+    gCounterNames->insert(name);
+  }
+  return std::shared_ptr<ExportCounter>(new ExportCounter(word, name, true));
+}
+
+std::shared_ptr<ExportCounter> ExportCounter::join(const std::string& name) {
+  // Only names this code makes are opened; a process tag that is none is no live exporter.
+  if (!isCutlossShmName(name)) throw ArgError("E_DISPOSED", "the handle's process exports nothing: " + name);
+  int fd = shm_open(name.c_str(), O_RDWR, 0);
+  if (fd < 0) {
+    if (errno == ENOENT) throw ArgError("E_DISPOSED", "the exported tensor was disposed, or its process ended");
+    throw ArgError("E_BACKEND", "shm_open(" + name + ") failed: " + std::strerror(errno));
+  }
+  std::atomic<uint64_t>* word = mapCounter(fd, name);
+  uint64_t v = word->load();
+  do {
+    if ((v & kRevoked) != 0) {
+      munmap(word, sizeof *word);
+      throw ArgError("E_DISPOSED", "the exported tensor was disposed: its owner no longer shares it");
+    }
+  } while (!word->compare_exchange_weak(v, v + 1));
+  return std::shared_ptr<ExportCounter>(new ExportCounter(word, name, false));
+}
+
+ExportCounter::~ExportCounter() {
+  if (owner_) {
+    revoke();
+  } else {
+    word_->fetch_sub(1);  // this process's import closed
+  }
+  munmap(word_, sizeof *word_);
+}
+
+uint64_t ExportCounter::revoke() {
+  const uint64_t v = word_->fetch_or(kRevoked);
+  if (owner_ && !revoked_) {
+    revoked_ = true;
+    shm_unlink(name_.c_str());  // later imports find no counter: E_DISPOSED
+    std::lock_guard<std::mutex> lock(gCounterNamesMutex);
+    gCounterNames->erase(name_);
+  }
+  return v & ~kRevoked;
+}
+
+uint64_t ExportCounter::opens() const { return word_->load() & ~kRevoked; }
+
+namespace {
+
 // ---------------------------------------------------------------- exports of this process
 
 /** What this process exported, by backend and handle bytes, so its own imports find the buffer. */
@@ -86,34 +205,28 @@ std::shared_ptr<DeviceBuffer> findExport(const std::string& key) {
 std::mutex gIpcMutex;
 std::map<std::string, std::weak_ptr<void>> gIpcMappings;
 
-std::shared_ptr<void> openIpc(const std::string& handle) {
+std::shared_ptr<void> openIpc(const std::string& handle, const std::string& process) {
   std::lock_guard<std::mutex> lock(gIpcMutex);
   auto it = gIpcMappings.find(handle);
   if (it != gIpcMappings.end()) {
     if (auto mapping = it->second.lock()) return mapping;
   }
+  cudahost::requireAvailable();
+  // Counted before it is opened: the owner, seeing the count, keeps the memory until we close it.
+  auto share = ExportCounter::join(ExportCounter::nameFor(process, handle));
   void* base = cudahost::ipcOpen(handle);
-  std::shared_ptr<void> mapping(base, [](void* p) {
+  std::shared_ptr<void> mapping(base, [share](void* p) {
     std::lock_guard<std::mutex> closing(gIpcMutex);  // not reopened while it closes
     cudahost::ipcClose(p);
-  });
+  });  // the share is lowered after the close, when the deleter goes
   gIpcMappings[handle] = mapping;
   return mapping;
 }
 
-/** Names this code makes: the prefix, then hex digits and dashes. Nothing else is opened. */
-bool isCutlossShmName(const std::string& name) {
-  if (name.size() > 128 || name.rfind(kShmPrefix, 0) != 0 || name.size() == std::strlen(kShmPrefix)) return false;
-  for (size_t i = std::strlen(kShmPrefix); i < name.size(); i++) {
-    char c = name[i];
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || c == '-')) return false;
-  }
-  return true;
-}
-
 /** Maps another process's exported emulator memory; returns the mapping and its length. */
-std::shared_ptr<void> openShm(const std::string& name, size_t* length) {
+std::shared_ptr<void> openShm(const std::string& name, const std::string& process, size_t* length) {
   if (!isCutlossShmName(name)) throw ArgError("E_OPTION", "handle does not name memory that cutloss exported");
+  auto share = ExportCounter::join(ExportCounter::nameFor(process, name));
   int fd = shm_open(name.c_str(), O_RDWR, 0);
   if (fd < 0) {
     if (errno == ENOENT) {
@@ -132,7 +245,7 @@ std::shared_ptr<void> openShm(const std::string& name, size_t* length) {
   close(fd);  // the mapping keeps the memory
   if (base == MAP_FAILED) throw ArgError("E_BACKEND", "cannot map shared memory " + name + ": " + std::strerror(err));
   size_t n = *length;
-  return std::shared_ptr<void>(base, [n](void* p) { munmap(p, n); });
+  return std::shared_ptr<void>(base, [n, share](void* p) { munmap(p, n); });
 }
 
 // ---------------------------------------------------------------- ids per JS environment
@@ -188,6 +301,7 @@ Napi::Value ExportBuffer(const Napi::CallbackInfo& info) {
     std::string handle = buffer->backend() == Backend::Emu
                              ? buffer->shareEmulated(kShmPrefix + processTag() + "-" + std::to_string(++serial))
                              : buffer->ipcHandle();
+    buffer->exportCounterOnce([&] { return ExportCounter::create(ExportCounter::nameFor(processTag(), handle)); });
     remember(exportKey(buffer->backend(), handle), buffer);
     Napi::Object out = Napi::Object::New(info.Env());
     out.Set("handle", Napi::Buffer<char>::Copy(info.Env(), handle.data(), handle.size()));
@@ -222,13 +336,13 @@ Napi::Value ImportBuffer(const Napi::CallbackInfo& info) {
                                       length, exporter);
     } else if (backend == Backend::Emu) {
       size_t mapped = 0;
-      auto mapping = openShm(handle, &mapped);
+      auto mapping = openShm(handle, process, &mapped);
       if (offset + length > mapped) throw outOfRange(mapped);
       imported = DeviceBuffer::borrow(backend, Ownership::Imported, static_cast<char*>(mapping.get()) + offset, length,
                                       mapping);
     } else {
       // CUDA does not say how large the exported allocation is: the handle's shape is trusted.
-      auto mapping = openIpc(handle);
+      auto mapping = openIpc(handle, process);
       imported = DeviceBuffer::borrow(backend, Ownership::Imported, static_cast<char*>(mapping.get()) + offset, length,
                                       mapping);
     }

@@ -398,6 +398,8 @@ export interface CeOptions {
   focalGamma?: number;
   polyEpsilon?: number;
   squentropy?: boolean;
+  /** q > 0: C = w_t·(1 − p_t^q)/q (generalized cross-entropy), straight from its definition. */
+  generalizedCE?: number;
   /** Only affects gradients: a number, or one per row for reduction 'none'. */
   gradScale?: number | ArrayLike<number>;
   // Accepted so one options object can be shared with the library; the reference ignores them.
@@ -418,6 +420,7 @@ interface CeResolved {
   gamma: number;
   eps: number;
   sigma: number;
+  q: number;
 }
 
 function resolveCe(o: CeOptions, V: number): CeResolved {
@@ -433,6 +436,7 @@ function resolveCe(o: CeOptions, V: number): CeResolved {
     gamma: o.focalGamma ?? 0,
     eps: o.polyEpsilon ?? 0,
     sigma: o.squentropy ? 1 : 0,
+    q: o.generalizedCE ?? 0,
   };
   if (!['mean', 'sum', 'none'].includes(r.reduction)) throw new RangeError(`bad reduction ${r.reduction}`);
   if (!['softmax', 'stablemax', 'sparsemax'].includes(r.normalizer)) throw new RangeError(`bad normalizer ${r.normalizer}`);
@@ -490,6 +494,7 @@ function ceRowTerms(x: readonly Dual[], t: number, o: CeResolved): RowTerms {
   ell.forEach((lj, j) => {
     if (a[j] !== 0) C = C.add(lj.mul(a[j]));
   });
+  if (o.q > 0) C = new Dual(1).sub(p[t].pow(o.q)).div(o.q).mul(w(t));
 
   const oneMinusPt = new Dual(1).sub(p[t]);
   const F = oneMinusPt.pow(o.gamma); // γ = 0 → exactly 1

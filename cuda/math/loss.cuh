@@ -1,6 +1,8 @@
 // The per-row loss and gradient epilogues of README "Losses", mirroring lib/js/math.ts:
 //   a_j = (1 − α)·w_t·[j = t] + (α/V)·w_j,  C = Σ_j a_j·ℓ_j,  F = (1 − p_t)^γ,
 //   U = ε·(1 − p_t) + λ·lse² + σ·Σ_{j≠t} z_j² / (V − 1),  loss = F·C + U.
+// Generalized CE (q > 0; Zhang & Sabuncu 2018) replaces C by w_t·(1 − p_t^q)/q, whose gradient is
+// CE's scaled by p_t^q (∂p_t^q = q·p_t^q·∂log p_t): only softmax and stablemax, no α, no focal.
 // A kernel reduces a row to RowStats once; rowLoss turns them into the row's loss, rowGrad
 // into the few per-row constants that gradCoefficient needs for each element. fp32 here,
 // float64 in the reference.
@@ -24,6 +26,7 @@ struct LossConstants {
   float polyEpsilon;  // ε
   float zLoss;        // λ
   float squentropy;   // σ: 1 or 0
+  float generalizedCE = 0.0f;  // q of generalized CE in (0, 1]; 0 = off (plain C)
 };
 
 /** What the forward pass reduces for each row (only the fields its options need). */
@@ -51,6 +54,7 @@ struct RowLoss {
   float focal;       // F
   float ce;          // C
   float targetMass;  // Σ_j a_j
+  float gceScale;    // p_t^q under generalized CE (what scales C's gradient), else 1
 };
 
 CUTLOSS_HD RowLoss rowLoss(const LossConstants& k, const RowStats& st, float wLabel, float sumWeights) {
@@ -82,14 +86,21 @@ CUTLOSS_HD RowLoss rowLoss(const LossConstants& k, const RowStats& st, float wLa
     pLabel = expf(logP);
     oneMinusPLabel = -expm1f(logP);  // accurate when p_t ≈ 1
   }
-  const float ce = keep * labelLoss + (alpha > 0.0f ? spread * spreadLoss : 0.0f);
+  float ce = keep * labelLoss + (alpha > 0.0f ? spread * spreadLoss : 0.0f);
+  float gceScale = 1.0f;
+  if (k.generalizedCE > 0.0f) {
+    // (1 − p_t^q)/q as −expm1(−q·ℓ_t)/q: no cancellation as q → 0 (→ ℓ_t, CE) or p_t → 1.
+    const float qLoss = k.generalizedCE * labelLoss;
+    ce = keep * (-expm1f(-qLoss) / k.generalizedCE);
+    gceScale = expf(-qLoss);
+  }
   const float focal = k.focalGamma == 0.0f ? 1.0f : powf(oneMinusPLabel, k.focalGamma);
   float unweighted = 0.0f;
   if (k.polyEpsilon != 0.0f) unweighted += k.polyEpsilon * oneMinusPLabel;
   if (k.zLoss != 0.0f) unweighted += k.zLoss * st.lse * st.lse;
   if (k.squentropy != 0.0f && k.vocab > 1) unweighted += (k.squentropy * st.sumSqOthers) / static_cast<float>(k.vocab - 1);
   const float weighted = focal * ce;
-  return RowLoss{weighted + unweighted, weighted, unweighted, pLabel, oneMinusPLabel, focal, ce, targetMass};
+  return RowLoss{weighted + unweighted, weighted, unweighted, pLabel, oneMinusPLabel, focal, ce, targetMass, gceScale};
 }
 
 /**
@@ -101,9 +112,9 @@ struct RowGrad {
   float lse;
   float logSum;
   float pLabel;
-  float mass;        // s_W·F·Σa_j
-  float keep;        // s_W·F·(1 − α)·w_t   (a_t's label part)
-  float spread;      // s_W·F·α/V           (times w_k)
+  float mass;        // s_W·F·G·Σa_j  (G: p_t^q under generalized CE, else 1)
+  float keep;        // s_W·F·G·(1 − α)·w_t   (a_t's label part)
+  float spread;      // s_W·F·G·α/V           (times w_k)
   float kappa;       // s_W·C·F' − s_U·ε    (times ∂p_t/∂z_k)
   float zCoef;       // s_U·2λ·lse          (times softmax_k)
   float sqCoef;      // s_U·2σ/(V − 1)      (times z_k, k ≠ t)
@@ -124,7 +135,7 @@ CUTLOSS_HD RowGrad rowGrad(const LossConstants& k, const RowStats& st, const Row
   // C·F' multiplies ∂p_t/∂z, which carries a factor p_t, and C·p_t → 0 as p_t → 0 (ℓ·e^−ℓ): at
   // p_t = 0 (a −inf label logit, C = +inf) the term takes that limit, 0, instead of ∞·0 = NaN.
   const float focalTerm = dFocal == 0.0f || r.pLabel == 0.0f ? 0.0f : sWeighted * r.ce * dFocal;
-  const float sWF = sWeighted * r.focal;
+  const float sWF = sWeighted * r.focal * r.gceScale;
   RowGrad rg;
   rg.normalizer = k.normalizer;
   rg.lse = st.lse;

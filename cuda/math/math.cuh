@@ -5,6 +5,7 @@
 #include "bf16.cuh"
 #include "loss.cuh"
 #include "lse.cuh"
+#include "michelot.cuh"
 #include "philox.cuh"
 #include "scalar.cuh"
 #include "softcap.cuh"

@@ -26,6 +26,9 @@
 #if defined(SIMT_USE_UCONTEXT)
 #include <ucontext.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 #if !defined(SIMT_USE_UCONTEXT)
 // simt_switch(save, load): saves the callee-saved registers, MXCSR and the x87 control word
@@ -409,6 +412,10 @@ void fiberMain() {
 }
 
 void prepareFiber(Fiber& f, char* stack, size_t size) {
+#if defined(__SANITIZE_ADDRESS__)
+  // The stack's previous fiber never returned: AddressSanitizer still has its frames' redzones.
+  ASAN_UNPOISON_MEMORY_REGION(stack, size);
+#endif
   f.stackLo = reinterpret_cast<uintptr_t>(stack);
   f.stackHi = f.stackLo + size;
 #if defined(SIMT_USE_UCONTEXT)
@@ -787,6 +794,8 @@ unsigned currentLane() { return simt::detail::currentLinearThread() % 32; }
 // GCC's -fsanitize=thread instrumentation calls these for every load and store of the kernel
 // sources compiled with it; with no sanitizer runtime linked, they are ours. Hidden: they serve
 // the kernels linked into this library, and must not stand in for a real sanitizer's elsewhere.
+// A build with a real sanitizer runtime (CMakeLists.txt CUTLOSS_SANITIZE) has none of them.
+#if !defined(SIMT_SANITIZER_RUNTIME)
 #pragma GCC visibility push(hidden)
 extern "C" {
 void __tsan_init() {}
@@ -811,6 +820,7 @@ void __tsan_read_range(void* p, unsigned long n) { simt::instrumentedAccess(p, n
 void __tsan_write_range(void* p, unsigned long n) { simt::instrumentedAccess(p, n, true); }
 }
 #pragma GCC visibility pop
+#endif
 
 // ---------------------------------------------------------------- warp operations
 

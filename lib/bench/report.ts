@@ -5,6 +5,8 @@ import type { BenchCase } from './cases.js';
 import type { GpuPeak } from './peaks.js';
 import type { EnergySummary, GpuReport } from './smi.js';
 import type { PairedResult, WorkerResult } from './protocol.js';
+import type { LoopResult } from './loop.js';
+import type { LossesResult } from './losses.js';
 
 export interface ResultRow extends WorkerResult {
   energy: EnergySummary | null;
@@ -39,6 +41,10 @@ export interface BenchReport {
     tfjs: boolean; tfjsWasm: boolean; onnxruntime: boolean; missing: { peer: string; reason: string }[];
   };
   cases: CaseReport[];
+  /** S1-loop: per-call time of crossEntropy in loops with fresh, awaited, reused (out) and in-place results. */
+  loop?: LoopResult;
+  /** S2-losses and zscore-sweep (lib/bench/losses.ts). */
+  losses?: LossesResult;
   totalSeconds: number;
   charts?: { files: string[]; reason: string | null };
 }

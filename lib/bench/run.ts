@@ -15,6 +15,8 @@ import { gpuPeak, peakFor } from './peaks.js';
 import { markdownReport, type BenchReport, type CaseReport, type ResultRow } from './report.js';
 import { queryGpuFacts, runSmi, smiNumber, SmiSampler, summarizeWindow, visibleGpuIndex, type SmiSample } from './smi.js';
 import { benchProbe, type Contestant, type PairedResult, type RunBackend, type WorkerResult, type WorkerSpec } from './protocol.js';
+import { loopTable, type LoopResult } from './loop.js';
+import { LOSS_GROUPS, lossesTable, type LossesResult } from './losses.js';
 
 export interface BenchOptions {
   /** Default: cuda when available, else cpu, else js. */
@@ -37,7 +39,7 @@ export interface BenchOptions {
   progress: boolean;
 }
 
-export const CASE_GROUPS = ['S1', 'S2', 'S2-peaked', 'S3', 'CCE', 'sweep'];
+export const CASE_GROUPS = ['S1', 'S1-loop', 'S2', 'S2-peaked', 'S3', 'CCE', 'sweep', ...LOSS_GROUPS];
 
 interface Job {
   case: BenchCase;
@@ -373,6 +375,34 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   }
   progress.end();
 
+  // S1-loop: one child times the four loops side by side (lib/bench/loop-child.ts)
+  let loop: LoopResult | undefined;
+  if (wanted.includes('S1-loop')) {
+    const fromSource = /\.[cm]?ts$/.test(process.argv[1] ?? '');
+    const file = fromSource ? path.join(root, 'lib', 'bench', 'loop-child.ts') : path.join(root, 'dist', 'esm', 'bench', 'loop-child.js');
+    const args = ['--expose-gc', ...(fromSource ? ['--import', 'tsx'] : []), file, '--backend', backend, ...(tiny ? ['--tiny'] : [])];
+    try {
+      loop = JSON.parse(await runChild(process.execPath, args, { cwd: root, timeoutMs: Math.min(Math.max(left(), 1), 2 ** 31 - 1), tag: 'LOOP' })) as LoopResult;
+    } catch (e) {
+      console.error(`S1-loop: skipped: ${(e as Error).message}`);
+    }
+  }
+
+  // S2-losses, zscore-sweep: one child times the losses side by side (lib/bench/losses-child.ts)
+  let losses: LossesResult | undefined;
+  const lossGroups = LOSS_GROUPS.filter((g) => wanted.includes(g));
+  if (lossGroups.length > 0) {
+    const fromSource = /\.[cm]?ts$/.test(process.argv[1] ?? '');
+    const file = fromSource ? path.join(root, 'lib', 'bench', 'losses-child.ts') : path.join(root, 'dist', 'esm', 'bench', 'losses-child.js');
+    const args = [...(fromSource ? ['--import', 'tsx'] : []), file, '--backend', backend, '--runs', String(runs), '--groups', lossGroups.join(','),
+      ...(tiny ? ['--tiny'] : []), ...(o.quick ? ['--quick'] : [])];
+    try {
+      losses = JSON.parse(await runChild(process.execPath, args, { cwd: root, timeoutMs: Math.min(Math.max(left(), 1), 2 ** 31 - 1), tag: 'LOSSES' })) as LossesResult;
+    } catch (e) {
+      console.error(`${lossGroups.join(', ')}: skipped: ${(e as Error).message}`);
+    }
+  }
+
   const git = (a: string[]) => {
     try {
       return execFileSync('git', a, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
@@ -399,12 +429,15 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
       tfjs: tfjsOk, tfjsWasm: wasmOk, onnxruntime: ortOk, missing,
     },
     cases: reports,
+    ...(loop === undefined ? {} : { loop }),
+    ...(losses === undefined ? {} : { losses }),
     totalSeconds: (performance.now() - started) / 1000,
   };
   for (const r of report.cases) {
     for (const row of r.rows) Object.assign(row, derived(r.case, row, report, peakFor(peak, r.case.dtype)));
   }
-  const md = markdownReport(report);
+  const md = markdownReport(report) + (loop === undefined ? '' : `\n## S1-loop\n\n\`\`\`\n${loopTable(loop)}\n\`\`\`\n`) +
+    (losses === undefined ? '' : `\n## ${lossGroups.join(', ')}\n\n\`\`\`\n${lossesTable(losses)}\n\`\`\`\n`);
   writeFileSync(path.join(o.outDir, 'bench.md'), md);
   writeFileSync(path.join(o.outDir, 'bench.json'), `${JSON.stringify(report, null, 2)}\n`);
   const charts = await renderCharts(report, o.outDir);

@@ -14,7 +14,7 @@ import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import * as lib from '../index.js';
 import { native } from '../native.js';
-import { cpuAddon } from '../cpuBackend.js';
+import { cpuAddon, cpuLastGradientWork } from '../cpuBackend.js';
 import { caseInputs, returnedBytes, type BenchCase } from './cases.js';
 import { measurePeak, measurePeakAsync, median, settle, type PeakGrowth } from './measure.js';
 import { benchProbe, stats, type PairedResult, type WindowReport, type WorkerResult, type WorkerSpec } from './protocol.js';
@@ -58,7 +58,12 @@ async function cutlossHost(spec: WorkerSpec, backend: 'cpu' | 'js'): Promise<Pre
   const ws = spec.workspaceBytes !== undefined ? `, workspace ${spec.workspaceBytes / 2 ** 20} MiB` : '';
   return {
     label: `cutloss ${backend}${ws}`,
-    note: backend === 'cpu' ? `${String(info.details.threads)} threads, ${String(info.details.simd)}, ${String(info.details.gemm)} ${String(info.details.gemmKernel)}` : 'float64 inside, 1 thread',
+    // read after the timed calls: the cpu's share of gradient work that filterEps spared
+    get note() {
+      const work = backend === 'cpu' && spec.case.kind === 'linear' ? cpuLastGradientWork() : null;
+      return (backend === 'cpu' ? `${String(info.details.threads)} threads, ${String(info.details.simd)}, ${String(info.details.gemm)} ${String(info.details.gemmKernel)}` : 'float64 inside, 1 thread') +
+        (work === null ? '' : `; gradient work skipped by filterEps: ${(100 * work.skippedFraction).toFixed(2)}% (${work.sparseSlices} of ${work.slices} slices as per-entry products, ${work.skippedSlices} skipped)`);
+    },
     returnedBytes: returnedBytes(spec.case, spec.rows),
     run: make(spec.case, spec.rows),
     warm: () => tiny('fwdbwd'),

@@ -8,11 +8,12 @@
 // Where the logits come from is the LogitSource's business, so both losses share this code.
 
 import { allocate, f32Copy } from '../alloc.js';
+import { CutlossError } from '../errors.js';
 import { sparsemaxThreshold } from './sparse.js';
 import {
   NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX, effectiveLogit, effectiveSlope, gradCoefficient, lseOfBlock,
-  lseValue, mergeLse, rowGrad, rowLoss, stablemaxLogS, stablemaxS,
-  type LossConstants, type RowGrad, type RowStats,
+  lseValue, mergeLse, rowGrad, rowLoss, SEARCH_DONE, SPARSEMAX_PASS_LIMIT, sparsemaxSearchStart, sparsemaxSearchStep,
+  stablemaxLogS, stablemaxS, type LossConstants, type RowGrad, type RowStats, type SparsemaxSearch,
 } from './math.js';
 
 export type Reduction = 'mean' | 'sum' | 'none';
@@ -49,10 +50,12 @@ export interface LossOutput {
   /** Tiles the backward skipped through filterEps, of all it visited. */
   skippedTiles: number;
   visitedTiles: number;
+  /** Passes over the vocabulary the sparsemax threshold search took for crowded rows (0: none). */
+  sparsemaxPasses: number;
 }
 
 // Sparsemax support lies within 1 of the row max; rows keep those candidates up to this
-// many, and rows with more fall back to Michelot's fixed-point passes over the tiles.
+// many, and rows with more fall back to the threshold search's passes over the tiles.
 const SPARSEMAX_CANDIDATE_CAP = 256;
 
 class SparsemaxCandidates {
@@ -175,7 +178,8 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
   const lse = allocate(Float64Array, N, 'lse');
   for (let row = 0; row < N; row++) lse[row] = lseValue({ max: rowMax[row]!, sum: rowSum[row]! });
 
-  // ---- sparsemax thresholds: exact from candidates, Michelot passes for crowded rows
+  // ---- sparsemax thresholds: exact from candidates, the bounded search's passes for crowded rows
+  let sparsemaxPasses = 0;
   let tau: Float64Array | null = null;
   let omega: Float64Array | null = null;
   let support: Float64Array | null = null;
@@ -197,7 +201,7 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
       support[row] = th.support;
       omega[row] = th.tau + 0.5 * (1 + th.sumSqP);
     }
-    if (crowded.length > 0) michelotThresholds(crowded, rowMax, tau, omega, support, N, V, TR, TC, loadTile, tile);
+    if (crowded.length > 0) sparsemaxPasses = sparsemaxSearchPasses(crowded, rowMax, tau, omega, support, N, V, TR, TC, loadTile, tile);
   }
 
   // ---- per-row losses and the reduction
@@ -310,67 +314,69 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
       source.endClassTile(c0, nc);
     }
   }
-  return { loss, lse: f32Copy(lse, 'lse'), skippedTiles, visitedTiles };
+  return { loss, lse: f32Copy(lse, 'lse'), skippedTiles, visitedTiles, sparsemaxPasses };
 }
 
 /**
- * Michelot's fixed point for rows whose candidates overflowed: τ₀ = max − 1 ≤ τ, then
- * τ ← (Σ_{z>τ} z − 1) / |{z > τ}| rises monotonically and stops, exactly, when the set
- * {z > τ} no longer changes. Each step is one pass over the row's tiles. Values are taken
- * relative to the row max.
+ * The threshold search of math.ts (cuda/math/michelot.cuh) for rows whose candidates
+ * overflowed: each pass recomputes those rows' tiles and sums, per row, the values z − max above
+ * its trial x, rounded to float32 as the kernels hold them (the search's bracket argument needs
+ * float32 values). At most SPARSEMAX_PASS_LIMIT passes for any V. Returns the passes taken.
  */
-function michelotThresholds(
+function sparsemaxSearchPasses(
   rows: number[], rowMax: Float64Array, tau: Float64Array, omega: Float64Array, support: Float64Array,
   N: number, V: number, TR: number, TC: number,
   loadTile: (r0: number, nr: number, c0: number, nc: number) => void, tile: Float64Array,
-): void {
-  const active = allocate(Uint8Array, N, 'active');
-  for (const row of rows) {
-    active[row] = 1;
-    tau[row] = -1; // relative to the row max, like every sparsemax threshold here
-    support[row] = -1;
-  }
+): number {
+  const search = new Array<SparsemaxSearch | null>(N).fill(null);
+  for (const row of rows) search[row] = sparsemaxSearchStart();
   const count = allocate(Float64Array, N, 'count');
   const sum = allocate(Float64Array, N, 'sum');
-  const sumSqP = allocate(Float64Array, N, 'sumSqP'); // Σ (z − τ)² over z > τ: ‖p‖² once τ is the fixed point
+  const sumSq = allocate(Float64Array, N, 'sumSq'); // Σ (z − x)² over z > x
   let remaining = rows.length;
-  for (let iter = 0; remaining > 0 && iter < 10000; iter++) {
-    for (const row of rows) if (active[row]) count[row] = sum[row] = sumSqP[row] = 0;
+  let passes = 0;
+  while (remaining > 0) {
+    if (passes === SPARSEMAX_PASS_LIMIT) {
+      throw new CutlossError('E_INTERNAL', `sparsemax thresholds still unknown after ${passes} passes over the vocabulary`);
+    }
+    passes++;
+    for (const row of rows) count[row] = sum[row] = sumSq[row] = 0;
     for (let c0 = 0; c0 < V; c0 += TC) {
       const nc = Math.min(TC, V - c0);
       for (let r0 = 0; r0 < N; r0 += TR) {
         const nr = Math.min(TR, N - r0);
         let any = false;
-        for (let r = 0; r < nr; r++) if (active[r0 + r]) any = true;
+        for (let r = 0; r < nr; r++) if (search[r0 + r] !== null) any = true;
         if (!any) continue;
         loadTile(r0, nr, c0, nc);
         for (let r = 0; r < nr; r++) {
           const row = r0 + r;
-          if (!active[row]) continue;
-          const t = tau[row]!;
+          const st = search[row];
+          if (st === null) continue;
+          const x = st.x;
           const m = rowMax[row]!;
           for (let j = 0; j < nc; j++) {
-            const z = tile[r * nc + j]! - m;
-            if (z > t) {
+            const z = Math.fround(tile[r * nc + j]! - m);
+            if (z > x) {
               count[row]++;
               sum[row] += z;
-              sumSqP[row] += (z - t) * (z - t);
+              sumSq[row] += (z - x) * (z - x);
             }
           }
         }
       }
     }
     for (const row of rows) {
-      if (!active[row]) continue;
-      const t = tau[row]!;
-      if (count[row] === support[row]) {
-        active[row] = 0;
-        remaining--;
-        omega[row] = t + 0.5 * (1 + sumSqP[row]!);
-        continue;
-      }
-      support[row] = count[row]!;
-      tau[row] = (sum[row]! - 1) / count[row]!;
+      const st = search[row];
+      if (st === null) continue;
+      sparsemaxSearchStep(st, count[row]!, sum[row]!, sumSq[row]!);
+      if (st.phase !== SEARCH_DONE) continue;
+      tau[row] = st.tau;
+      support[row] = st.gen;
+      omega[row] = st.tau + 0.5 * (1 + st.sumSqP);
+      search[row] = null;
+      remaining--;
     }
   }
+  return passes;
 }

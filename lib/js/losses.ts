@@ -1,11 +1,13 @@
 // crossEntropy and linearCrossEntropy on the reference backend: two logit sources for the
 // shared blockwise engine (fusedLoss.ts). The linear source computes each logit tile as
 // E_tile·W_tileᵀ + b and folds the tile's gradient into dE, dW and dBias at once, so the
-// N×V logits never exist.
+// N×V logits never exist. Caller-provided outputs (options.out) of f32 are written in place;
+// dLogits may be the logits' own array: the backward reads each tile, then writes its gradient.
 
 import { allocate, f32Copy } from '../alloc.js';
 import { gemmNNAcc, gemmTNAcc } from './gemm.js';
 import { runFusedLoss, type LogitSource, type LossConfig } from './fusedLoss.js';
+import type { HostOutput, HostOutputs } from '../options.js';
 
 /** Tiles sized so a logit tile (64×256 float64 = 128 KiB) and its W rows stay in cache. */
 export const DEFAULT_TILE_ROWS = 64;
@@ -14,12 +16,19 @@ export const DEFAULT_TILE_COLS = 256;
 export type LossSettings = Omit<LossConfig, 'rows' | 'labels' | 'tileRows' | 'tileCols' | 'vocab'> & {
   tileRows?: number;
   tileCols?: number;
+  /** Where gradients go; only f32 ones are written here, the facade rounds the rest into bf16 outputs. */
+  out?: HostOutputs | null;
 };
+
+/** The output's array when it takes f32 values, else null (a new array, copied by the facade). */
+function f32Dest(o: HostOutput | null | undefined): Float32Array | null {
+  return o !== null && o !== undefined && o.data instanceof Float32Array ? o.data : null;
+}
 
 class DenseLogits implements LogitSource {
   readonly dLogits: Float32Array | null;
-  constructor(private readonly x: Float32Array, private readonly V: number, withGrad: boolean) {
-    this.dLogits = withGrad ? allocate(Float32Array, x.length, 'dLogits') : null;
+  constructor(private readonly x: Float32Array, private readonly V: number, withGrad: boolean, dest: Float32Array | null) {
+    this.dLogits = withGrad ? dest ?? allocate(Float32Array, x.length, 'dLogits') : null;
   }
   fill(r0: number, nr: number, c0: number, nc: number, out: Float64Array): void {
     for (let r = 0; r < nr; r++) {
@@ -55,9 +64,11 @@ class LinearLogits implements LogitSource {
     V: number,
     tileCols: number,
     withGrad: boolean,
+    dWDest: Float32Array | null,
   ) {
     this.dE = withGrad ? allocate(Float64Array, N * D, 'dE') : null;
-    this.dW = withGrad ? allocate(Float32Array, V * D, 'dW') : null;
+    // a caller's dW starts zeroed: class tiles are skipped when no row has a gradient
+    this.dW = withGrad ? dWDest?.fill(0) ?? allocate(Float32Array, V * D, 'dW') : null;
     this.dWTile = withGrad ? allocate(Float64Array, Math.min(tileCols, V) * D, 'dWTile') : null;
     this.dBias = withGrad && bias !== null ? allocate(Float64Array, V, 'dBias') : null;
     this.wT = allocate(Float64Array, Math.min(tileCols, V) * D, 'wT');
@@ -111,8 +122,11 @@ function config(s: LossSettings, rows: number, vocab: number, labels: Int32Array
 }
 
 export function crossEntropyJs(logits: Float32Array, N: number, V: number, labels: Int32Array, s: LossSettings) {
-  const source = new DenseLogits(logits, V, s.computeGrad);
+  const dest = s.computeGrad ? f32Dest(s.out?.dLogits) : null;
+  const source = new DenseLogits(logits, V, s.computeGrad, dest);
   const out = runFusedLoss(config({ ...s, filterEps: 0 }, N, V, labels), source);
+  // the backward visits no ignored row: a caller's array (or the logits) still holds other values there
+  if (dest !== null) for (let r = 0; r < N; r++) if (labels[r] === s.ignoreIndex) dest.fill(0, r * V, (r + 1) * V);
   return { loss: out.loss, lse: out.lse, dLogits: source.dLogits };
 }
 
@@ -121,14 +135,21 @@ export function linearCrossEntropyJs(
   N: number, D: number, V: number, labels: Int32Array, s: LossSettings,
 ) {
   const cfg = config(s, N, V, labels);
-  const source = new LinearLogits(E, W, bias, N, D, V, cfg.tileCols, s.computeGrad);
+  const source = new LinearLogits(E, W, bias, N, D, V, cfg.tileCols, s.computeGrad, f32Dest(s.out?.dClassifier));
   const out = runFusedLoss(cfg, source);
+  /** float64 accumulators rounded to f32, into the caller's array when there is one. */
+  const rounded = (values: Float64Array | null, dest: Float32Array | null, what: string) => {
+    if (values === null) return null;
+    if (dest === null) return f32Copy(values, what);
+    dest.set(values);
+    return dest;
+  };
   return {
     loss: out.loss,
     lse: out.lse,
-    dEmbeddings: source.dE === null ? null : f32Copy(source.dE, 'dE'),
+    dEmbeddings: rounded(source.dE, f32Dest(s.out?.dEmbeddings), 'dE'),
     dClassifier: source.dW,
-    dBias: source.dBias === null ? null : f32Copy(source.dBias, 'dBias'),
+    dBias: rounded(source.dBias, s.out?.dBias ?? null, 'dBias'),
     skippedTiles: out.skippedTiles,
     visitedTiles: out.visitedTiles,
   };

@@ -181,6 +181,8 @@ export function gumbelFromUniform(u: number): number {
 // A row's loss from its reduced statistics (README "Losses"):
 //   a_j = (1 − α)·w_t·[j = t] + (α/V)·w_j,  C = Σ_j a_j·ℓ_j,  F = (1 − p_t)^γ,
 //   U = ε·(1 − p_t) + λ·lse² + σ·Σ_{j≠t} z_j² / (V − 1),  loss = F·C + U.
+// Generalized CE (q > 0; Zhang & Sabuncu 2018) replaces C by w_t·(1 − p_t^q)/q, whose gradient is
+// CE's scaled by p_t^q (∂p_t^q = q·p_t^q·∂log p_t): only softmax and stablemax, no α, no focal.
 
 export const NORMALIZER_SOFTMAX = 0;
 export const NORMALIZER_STABLEMAX = 1;
@@ -194,6 +196,7 @@ export interface LossConstants {
   polyEpsilon: number; // ε
   zLoss: number; // λ
   squentropy: number; // σ: 1 or 0
+  generalizedCE?: number; // q of generalized CE in (0, 1]; 0 or absent = off (plain C)
 }
 
 /** What the forward pass reduces for each row (only the fields its options need). */
@@ -221,6 +224,7 @@ export interface RowLoss {
   focal: number; // F
   ce: number; // C
   targetMass: number; // Σ_j a_j
+  gceScale: number; // p_t^q under generalized CE (what scales C's gradient), else 1
 }
 
 export function rowLoss(k: LossConstants, st: RowStats, wLabel: number, sumWeights: number): RowLoss {
@@ -254,14 +258,22 @@ export function rowLoss(k: LossConstants, st: RowStats, wLabel: number, sumWeigh
     pLabel = Math.exp(logP);
     oneMinusPLabel = -Math.expm1(logP); // accurate when p_t ≈ 1
   }
-  const ce = keep * labelLoss + (alpha > 0 ? spread * spreadLoss : 0);
+  let ce = keep * labelLoss + (alpha > 0 ? spread * spreadLoss : 0);
+  let gceScale = 1;
+  const q = k.generalizedCE ?? 0;
+  if (q > 0) {
+    // (1 − p_t^q)/q as −expm1(−q·ℓ_t)/q: no cancellation as q → 0 (→ ℓ_t, CE) or p_t → 1.
+    const qLoss = q * labelLoss;
+    ce = keep * (-Math.expm1(-qLoss) / q);
+    gceScale = Math.exp(-qLoss);
+  }
   const focal = k.focalGamma === 0 ? 1 : Math.pow(oneMinusPLabel, k.focalGamma);
   let unweighted = 0;
   if (k.polyEpsilon !== 0) unweighted += k.polyEpsilon * oneMinusPLabel;
   if (k.zLoss !== 0) unweighted += k.zLoss * st.lse * st.lse;
   if (k.squentropy !== 0 && k.vocab > 1) unweighted += (k.squentropy * st.sumSqOthers) / (k.vocab - 1);
   const weighted = focal * ce;
-  return { loss: weighted + unweighted, weighted, unweighted, pLabel, oneMinusPLabel, focal, ce, targetMass };
+  return { loss: weighted + unweighted, weighted, unweighted, pLabel, oneMinusPLabel, focal, ce, targetMass, gceScale };
 }
 
 /**
@@ -273,9 +285,9 @@ export interface RowGrad {
   lse: number;
   logSum: number;
   pLabel: number;
-  mass: number; // s_W·F·Σa_j
-  keep: number; // s_W·F·(1 − α)·w_t   (a_t's label part)
-  spread: number; // s_W·F·α/V         (times w_k)
+  mass: number; // s_W·F·G·Σa_j  (G: p_t^q under generalized CE, else 1)
+  keep: number; // s_W·F·G·(1 − α)·w_t   (a_t's label part)
+  spread: number; // s_W·F·G·α/V         (times w_k)
   kappa: number; // s_W·C·F' − s_U·ε    (times ∂p_t/∂z_k)
   zCoef: number; // s_U·2λ·lse          (times softmax_k)
   sqCoef: number; // s_U·2σ/(V − 1)     (times z_k, k ≠ t)
@@ -297,7 +309,7 @@ export function rowGrad(
   // C·F' multiplies ∂p_t/∂z, which carries a factor p_t, and C·p_t → 0 as p_t → 0 (ℓ·e^−ℓ): at
   // p_t = 0 (a −inf label logit, C = +inf) the term takes that limit, 0, instead of ∞·0 = NaN.
   const focalTerm = dFocal === 0 || r.pLabel === 0 ? 0 : sWeighted * r.ce * dFocal;
-  const sWF = sWeighted * r.focal;
+  const sWF = sWeighted * r.focal * r.gceScale;
   return {
     normalizer: k.normalizer,
     lse: st.lse,
@@ -351,4 +363,101 @@ export function gradCoefficientGivenSoftmax(rg: RowGrad, z: number, softmaxK: nu
 /** dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k). */
 export function gradCoefficient(rg: RowGrad, z: number, isLabel: boolean, wK: number): number {
   return gradCoefficientGivenSoftmax(rg, z, expMinusLse(z, rg.zMax, rg.logSum), isLabel, wK);
+}
+
+// The sparsemax threshold search of rows whose logits are never stored, over passes at trial
+// thresholds x (cuda/math/michelot.cuh says why it is exact and why 34 passes suffice for any
+// V): Michelot passes first, then bisection of the bracket in float32 order, then one pass
+// where {z > x} is the support. Values are relative to the row max, and float32 (as the kernels
+// hold them) for the bracket argument; JS keeps τ and the sums in float64.
+export const SPARSEMAX_MICHELOT_PASSES = 5;
+export const SPARSEMAX_PASS_LIMIT = SPARSEMAX_MICHELOT_PASSES + 28 + 1;
+export const SEARCH_DONE = 0;
+export const SEARCH_RUNNING = 1;
+export const SEARCH_FINAL = 2;
+
+export interface SparsemaxSearch {
+  /** A lower bound of τ; τ itself once done. */
+  tau: number;
+  /** A strict upper bound of τ (a float32). */
+  hi: number;
+  /** Where the next pass evaluates. */
+  x: number;
+  /** Once done: Σ_{supp} (z − τ)². */
+  sumSqP: number;
+  /** |{z > x}| of the pass whose Michelot step gave tau (−1: none); once done, |supp|. */
+  gen: number;
+  /** |{z > hi}|, or −1 while hi is the bound −1/c₀ no pass evaluated. */
+  countHi: number;
+  passes: number;
+  phase: number;
+}
+
+const orderF32 = new Float32Array(1);
+const orderI32 = new Int32Array(orderF32.buffer);
+
+/** A float32's position in the order of floats (−0 and +0 share 0). */
+export function floatOrder(x: number): number {
+  orderF32[0] = x;
+  const b = orderI32[0]!;
+  return b < 0 ? -(b & 0x7fffffff) : b;
+}
+
+export function orderedFloat(o: number): number {
+  orderI32[0] = o >= 0 ? o : -o;
+  return o >= 0 ? orderF32[0]! : -orderF32[0]!;
+}
+
+/** The largest float32 ≤ x. */
+function float32Below(x: number): number {
+  const f = Math.fround(x);
+  return f > x ? orderedFloat(floatOrder(f) - 1) : f;
+}
+
+export function sparsemaxSearchStart(): SparsemaxSearch {
+  return { tau: -1, hi: 0, x: -1, sumSqP: 0, gen: -1, countHi: 0, passes: 0, phase: SEARCH_RUNNING };
+}
+
+/** Takes the sums of the pass at st.x (c = |{z > x}| ≥ 1, s = Σ z, q = Σ (z − x)²) and picks the next x. */
+export function sparsemaxSearchStep(st: SparsemaxSearch, c: number, s: number, q: number): void {
+  st.passes += 1;
+  const x = st.x;
+  const t = (s - 1) / c;
+  const fixedPoint = x === st.tau && c === st.gen; // Michelot: the same set again, τ = x
+  if (st.phase === SEARCH_FINAL || fixedPoint) {
+    // kept in [x, hi), where {z > τ} is the set counted (rounding could leave it)
+    const below = orderedFloat(floatOrder(st.hi) - 1);
+    st.tau = fixedPoint ? x : (t >= st.hi ? below : (t < x ? x : t));
+    const d = st.tau - x; // under one float32 step: no cancellation
+    st.sumSqP = q - 2 * d * (s - c * x) + c * d * d;
+    st.gen = c;
+    st.phase = SEARCH_DONE;
+    return;
+  }
+  if (st.passes === 1) { // x = −1: τ ≤ −1/|supp| ≤ −1/c, one float32 step up keeps it strict
+    st.hi = orderedFloat(floatOrder(-1 / c) + 1);
+    st.countHi = -1;
+  }
+  if (t < x && x < st.hi) { // x lies above τ
+    st.hi = x;
+    st.countHi = c;
+  }
+  if (x === st.tau) { // a Michelot pass; τ never falls back
+    st.gen = c;
+    st.tau = Math.max(st.tau, t);
+  } else if (t > st.tau) {
+    st.tau = t;
+    st.gen = t >= x ? c : -1; // only a set from below the new tau can show it is the support
+  }
+  const below = orderedFloat(floatOrder(st.hi) - 1);
+  const lo = Math.min(float32Below(st.tau), below);
+  const gap = floatOrder(st.hi) - floatOrder(lo);
+  if ((st.countHi > 0 && st.gen === st.countHi) || gap <= 1) { // {z > lo} is the support (see michelot.cuh)
+    st.phase = SEARCH_FINAL;
+    st.x = lo;
+  } else if (st.passes < SPARSEMAX_MICHELOT_PASSES) {
+    st.x = st.tau;
+  } else {
+    st.x = orderedFloat(floatOrder(lo) + Math.floor(gap / 2));
+  }
 }

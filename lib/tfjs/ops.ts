@@ -22,11 +22,12 @@ import type { CrossEntropyOptions, LinearCrossEntropyOptions, Tensor as HostTens
 import { adopt, hostLabels, hostMatrix, hostVector, tapeIsRecording } from './bridge.js';
 
 /** Options of the core crossEntropy that tfjs cannot set itself (the upstream gradient comes from dy). */
-export type TfCrossEntropyOptions = Omit<CrossEntropyOptions, 'gradScale' | 'computeGrad' | 'returnLse' | 'vocabParallel' | 'dataParallel'>;
+export type TfCrossEntropyOptions =
+  Omit<CrossEntropyOptions, 'gradScale' | 'computeGrad' | 'returnLse' | 'vocabParallel' | 'dataParallel' | 'out' | 'inPlace'>;
 
 /** Options of the core linearCrossEntropy, with the bias as a tfjs tensor. */
 export interface TfLinearCrossEntropyOptions
-  extends Omit<LinearCrossEntropyOptions, 'gradScale' | 'computeGrad' | 'returnLse' | 'bias' | 'vocabParallel' | 'dataParallel'> {
+  extends Omit<LinearCrossEntropyOptions, 'gradScale' | 'computeGrad' | 'returnLse' | 'bias' | 'vocabParallel' | 'dataParallel' | 'out' | 'classSample'> {
   /** [V], added to the logits; differentiable. */
   bias?: tf.Tensor1D | tf.Variable;
 }

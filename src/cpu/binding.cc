@@ -5,9 +5,11 @@
 // JavaScript runs until it returns); an async call copies its inputs first, since JavaScript
 // runs while the libuv pool computes. Outputs are new Float32Arrays, allocated on the JS
 // thread before the work starts; large ones reuse the memory of outputs JavaScript has let go
-// (host_memory.h's output pool), which spares the page faults of fresh memory.
+// (host_memory.h's output pool), which spares the page faults of fresh memory. A caller may
+// instead give the arrays the gradients go to (options.out), reused from call to call.
 #include "binding.h"
 
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -20,9 +22,11 @@
 
 #include "../boundary.h"
 #include "../job.h"
+#include "bf16_gemm.h"
 #include "gemm.h"
 #include "host_memory.h"
 #include "kernels.h"
+#include "pairwise.h"
 #include "parallel.h"
 
 namespace cutloss::cpu {
@@ -95,6 +99,7 @@ class CpuJob : public Job {
 
   /** The array's memory: the caller's own (sync), or a copy the job owns (async). */
   const void* input(const HostView& view) {
+    if (!async_) read_.push_back(view);
     if (!async_ || view.byteLength == 0) return view.data;
     auto& copy = copies_.emplace_back(std::make_unique<HostBuffer>(view.byteLength));
     std::memcpy(copy->data(), view.data, view.byteLength);
@@ -112,6 +117,41 @@ class CpuJob : public Job {
     return data;
   }
 
+  /**
+   * The caller's Float32Array `v` of `length` elements as an output. Sync: written in place; it
+   * may share no memory with the inputs but `inPlaceOf` (the input array itself, whose kernel
+   * reads each element before writing its gradient there). Async: computed into memory the job
+   * owns and copied into `v` on the JS thread when done; E_DISPOSED then if `v` was detached.
+   */
+  float* outputInto(const Napi::Value& v, const char* name, size_t length, Fill fill, const void* inPlaceOf = nullptr) {
+    HostView view = readTypedView(v, name, napi_float32_array);
+    const size_t bytes = length * sizeof(float);
+    if (view.byteLength != bytes) {
+      throw ArgError("E_SHAPE", std::string(name) + " output must have " + std::to_string(length) + " elements, got " +
+                                    std::to_string(view.byteLength / sizeof(float)));
+    }
+    if (async_) {
+      auto& copy = copies_.emplace_back(std::make_unique<HostBuffer>(bytes));  // zero-filled
+      dests_.push_back(Destination{name, bytes, copy->data(), Napi::Persistent(v.As<Napi::Object>())});
+      return copy->as<float>();
+    }
+    const auto* lo = static_cast<const char*>(view.data);
+    bool inPlace = false;
+    for (const HostView& r : read_) {
+      const auto* rlo = static_cast<const char*>(r.data);
+      if (bytes == 0 || r.byteLength == 0 || lo >= rlo + r.byteLength || rlo >= lo + bytes) continue;
+      // one input may be the output itself; any other overlap would feed gradients back into inputs
+      if (!inPlace && r.data == inPlaceOf && view.data == inPlaceOf && r.byteLength == bytes) {
+        inPlace = true;
+        continue;
+      }
+      throw ArgError("E_OPTION", std::string(name) + " output shares memory with an input or another output");
+    }
+    read_.push_back(view);
+    if (fill == Fill::Zero && !inPlace) std::memset(view.data, 0, bytes);
+    return static_cast<float*>(view.data);
+  }
+
   void setWork(std::function<void()> work) { work_ = std::move(work); }
   /** Adds fields (numbers) to a named result after the work ran. */
   void setExtra(std::function<void(Napi::Env, Napi::Object&)> extra) { extra_ = std::move(extra); }
@@ -123,6 +163,17 @@ class CpuJob : public Job {
   }
 
   Napi::Value result(Napi::Env env) override {
+    for (auto& d : dests_) {
+      HostView now{nullptr, 0};
+      try {
+        now = readTypedView(d.array.Value(), d.name, napi_float32_array);
+      } catch (const ArgError&) {
+      }
+      if (now.byteLength != d.bytes) {
+        throw ArgError("E_DISPOSED", std::string(d.name) + " output was detached or resized before the result could be written");
+      }
+      std::memcpy(now.data, d.data, d.bytes);
+    }
     auto view = [&](Output& o) {
       Napi::ArrayBuffer ab = o.buffer.Value();
       o.buffer.Reset();
@@ -136,8 +187,18 @@ class CpuJob : public Job {
   }
 
  private:
+  /** A caller's array an async job's result is copied into. */
+  struct Destination {
+    const char* name;
+    size_t bytes;
+    void* data;
+    Napi::Reference<Napi::Object> array;
+  };
+
   bool async_;
   std::vector<std::unique_ptr<HostBuffer>> copies_;
+  std::vector<HostView> read_;  // sync: the caller's memory this call reads or writes
+  std::vector<Destination> dests_;
   std::vector<Output> outputs_;
   std::function<void()> work_;
   std::function<void(Napi::Env, Napi::Object&)> extra_;
@@ -367,10 +428,14 @@ std::unique_ptr<Job> makeGumbelSoftmaxBackward(const Napi::CallbackInfo& info, b
 
 // ---------------------------------------------------------------- losses
 
+/** An optional argument: absent when null or undefined. */
+bool given(const Napi::Value& v) { return !v.IsNull() && !v.IsUndefined(); }
+
 /**
  * cpuCrossEntropy(logits, rows, cols, dtype, labels, params, classWeights, scaleWeighted,
- * scaleUnweighted) → { lse, weighted, unweighted, dLogits? }. With the scales (each row's s_W
- * and s_U, formed by the caller from the labels) the gradient comes in the same pass.
+ * scaleUnweighted, dLogitsOut?) → { lse, weighted, unweighted, dLogits? }. With the scales (each
+ * row's s_W and s_U, formed by the caller from the labels) the gradient comes in the same pass,
+ * into dLogitsOut when given (a Float32Array [rows·cols], which may be the f32 logits themselves).
  */
 std::unique_ptr<Job> makeCrossEntropy(const Napi::CallbackInfo& info, bool async) {
   const MatrixArgs m = readMatrixArgs(info, 0, "logits");
@@ -385,15 +450,19 @@ std::unique_ptr<Job> makeCrossEntropy(const Napi::CallbackInfo& info, bool async
   const float* sU = grad ? viewFloats(*job, info[8], "scaleUnweighted", N) : nullptr;
   Napi::Env env = info.Env();
   LossRowsOut out{job->output(env, N, "lse"), job->output(env, N, "weighted"), job->output(env, N, "unweighted")};
-  float* dLogits = grad ? job->output(env, elementsOf(m), "dLogits", Fill::Overwritten) : nullptr;
+  if (!grad && given(info[9])) throw ArgError("E_OPTION", "a dLogits output needs the gradient scales");
+  float* dLogits = !grad ? nullptr
+                   : given(info[9]) ? job->outputInto(info[9], "dLogits", elementsOf(m), Fill::Overwritten, x.data)
+                                    : job->output(env, elementsOf(m), "dLogits", Fill::Overwritten);
   job->setWork([=] { crossEntropy(x, labels, p, sW, sU, out, dLogits); });
   return job;
 }
 
 /**
  * cpuLinearCrossEntropy(E, N, D, eDtype, W, V, wDtype, labels, params, classWeights, bias,
- * scaleWeighted, scaleUnweighted, filterEps, workspaceBytes) → { lse, weighted, unweighted,
- * dEmbeddings?, dClassifier?, dBias?, chunkRows, chunks, workspaceBytes, blocks, skippedBlocks }.
+ * scaleWeighted, scaleUnweighted, filterEps, workspaceBytes, dEOut?, dWOut?, dBiasOut?) → { lse,
+ * weighted, unweighted, dEmbeddings?, dClassifier?, dBias?, chunkRows, chunks, workspaceBytes,
+ * blocks, skippedBlocks }; gradients given an output Float32Array go there instead.
  */
 std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info, bool async) {
   const MatrixArgs e = readMatrixArgs(info, 0, "embeddings");
@@ -421,10 +490,17 @@ std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info, bool
   const size_t n = static_cast<size_t>(N);
   LinearCrossEntropyOut out{{job->output(env, n, "lse"), job->output(env, n, "weighted"), job->output(env, n, "unweighted")},
                             nullptr, nullptr, nullptr};
+  if ((!grad && (given(info[15]) || given(info[16]) || given(info[17]))) || (bias == nullptr && given(info[17]))) {
+    throw ArgError("E_OPTION", "gradient outputs need the gradient scales (and dBias a bias)");
+  }
+  // the kernel accumulates into zeroed gradients
+  auto gradient = [&](const Napi::Value& dest, const char* name, size_t length) {
+    return given(dest) ? job->outputInto(dest, name, length, Fill::Zero) : job->output(env, length, name);
+  };
   if (grad) {
-    out.dE = job->output(env, static_cast<size_t>(N * D), "dEmbeddings");
-    out.dW = job->output(env, static_cast<size_t>(V * D), "dClassifier");
-    if (bias != nullptr) out.dBias = job->output(env, static_cast<size_t>(V), "dBias");
+    out.dE = gradient(info[15], "dEmbeddings", static_cast<size_t>(N * D));
+    out.dW = gradient(info[16], "dClassifier", static_cast<size_t>(V * D));
+    if (bias != nullptr) out.dBias = gradient(info[17], "dBias", static_cast<size_t>(V));
   }
   auto stats = std::make_shared<LinearCrossEntropyStats>();
   job->setWork([=] {
@@ -436,6 +512,9 @@ std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info, bool
     o.Set("workspaceBytes", Napi::Number::New(env, static_cast<double>(stats->workspaceBytes)));
     o.Set("blocks", Napi::Number::New(env, static_cast<double>(stats->blocks)));
     o.Set("skippedBlocks", Napi::Number::New(env, static_cast<double>(stats->skippedBlocks)));
+    o.Set("sparseBlocks", Napi::Number::New(env, static_cast<double>(stats->sparseBlocks)));
+    o.Set("gradEntries", Napi::Number::New(env, static_cast<double>(stats->gradEntries)));
+    o.Set("gradEntriesUsed", Napi::Number::New(env, static_cast<double>(stats->gradEntriesUsed)));
   });
   return job;
 }
@@ -460,6 +539,84 @@ std::unique_ptr<Job> makeSgemm(const Napi::CallbackInfo& info, bool async) {
   return job;
 }
 
+// ---------------------------------------------------------------- pairwise sigmoid loss (SigLIP)
+
+/**
+ * cpuSigmoidPairLoss(x, N, D, xDtype, y, M, yDtype, temperature, bias, gradScale, yStart,
+ * withGrad, workspaceBytes) → { dX?, dY?, lossSum, dTemperature, dBias } (sums as float64 numbers).
+ */
+std::unique_ptr<Job> makeSigmoidPairLoss(const Napi::CallbackInfo& info, bool async) {
+  const MatrixArgs xm = readMatrixArgs(info, 0, "x");
+  MatrixArgs ym{info[4], "y", 0, xm.cols, DType::F32};
+  ym.rows = readCount(info[5], "y rows", kMaxDim);
+  ym.dtype = readDType(info[6], "y dtype");
+  if (ym.rows * ym.cols > kMaxElements) throw ArgError("E_SHAPE", "y has more than 2^53 elements");
+  SigmoidPairParams p;
+  p.temperature = static_cast<float>(readFinite(info[7], "temperature"));
+  p.bias = static_cast<float>(readFinite(info[8], "bias"));
+  p.gradScale = static_cast<float>(readFinite(info[9], "gradScale"));
+  p.yStart = readCount(info[10], "yStart", kMaxDim);
+  const bool grad = readBool(info[11], "withGrad");
+  const int64_t workspace = readCount(info[12], "workspaceBytes", kMaxElements);
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, xm);
+  const HostMatrix y = viewMatrix(*job, ym);
+  Napi::Env env = info.Env();
+  float* dX = grad ? job->output(env, elementsOf(xm), "dX", Fill::Overwritten) : nullptr;
+  float* dY = grad ? job->output(env, elementsOf(ym), "dY", Fill::Overwritten) : nullptr;
+  auto sums = std::make_shared<SigmoidPairSums>();
+  job->setWork([=] { *sums = sigmoidPairLoss(x, y, p, static_cast<size_t>(workspace), dX, dY); });
+  job->setExtra([sums](Napi::Env env, Napi::Object& o) {
+    o.Set("lossSum", Napi::Number::New(env, sums->lossSum));
+    o.Set("dTemperature", Napi::Number::New(env, sums->dTemperature));
+    o.Set("dBias", Napi::Number::New(env, sums->dBias));
+  });
+  return job;
+}
+
+/**
+ * cpuZscoreLinear(E, N, D, eDtype, W, V, wDtype, labels, bias, a, b, ignoreIndex, rowScale)
+ * → { rowLoss, zt, dEmbeddings?, dClassifier?, dBias? } (gradients when rowScale is given).
+ */
+std::unique_ptr<Job> makeZscoreLinear(const Napi::CallbackInfo& info, bool async) {
+  const MatrixArgs e = readMatrixArgs(info, 0, "embeddings");
+  MatrixArgs w{info[4], "classifier", 0, e.cols, DType::F32};
+  w.rows = readCount(info[5], "classifier rows", kMaxDim);
+  w.dtype = readDType(info[6], "classifier dtype");
+  if (w.rows < 1) throw ArgError("E_SHAPE", "classifier must have at least one row (class)");
+  if (w.rows * w.cols > kMaxElements) throw ArgError("E_SHAPE", "classifier has more than 2^53 elements");
+  const int64_t N = e.rows, D = e.cols, V = w.rows;
+  const float a = readPositiveFloat(info[9], "a");
+  const float b = static_cast<float>(readFinite(info[10], "b"));
+  const auto ignoreIndex = static_cast<int32_t>(readFinite(info[11], "ignoreIndex"));
+  const bool grad = !info[12].IsNull() && !info[12].IsUndefined();
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix E = viewMatrix(*job, e);
+  const HostMatrix W = viewMatrix(*job, w);
+  const int32_t* labels = viewLabels(*job, info[7], N, V, ignoreIndex);
+  const float* bias = viewOptionalFloats(*job, info[8], "bias", static_cast<size_t>(V));
+  const float* rowScale = grad ? viewFloats(*job, info[12], "rowScale", static_cast<size_t>(N)) : nullptr;
+  Napi::Env env = info.Env();
+  ZscoreOut out{job->output(env, static_cast<size_t>(N), "rowLoss"), job->output(env, static_cast<size_t>(N), "zt"),
+                nullptr, nullptr, nullptr};
+  if (grad) {
+    out.dE = job->output(env, static_cast<size_t>(N * D), "dEmbeddings", Fill::Overwritten);
+    out.dW = job->output(env, static_cast<size_t>(V * D), "dClassifier", Fill::Overwritten);
+    if (bias != nullptr) out.dBias = job->output(env, static_cast<size_t>(V), "dBias", Fill::Overwritten);
+  }
+  auto phases = std::make_shared<std::array<double, 2>>();
+  job->setWork([=] {
+    ZscoreOut o = out;
+    o.phaseMs = phases->data();
+    zscoreLinear(E, W, bias, labels, ignoreIndex, a, b, rowScale, o);
+  });
+  job->setExtra([phases](Napi::Env env, Napi::Object& o) {
+    o.Set("classifierMs", Napi::Number::New(env, (*phases)[0]));
+    o.Set("tokenMs", Napi::Number::New(env, (*phases)[1]));
+  });
+  return job;
+}
+
 // ---------------------------------------------------------------- configuration
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -472,6 +629,12 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   gemm.Set("blasLinked", g.blasLinked);
   Napi::Object out = Napi::Object::New(env);
   out.Set("gemm", gemm);
+  const Bf16GemmInfo b = bf16GemmInfo();
+  Napi::Object bf16 = Napi::Object::New(env);
+  bf16.Set("path", b.path);
+  bf16.Set("isa", b.isa);
+  bf16.Set("note", b.note);
+  out.Set("bf16Gemm", bf16);
   out.Set("simd", simdLevel());
   out.Set("threads", threadCount());
   out.Set("defaultThreads", defaultThreadCount());
@@ -494,6 +657,14 @@ Napi::Value SetGemm(const Napi::CallbackInfo& info) {
     const std::string name = info[0].As<Napi::String>().Utf8Value();
     if (name != "blas" && name != "portable") throw ArgError("E_OPTION", "gemm must be 'blas' or 'portable'");
     return Napi::Boolean::New(info.Env(), setGemm(name));
+  });
+}
+
+Napi::Value SetBf16Gemm(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const std::string name = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    if (name != "auto" && name != "off") throw ArgError("E_OPTION", "bf16 GEMM must be 'auto' or 'off'");
+    return Napi::Boolean::New(info.Env(), setBf16Gemm(name));
   });
 }
 
@@ -531,9 +702,12 @@ void registerCpu(Napi::Env env, Napi::Object exports) {
   exportOp<makeCrossEntropy>(env, exports, "cpuCrossEntropy");
   exportOp<makeLinearCrossEntropy>(env, exports, "cpuLinearCrossEntropy");
   exportOp<makeSgemm>(env, exports, "cpuSgemm");
+  exportOp<makeSigmoidPairLoss>(env, exports, "cpuSigmoidPairLoss");
+  exportOp<makeZscoreLinear>(env, exports, "cpuZscoreLinear");
   exports.Set("cpuInfo", Napi::Function::New(env, Info, "cpuInfo"));
   exports.Set("cpuSetThreads", Napi::Function::New(env, SetThreads, "cpuSetThreads"));
   exports.Set("cpuSetGemm", Napi::Function::New(env, SetGemm, "cpuSetGemm"));
+  exports.Set("cpuSetBf16Gemm", Napi::Function::New(env, SetBf16Gemm, "cpuSetBf16Gemm"));
 }
 
 }  // namespace cutloss::cpu

@@ -63,6 +63,9 @@ struct LinearCrossEntropyStats {
   int64_t workspaceBytes = 0;  // the logit chunk actually allocated
   int64_t blocks = 0;          // vocabulary blocks visited by the backward (all chunks)
   int64_t skippedBlocks = 0;   // of those, skipped by filterEps
+  int64_t sparseBlocks = 0;    // of those, done as per-entry products of the entries filterEps left
+  int64_t gradEntries = 0;     // entries of the gradient N×V the backward formed
+  int64_t gradEntriesUsed = 0;  // of those, the ones its products spent work on (dense slices whole)
 };
 
 /**

@@ -19,8 +19,15 @@
 // threads flush denormals to zero, but the BLAS's own threads do not, and a product of a tiny
 // normal G entry and a weight can still be denormal; so entries below 2^-60 of their row's
 // largest are zeroed before the GEMMs (far below what fp32 sums of that row can resolve).
-// filterEps > 0 drops, per chunk, the vocabulary slices whose every |dloss/dz| is below
-// filterEps (relative to the row's scale, as lib/js/fusedLoss.ts), and the GEMMs skip them.
+// filterEps > 0, the rule of every backend (lib/js/fusedLoss.ts, the kernels): per chunk, the
+// vocabulary slices whose every |dloss/dz| is below filterEps (relative to the row's scale) are
+// skipped. Single entries are dropped too, below min(filterEps, 2^-24/V) only (the f32 default
+// of lib/options.ts): the entries a row drops then sum to under 2^-24 of its scale, f32
+// rounding of the gradient, whatever filterEps allows per tile. Dropped entries are zeroed
+// (without softcap, where dloss/dx = dloss/dz / T), so a slice's count of the entries left says
+// what its products cost: a sparse slice (a trained model's peaked rows leave a few entries per
+// row, in different columns for every row, so no slice is empty) runs as per-entry products,
+// dE_i += g_ij·W_j and dW_j += g_ij·E_i, a dense one as the GEMMs.
 #include "cpu_math.h"
 // after cpu_math.h, which must come first
 #include <algorithm>
@@ -28,6 +35,7 @@
 #include <memory>
 #include <vector>
 
+#include "bf16_gemm.h"
 #include "gemm.h"
 #include "host_memory.h"
 #include "loss_rows.h"
@@ -35,6 +43,15 @@
 namespace cutloss::cpu {
 
 namespace {
+
+/**
+ * Slices whose entries left are at most this fraction of the slice go as per-entry products:
+ * one costs two D-long axpys from rows in cache, about what a GEMM spends on 8 entries.
+ */
+constexpr double kSparseSliceDensity = 1.0 / 8.0;
+
+/** Single entries are dropped below this fraction of the row's scale, over V (lib/options.ts's defaultF32FilterEps). */
+constexpr double kEntryFilterMass = 0x1p-24;
 
 /** x_j += b_j: the bias joins the logits before anything reads them. */
 CUTLOSS_CPU_INLINE void addBias(float* x, const float* bias, int n) {
@@ -44,9 +61,12 @@ CUTLOSS_CPU_INLINE void addBias(float* x, const float* bias, int n) {
 
 /**
  * After a row's gradient: fold it into the thread's dBias partial (if any) and zero the
- * entries below 2^-60 of the row's largest, so the BLAS never meets denormal products.
+ * entries below 2^-60 of the row's largest, so the BLAS never meets denormal products. With
+ * sliceCounts (entry filtering), also zero the entries below `entryThreshold`, and per slice of
+ * kFilterBlockCols columns count the entries left and flag a slice holding one ≥ sliceThreshold.
  */
-CUTLOSS_CPU_INLINE void finishGradRow(float* g, int n, float* biasPartial) {
+CUTLOSS_CPU_INLINE void finishGradRow(float* g, int n, float* biasPartial, float entryThreshold, float sliceThreshold,
+                                      int32_t* sliceCounts, uint8_t* sliceFlags) {
   float maxAbs = 0.0f;
   float minAbs = positiveInfinity();  // smallest nonzero
   if (biasPartial != nullptr) {
@@ -65,11 +85,63 @@ CUTLOSS_CPU_INLINE void finishGradRow(float* g, int n, float* biasPartial) {
       minAbs = a != 0.0f && a < minAbs ? a : minAbs;
     }
   }
-  if (maxAbs == positiveInfinity()) return;  // an infinite entry: the others keep their values
-  const float floor = maxAbs * 8.67361738e-19f;  // 2^-60
+  // an infinite entry: the others keep their values (but for filtering)
+  const float floor = maxAbs == positiveInfinity() ? 0.0f : maxAbs * 8.67361738e-19f;  // 2^-60
+  if (sliceCounts != nullptr) {
+    const float t = fmaxf(entryThreshold, floor);
+    for (int b0 = 0, s = 0; b0 < n; b0 += static_cast<int>(kFilterBlockCols), s++) {
+      const int b1 = b0 + kFilterBlockCols < n ? b0 + static_cast<int>(kFilterBlockCols) : n;
+      int count = 0;
+      int significant = 0;
+#pragma omp simd reduction(+ : count) reduction(| : significant)
+      for (int j = b0; j < b1; j++) {
+        const float a = fabsf(g[j]);
+        const bool keep = !(a < t);  // NaN is never dropped
+        significant |= !(a < sliceThreshold) ? 1 : 0;
+        g[j] = keep ? g[j] : 0.0f;
+        count += keep ? 1 : 0;
+      }
+      sliceCounts[s] += count;
+      sliceFlags[s] |= static_cast<uint8_t>(significant);
+    }
+    return;
+  }
   if (!(minAbs < floor)) return;
 #pragma omp simd
   for (int j = 0; j < n; j++) g[j] = fabsf(g[j]) < floor ? 0.0f : g[j];
+}
+
+/** y += a·x over n floats. */
+CUTLOSS_CPU_INLINE void axpy(int64_t n, float a, const float* __restrict x, float* __restrict y) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; k++) y[k] += a * x[k];
+}
+
+/**
+ * The products of one sparse slice [c0, c1) of the chunk's gradient G (zeros where dropped):
+ * dE_i += g_ij·W_j into the thread's partial, dW_j += g_ij·E_i (dW starts zero-filled).
+ * Groups of 16 columns are tested at once: most hold nothing.
+ */
+CUTLOSS_CPU_CLONES void sparseSliceProducts(const float* G, int64_t ldg, int64_t nr, int64_t c0, int64_t c1, const float* W,
+                                            const float* Ec, int64_t D, float* dE, float* dW) {
+  for (int64_t i = 0; i < nr; i++) {
+    const float* g = G + i * ldg;
+    float* dEi = dE + i * D;
+    const float* Ei = Ec + i * D;
+    for (int64_t j0 = c0; j0 < c1; j0 += 16) {
+      const int64_t j1 = std::min(c1, j0 + 16);
+      int any = 0;
+#pragma omp simd reduction(| : any)
+      for (int64_t j = j0; j < j1; j++) any |= g[j] != 0.0f ? 1 : 0;  // NaN counts
+      if (!any) continue;
+      for (int64_t j = j0; j < j1; j++) {
+        const float v = g[j];
+        if (v == 0.0f) continue;
+        axpy(D, v, W + j * D, dEi);
+        if (dW != nullptr) axpy(D, v, Ei, dW + j * D);
+      }
+    }
+  }
 }
 
 struct ChunkRowsArgs {
@@ -83,10 +155,12 @@ struct ChunkRowsArgs {
   const float* scaleUnweighted;
   bool grad;
   const LossRowsOut* out;
+  float entryFilterEps;  // > 0: zero the entries below it (times the row's scale and 1/T) and count them
+  float sliceFilterEps;  // with it: flag the slices holding an entry at or above this
 };
 
 CUTLOSS_CPU_CLONES void linearChunkRows(const ChunkRowsArgs& a, float* z, float* candidates, float* biasPartial,
-                                        uint8_t* blockFlags, int64_t i0, int64_t i1) {
+                                        uint8_t* blockFlags, int32_t* sliceCounts, int64_t i0, int64_t i1) {
   const int V = static_cast<int>(a.V);  // a row's columns fit an int (the binding checks V < 2^31)
   for (int64_t i = i0; i < i1; i++) {
     const int64_t r = a.row0 + i;
@@ -99,7 +173,7 @@ CUTLOSS_CPU_CLONES void linearChunkRows(const ChunkRowsArgs& a, float* z, float*
     io.z = z;
     io.candidates = candidates;
     io.grad = a.grad ? x : nullptr;
-    io.blockFlags = blockFlags;
+    io.blockFlags = sliceCounts == nullptr ? blockFlags : nullptr;  // else finishGradRow flags the slices
     io.nextBytes = a.V * static_cast<int64_t>(sizeof(float));
     io.next = i + 1 < i1 ? x + a.V : nullptr;
     io.store = nullptr;
@@ -107,7 +181,15 @@ CUTLOSS_CPU_CLONES void linearChunkRows(const ChunkRowsArgs& a, float* z, float*
     a.out->lse[r] = res.lse;
     a.out->weighted[r] = res.weighted;
     a.out->unweighted[r] = res.unweighted;
-    if (a.grad) finishGradRow(x, V, biasPartial);
+    if (!a.grad) continue;
+    float entryThreshold = 0.0f, sliceThreshold = 0.0f;
+    if (sliceCounts != nullptr) {
+      // as lossRow's: a row whose scale is 0 has no gradient to keep
+      const float scale = fmaxf(fabsf(io.scaleWeighted), fabsf(io.scaleUnweighted)) * a.call->p.invTemperature;
+      entryThreshold = scale == 0.0f ? positiveInfinity() : a.entryFilterEps * scale;
+      sliceThreshold = scale == 0.0f ? positiveInfinity() : a.sliceFilterEps * scale;
+    }
+    finishGradRow(x, V, biasPartial, entryThreshold, sliceThreshold, sliceCounts, blockFlags);
   }
 }
 
@@ -145,6 +227,13 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
     parallelFor(V, rowGrain(D), [&](int64_t v0, int64_t v1, int) { widenRows(src + v0 * D, dst + v0 * D, (v1 - v0) * D); });
     W32 = dst;
   }
+  // bf16 E and W where the CPU has bf16 matrix instructions: the GEMMs take their bits (the
+  // widened copies serve the sparse slices); G is rounded to bf16 for the backward GEMMs
+  // (bf16_gemm.h), which adds at most 2^-9·Σ_j|g_ij·W_jk| to a gradient entry.
+  const bool bf16Gemm = E.dtype == DType::BF16 && W.dtype == DType::BF16 && bf16GemmActive();
+  const auto* Wb = static_cast<const uint16_t*>(W.data);
+  std::vector<std::vector<uint16_t>> gBf16(bf16Gemm && grad ? threads : 0,
+                                           std::vector<uint16_t>(static_cast<size_t>(chunkRows * std::min(V, kFilterBlockCols))));
   std::unique_ptr<HostBuffer> eChunk;
   if (E.dtype == DType::BF16) eChunk = std::make_unique<HostBuffer>(static_cast<size_t>(chunkRows * D) * sizeof(float));
 
@@ -157,7 +246,13 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   Scratch dEPartial(grad ? chunkRows * D : 0);  // each thread's share of G·W for the chunk
   const int64_t slices = (V + kFilterBlockCols - 1) / kFilterBlockCols;
   const bool filtering = call.filterEps > 0.0f;
+  // per-entry filtering where dloss/dx is dloss/dz times one constant (1/T); per-slice flags otherwise
+  const bool entryFiltering = filtering && p.softcap == 0.0f;
   std::vector<std::vector<uint8_t>> flags(filtering ? threads : 0, std::vector<uint8_t>(static_cast<size_t>(slices)));
+  // a row's dropped single entries sum to under kEntryFilterMass of its scale
+  const float entryEps = std::min(call.filterEps, static_cast<float>(kEntryFilterMass / static_cast<double>(p.vocab)));
+  std::vector<std::vector<int32_t>> counts(entryFiltering ? threads : 0, std::vector<int32_t>(static_cast<size_t>(slices)));
+  std::vector<uint8_t> sparse(static_cast<size_t>(slices), 0);
   std::vector<uint8_t> kept(static_cast<size_t>(slices), 1);
   std::vector<uint8_t> dEStarted(static_cast<size_t>(threads));
   const auto sliceCols = [&](int64_t s) { return std::pair<int64_t, int64_t>{s * kFilterBlockCols, std::min(V, (s + 1) * kFilterBlockCols)}; };
@@ -167,6 +262,7 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
     const int64_t nr = std::min(chunkRows, N - r0);
     stats.chunks++;
     const float* Ec = static_cast<const float*>(E.data) + r0 * D;
+    const uint16_t* Ecb = static_cast<const uint16_t*>(E.data) + r0 * D;
     if (E.dtype == DType::BF16) {
       const auto* src = static_cast<const uint16_t*>(E.data) + r0 * D;
       float* dst = eChunk->as<float>();
@@ -179,19 +275,44 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
     parallelFor(slices, 1, [&](int64_t s0, int64_t s1, int) {
       for (int64_t s = s0; s < s1; s++) {
         const auto [c0, c1] = sliceCols(s);
-        sgemmSerial(false, true, nr, c1 - c0, D, 1.0f, Ec, D, W32 + c0 * D, D, 0.0f, L + c0, V);
+        if (bf16Gemm) {
+          bf16GemmSerial(false, true, nr, c1 - c0, D, Ecb, D, Wb + c0 * D, D, 0.0f, L + c0, V);
+        } else {
+          sgemmSerial(false, true, nr, c1 - c0, D, 1.0f, Ec, D, W32 + c0 * D, D, 0.0f, L + c0, V);
+        }
       }
     });
 
     // 2. each row: + b, its loss, its gradient G in place
-    ChunkRowsArgs args{&call, L, r0, V, bias, labels, scaleWeighted, scaleUnweighted, grad, &out.rows};
+    ChunkRowsArgs args{&call, L, r0, V, bias, labels, scaleWeighted, scaleUnweighted, grad, &out.rows,
+                       entryFiltering ? entryEps : 0.0f, call.filterEps};
     parallelFor(nr, rowGrain(V), [&](int64_t i0, int64_t i1, int w) {
-      linearChunkRows(args, z[w], candidates[w], biasPartial[w], filtering ? flags[w].data() : nullptr, i0, i1);
+      linearChunkRows(args, z[w], candidates[w], biasPartial[w], filtering ? flags[w].data() : nullptr,
+                      entryFiltering ? counts[w].data() : nullptr, i0, i1);
     });
     if (!grad) continue;
 
-    // Which vocabulary slices the backward visits.
-    if (filtering) {
+    // Which vocabulary slices the backward visits, and how: a slice of few entries left costs
+    // less as per-entry products than as a GEMM over all of it.
+    stats.gradEntries += nr * V;
+    if (entryFiltering) {
+      for (int64_t s = 0; s < slices; s++) {
+        int64_t left = 0;
+        uint8_t any = 0;
+        for (int t = 0; t < threads; t++) {
+          left += counts[t][s];
+          counts[t][s] = 0;
+          any |= flags[t][s];
+          flags[t][s] = 0;
+        }
+        const auto [c0, c1] = sliceCols(s);
+        const int64_t entries = nr * (c1 - c0);
+        kept[s] = any && left > 0 ? 1 : 0;
+        sparse[s] = kept[s] && static_cast<double>(left) <= kSparseSliceDensity * static_cast<double>(entries) ? 1 : 0;
+        stats.sparseBlocks += sparse[s];
+        stats.gradEntriesUsed += sparse[s] ? left : kept[s] ? entries : 0;
+      }
+    } else if (filtering) {
       for (int64_t s = 0; s < slices; s++) {
         uint8_t any = 0;
         for (auto& f : flags) {
@@ -200,6 +321,9 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
         }
         kept[s] = any;
       }
+    }
+    if (!entryFiltering) {
+      for (int64_t s = 0; s < slices; s++) stats.gradEntriesUsed += kept[s] ? nr * (sliceCols(s).second - sliceCols(s).first) : 0;
     }
     stats.blocks += slices;
     for (int64_t s = 0; s < slices; s++) stats.skippedBlocks += kept[s] ? 0 : 1;
@@ -211,7 +335,20 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
     parallelFor(slices, 1, [&](int64_t s0, int64_t s1, int w) {
       for (int64_t s = s0; s < s1; s++) {
         const auto [c0, c1] = sliceCols(s);
-        if (kept[s]) {
+        if (kept[s] && sparse[s]) {
+          if (!dEStarted[w]) std::memset(dEPartial[w], 0, static_cast<size_t>(nr * D) * sizeof(float));
+          dEStarted[w] = 1;
+          sparseSliceProducts(L, V, nr, c0, c1, W32, Ec, D, dEPartial[w], out.dW);
+        } else if (kept[s] && bf16Gemm) {
+          uint16_t* Gb = gBf16[w].data();
+          roundToBf16(L + c0, V, nr, c1 - c0, Gb);
+          bf16GemmSerial(false, false, nr, D, c1 - c0, Gb, c1 - c0, Wb + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
+                         dEPartial[w], D);
+          dEStarted[w] = 1;
+          if (out.dW != nullptr) {
+            bf16GemmSerial(true, false, c1 - c0, D, nr, Gb, c1 - c0, Ecb, D, r0 == 0 ? 0.0f : 1.0f, out.dW + c0 * D, D);
+          }
+        } else if (kept[s]) {
           sgemmSerial(false, false, nr, D, c1 - c0, 1.0f, L + c0, V, W32 + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
                       dEPartial[w], D);
           dEStarted[w] = 1;

@@ -39,7 +39,8 @@ struct LossCall {
 inline LossCall makeLossCall(const LossParams& p, const float* ones, float filterEps) {
   LossCall c;
   c.p = p;
-  c.k = LossConstants{p.vocab, p.normalizer, p.smoothing, p.focalGamma, p.polyEpsilon, p.zLoss, p.squentropy};
+  c.k = LossConstants{p.vocab, p.normalizer, p.smoothing, p.focalGamma, p.polyEpsilon, p.zLoss, p.squentropy,
+                      p.generalizedCE};
   c.plain = p.softcap == 0.0f && p.invTemperature == 1.0f && p.classWeights == nullptr && p.smoothing == 0.0f &&
             p.squentropy == 0.0f;
   c.weights = p.classWeights != nullptr ? p.classWeights : ones;

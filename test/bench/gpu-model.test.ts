@@ -1,7 +1,11 @@
 // The GPU performance model's arithmetic and parsers (bench/gpu-model.ts), without nvcc: the
 // model itself (`npm run bench:gpu-model`) compiles the kernels, which takes minutes here.
 import { describe, expect, it } from 'vitest';
-import { CASES, GPUS, backwardEstimate, forwardEstimate, mmaStepMix, parsePtxasLog, threeGemmSeconds } from '../../bench/gpu-model.js';
+import {
+  CASES, GPUS, MMA_FORWARD, backwardEstimate, blocksPerSm, forwardEstimate, meanLogitOrder, mmaBackwardEstimate, mmaStepMix,
+  orderSeconds,
+  parsePtxasLog, skippedTiles, threeGemmSeconds, trainedLikeHead,
+} from '../../bench/gpu-model.js';
 
 const LOG = `ptxas info    : Compiling entry function '_ZN7cutloss3gpu24linearCeForwardMmaKernelINS0_7MmaBf16EEEvNS0_12LinearCeArgsE' for 'sm_80'
 ptxas info    : Function properties for _ZN7cutloss3gpu24linearCeForwardMmaKernelINS0_7MmaBf16EEEvNS0_12LinearCeArgsE
@@ -46,14 +50,80 @@ describe('GPU performance model (a model, not a measurement)', () => {
     expect(t * 1e3).toBeCloseTo(92.9, 1);
     expect(t70).toBeCloseTo(t / 0.7, 12);
   });
+  it('splits a nested k-loop from the epilogue of the class-tile loop around it', () => {
+    const nested = `
+$L__BB0_10:
+	mov.u32 %r1, 0;
+$L__BB0_11:
+	cp.async.wait_group 2;
+	bar.sync 	0;
+	ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%r3, %r4, %r5, %r6}, [%r7+1024];
+	mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1, %f2, %f3, %f4}, {%r3, %r4, %r5, %r6}, {%r8, %r9}, {%f1, %f2, %f3, %f4};
+	@%p1 bra 	$L__BB0_11;
+	shfl.sync.bfly.b32 %r10, %r11, 1, 31, -1;
+$L__BB0_12:
+	add.f32 %f5, %f5, %f6;
+	@%p3 bra 	$L__BB0_12;
+	@%p2 bra 	$L__BB0_10;
+	ret;`;
+    expect(mmaStepMix(nested.split('\n'))).toEqual(
+      { instructions: 5, mma: 1, ldmatrix: 1, cpAsync: 0, barriers: 1, epilogueInstructions: 4 });
+  });
+  it('counts resident blocks from registers per warp, shared memory and warps', () => {
+    // 240 registers × 128 threads: 2 blocks in 64 Ki registers; 255 × 256 threads: 1
+    expect(blocksPerSm(GPUS[0]!, 240, 128, MMA_FORWARD.sharedBytes)).toBe(2);
+    expect(blocksPerSm(GPUS[0]!, 255, 256, 1024)).toBe(1);
+    expect(blocksPerSm(GPUS[0]!, 64, 128, 80 * 1024)).toBe(2); // shared memory: 164 KiB holds two
+    expect(blocksPerSm(GPUS[0]!, 32, 256, 0)).toBe(8); // 64 warps
+  });
   it('the forward is never faster than its tensor time, and a heavier loop is slower', () => {
     const mix = { instructions: 234, mma: 32, ldmatrix: 12, cpAsync: 4, barriers: 1, epilogueInstructions: 5000 };
-    const f = forwardEstimate(CASES[0]!, GPUS[0]!, { registers: 122, sharedBytes: 79872, mix });
+    const facts = { registers: 122, sharedBytes: 79872, threads: 256 };
+    const f = forwardEstimate(CASES[0]!, GPUS[0]!, { ...facts, mix });
     expect(f.blocksPerSm).toBe(2);
     expect(f.seconds).toBeGreaterThanOrEqual(f.parts.tensor!);
-    const heavy = forwardEstimate(CASES[0]!, GPUS[0]!, { registers: 122, sharedBytes: 79872, mix: { ...mix, instructions: 2 * 234 } });
+    const heavy = forwardEstimate(CASES[0]!, GPUS[0]!, { ...facts, mix: { ...mix, instructions: 2 * 234 } });
     expect(heavy.seconds).toBeGreaterThan(f.seconds);
+    // the same tile in 4 warps of 64 × 64: half the shared-memory reads per mma, half the warps issuing
+    const wide = forwardEstimate(CASES[0]!, GPUS[0]!,
+      { registers: 240, ...MMA_FORWARD, mix: { ...mix, instructions: 153, mma: 64, ldmatrix: 16 } });
+    expect(wide.parts.smem!).toBeCloseTo(f.parts.smem! * (4 * 16 * 512 + 16384) / (8 * 12 * 512 + 16384), 12);
+    expect(wide.parts.issue!).toBeLessThan(f.parts.issue!);
     const b = backwardEstimate(CASES[0]!, GPUS[0]!, 36);
     expect(b.parts.atomics! * 1e3).toBeCloseTo((Math.ceil(8192 / 64) * 4000 * 2 * 64 * 2304 * 8) / 2e12 * 1e3, 6);
+  });
+  it('flushing dE once per run of class tiles removes up to half the reductions, not the streamed operands', () => {
+    const step = { instructions: 100, mma: 32, ldmatrix: 12, reductions: 0 };
+    const f = { registers: 216, sharedBytes: 108544, logitStep: step, sliceStep: { ...step, ldmatrix: 48, reductions: 32 } };
+    const [c, g] = [CASES[0]!, GPUS[0]!];
+    const one = mmaBackwardEstimate(c, g, f);
+    const all = mmaBackwardEstimate(c, g, f, 0, Infinity);
+    const tiles = 64 * 2000;
+    const streamed = (2 * tiles * 72 * 2 * 128 * 64) / g.l2;
+    expect(one.parts.l2!).toBeCloseTo(streamed + (tiles * 2 * 128 * 2304 / 4) * 32 / g.l2, 9);
+    expect(all.parts.l2!).toBeCloseTo(streamed + (tiles * 128 * 2304 / 4) * 32 / g.l2, 9);
+    expect(mmaBackwardEstimate(c, g, f, 0, 2).seconds).toBeLessThan(one.seconds);
+  });
+  it('measures skipped tiles on a trained-like head: the mean-logit order skips more than class ids do', () => {
+    const h = trainedLikeHead(3, 128, 16, 4096);
+    const order = meanLogitOrder(h);
+    expect(Array.from(order).sort((a, b) => a - b)).toEqual(Array.from({ length: 4096 }, (_, i) => i));
+    // descending mean logit, recomputed here in float64
+    const mean = Array.from({ length: 16 }, (_, d) => h.E.filter((_, i) => i % 16 === d).reduce((a, v) => a + v, 0) / 128);
+    const key = (c: number) => mean.reduce((a, m, d) => a + m * h.W[c * 16 + d]!, 0);
+    for (let j = 1; j < 4096; j++) expect(key(order[j - 1]!)).toBeGreaterThanOrEqual(key(order[j]!) - 1e-9);
+    const sorted = skippedTiles(h, order);
+    const ids = skippedTiles(h, null);
+    expect(sorted.visited).toBe(32);
+    expect(ids.visited).toBe(32);
+    expect(sorted.skipped).toBeGreaterThan(ids.skipped);
+    expect(skippedTiles(h, order, 1e30).skipped).toBe(32);
+    expect(skippedTiles(h, order, 0).skipped).toBe(0);
+  });
+  it('the vocabulary order costs at least one read of E and W', () => {
+    const c = CASES[0]!;
+    const t = orderSeconds(c, GPUS[0]!);
+    expect(t).toBeGreaterThan(((c.N + c.V) * c.D * 2) / 2e12);
+    expect(t).toBeLessThan(0.01 * threeGemmSeconds(c, GPUS[0]!)[0] * 10);
   });
 });

@@ -58,3 +58,15 @@ describe.skipIf(skipReason !== null || !emu.available)('vocabParallel and dataPa
     expect(r.status).toBe(0);
   }, 60_000);
 });
+
+describe.skipIf(skipReason !== null)('Partial FC (classSample) over vocabParallel', () => {
+  it.each([2, 3])('mpirun -np %i: each rank samples its slice; the loss equals one process over the union of the samples', (np) => {
+    const { r, results } = runWorker(np, ['test/mpi/classSampleWorker.ts', emu.available ? 'js,cpu,cuda-emu' : 'js,cpu']);
+    expect(results.map((x) => x.rank).sort(), `${r.stderr}\n${r.stdout}`).toEqual([...Array(np).keys()]);
+    for (const x of results) {
+      expect(x.checks).toBeGreaterThan(20);
+      expect(x.failures, `rank ${x.rank}`).toEqual([]);
+    }
+    expect(r.status).toBe(0);
+  }, 120_000);
+});

@@ -1,8 +1,10 @@
 // Fuzzes the addon's raw entry points (src/addon.cc, src/ops.cc, src/sharing.cc, src/cpu/binding.cc) in a process of its own:
 // thousands of calls with random, malformed and hostile arguments (wrong types, shapes that
 // overrun buffers, freed ids, detached and shared buffers, getters that free buffers or
-// detach arrays mid-call, sync and async). Every call must return or throw an Error whose
-// code is one of CutlossError's; no input, host or device, may change. A crash kills this
+// detach arrays mid-call, sync and async; caller-provided outputs that are too short, of the
+// wrong kind, shared with an input, or the input itself for in-place dLogits). Every call must
+// return or throw an Error whose code is one of CutlossError's; no input, host or device, may
+// change (outputs are arrays and buffers of their own, or inputs the call no longer tracks). A crash kills this
 // process, which fails the test that runs it. Prints one JSON summary line.
 //   node test/native/fuzz-child.mjs [calls] [seed]
 import { createRequire } from 'node:module';
@@ -39,6 +41,8 @@ const buffers = new Map();
 const freed = [];
 /** Host arrays passed to the current call, with their bytes before it. */
 let hostInputs = [];
+/** Buffers an op may write (outputs, in-place inputs): not compared, freed at the end. */
+const untracked = [];
 
 function bytesOf(view) {
   return new Uint8Array(view.buffer, view.byteOffset, view.byteLength).slice();
@@ -59,6 +63,18 @@ function forget(id) {
 function liveId() {
   if (buffers.size === 0 || chance(0.1)) return newBuffer();
   return pick([...buffers.keys()]);
+}
+
+/** Stops comparing an input the call may write (in place, or an output that shares its memory). */
+function untrack(view) {
+  hostInputs = hostInputs.filter((h) => h.view !== view);
+}
+
+/** A device buffer the call may write, of `bytes`; freed at the end. */
+function outputBuffer(bytes) {
+  const id = addon.alloc(0, Math.max(0, Math.min(bytes, 1 << 16)));
+  untracked.push(id);
+  return id;
 }
 
 function hostInput(view) {
@@ -201,10 +217,31 @@ function linearConfig() {
   return c;
 }
 
-/** Loss forward states the fuzzer holds for backward calls. */
+/** Loss forward states the fuzzer holds for backward calls, with their logits matrix. */
 const states = [];
-/** What exportBuffer returned, for importBuffer calls. */
+
+const isPlainMatrix = (x) => typeof x === 'object' && x !== null && Object.getPrototypeOf(x) === Object.prototype &&
+  ['id', 'dtype', 'rows', 'cols'].every((k) => Object.getOwnPropertyDescriptor(x, k)?.value !== undefined) &&
+  [x.rows, x.cols].every((v) => Number.isSafeInteger(v) && v >= 0 && v < 4096) && (x.dtype === 0 || x.dtype === 1);
+
+/**
+ * A device output like the matrix `like` ({ id, dtype, rows, cols } or undefined): a buffer of
+ * its own (sometimes a row short, or of the other dtype), the matrix itself (in place: its
+ * buffer is no longer compared), or anything at all.
+ */
+function deviceOutput(like, inPlace = true) {
+  const r = next();
+  if (like === undefined || r < 0.1) return chance(0.5) ? anyValue() : hostileObject();
+  const dtype = chance(0.9) ? like.dtype : 1 - like.dtype;
+  const rows = chance(0.9) ? like.rows : like.rows + 1;
+  // an exported buffer may have a tracked import on the same memory: never written in place
+  if (r < 0.75 || !inPlace || exportedIds.has(like.id)) return { id: outputBuffer(rows * like.cols * (dtype === 1 ? 2 : 4)), dtype, rows, cols: like.cols };
+  if (buffers.delete(like.id)) untracked.push(like.id);
+  return like;
+}
+/** What exportBuffer returned, for importBuffer calls; and every id it was asked for. */
 const exported = [];
+const exportedIds = new Set();
 
 function importArgs() {
   const e = exported.length > 0 && chance(0.85) ? pick(exported) : null;
@@ -246,6 +283,29 @@ function hostMatrix() {
 }
 
 const upstreamOf = (m) => floats(chance(0.92) ? m.elements : m.elements + 1);
+
+/** A Float32Array of n elements the call may write (not an input), sometimes of another length. */
+const outputArray = (n) => new Float32Array(chance(0.9) ? n : n + 1);
+
+/**
+ * cpuCrossEntropy's dLogits output: a new array; the logits themselves (in place); an array
+ * sharing the logits' memory a little further on; or anything at all.
+ */
+function hostOutput(m) {
+  const data = m[0];
+  const r = next();
+  if (r < 0.5) return outputArray(m.elements);
+  if (r < 0.7 && data instanceof Float32Array) {
+    untrack(data);
+    return data;
+  }
+  if (r < 0.85 && data instanceof Float32Array && data.length > 1) {
+    untrack(data);
+    const shifted = new Float32Array(data.buffer, data.byteOffset + 4, data.length - 1);
+    return chance(0.5) ? shifted : new Float32Array(data.buffer, data.byteOffset, data.length);
+  }
+  return anyValue();
+}
 const hostMask = (m) => (chance(0.5) ? null : typedArray(Uint8Array, chance(0.5) ? m.V : m.elements, () => int(2)));
 
 /** Loss params; sometimes with a getter that detaches every host array of this call before the call reads them. */
@@ -283,6 +343,7 @@ function cpuEntries() {
       return [
         ...m, maybe(() => labels({ rows: N, cols: V })), cpuParams(), maybe(() => (chance(0.5) ? null : floats(chance(0.9) ? V : V + 1))),
         maybe(() => (grad ? floats(chance(0.9) ? N : N + 1) : null), 0.04), maybe(() => (grad ? floats(N) : null), 0.04),
+        ...(chance(0.4) ? [hostOutput(m)] : []),
       ];
     },
     cpuLinearCrossEntropy: () => {
@@ -301,6 +362,8 @@ function cpuEntries() {
         maybe(() => (chance(0.5) ? null : floats(chance(0.95) ? Vc : Vc + 1)), 0.03),
         maybe(() => (grad ? floats(chance(0.9) ? N : N + 1) : null), 0.04), maybe(() => (grad ? floats(N) : null), 0.04),
         maybe(() => pick([0, 0, 2 ** -12, 1e30])), maybe(() => pick([1, 64, 4 * Vc * 4, 2 ** 26]), 0.05),
+        // caller-provided dE, dW, dBias
+        ...(chance(0.4) ? [maybe(() => outputArray(N * D)), maybe(() => outputArray(Vc * D)), maybe(() => outputArray(Vc))] : []),
       ];
     },
     cpuSgemm: () => {
@@ -366,12 +429,18 @@ const ENTRIES = {
     const w = sameShape(W);
     const V = w && Number.isSafeInteger(w.rows) && w.rows > 0 && w.rows < 4096 ? w.rows : 3;
     const grad = chance(0.6);
-    return [
+    const args = [
       E, W, maybe(() => labels({ rows: N, cols: V })), lossParams(),
       maybe(() => (chance(0.5) ? null : floats(chance(0.9) ? V : V + 1))), maybe(() => (chance(0.5) ? null : floats(chance(0.9) ? V : V + 1))),
       maybe(linearConfig, 0.04), maybe(() => (grad ? floats(chance(0.9) ? N : N + 1) : null), 0.04),
       maybe(() => (grad ? floats(N) : null), 0.04),
     ];
+    if (chance(0.4)) {
+      // caller-provided dE and dW: buffers of their own, or the inputs themselves (refused: shared memory)
+      const out = (m) => (isPlainMatrix(m) && chance(0.2) ? m : deviceOutput(isPlainMatrix(m) ? m : undefined, false));
+      args.push(out(E), out(W));
+    }
+    return args;
   },
   linearCrossEntropyWorkspaceBytes: () => [
     maybe(() => int(100)), maybe(() => 1 + int(100)), maybe(() => 1 + int(1000)), maybe(() => int(3)), maybe(linearConfig),
@@ -380,7 +449,9 @@ const ENTRIES = {
   crossEntropyBackward: () => {
     const st = states.length > 0 && chance(0.9) ? pick(states) : null;
     const n = st !== null ? st.rows : int(5);
-    return [maybe(() => (st !== null ? st.state : anyValue())), maybe(() => floats(chance(0.9) ? n : n + 2)), maybe(() => floats(n))];
+    const args = [maybe(() => (st !== null ? st.state : anyValue())), maybe(() => floats(chance(0.9) ? n : n + 2)), maybe(() => floats(n))];
+    if (chance(0.4)) args.push(deviceOutput(st?.logits));
+    return args;
   },
   ...cpuEntries(),
 };
@@ -431,6 +502,7 @@ function adoptResult(name, args, r) {
     return;
   }
   if (name === 'exportBuffer') {
+    exportedIds.add(args[0]);
     // The newest exports: older ones' buffers have likely been freed since.
     exported.push({ ...r, bytes: addon.byteLength(args[0]) });
     if (exported.length > 16) exported.shift();
@@ -439,7 +511,7 @@ function adoptResult(name, args, r) {
   if (name === 'crossEntropyForward') {
     const rows = addon.byteLength(r.lse) / 4;
     for (const k of ['lse', 'weighted', 'unweighted']) addon.free(r[k]);
-    states.push({ state: r.state, rows });
+    states.push({ state: r.state, rows, logits: isPlainMatrix(args[0]) ? { ...args[0] } : undefined });
     if (states.length > 6) addon.free(states.shift().state);
   }
 }
@@ -520,6 +592,7 @@ await Promise.all(pending);
 
 // Everything freed, every job done: no buffer may be left behind.
 for (const id of buffers.keys()) addon.free(id);
+for (const id of untracked) addon.free(id);
 for (const s of states) addon.free(s.state);
 const left = addon.stats();
 if (left.buffers !== 0 || left.handles !== 0) fail(`leaked: ${JSON.stringify(left)}`);

@@ -19,6 +19,7 @@ import { native, setEmulatorOrder } from '../../lib/native.js';
 import { gradientScales, reduceLoss } from '../../lib/nativeBackend.js';
 import { resolveLossOptions, type LinearCrossEntropyOptions, type ResolvedLossOptions } from '../../lib/options.js';
 import type { Matrix } from '../../lib/tensor.js';
+import { meanLogitOrder, skippedTiles, trainedLikeHead } from '../../bench/gpu-model.js';
 import { casesFor } from '../cases.js';
 import { expectClose, lossList } from '../helpers.js';
 import * as ref from '../reference64.js';
@@ -277,6 +278,7 @@ describe('tensor-core forward: cp.async ring, ldmatrix, mma.sync, epilogue from 
   // Rows of D·(element bytes) a multiple of 16 take the mma forward: several 128-row blocks, class
   // tiles of 128 with a partial last one, splits that end inside a tile, K tails inside a stage.
   const SHAPES_MMA: [number, number, number][] = [[37, 40, 300], [130, 24, 260], [9, 64, 129]];
+  // {} and the focal row run the plain softmax epilogue (linearCeForwardMmaKernel<Op, false>), the others the general one
   const OPTIONS: LinearCrossEntropyOptions[] = [
     {},
     { labelSmoothing: 0.1, zLoss: 1e-3, softcap: 5, temperature: 0.7 },
@@ -318,7 +320,7 @@ describe('tensor-core forward: cp.async ring, ldmatrix, mma.sync, epilogue from 
       expectClose(mma.lse, fma.lse, { rtol: 1e-5, atol: 1e-6, label: `${labels[i]} vs FMA lse` });
     }
   });
-  it('planted bugs in the mma forward are caught: a missing wait_group, B fragments from the wrong chunk', { timeout: SLOW }, () => {
+  it('planted bugs in the mma forward are caught: a missing wait_group, B fragments from the wrong chunk', { timeout: 3 * SLOW }, () => {
     const plant = (from: string, to: string) => {
       let planted = false;
       const runner = buildRunner((file, text) => {
@@ -336,7 +338,7 @@ describe('tensor-core forward: cp.async ring, ldmatrix, mma.sync, epilogue from 
     const [r1] = runKernels(noWait, [request]);
     expect(r1!.ok).toBe(false);
     if (!r1!.ok) expect(r1!.error).toMatch(/shared-memory race in kernel linearCeForwardMma, block \(0,0,0\): thread \(\d+,0,0\) wrote \(cp.async in flight\)/);
-    const wrongChunk = plant('mmaSwizzle(r, 2 * ks + (lane / 8) % 2)', 'mmaSwizzle(r, 2 * ks + lane / 16)');
+    const wrongChunk = plant('8 * (lane / 16), 2 * ks + (lane / 8) % 2)', '8 * (lane / 16), 2 * ks + lane / 16)');
     const [r2] = runKernels(wrongChunk, [request]);
     const g = decode(r2!, p, o);
     expect(g.mmaBlocks).toBeGreaterThan(0);
@@ -402,6 +404,7 @@ describe('tensor-core backward: G once, dE += G·W and dW += Gᵀ·E on mma.sync
   // bf16, rows a 16-byte multiple: the mma backward in atomic mode. Several 128-row blocks, a
   // partial last class tile, splits ending inside a tile, D tails inside a 32-column slice.
   const SHAPES_BWD: [number, number, number][] = [[37, 40, 300], [130, 24, 150], [9, 64, 129], [20, 8, 70]];
+  // {} and the focal row run the plain softmax epilogue (linearCeForwardMmaKernel<Op, false>), the others the general one
   const OPTIONS: LinearCrossEntropyOptions[] = [
     {},
     { labelSmoothing: 0.1, zLoss: 1e-3, softcap: 5, temperature: 0.7 },
@@ -477,6 +480,65 @@ describe('tensor-core backward: G once, dE += G·W and dW += Gᵀ·E on mma.sync
     const [r] = runKernels(noBarrier, [request]);
     expect(r!.ok).toBe(false);
     if (!r!.ok) expect(r!.error).toMatch(/shared-memory race in kernel linearCeBackwardMma/);
+  });
+});
+
+// ---------------------------------------------------------------- vocabulary order
+
+describe('vocabulary order: with filterEps > 0 the backward walks the classes by mean logit', () => {
+  it('changes only the summation order: every backward path, bias, class weights and smoothing', { timeout: SLOW }, () => {
+    // filterEps 1e-30 sorts the vocabulary and skips nothing these logits hold
+    const mma = problem(971, [37, 40, 300], 'bf16', true);     // the tensor-core backward (gathered W rows)
+    const odd = problem(972, [21, 13, 150], 'bf16', true);     // D·2 not a multiple of 16: the FloatTile backward
+    const f32 = problem(973, [33, 17, 200], 'f32', true);      // FMA tiles
+    const weights = Float32Array.from({ length: 300 }, (_, i) => 0.5 + (i % 7) / 7);
+    const cases: [Problem, LinearCrossEntropyOptions, KernelSettings][] = [
+      [mma, { labelSmoothing: 0.1, classWeights: weights, softcap: 5 }, {}],
+      [odd, { normalizer: 'stablemax', zLoss: 1e-3 }, {}],
+      [f32, { focalGamma: 1, labelSmoothing: 0.05 }, {}],
+      [mma, { labelSmoothing: 0.1 }, { deterministic: true }],
+    ];
+    const runs = cases.flatMap(([p, o, s]): [Problem, LinearCrossEntropyOptions, KernelSettings][] =>
+      [[p, o, { ...s, filterEps: 0 }], [p, o, { ...s, filterEps: 1e-30, vocabSplits: 2 }]]);
+    const out = onKernels(runs);
+    for (let i = 0; i < out.length; i += 2) {
+      const [exact, sorted] = [out[i]!, out[i + 1]!];
+      const [p, options] = runs[i]!;
+      const label = `sorted ${JSON.stringify(Object.keys(options))} ${runs[i]![2].deterministic ? 'deterministic' : ''} [${p.E.rows}, ${p.E.cols}, ${p.W.rows}] ${p.E.dtype}`;
+      expect(sorted.skipped, label).toBe(0);
+      expect(sorted.workspaceBytes, `${label}: the order's keys are in the workspace`).toBeGreaterThan(exact.workspaceBytes);
+      const tol = p.E.dtype === 'f32' ? { rtol: 1e-5, atol: 1e-7 } : { rtol: 2 ** -7, atol: 1e-6 };
+      expectClose(sorted.dE!, exact.dE!, { ...tol, label: `${label} dE` });
+      expectClose(sorted.dW!, exact.dW!, { ...tol, label: `${label} dW` });
+      expectClose(sorted.dBias!, exact.dBias!, { ...tol, label: `${label} dBias` });
+      expectMatches(sorted, p, options, p.E.dtype === 'bf16', label, true, p.E.dtype === 'bf16' ? MMA_BACKWARD_TOL : undefined);
+    }
+  });
+
+  it('skips the tiles a host-side count of the sorted walk skips, on a trained-like head', { timeout: SLOW }, () => {
+    const [N, D, V] = [256, 32, 4096];
+    const head = trainedLikeHead(7, N, D, V);
+    const rows = (m: Float32Array, r: number) => Array.from({ length: r }, (_, i) => Array.from(m.subarray(i * D, (i + 1) * D)));
+    const p: Problem = { E: matrix(rows(head.E, N), 'bf16'), W: matrix(rows(head.W, V), 'bf16'), labels: head.labels, bias: null };
+    // the host count sees the very values the kernel does (bf16-decoded)
+    const seen = { ...head, E: Float32Array.from(asRows(p.E).flat()), W: Float32Array.from(asRows(p.W).flat()) };
+    const eps = 2 ** -12;
+    const [exact, filtered] = onKernels([[p, {}, { vocabSplits: 1 }], [p, {}, { filterEps: eps, vocabSplits: 1 }]]);
+    const host = skippedTiles(seen, meanLogitOrder(seen), eps);
+    const unsorted = skippedTiles(seen, null, eps);
+    expect(filtered!.mmaBackwardBlocks).toBeGreaterThan(0);
+    expect(filtered!.visited).toBe(host.visited);
+    // fp32 logits against float64 ones: a tile whose largest coefficient sits at eps may go either way
+    expect(Math.abs(filtered!.skipped - host.skipped)).toBeLessThanOrEqual(1);
+    expect(filtered!.skipped).toBeGreaterThan(unsorted.skipped + host.visited / 5);
+    const n = N;
+    const absMax = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    let maxDiff = 0;
+    for (let i = 0; i < exact!.dE!.length; i++) maxDiff = Math.max(maxDiff, Math.abs(exact!.dE![i]! - filtered!.dE![i]!));
+    // what the filter may drop, plus the bf16 output's rounding of a different summation order
+    expect(maxDiff).toBeLessThanOrEqual((eps / n) * V * absMax(seen.W) + 2 ** -8 * absMax(exact!.dE!));
+    console.log(`trained-like head [${N}, ${D}, ${V}], filterEps 2^-12: the kernel skipped ${filtered!.skipped} of ` +
+      `${filtered!.visited} tiles by mean logit (host count ${host.skipped}), ${unsorted.skipped} in class-id order`);
   });
 });
 
@@ -585,8 +647,8 @@ describe('workspace: O(N + V), never N×V', () => {
     const [N, D, V] = [8192, 4096, 128000];
     const logits = N * V * 4;
     const fwd = bytes(N, D, V, { computeGrad: false });
-    const f32 = bytes(N, D, V);
-    const bf16 = bytes(N, D, V, { dtype: 'bf16' });
+    const f32 = bytes(N, D, V, { filterEps: 0 });
+    const bf16 = bytes(N, D, V, { dtype: 'bf16', filterEps: 0 });
     const sparse = bytes(N, D, V, { normalizer: 'sparsemax' });
     console.log(`N=${N} D=${D} V=${V}: logits ${(logits / 2 ** 20).toFixed(0)} MiB; workspace forward ${(fwd / 2 ** 20).toFixed(2)} MiB, ` +
       `f32 grads ${(f32 / 2 ** 20).toFixed(2)} MiB, sparsemax ${(sparse / 2 ** 20).toFixed(2)} MiB, ` +
@@ -596,6 +658,10 @@ describe('workspace: O(N + V), never N×V', () => {
     expect(sparse).toBeLessThan(logits / 20);
     expect(bf16 - f32).toBeGreaterThanOrEqual((N + V) * D * 4);
     expect(bf16 - f32).toBeLessThan((N + V) * D * 4 + 4096);
+    // filtering walks the vocabulary by mean logit: 32 partial mean rows, 2^17 8-byte keys, V classes
+    const order = 32 * (D + 1) * 4 + 2 ** 17 * 8 + V * 4;
+    expect(bytes(N, D, V, { filterEps: 1e-6 }) - f32).toBeGreaterThanOrEqual(order);
+    expect(bytes(N, D, V, { filterEps: 1e-6 }) - f32).toBeLessThan(order + 1024);
     // doubling V (at many rows: one split per row tile) leaves the forward's workspace as it is
     expect(bytes(65536, D, 2 * V, { computeGrad: false })).toBe(bytes(65536, D, V, { computeGrad: false }));
     // and it is linear in N
@@ -606,7 +672,7 @@ describe('workspace: O(N + V), never N×V', () => {
   it('the launcher uses the plan the binding reports', { timeout: SLOW }, () => {
     const p = problem(9, [37, 19, 300], 'bf16', true);
     for (const options of [{}, { normalizer: 'sparsemax' as const }, { computeGrad: false }]) {
-      const [g] = onKernels([[p, options, {}]]);
+      const [g] = onKernels([[p, options, { filterEps: 2 ** -12 }]]);  // bf16's 'auto'
       const planned = lib.linearCrossEntropyWorkspaceBytes(37, 19, 300, { ...options, dtype: 'bf16', backend: 'cuda-emu' });
       expect(g!.workspaceBytes).toBe(planned);
     }

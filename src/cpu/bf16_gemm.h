@@ -1,0 +1,41 @@
+// bf16 × bf16 → fp32 GEMM on the CPU's bf16 matrix instructions (AMX-BF16, AVX512-BF16), through
+// oneDNN loaded at run time (dlopen("libdnnl.so.2"), Debian's libdnnl2): the addon links no new
+// shared library, and where oneDNN is missing, or the CPU (or ONEDNN_MAX_CPU_ISA) leaves it no
+// bf16 instructions, the callers take the portable path (bf16 widened to fp32, the fp32 GEMM).
+// Debian's OpenBLAS 0.3.21 is built without BUILD_BFLOAT16: its cblas.h declares cblas_sbgemm,
+// its libopenblas.a has no such symbol.
+//
+// CUTLOSS_CPU_BF16=off (or setBf16Gemm("off")) forces the portable path, which is how the tests
+// cover both paths on any machine.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace cutloss::cpu {
+
+/** Whether bf16 products run on bf16 matrix instructions now (loaded, a bf16 ISA, not switched off). */
+bool bf16GemmActive();
+
+/**
+ * C = op(A)·op(B) + beta·C (beta 0 or 1; 0 writes C without reading it), row-major, A and B bf16
+ * bits, C fp32, products exact and summed in fp32. On the calling thread alone; call only
+ * where bf16GemmActive() said true, inside a CpuSession.
+ */
+void bf16GemmSerial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+                    const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+/** rows × cols of src (leading dimension ldSrc) rounded to bf16 (nearest even; NaN stays NaN) into dst (dense). */
+void roundToBf16(const float* src, int64_t ldSrc, int64_t rows, int64_t cols, uint16_t* dst);
+
+/** "auto" (oneDNN where it can) or "off" (the portable path); false for "auto" where oneDNN cannot serve. */
+bool setBf16Gemm(const std::string& name);
+
+struct Bf16GemmInfo {
+  std::string path;  // "oneDNN 2.6.3 (loaded at run time)" or "portable (bf16 widened, the fp32 GEMM)"
+  std::string isa;   // what oneDNN runs: "avx512_core_amx", "avx512_core_bf16"; "" on the portable path
+  std::string note;  // why this path
+};
+Bf16GemmInfo bf16GemmInfo();
+
+}  // namespace cutloss::cpu

@@ -1,0 +1,151 @@
+// bf16 linearCrossEntropy on the cpu backend, on each of its paths: oneDNN's bf16 GEMM (AMX or
+// AVX512-BF16, where the machine has it) and the portable path (bf16 widened to fp32, forced by
+// cpuSetBf16Gemm('off') as CUTLOSS_CPU_BF16=off does), against the float64 re-computation of
+// the decoded inputs and the JS backend.
+//
+// Bounds per gradient entry (dE_ik = Σ_j g_ij·W_jk; dW likewise over i): the result's rounding
+// into bf16 (2^-8 of the entry against the reference, twice that against another backend), fp32
+// sums and logits (2^-16 of Σ_j|g_ij·W_jk|), and on the oneDNN path the rounding of G to bf16
+// before the backward GEMMs (2^-9 of Σ_j|g_ij·W_jk|). Losses and lse are fp32 on every path.
+import { execFileSync } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as lib from '../lib/index.js';
+import { cpuAddon, cpuLastGradientWork } from '../lib/cpuBackend.js';
+import { native } from '../lib/native.js';
+import { expectClose, lossList, repoRoot } from './helpers.js';
+import * as ref from './reference64.js';
+
+const cpuInfo = lib.backends().find((b) => b.name === 'cpu')!;
+const addon = cpuInfo.available ? cpuAddon(native().addon) : null;
+const oneDnnHere = addon !== null && addon.cpuSetBf16Gemm('auto');
+
+type Path = 'oneDNN' | 'portable';
+const usePath = (p: Path) => addon!.cpuSetBf16Gemm(p === 'oneDNN' ? 'auto' : 'off');
+
+const bf16 = (rows: number[][]) => ref.rowsToBf16(rows);
+const decode = (t: { data: ArrayLike<number> }) => Array.from(t.data as Uint16Array, ref.bf16ToF32);
+
+/** Σ_j|g_ij·W_jk| per dE entry and Σ_i|g_ij·E_ik| per dW entry: the scale of the backward sums. */
+function magnitudes(g: number[][], E: number[][], W: number[][]) {
+  const D = E[0]!.length;
+  const magE = g.map((gi) => Array.from({ length: D }, (_, k) => gi.reduce((a, x, j) => a + Math.abs(x * W[j]![k]!), 0)));
+  const magW = W.map((_, j) => Array.from({ length: D }, (_, k) => g.reduce((a, gi, i) => a + Math.abs(gi[j]! * E[i]![k]!), 0)));
+  return { magE: magE.flat(), magW: magW.flat() };
+}
+
+/** |got − want| ≤ rel·|want| + abs·mag + extra per entry. */
+function expectWithin(got: number[], want: number[], mag: number[], rel: number, abs: number, label: string, extra = 0) {
+  expect(got.length, label).toBe(want.length);
+  for (let i = 0; i < got.length; i++) {
+    const tol = rel * Math.abs(want[i]!) + abs * mag[i]! + extra + 1e-30;
+    if (!(Math.abs(got[i]! - want[i]!) <= tol)) {
+      throw new Error(`${label}[${i}]: got ${got[i]}, expected ${want[i]} (|diff| ${Math.abs(got[i]! - want[i]!)} > tol ${tol})`);
+    }
+  }
+}
+
+function onJs<T>(fn: () => T): T {
+  lib.setBackend('js');
+  try {
+    return fn();
+  } finally {
+    lib.setBackend('cpu');
+  }
+}
+
+describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', () => {
+  beforeAll(() => lib.setBackend('cpu'));
+  afterAll(() => {
+    addon?.cpuSetBf16Gemm('auto');
+    lib.setBackend('auto');
+  });
+
+  it('backends() names the bf16 path in use, and the switch changes it', () => {
+    const details = () => String(lib.backends().find((b) => b.name === 'cpu')!.details.bf16Gemm);
+    usePath('portable');
+    expect(details()).toMatch(/^portable/);
+    if (oneDnnHere) {
+      usePath('oneDNN');
+      expect(details()).toMatch(/^oneDNN \d+\.\d+\.\d+ \(loaded at run time\) on avx512_core_(bf16|amx)/);
+    }
+    expect(() => addon!.cpuSetBf16Gemm('sbgemm' as 'off')).toThrow(lib.CutlossError);
+  });
+
+  // 1100 columns: two slices of 512 and a short one; D 40 is no multiple of a SIMD width
+  const [N, D, V] = [24, 40, 1100];
+  const rng = ref.mulberry32(1515);
+  const Erows = ref.toF64Rows(bf16(ref.randomRows(rng, N, D, 1)), N, D);
+  const Wrows = ref.toF64Rows(bf16(ref.randomRows(rng, V, D, 0.6)), V, D);
+  const bias = Float32Array.from(ref.randomRows(rng, 1, V, 0.3)[0]!);
+  const labels = Int32Array.from(ref.randomLabels(rng, N, V));
+  labels[5] = -100;
+  const E = lib.tensor(bf16(Erows), [N, D], 'bf16');
+  const W = lib.tensor(bf16(Wrows), [V, D], 'bf16');
+  const want = ref.linearCrossEntropy(Erows, Wrows, labels, { bias: Array.from(bias), ignoreIndex: -100 });
+  const { magE, magW } = magnitudes(want.dLogits, Erows, Wrows);
+  const magB = Array.from({ length: V }, (_, j) => want.dLogits.reduce((a, g) => a + Math.abs(g[j]!), 0));
+
+  for (const path of ['oneDNN', 'portable'] as const) {
+    // the G rounding's term only where G is rounded
+    const gRound = path === 'oneDNN' ? 2 ** -9 : 0;
+    const fp32 = 2 ** -16;
+    for (const [what, workspaceBytes] of [['one chunk', undefined], ['chunks of 5 rows (dW accumulates)', 5 * V * 4]] as const) {
+      it.skipIf(path === 'oneDNN' && !oneDnnHere)(`${path}: ${what}, with bias, an ignored row: the float64 re-computation and the JS backend`, () => {
+        usePath(path);
+        const o: lib.LinearCrossEntropyOptions = { bias, filterEps: 0, returnLse: true, ...(workspaceBytes ? { workspaceBytes } : {}) };
+        const got = lib.linearCrossEntropy(E, W, labels, o);
+        expect(got.dEmbeddings!.dtype).toBe('bf16');
+        expectClose(lossList(got.loss), lossList(want.loss), { rtol: 1e-6, atol: 0, label: 'loss' });
+        expectClose(got.lse!, want.lse, { rtol: 1e-6, atol: 0, label: 'lse' });
+        expectWithin(decode(got.dEmbeddings!), want.dE.flat(), magE, 2 ** -8, gRound + fp32, 'dE vs reference');
+        expectWithin(decode(got.dClassifier!), want.dW.flat(), magW, 2 ** -8, gRound + fp32, 'dW vs reference');
+        expectWithin(Array.from(got.dBias!), want.dBias!, magB, 0, fp32, 'dBias vs reference'); // f32, from fp32 G
+        const js = onJs(() => lib.linearCrossEntropy(E, W, labels, o));
+        expectClose(lossList(got.loss), lossList(js.loss), { rtol: 1e-6, atol: 0, label: 'loss vs js' });
+        expectWithin(decode(got.dEmbeddings!), decode(js.dEmbeddings!), magE, 2 * 2 ** -8, gRound + 2 * fp32, 'dE vs js');
+        expectWithin(decode(got.dClassifier!), decode(js.dClassifier!), magW, 2 * 2 ** -8, gRound + 2 * fp32, 'dW vs js');
+      });
+    }
+
+    it.skipIf(path === 'oneDNN' && !oneDnnHere)(`${path}: peaked rows, default filterEps: sparse and dense slices, as the JS backend`, () => {
+      usePath(path);
+      // logits of std ≈ 20 in half the rows (most of their G dropped: per-entry products), flat in the rest
+      const r = ref.mulberry32(77);
+      const [n, d, v] = [32, 16, 3000];
+      const e = ref.toF64Rows(bf16(Array.from({ length: n }, (_, i) => Array.from({ length: d }, () => ref.randn(r) * (i < n / 2 ? 1 : 0.01)))), n, d);
+      const w = ref.toF64Rows(bf16(Array.from({ length: v }, () => Array.from({ length: d }, () => 5 * ref.randn(r)))), v, d);
+      const lab = Int32Array.from({ length: n }, () => Math.floor(r() * v));
+      const Et = lib.tensor(bf16(e), [n, d], 'bf16');
+      const Wt = lib.tensor(bf16(w), [v, d], 'bf16');
+      const got = lib.linearCrossEntropy(Et, Wt, lab, { workspaceBytes: (n / 2) * v * 4 });
+      const work = cpuLastGradientWork()!;
+      expect(work.sparseSlices).toBeGreaterThan(0); // the peaked chunk
+      expect(work.sparseSlices).toBeLessThan(work.slices); // the flat one
+      const js = onJs(() => lib.linearCrossEntropy(Et, Wt, lab));
+      const exact = ref.linearCrossEntropy(e, w, lab);
+      const m = magnitudes(exact.dLogits, e, w);
+      // both backends drop what filterEps 2^-12 allows: at most V·2^-12·(1/n)·max|W| per dE entry, n·2^-12/n·max|E| per dW
+      const maxW = Math.max(...w.flat().map(Math.abs));
+      const maxE = Math.max(...e.flat().map(Math.abs));
+      expectClose(lossList(got.loss), lossList(js.loss), { rtol: 1e-6, atol: 0, label: 'loss vs js' });
+      const dropE = (v * 2 ** -12 * maxW) / n;
+      const dropW = 2 ** -12 * maxE;
+      expectWithin(decode(got.dEmbeddings!), decode(js.dEmbeddings!), m.magE, 2 * 2 ** -8, gRound + 2 * fp32, 'dE vs js', dropE);
+      expectWithin(decode(got.dClassifier!), decode(js.dClassifier!), m.magW, 2 * 2 ** -8, gRound + 2 * fp32, 'dW vs js', dropW);
+    });
+  }
+
+  it('oneDNN capped below bf16 instructions (ONEDNN_MAX_CPU_ISA=AVX512_CORE): the portable path, saying why', () => {
+    const program = `
+      import { cpuAddon } from './lib/cpuBackend.ts';
+      import { native } from './lib/native.ts';
+      console.log(JSON.stringify(cpuAddon(native().addon).cpuInfo().bf16Gemm));`;
+    const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', program], {
+      cwd: repoRoot, encoding: 'utf8', env: { ...process.env, ONEDNN_MAX_CPU_ISA: 'AVX512_CORE', CUTLOSS_CPU_BF16: '' },
+    });
+    const info = JSON.parse(out.trim().split('\n').pop()!) as { path: string; isa: string; note: string };
+    expect(info.path).toMatch(/^portable/);
+    expect(info.isa).toBe('');
+    if (oneDnnHere) expect(info.note).toMatch(/no bf16 instructions \(ISA avx512_core/);
+  }, 60_000);
+});
