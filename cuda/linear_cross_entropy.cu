@@ -16,7 +16,7 @@
 // running max (at most kLinearCeCandidates per row, compacted as the max grows); the merge
 // pass finds τ exactly from the union by the threshold search of cuda/math/michelot.cuh. Rows
 // whose candidates overflow run that search over the vocabulary tiles instead (one GEMM pass
-// each, at most 34 for any V, usually 2 or 3), exact too. No extra pass when nothing overflows.
+// each, at most 37 for any V, usually 2 or 3), exact too. No extra pass when nothing overflows.
 //
 // Backward. The host forms each row's reduction scales (s_W, s_U) from labels and class
 // weights before the forward, so one call does both. Each tile is recomputed, turned into
@@ -972,7 +972,7 @@ void runLinearCrossEntropy(const LinearCeArgs& a, const LinearCePlan& plan, cons
   CUTLOSS_RUN(op, linearCeMergeKernel, rowWarps, kTileThreads, 0, s, a);
   if (a.p.normalizer == kNormalizerSparsemax) {
     // Crowded rows: passes of the threshold search until every row's τ is found, at most
-    // kSparsemaxPassLimit (34) for any V (cuda/math/michelot.cuh); most rows take 2 or 3.
+    // kSparsemaxPassLimit (37) for any V (cuda/math/michelot.cuh); most rows take 2 or 3.
     const auto pass = &linearCeMichelotPassKernel<Gemm>;
     const int64_t limit = kSparsemaxPassLimit;
     int64_t passes = 0;

@@ -221,14 +221,15 @@ __device__ __forceinline__ void mmaStageProduct(const unsigned char* stage, int 
  * The forward's stage copies: thread i copies 16-byte chunk i % 4 of rows i / 4 + 32·j (j < 4)
  * of each operand, so its shared offsets are one swizzled offset plus 2 KiB steps and its
  * sources one row pointer plus steps of 32 rows. Its rows that exist are j < count (E: once;
- * W: 4 fewer each class tile); the others, and chunks past K, copy with src-size 0, which reads
- * nothing, so their addresses need no clamp (as CUTLASS's zero-fill copies).
+ * W: 4 fewer each class tile); the others, and chunks past K, copy with src-size 0 (zeros) from
+ * E's first byte: src-size 0 reads nothing, but no address outside the operands is ever issued.
  */
 struct MmaStageCopier {
   static constexpr int kRowStep = kMmaForwardThreads / kMmaChunks;  // 32
   static constexpr int kCopies = kMmaBlockRows / kRowStep;          // per operand and stage: 4
   const unsigned char* e;  // the thread's first E row, at its chunk
   const unsigned char* w;  // the thread's first W row of the class tile, at its chunk
+  const unsigned char* zero;  // the source of zero-filled copies
   int64_t rowBytes;
   int smem;  // swizzled offset of the first copy
   int chunkBytes;
@@ -240,7 +241,7 @@ struct MmaStageCopier {
   /** E rows [r0, r0 + 128) below rowEnd; W rows [c0, c0 + 128) below cEnd, then the next 128 at each nextW. */
   __device__ __forceinline__ MmaStageCopier(const unsigned char* eBase, int64_t r0, int64_t rowEnd, const unsigned char* wBase,
                                             int64_t c0, int64_t cEnd, int64_t rowBytes_)
-      : rowBytes(rowBytes_) {
+      : zero(eBase), rowBytes(rowBytes_) {
     const int tid = static_cast<int>(threadIdx.x);
     chunkBytes = 16 * (tid % kMmaChunks);
     smem = mmaSwizzle(tid / kMmaChunks, tid % kMmaChunks);
@@ -264,12 +265,12 @@ struct MmaStageCopier {
     const unsigned char* src = e + kByte0;
     staticFor<kCopies>([&](auto jConstant) {  // + 32 rows: the same swizzle, 2 KiB further
       constexpr int j = decltype(jConstant)::value;
-      cpAsync16At<j * kRowStep * kMmaRowBytes>(dst, src + j * step, j < ec ? 16 : 0);
+      cpAsync16At<j * kRowStep * kMmaRowBytes>(dst, j < ec ? src + j * step : zero, j < ec ? 16 : 0);
     });
     src = w + kByte0;
     staticFor<kCopies>([&](auto jConstant) {
       constexpr int j = decltype(jConstant)::value;
-      cpAsync16At<kMmaBlockRows * kMmaRowBytes + j * kRowStep * kMmaRowBytes>(dst, src + j * step, j < wc ? 16 : 0);
+      cpAsync16At<kMmaBlockRows * kMmaRowBytes + j * kRowStep * kMmaRowBytes>(dst, j < wc ? src + j * step : zero, j < wc ? 16 : 0);
     });
   }
 };

@@ -107,6 +107,8 @@ export interface CpuOps {
   ): CpuLinearResult;
   /** C = op(A)·op(B) [M, N] with the backend's GEMM (benchmarks, tests). */
   cpuSgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array): Float32Array;
+  /** The same with A and B bf16 bits: bf16 linearCrossEntropy's GEMM (benchmarks). */
+  cpuBf16Gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Uint16Array, B: Uint16Array): Float32Array;
 }
 
 export type CpuAsyncOps = {
@@ -118,8 +120,11 @@ export interface CpuAddon extends CpuOps, CpuAsyncOps {
   cpuSetThreads(n: number): void;
   /** 'blas' (OpenBLAS, where linked) or 'portable'; false when not available. */
   cpuSetGemm(name: 'blas' | 'portable'): boolean;
-  /** 'auto' (oneDNN's bf16 GEMM where it can; false where it cannot) or 'off' (bf16 widened, the fp32 GEMM). */
-  cpuSetBf16Gemm(name: 'auto' | 'off'): boolean;
+  /**
+   * 'auto' (oneDNN's bf16 GEMM where it can, the logits' gradient as two bf16 terms; false where it
+   * cannot), 'fast' (the same, the gradient rounded to bf16) or 'off' (bf16 widened, the fp32 GEMM).
+   */
+  cpuSetBf16Gemm(name: 'auto' | 'fast' | 'off'): boolean;
 }
 
 /** The addon's CPU part, or null when this build of the addon has none. */

@@ -1,12 +1,14 @@
 // bf16 linearCrossEntropy on the cpu backend, on each of its paths: oneDNN's bf16 GEMM (AMX or
 // AVX512-BF16, where the machine has it) and the portable path (bf16 widened to fp32, forced by
 // cpuSetBf16Gemm('off') as CUTLOSS_CPU_BF16=off does), against the float64 re-computation of
-// the decoded inputs and the JS backend.
+// the decoded inputs and the JS backend. oneDNN's path takes the logits' gradient G as two bf16
+// terms (hi + lo), or rounded to one with 'fast' (CUTLOSS_CPU_BF16=fast).
 //
 // Bounds per gradient entry (dE_ik = Σ_j g_ij·W_jk; dW likewise over i): the result's rounding
 // into bf16 (2^-8 of the entry against the reference, twice that against another backend), fp32
-// sums and logits (2^-16 of Σ_j|g_ij·W_jk|), and on the oneDNN path the rounding of G to bf16
-// before the backward GEMMs (2^-9 of Σ_j|g_ij·W_jk|). Losses and lse are fp32 on every path.
+// sums and logits (2^-16 of Σ_j|g_ij·W_jk|), and on the oneDNN path the rounding of G before the
+// backward GEMMs: 2^-16 of Σ_j|g_ij·W_jk| as two bf16 terms, 2^-8 (bf16's unit roundoff) as one.
+// Losses and lse are fp32 on every path.
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as lib from '../lib/index.js';
@@ -19,8 +21,10 @@ const cpuInfo = lib.backends().find((b) => b.name === 'cpu')!;
 const addon = cpuInfo.available ? cpuAddon(native().addon) : null;
 const oneDnnHere = addon !== null && addon.cpuSetBf16Gemm('auto');
 
-type Path = 'oneDNN' | 'portable';
-const usePath = (p: Path) => addon!.cpuSetBf16Gemm(p === 'oneDNN' ? 'auto' : 'off');
+type Path = 'oneDNN' | 'oneDNN fast' | 'portable';
+const usePath = (p: Path) => addon!.cpuSetBf16Gemm(p === 'oneDNN' ? 'auto' : p === 'oneDNN fast' ? 'fast' : 'off');
+/** The rounding of G for the backward GEMMs, relative to Σ|g·w|: two bf16 terms, one, or none (fp32). */
+const G_ROUNDING: Record<Path, number> = { oneDNN: 2 ** -16, 'oneDNN fast': 2 ** -8, portable: 0 };
 
 const bf16 = (rows: number[][]) => ref.rowsToBf16(rows);
 const decode = (t: { data: ArrayLike<number> }) => Array.from(t.data as Uint16Array, ref.bf16ToF32);
@@ -67,8 +71,11 @@ describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', ()
     if (oneDnnHere) {
       usePath('oneDNN');
       expect(details()).toMatch(/^oneDNN \d+\.\d+\.\d+ \(loaded at run time\) on avx512_core_(bf16|amx)/);
+      expect(addon!.cpuInfo().bf16Gemm.note).toMatch(/two bf16 terms/);
+      usePath('oneDNN fast');
+      expect(addon!.cpuInfo().bf16Gemm.note).toMatch(/rounded to bf16/);
     }
-    expect(() => addon!.cpuSetBf16Gemm('sbgemm' as 'off')).toThrow(lib.CutlossError);
+    expect(() => addon!.cpuSetBf16Gemm('sbgemm' as 'off')).toThrow(/must be 'auto', 'fast' or 'off'/);
   });
 
   // 1100 columns: two slices of 512 and a short one; D 40 is no multiple of a SIMD width
@@ -85,12 +92,11 @@ describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', ()
   const { magE, magW } = magnitudes(want.dLogits, Erows, Wrows);
   const magB = Array.from({ length: V }, (_, j) => want.dLogits.reduce((a, g) => a + Math.abs(g[j]!), 0));
 
-  for (const path of ['oneDNN', 'portable'] as const) {
-    // the G rounding's term only where G is rounded
-    const gRound = path === 'oneDNN' ? 2 ** -9 : 0;
+  for (const path of ['oneDNN', 'oneDNN fast', 'portable'] as const) {
+    const gRound = G_ROUNDING[path];
     const fp32 = 2 ** -16;
     for (const [what, workspaceBytes] of [['one chunk', undefined], ['chunks of 5 rows (dW accumulates)', 5 * V * 4]] as const) {
-      it.skipIf(path === 'oneDNN' && !oneDnnHere)(`${path}: ${what}, with bias, an ignored row: the float64 re-computation and the JS backend`, () => {
+      it.skipIf(path !== 'portable' && !oneDnnHere)(`${path}: ${what}, with bias, an ignored row: the float64 re-computation and the JS backend`, () => {
         usePath(path);
         const o: lib.LinearCrossEntropyOptions = { bias, filterEps: 0, returnLse: true, ...(workspaceBytes ? { workspaceBytes } : {}) };
         const got = lib.linearCrossEntropy(E, W, labels, o);
@@ -107,7 +113,7 @@ describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', ()
       });
     }
 
-    it.skipIf(path === 'oneDNN' && !oneDnnHere)(`${path}: peaked rows, default filterEps: sparse and dense slices, as the JS backend`, () => {
+    it.skipIf(path !== 'portable' && !oneDnnHere)(`${path}: peaked rows, default filterEps: sparse and dense slices, as the JS backend`, () => {
       usePath(path);
       // logits of std ≈ 20 in half the rows (most of their G dropped: per-entry products), flat in the rest
       const r = ref.mulberry32(77);
@@ -122,8 +128,15 @@ describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', ()
       expect(work.sparseSlices).toBeGreaterThan(0); // the peaked chunk
       expect(work.sparseSlices).toBeLessThan(work.slices); // the flat one
       const js = onJs(() => lib.linearCrossEntropy(Et, Wt, lab));
-      const exact = ref.linearCrossEntropy(e, w, lab);
-      const m = magnitudes(exact.dLogits, e, w);
+      // the float64 gradient of the logits (mean reduction), for the scale of the sums
+      const g = e.map((ei, i) => {
+        const z = w.map((wj) => wj.reduce((acc, x, k) => acc + x * ei[k]!, 0));
+        const max = Math.max(...z);
+        const ex = z.map((x) => Math.exp(x - max));
+        const sum = ex.reduce((acc, x) => acc + x, 0);
+        return ex.map((x, j) => (x / sum - (j === lab[i] ? 1 : 0)) / n);
+      });
+      const m = magnitudes(g, e, w);
       // both backends drop what filterEps 2^-12 allows: at most V·2^-12·(1/n)·max|W| per dE entry, n·2^-12/n·max|E| per dW
       const maxW = Math.max(...w.flat().map(Math.abs));
       const maxE = Math.max(...e.flat().map(Math.abs));
@@ -134,6 +147,32 @@ describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', ()
       expectWithin(decode(got.dClassifier!), decode(js.dClassifier!), m.magW, 2 * 2 ** -8, gRound + 2 * fp32, 'dW vs js', dropW);
     });
   }
+
+  // Where the CPU has AMX this forces oneDNN's AVX512-BF16 kernels; elsewhere it is the path above
+  it.skipIf(!oneDnnHere)('oneDNN capped at AVX512-BF16 (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16), in a child: the float64 re-computation', () => {
+    const program = `
+      import * as lib from './lib/index.ts';
+      import { cpuAddon } from './lib/cpuBackend.ts';
+      import { native } from './lib/native.ts';
+      import { readFileSync } from 'node:fs';
+      const p = JSON.parse(readFileSync(0, 'utf8'));
+      lib.setBackend('cpu');
+      const E = lib.tensor(Uint16Array.from(p.E), [p.N, p.D], 'bf16');
+      const W = lib.tensor(Uint16Array.from(p.W), [p.V, p.D], 'bf16');
+      const r = lib.linearCrossEntropy(E, W, Int32Array.from(p.labels), { bias: Float32Array.from(p.bias), filterEps: 0 });
+      console.log(JSON.stringify({ info: cpuAddon(native().addon).cpuInfo().bf16Gemm, loss: r.loss,
+        dE: Array.from(r.dEmbeddings.data), dW: Array.from(r.dClassifier.data) }));`;
+    const input = JSON.stringify({ N, D, V, E: Array.from(E.data), W: Array.from(W.data), labels: Array.from(labels), bias: Array.from(bias) });
+    const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', program], {
+      cwd: repoRoot, encoding: 'utf8', input, env: { ...process.env, ONEDNN_MAX_CPU_ISA: 'AVX512_CORE_BF16', CUTLOSS_CPU_BF16: '' },
+    });
+    const r = JSON.parse(out.trim().split('\n').pop()!) as { info: { isa: string }; loss: number; dE: number[]; dW: number[] };
+    expect(r.info.isa).toBe('avx512_core_bf16');
+    expectClose([r.loss], lossList(want.loss), { rtol: 1e-6, atol: 0, label: 'loss' });
+    const dec = (bits: number[]) => bits.map(ref.bf16ToF32);
+    expectWithin(dec(r.dE), want.dE.flat(), magE, 2 ** -8, G_ROUNDING.oneDNN + 2 ** -16, 'dE vs reference');
+    expectWithin(dec(r.dW), want.dW.flat(), magW, 2 ** -8, G_ROUNDING.oneDNN + 2 ** -16, 'dW vs reference');
+  }, 60_000);
 
   it('oneDNN capped below bf16 instructions (ONEDNN_MAX_CPU_ISA=AVX512_CORE): the portable path, saying why', () => {
     const program = `

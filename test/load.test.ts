@@ -273,7 +273,7 @@ describe.skipIf(native_.filter((b) => b !== 'cuda').length === 0)('memory stays 
   it(`10,000 calls of each op on cpu (fewer on cuda-emu) grow RSS by less than ${LEAK_BOUND_MIB.rss} MiB and external memory by less than ${LEAK_BOUND_MIB.external} MiB, and free every native buffer`, () => {
     const out = execFileSync(process.execPath, ['--expose-gc', '--max-semi-space-size=1', '--import', 'tsx', '--input-type=module', '-e', leakChild], {
       cwd: fileURLToPath(new URL('..', import.meta.url)), encoding: 'utf8', timeout: 110_000,
-      env: { ...process.env, CUTLOSS_LEAK_COUNTS: JSON.stringify({ counts: leakCounts(), warmUp: { cpu: 3_000, 'cuda-emu': 100 } }) },
+      env: { ...process.env, CUTLOSS_LEAK_COUNTS: JSON.stringify({ counts: leakCounts(), warmUp: { cpu: 10_000, 'cuda-emu': 100 } }) },
     });
     const reports = JSON.parse(out.trim().split('\n').pop()!) as LeakReport[];
     for (const r of reports) {

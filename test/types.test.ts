@@ -104,7 +104,7 @@ describe.each(compilers)('declarations under TypeScript $major', ({ major, tsc }
     const expected = defaultSettingsFiles.flatMap(expectations);
     expect(expected.length).toBeGreaterThanOrEqual(15);
     expect(check(diagnostics, expected)).toEqual({ unexpected: [], missing: [] });
-  });
+  }, 120_000); // a whole tsc run: seconds, more on a busy machine
 
   it('with Symbol.dispose in the lib, a DeviceTensor works with `using`; the CommonJS declarations compile', () => {
     const { diagnostics, other } = compile(tsc, project, [
@@ -115,7 +115,7 @@ describe.each(compilers)('declarations under TypeScript $major', ({ major, tsc }
     expect(other.some((f) => f.endsWith('dist/esm/index.d.ts'))).toBe(true);
     expect(nodeNextFiles).toEqual(['require.cts', 'using.mts']);
     expect(check(diagnostics, nodeNextFiles.flatMap(expectations))).toEqual({ unexpected: [], missing: [] });
-  });
+  }, 120_000);
 });
 
 describe('documentation', () => {

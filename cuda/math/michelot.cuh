@@ -12,7 +12,7 @@
 // 28 probes no float32 lies strictly between its ends; earlier, the pass counts can show that
 // no logit does (|{z > x}| = |{z > hi}|). Either way {z > x} is then the support, and one last
 // pass at that x gives τ = (s − 1)/c exactly, the formula Michelot's fixed point uses, with q
-// moved from x to τ (they differ by under one float32 step). At most 5 + 28 + 1 = 34 passes
+// moved from x to τ (they differ by under one float32 step). At most 8 + 28 + 1 = 37 passes
 // for any V; a loop that reaches kSparsemaxPassLimit unfinished has a bug and says so.
 #pragma once
 
@@ -22,7 +22,7 @@
 
 namespace cutloss {
 
-constexpr int kSparsemaxMichelotPasses = 5;
+constexpr int kSparsemaxMichelotPasses = 8;
 constexpr int kSparsemaxPassLimit = kSparsemaxMichelotPasses + 28 + 1;
 
 enum SparsemaxSearchPhase : int32_t { kSearchDone = 0, kSearchRunning = 1, kSearchFinal = 2 };

@@ -28,6 +28,11 @@
 #endif
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
+// AddressSanitizer must be told of every stack switch, or it takes a fiber's frames for the
+// thread's and leaves poison (or unpoisons the wrong range) on the thread's own stack.
+#define SIMT_ASAN_FIBERS 1
+#else
+#define SIMT_ASAN_FIBERS 0
 #endif
 
 #if !defined(SIMT_USE_UCONTEXT)
@@ -98,6 +103,9 @@ struct Fiber {
   uint64_t value = 0;
   int arg = 0;
   int width = 32;
+#if SIMT_ASAN_FIBERS
+  void* fakeStack = nullptr;  // ASan's fake stack of this fiber while it is switched out
+#endif
   uint64_t result = 0;
   int line = 0;  // warp exchanges: the call site is (site, line)
   void* record = nullptr;
@@ -160,6 +168,11 @@ struct Launch {
   ucontext_t scheduler;
 #else
   void* schedulerSp = nullptr;
+#endif
+#if SIMT_ASAN_FIBERS
+  const void* schedulerStack = nullptr;  // the scheduler's (OS thread's) stack, for ASan
+  size_t schedulerStackSize = 0;
+  void* schedulerFakeStack = nullptr;
 #endif
 };
 
@@ -380,19 +393,32 @@ inline void instrumentedAccess(const void* p, size_t bytes, bool write) {
 }
 
 void switchToScheduler(Launch& l, Fiber& f) {
+#if SIMT_ASAN_FIBERS
+  // a finished fiber's stack is dead: no fake stack to keep
+  __sanitizer_start_switch_fiber(f.state == State::Done ? nullptr : &f.fakeStack, l.schedulerStack, l.schedulerStackSize);
+#endif
 #if defined(SIMT_USE_UCONTEXT)
   swapcontext(&f.context, &l.scheduler);
 #else
   simt_switch(&f.sp, l.schedulerSp);
 #endif
+#if SIMT_ASAN_FIBERS
+  __sanitizer_finish_switch_fiber(f.fakeStack, &l.schedulerStack, &l.schedulerStackSize);
+#endif
 }
 
 void resume(Launch& l, Fiber& f) {
   l.current = &f;
+#if SIMT_ASAN_FIBERS
+  __sanitizer_start_switch_fiber(&l.schedulerFakeStack, reinterpret_cast<const void*>(f.stackLo), f.stackHi - f.stackLo);
+#endif
 #if defined(SIMT_USE_UCONTEXT)
   swapcontext(&l.scheduler, &f.context);
 #else
   simt_switch(&l.schedulerSp, f.sp);
+#endif
+#if SIMT_ASAN_FIBERS
+  __sanitizer_finish_switch_fiber(l.schedulerFakeStack, nullptr, nullptr);
 #endif
   l.current = nullptr;
 }
@@ -401,6 +427,9 @@ void resume(Launch& l, Fiber& f) {
 void fiberMain() {
   Launch& l = *g_launch;
   Fiber& f = *l.current;
+#if SIMT_ASAN_FIBERS
+  __sanitizer_finish_switch_fiber(nullptr, &l.schedulerStack, &l.schedulerStackSize);
+#endif
   try {
     l.thunk(l.closure);
   } catch (...) {

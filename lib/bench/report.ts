@@ -7,6 +7,7 @@ import type { EnergySummary, GpuReport } from './smi.js';
 import type { PairedResult, WorkerResult } from './protocol.js';
 import type { LoopResult } from './loop.js';
 import type { LossesResult } from './losses.js';
+import type { Bf16Result } from './bf16.js';
 
 export interface ResultRow extends WorkerResult {
   energy: EnergySummary | null;
@@ -45,6 +46,8 @@ export interface BenchReport {
   loop?: LoopResult;
   /** S2-losses and zscore-sweep (lib/bench/losses.ts). */
   losses?: LossesResult;
+  /** S2-bf16, S2-peaked-bf16, sweep-bf16 (lib/bench/bf16.ts). */
+  bf16?: Bf16Result;
   totalSeconds: number;
   charts?: { files: string[]; reason: string | null };
 }

@@ -17,6 +17,7 @@ import { queryGpuFacts, runSmi, smiNumber, SmiSampler, summarizeWindow, visibleG
 import { benchProbe, type Contestant, type PairedResult, type RunBackend, type WorkerResult, type WorkerSpec } from './protocol.js';
 import { loopTable, type LoopResult } from './loop.js';
 import { LOSS_GROUPS, lossesTable, type LossesResult } from './losses.js';
+import { BF16_GROUPS, bf16Table, type Bf16Result } from './bf16.js';
 
 export interface BenchOptions {
   /** Default: cuda when available, else cpu, else js. */
@@ -39,7 +40,7 @@ export interface BenchOptions {
   progress: boolean;
 }
 
-export const CASE_GROUPS = ['S1', 'S1-loop', 'S2', 'S2-peaked', 'S3', 'CCE', 'sweep', ...LOSS_GROUPS];
+export const CASE_GROUPS = ['S1', 'S1-loop', 'S2', 'S2-peaked', 'S3', 'CCE', 'sweep', ...LOSS_GROUPS, ...BF16_GROUPS];
 
 interface Job {
   case: BenchCase;
@@ -403,6 +404,22 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     }
   }
 
+  // S2-bf16, S2-peaked-bf16, sweep-bf16 (cpu): one child times them in turns (lib/bench/bf16-child.ts)
+  let bf16: Bf16Result | undefined;
+  const bf16Groups = BF16_GROUPS.filter((g) => wanted.includes(g));
+  if (bf16Groups.length > 0 && backend !== 'cpu') console.error(`${bf16Groups.join(', ')}: skipped: cpu backend only`);
+  else if (bf16Groups.length > 0) {
+    const fromSource = /\.[cm]?ts$/.test(process.argv[1] ?? '');
+    const file = fromSource ? path.join(root, 'lib', 'bench', 'bf16-child.ts') : path.join(root, 'dist', 'esm', 'bench', 'bf16-child.js');
+    const args = [...(fromSource ? ['--import', 'tsx'] : []), file, '--runs', String(runs), '--groups', bf16Groups.join(','),
+      ...(tiny ? ['--tiny'] : []), ...(o.quick ? ['--quick'] : [])];
+    try {
+      bf16 = JSON.parse(await runChild(process.execPath, args, { cwd: root, timeoutMs: Math.min(Math.max(left(), 1), 2 ** 31 - 1), tag: 'BF16' })) as Bf16Result;
+    } catch (e) {
+      console.error(`${bf16Groups.join(', ')}: skipped: ${(e as Error).message}`);
+    }
+  }
+
   const git = (a: string[]) => {
     try {
       return execFileSync('git', a, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
@@ -431,13 +448,15 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     cases: reports,
     ...(loop === undefined ? {} : { loop }),
     ...(losses === undefined ? {} : { losses }),
+    ...(bf16 === undefined ? {} : { bf16 }),
     totalSeconds: (performance.now() - started) / 1000,
   };
   for (const r of report.cases) {
     for (const row of r.rows) Object.assign(row, derived(r.case, row, report, peakFor(peak, r.case.dtype)));
   }
   const md = markdownReport(report) + (loop === undefined ? '' : `\n## S1-loop\n\n\`\`\`\n${loopTable(loop)}\n\`\`\`\n`) +
-    (losses === undefined ? '' : `\n## ${lossGroups.join(', ')}\n\n\`\`\`\n${lossesTable(losses)}\n\`\`\`\n`);
+    (losses === undefined ? '' : `\n## ${lossGroups.join(', ')}\n\n\`\`\`\n${lossesTable(losses)}\n\`\`\`\n`) +
+    (bf16 === undefined ? '' : `\n## ${bf16Groups.join(', ')}\n\n\`\`\`\n${bf16Table(bf16)}\n\`\`\`\n`);
   writeFileSync(path.join(o.outDir, 'bench.md'), md);
   writeFileSync(path.join(o.outDir, 'bench.json'), `${JSON.stringify(report, null, 2)}\n`);
   const charts = await renderCharts(report, o.outDir);

@@ -366,11 +366,11 @@ export function gradCoefficient(rg: RowGrad, z: number, isLabel: boolean, wK: nu
 }
 
 // The sparsemax threshold search of rows whose logits are never stored, over passes at trial
-// thresholds x (cuda/math/michelot.cuh says why it is exact and why 34 passes suffice for any
+// thresholds x (cuda/math/michelot.cuh says why it is exact and why 37 passes suffice for any
 // V): Michelot passes first, then bisection of the bracket in float32 order, then one pass
 // where {z > x} is the support. Values are relative to the row max, and float32 (as the kernels
 // hold them) for the bracket argument; JS keeps τ and the sums in float64.
-export const SPARSEMAX_MICHELOT_PASSES = 5;
+export const SPARSEMAX_MICHELOT_PASSES = 8;
 export const SPARSEMAX_PASS_LIMIT = SPARSEMAX_MICHELOT_PASSES + 28 + 1;
 export const SEARCH_DONE = 0;
 export const SEARCH_RUNNING = 1;

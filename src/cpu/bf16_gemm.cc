@@ -25,12 +25,24 @@
 
 namespace cutloss::cpu {
 
-CUTLOSS_CPU_CLONES void roundToBf16(const float* src, int64_t ldSrc, int64_t rows, int64_t cols, uint16_t* dst) {
+CUTLOSS_CPU_CLONES void roundToBf16(const float* src, int64_t ldSrc, int64_t rows, int64_t cols, uint16_t* hi,
+                                    uint16_t* lo) {
   for (int64_t i = 0; i < rows; i++) {
     const float* s = src + i * ldSrc;
-    uint16_t* d = dst + i * cols;
+    uint16_t* h = hi + i * cols;
+    if (lo == nullptr) {
 #pragma omp simd
-    for (int64_t j = 0; j < cols; j++) d[j] = f32ToBf16(s[j]);
+      for (int64_t j = 0; j < cols; j++) h[j] = f32ToBf16(s[j]);
+      continue;
+    }
+    uint16_t* l = lo + i * cols;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; j++) {
+      const uint16_t b = f32ToBf16(s[j]);
+      const float rest = s[j] - bf16ToF32(b);  // exact; NaN where s[j] is ±inf or NaN
+      h[j] = b;
+      l[j] = rest == rest ? f32ToBf16(rest) : 0;
+    }
   }
 }
 
@@ -39,6 +51,10 @@ namespace {
 std::atomic<bool> gSwitchedOff{[] {
   const char* v = std::getenv("CUTLOSS_CPU_BF16");
   return v != nullptr && std::strcmp(v, "off") == 0;
+}()};
+std::atomic<bool> gGradientRounded{[] {
+  const char* v = std::getenv("CUTLOSS_CPU_BF16");
+  return v != nullptr && std::strcmp(v, "fast") == 0;
 }()};
 
 /** The portable path for one product: A and B widened on this thread, the fp32 GEMM. */
@@ -304,13 +320,16 @@ void bf16GemmSerial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, c
   widenedGemm(transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
 
+int bf16GradientTerms() { return gGradientRounded.load() ? 1 : 2; }
+
 bool setBf16Gemm(const std::string& name) {
   if (name == "off") {
     gSwitchedOff.store(true);
     return true;
   }
-  if (name != "auto") return false;
+  if (name != "auto" && name != "fast") return false;
   gSwitchedOff.store(false);
+  gGradientRounded.store(name == "fast");
   return bf16GemmActive();
 }
 
@@ -326,7 +345,9 @@ Bf16GemmInfo bf16GemmInfo() {
   } else {
     info.path = "oneDNN " + d.version + " (loaded at run time)";
     info.isa = d.isa;
-    info.note = "bf16 products on " + d.isa + ", summed in fp32";
+    info.note = gGradientRounded.load()
+                    ? "bf16 products on " + d.isa + ", summed in fp32; the logits' gradient rounded to bf16 (fast)"
+                    : "bf16 products on " + d.isa + ", summed in fp32; the logits' gradient as two bf16 terms";
   }
 #else
   info.note = "built without oneDNN's headers (install libdnnl-dev and rebuild)";

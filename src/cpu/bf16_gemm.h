@@ -6,7 +6,8 @@
 // its libopenblas.a has no such symbol.
 //
 // CUTLOSS_CPU_BF16=off (or setBf16Gemm("off")) forces the portable path, which is how the tests
-// cover both paths on any machine.
+// cover both paths on any machine; CUTLOSS_CPU_BF16=fast rounds the logits' gradient to bf16 for
+// the backward GEMMs (bf16GradientTerms).
 #pragma once
 
 #include <cstdint>
@@ -25,10 +26,24 @@ bool bf16GemmActive();
 void bf16GemmSerial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
                     const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
-/** rows × cols of src (leading dimension ldSrc) rounded to bf16 (nearest even; NaN stays NaN) into dst (dense). */
-void roundToBf16(const float* src, int64_t ldSrc, int64_t rows, int64_t cols, uint16_t* dst);
+/**
+ * rows × cols of src (leading dimension ldSrc) rounded to bf16 (nearest even; NaN stays NaN) into
+ * hi (dense); with lo, also the rest src − hi rounded to bf16: hi + lo is src within 2^-16 of it.
+ */
+void roundToBf16(const float* src, int64_t ldSrc, int64_t rows, int64_t cols, uint16_t* hi, uint16_t* lo);
 
-/** "auto" (oneDNN where it can) or "off" (the portable path); false for "auto" where oneDNN cannot serve. */
+/**
+ * How a GEMM of an fp32 operand (the logits' gradient G) by a bf16 one goes: as G's two bf16 terms
+ * hi + lo (2; two products, within 2^-16·Σ|g·w| of fp32 G's), or G rounded to bf16 (1; "fast":
+ * one product, within 2^-8·Σ|g·w|, bf16's unit roundoff; PyTorch's bf16 autograd rounds so too).
+ */
+int bf16GradientTerms();
+
+/**
+ * "auto" (oneDNN where it can, G as two terms), "fast" (the same, G rounded) or "off" (the
+ * portable path); false for "auto" and "fast" where oneDNN cannot serve. CUTLOSS_CPU_BF16 sets
+ * the initial one.
+ */
 bool setBf16Gemm(const std::string& name);
 
 struct Bf16GemmInfo {

@@ -539,6 +539,46 @@ std::unique_ptr<Job> makeSgemm(const Napi::CallbackInfo& info, bool async) {
   return job;
 }
 
+/**
+ * cpuBf16Gemm(transA, transB, M, N, K, A, B) → C = op(A)·op(B), Float32Array [M, N], A and B bf16
+ * bits: the bf16 linearCrossEntropy's GEMM (slices of 512 columns of C on the pool), for the
+ * benchmark's bf16 GEMM limit.
+ */
+std::unique_ptr<Job> makeBf16Gemm(const Napi::CallbackInfo& info, bool async) {
+  const bool transA = readBool(info[0], "transA");
+  const bool transB = readBool(info[1], "transB");
+  const int64_t M = readCount(info[2], "M", kMaxDim);
+  const int64_t N = readCount(info[3], "N", kMaxDim);
+  const int64_t K = readCount(info[4], "K", kMaxDim);
+  if (M * K > kMaxElements || K * N > kMaxElements || M * N > kMaxElements) {
+    throw ArgError("E_SHAPE", "bf16 GEMM operands have more than 2^53 elements");
+  }
+  auto job = std::make_unique<CpuJob>(async);
+  const auto viewBf16 = [&](const Napi::Value& v, const char* name, size_t n) {
+    HostView view = readTypedView(v, name, napi_uint16_array);
+    if (view.byteLength != n * sizeof(uint16_t)) {
+      throw ArgError("E_SHAPE", std::string(name) + " must have " + std::to_string(n) + " elements, got " +
+                                    std::to_string(view.byteLength / sizeof(uint16_t)));
+    }
+    return static_cast<const uint16_t*>(job->input(view));
+  };
+  const uint16_t* A = viewBf16(info[5], "A", static_cast<size_t>(M * K));
+  const uint16_t* B = viewBf16(info[6], "B", static_cast<size_t>(K * N));
+  float* C = job->output(info.Env(), static_cast<size_t>(M * N));
+  job->setWork([=] {
+    SerialGemmScope serial;
+    constexpr int64_t kSlice = 512;
+    parallelFor((N + kSlice - 1) / kSlice, 1, [&](int64_t s0, int64_t s1, int) {
+      for (int64_t s = s0; s < s1; s++) {
+        const int64_t j0 = s * kSlice, j1 = std::min(N, j0 + kSlice);
+        bf16GemmSerial(transA, transB, M, j1 - j0, K, A, transA ? M : K, transB ? B + j0 * K : B + j0, transB ? K : N,
+                       0.0f, C + j0, N);
+      }
+    });
+  });
+  return job;
+}
+
 // ---------------------------------------------------------------- pairwise sigmoid loss (SigLIP)
 
 /**
@@ -663,7 +703,7 @@ Napi::Value SetGemm(const Napi::CallbackInfo& info) {
 Napi::Value SetBf16Gemm(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const std::string name = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
-    if (name != "auto" && name != "off") throw ArgError("E_OPTION", "bf16 GEMM must be 'auto' or 'off'");
+    if (name != "auto" && name != "fast" && name != "off") throw ArgError("E_OPTION", "bf16 GEMM must be 'auto', 'fast' or 'off'");
     return Napi::Boolean::New(info.Env(), setBf16Gemm(name));
   });
 }
@@ -702,6 +742,7 @@ void registerCpu(Napi::Env env, Napi::Object exports) {
   exportOp<makeCrossEntropy>(env, exports, "cpuCrossEntropy");
   exportOp<makeLinearCrossEntropy>(env, exports, "cpuLinearCrossEntropy");
   exportOp<makeSgemm>(env, exports, "cpuSgemm");
+  exportOp<makeBf16Gemm>(env, exports, "cpuBf16Gemm");
   exportOp<makeSigmoidPairLoss>(env, exports, "cpuSigmoidPairLoss");
   exportOp<makeZscoreLinear>(env, exports, "cpuZscoreLinear");
   exports.Set("cpuInfo", Napi::Function::New(env, Info, "cpuInfo"));

@@ -228,12 +228,13 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
     W32 = dst;
   }
   // bf16 E and W where the CPU has bf16 matrix instructions: the GEMMs take their bits (the
-  // widened copies serve the sparse slices); G is rounded to bf16 for the backward GEMMs
-  // (bf16_gemm.h), which adds at most 2^-9·Σ_j|g_ij·W_jk| to a gradient entry.
+  // widened copies serve the sparse slices); the backward GEMMs take G as bf16 terms
+  // (bf16GradientTerms: hi + lo, or G rounded).
   const bool bf16Gemm = E.dtype == DType::BF16 && W.dtype == DType::BF16 && bf16GemmActive();
+  const int gTerms = bf16GradientTerms();
   const auto* Wb = static_cast<const uint16_t*>(W.data);
-  std::vector<std::vector<uint16_t>> gBf16(bf16Gemm && grad ? threads : 0,
-                                           std::vector<uint16_t>(static_cast<size_t>(chunkRows * std::min(V, kFilterBlockCols))));
+  const int64_t gTile = chunkRows * std::min(V, kFilterBlockCols);
+  std::vector<std::vector<uint16_t>> gBf16(bf16Gemm && grad ? threads : 0, std::vector<uint16_t>(static_cast<size_t>(gTerms * gTile)));
   std::unique_ptr<HostBuffer> eChunk;
   if (E.dtype == DType::BF16) eChunk = std::make_unique<HostBuffer>(static_cast<size_t>(chunkRows * D) * sizeof(float));
 
@@ -341,12 +342,16 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
           sparseSliceProducts(L, V, nr, c0, c1, W32, Ec, D, dEPartial[w], out.dW);
         } else if (kept[s] && bf16Gemm) {
           uint16_t* Gb = gBf16[w].data();
-          roundToBf16(L + c0, V, nr, c1 - c0, Gb);
-          bf16GemmSerial(false, false, nr, D, c1 - c0, Gb, c1 - c0, Wb + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
-                         dEPartial[w], D);
-          dEStarted[w] = 1;
-          if (out.dW != nullptr) {
-            bf16GemmSerial(true, false, c1 - c0, D, nr, Gb, c1 - c0, Ecb, D, r0 == 0 ? 0.0f : 1.0f, out.dW + c0 * D, D);
+          roundToBf16(L + c0, V, nr, c1 - c0, Gb, gTerms == 2 ? Gb + gTile : nullptr);
+          for (int t = 0; t < gTerms; t++) {
+            const uint16_t* Gt = Gb + t * gTile;
+            bf16GemmSerial(false, false, nr, D, c1 - c0, Gt, c1 - c0, Wb + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
+                           dEPartial[w], D);
+            dEStarted[w] = 1;
+            if (out.dW != nullptr) {
+              bf16GemmSerial(true, false, c1 - c0, D, nr, Gt, c1 - c0, Ecb, D, r0 == 0 && t == 0 ? 0.0f : 1.0f,
+                             out.dW + c0 * D, D);
+            }
           }
         } else if (kept[s]) {
           sgemmSerial(false, false, nr, D, c1 - c0, 1.0f, L + c0, V, W32 + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
