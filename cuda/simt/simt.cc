@@ -135,7 +135,14 @@ struct StackPool {
   size_t size = 0;
   ~StackPool() { release(); }
   void release() {
-    for (char* s : stacks) munmap(s, size);
+    for (char* s : stacks) {
+#if SIMT_ASAN_FIBERS
+      // fibers never return, so their frames' redzones outlive them: memory mapped here later
+      // (a V8 heap page) must not inherit them
+      ASAN_UNPOISON_MEMORY_REGION(s, size);
+#endif
+      munmap(s, size);
+    }
     stacks.clear();
   }
   /** `count` stacks of `bytes` each, the lowest page of each a guard against overflow. */
