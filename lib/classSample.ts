@@ -12,6 +12,14 @@ import { CutlossError, describe } from './errors.js';
 import { mulberry32 } from './random.js';
 import type { Matrix, Tensor } from './tensor.js';
 
+/**
+ * `classSample` of linearCrossEntropy (Partial FC): the share of the classes the loss covers and
+ * the seed of the draw; every label's class is always among them.
+ *
+ * @example
+ * const r = linearCrossEntropy(E, W, labels, { classSample: { fraction: 0.1, seed: step } });
+ * r.sampledClasses; // the classes dClassifier's rows belong to
+ */
 export interface ClassSampleOptions {
   /** Share of the (local) classes the loss covers, in (0, 1]; every label's class is always kept. */
   fraction: number;

@@ -15,7 +15,7 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const run = promisify(execFile);
 
 const SOURCES = ['cross_entropy', 'rowwise', 'sparse', 'gumbel', 'linear_cross_entropy', 'kept_exp_avx512', 'gemm', 'parallel',
-  'host_memory']
+  'host_memory', 'bf16_gemm']
   .map((f) => `src/cpu/${f}.cc`);
 // as CMakeLists.txt and binding.gyp compile the CPU kernels
 const FLAGS = ['-O3', '-std=c++17', '-fno-math-errno', '-fno-trapping-math', '-fopenmp-simd', '--param=max-unswitch-insns=2000',
@@ -81,7 +81,7 @@ describe.skipIf(process.arch !== 'x64' || process.platform !== 'linux')('CPU ker
     const dir = mkdtempSync(path.join(tmpdir(), 'cutloss-isa-'));
     await Promise.all(VARIANTS.filter((v) => v.runs).map(async ({ march }) => {
       const exe = path.join(dir, `isa_${march}`);
-      await run('g++', [...FLAGS, `-march=${march}`, 'test/cpu/isa_test.cc', ...SOURCES, '-o', exe, '-lpthread'], { cwd: root });
+      await run('g++', [...FLAGS, `-march=${march}`, 'test/cpu/isa_test.cc', ...SOURCES, '-o', exe, '-lpthread', '-ldl'], { cwd: root });
       const { stdout } = await run(exe, [], { maxBuffer: 256 * 2 ** 20 });
       outputs.set(march, parse(stdout));
     }));
