@@ -26,6 +26,7 @@
         "src/emu/linear_cross_entropy.cc",
         "src/emu/sigmoid_pair.cc",
         "src/emu/zscore.cc",
+        "src/emu/normalize.cc",
         "src/cpu/binding.cc",
         "src/cpu/parallel.cc",
         "src/cpu/host_memory.cc"
@@ -62,7 +63,8 @@
         "src/cpu/gemm.cc",
         "src/cpu/bf16_gemm.cc",
         "src/cpu/sigmoid_pair.cc",
-        "src/cpu/zscore.cc"
+        "src/cpu/zscore.cc",
+        "src/cpu/unit_rows.cc"
       ],
       "defines": ["<!@(node src/cpu/find-openblas.cjs defines)"],
       "include_dirs": ["<!@(node src/cpu/find-openblas.cjs include)"],

@@ -113,6 +113,19 @@ __device__ __forceinline__ void storeElement(void* data, DType dtype, int64_t i,
   }
 }
 
+/**
+ * An fp32 accumulator into its output's dtype (bf16: rounded to nearest even, once), grid-stride.
+ * A template so that only the kernels that launch it compile it.
+ */
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) storeAccumulatorKernel(const float* from, MutMatrixRef to) {
+  const int64_t n = to.rows * to.cols;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * kThreads) {
+    storeElement(to.data, to.dtype, e, from[e]);
+  }
+}
+
 // ---------------------------------------------------------------- reductions
 // A reduced value is a small aggregate of floats/ints; each type provides shuffleXor (one
 // shuffle per member: CUDA shuffles move 32-bit words) and the kernels pass how to combine.

@@ -1,5 +1,5 @@
 // Cross-entropy from logits with every option of README "Losses" (label smoothing, class
-// weights, z-loss, softcap, temperature, softmax / StableMax / sparsemax normalizers, focal,
+// weights, z-loss, softcap, temperature, softmax / StableMax / sparsemax / Gumbel normalizers, focal,
 // Poly-1, squentropy). The forward reads each row once: the online log-sum-exp and the few
 // sums the options need are reduced together (plus, for sparsemax, Michelot's threshold
 // passes), and the row's loss is finished by rowLoss of cuda/math/loss.cuh. It leaves
@@ -29,6 +29,24 @@ struct CombineRowSums {
   }
 };
 
+/**
+ * What a row's logits are shifted by before ÷ T (shiftedEffectiveLogit): under a temperature,
+ * for the losses invariant to a shift (softmax, sparsemax; not squentropy's z²), the row's
+ * largest capped logit, found in an extra pass; else 0. x/T formed first would round every gap
+ * at |x| ≫ 1, or overflow.
+ */
+__device__ float lossRowShift(const MatrixRef& logits, const LossParams& p, int64_t row) {
+  const bool shifted = p.invTemperature != 1.0f && p.squentropy == 0.0f &&
+                       (p.normalizer == kNormalizerSoftmax || p.normalizer == kNormalizerSparsemax);
+  if (!shifted) return 0.0f;  // uniform across the block
+  float max = negativeInfinity();
+  for (int j = threadIdx.x; j < static_cast<int>(logits.cols); j += blockDim.x) {
+    const float x = loadElement(logits.data, logits.dtype, row * logits.cols + j);
+    max = maxPropagatingNaN(max, effectiveLogit(x, p.softcap, 1.0f));
+  }
+  return effectiveShift(blockMax(max));
+}
+
 __global__ void __launch_bounds__(kMaxRowThreads)
     crossEntropyForwardKernel(MatrixRef logits, const int32_t* labels, LossParams p, CrossEntropyForwardOut out) {
   const int cols = static_cast<int>(logits.cols);
@@ -37,28 +55,44 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   const bool smoothing = p.smoothing > 0.0f;
   const bool squentropy = p.squentropy != 0.0f;
   const bool stable = p.normalizer == kNormalizerStablemax;
+  const bool gumbel = p.normalizer == kNormalizerGumbel;
   const RowSums empty{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f};
   for (int64_t row = blockIdx.x; row < logits.rows; row += gridDim.x) {
     const int64_t base = row * logits.cols;  // int64: N·V may exceed 2^31
     const int label = labels[row];
+    const float shift = lossRowShift(logits, p, row);
+    const float zShift = shift * p.invTemperature;
     const auto z = [&](int j) {
-      return effectiveLogit(loadElement(logits.data, logits.dtype, base + j), p.softcap, p.invTemperature);
+      return shiftedEffectiveLogit(loadElement(logits.data, logits.dtype, base + j), p.softcap, p.invTemperature, shift);
     };
     RowSums s = empty;
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float zj = z(j);
       s.lse = lsePush(s.lse, zj);
       if (smoothing) s.sumWeightedZ += classWeight(p, j) * zj;
-      if (squentropy && j != label) s.sumSqOthers += zj * zj;
+      if (squentropy && j != label) s.sumSqOthers += zj * zj;  // never shifted (lossRowShift)
       if (stable) {
         s.stableSum += stablemaxS(zj);
         if (smoothing) s.sumWeightedLogS += classWeight(p, j) * stablemaxLogS(zj);
       }
+      if (gumbel && j != label) s.stableSum += gumbelPsi(zj);  // Gumbel's row sum takes stableSum's slot
     }
     s = blockAllReduce(s, CombineRowSums(), empty);
+    if (stable) {
+      // RowStats keeps S·scale (S may overflow float32). Scaling the one-pass sum by the power of
+      // two is the same sum unless it overflowed or went subnormal: only those rows sum again.
+      const float scale = stablemaxSumScale(s.lse.max);
+      if (s.stableSum < 1e30f && s.stableSum > 1e-30f) {  // uniform after the reduction
+        s.stableSum *= scale;
+      } else {
+        float part = 0.0f;
+        for (int j = threadIdx.x; j < cols; j += blockDim.x) part += stablemaxS(z(j)) * scale;
+        s.stableSum = blockSum(part);
+      }
+    }
 
     RowStats st;
-    st.lse = lseValue(s.lse);
+    st.lse = lseValue(s.lse) + zShift;
     st.logSum = logf(s.lse.sum);
     st.zLabel = isClass(label, cols) ? z(label) : quietNaN();
     st.sumWeightedZ = s.sumWeightedZ;
@@ -95,7 +129,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 
 /**
  * dLogits = gradCoefficient(z)·dz/dx per element. Each thread rebuilds the row's RowGrad
- * from the stored RowStats (a few scalar operations), so threads never wait on each other.
+ * from the stored RowStats (a few scalar operations), so threads never wait on each other
+ * (under a temperature, but for the one reduction that finds the row's shift again).
  */
 __global__ void __launch_bounds__(kMaxRowThreads)
     crossEntropyBackwardKernel(MatrixRef logits, const int32_t* labels, LossParams p, const float* rowStats,
@@ -112,10 +147,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     const RowStats st = loadRowStats(rowStats, row);
     const float wLabel = isClass(label, cols) ? classWeight(p, label) : quietNaN();
     const RowLoss rl = rowLoss(k, st, wLabel, p.sumWeights);
+    const float shift = lossRowShift(logits, p, row);
     const RowGrad rg = rowGrad(k, st, rl, wLabel, scaleWeighted[row], scaleUnweighted[row]);
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float x = loadElement(logits.data, logits.dtype, base + j);
-      const float zj = effectiveLogit(x, p.softcap, p.invTemperature);
+      const float zj = shiftedEffectiveLogit(x, p.softcap, p.invTemperature, shift);
       const float coef = gradCoefficient(rg, zj, j == label, classWeight(p, j));
       storeElement(dLogits.data, dLogits.dtype, base + j, coef * effectiveSlope(x, p.softcap, p.invTemperature));
     }
@@ -129,7 +165,7 @@ inline void checkLossShape(const char* op, const MatrixRef& logits, const LossPa
   if (p.vocab != logits.cols) {
     throwInvalid(op, "vocab " + std::to_string(p.vocab) + " but logits have " + std::to_string(logits.cols) + " columns");
   }
-  if (p.normalizer < kNormalizerSoftmax || p.normalizer > kNormalizerSparsemax) {
+  if (p.normalizer < kNormalizerSoftmax || p.normalizer > kNormalizerGumbel) {
     throwInvalid(op, "unknown normalizer " + std::to_string(p.normalizer));
   }
 }

@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "math/margin.cuh"
+
 namespace cutloss {
 
 enum class DType : int32_t { F32 = 0, BF16 = 1 };
@@ -48,7 +50,7 @@ struct SoftmaxParams {
 /** Resolved loss options (lib/options.ts ResolvedLossOptions); see cuda/math/loss.cuh. */
 struct LossParams {
   int32_t vocab = 0;
-  int32_t normalizer = 0;  // 0 softmax, 1 stablemax, 2 sparsemax
+  int32_t normalizer = 0;  // 0 softmax, 1 stablemax, 2 sparsemax, 3 gumbel (kNormalizer* of cuda/math/loss.cuh)
   float smoothing = 0.0f;
   float focalGamma = 0.0f;
   float polyEpsilon = 0.0f;
@@ -60,6 +62,8 @@ struct LossParams {
   int32_t ignoreIndex = -100;
   const float* classWeights = nullptr;  // device [V], or null
   float sumWeights = 0.0f;              // Σ_j w_j (V when unweighted)
+  LabelMargin labelMargin;              // margin softmax at the label (linear loss only); off by default
+  float harmonicExponent = 0.0f;        // > 0: harmonic logits −(n/2)·log ‖e − w‖² (linear loss only); 0 = dot
 };
 
 /** Per-row statistics the loss forward leaves for its backward (kRowStatFloats floats a row). */
@@ -296,7 +300,11 @@ inline int64_t zscorePartialFloats(int64_t N, int64_t D, int64_t V) {
   void sigmoidPairLoss(const MatrixRef& x, const MatrixRef& y, const SigmoidPairParams& p,                  \
                        const SigmoidPairOut& out, Stream s);                                                \
   void zscoreLinear(const MatrixRef& E, const MatrixRef& W, const float* bias, const int32_t* labels,       \
-                    const ZscoreParams& p, const ZscoreKernelOut& out, const ZscoreWork& w, Stream s);
+                    const ZscoreParams& p, const ZscoreKernelOut& out, const ZscoreWork& w, Stream s);           \
+  /* cuda/normalize.cu: y = scale·x/max(‖x‖, 1e-12) per row with norms [R]; and dx from dL/dy. */         \
+  void unitRows(const MatrixRef& x, float scale, const MutMatrixRef& y, float* norms, Stream s);           \
+  void unitRowsBackward(const MatrixRef& x, const float* norms, float scale, const MatrixRef& g,            \
+                        const MutMatrixRef& dx, Stream s);
 
 namespace gpu {
 CUTLOSS_DECLARE_KERNELS

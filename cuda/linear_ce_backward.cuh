@@ -164,11 +164,14 @@ CUTLOSS_UNROLL
             const int32_t cls = classes[n + j];  // −1 past the vocabulary
             float gradient = 0.0f;
             if (row.valid && cls >= 0) {
-              const float x = acc[mt][nt][2 * h + j] + (a.bias != nullptr ? a.bias[cls] : 0.0f);
+              const bool isLabel = cls == row.label;
+              float x = acc[mt][nt][2 * h + j] + (a.bias != nullptr ? a.bias[cls] : 0.0f);
+              const float marginSlope = isLabel ? marginLabelSlope(a.p.labelMargin, x) : 1.0f;  // margin softmax
+              if (isLabel) x = marginLabelLogit(a.p.labelMargin, x);
               const float z = effectiveLogit(x, a.p.softcap, a.p.invTemperature);
-              const float coef = gradCoefficient(row.rg, z, cls == row.label, classWeight(a.p, cls));
+              const float coef = gradCoefficient(row.rg, z, isLabel, classWeight(a.p, cls));
               if (!(fabsf(coef) * row.invScale < a.filterEps)) keep = true;  // NaN is never filtered
-              gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature);
+              gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature) * marginSlope;
             }
             columnSums[nt][j] += gradient;
             gValues[(gradSwizzle(m, n / 8) >> 1) + (n % 8) + j] = __float2bfloat16_rn(gradient);

@@ -5,7 +5,7 @@
 // (FMA or tensor cores), used at once, and forgotten.
 //
 // Forward. A block reduces each row of each tile to (max, Σ exp) and the sums its options
-// need (label logit, Σ w·z, Σ_{j≠t} z², Σ s(z), Σ w·log s(z)) and folds them into the row's
+// need (label logit, Σ w·z, Σ_{j≠t} z², Σ s(z) or Gumbel's Σ_{j≠t} ψ(z), Σ w·log s(z)) and folds them into the row's
 // running state in shared memory. Blocks that share a row tile (its "splits") write one
 // partial per row, and a second tiny pass merges the partials in split order. We chose that
 // over per-row atomic merges: (max, sum) pairs have no atomic merge, a lock per row
@@ -36,6 +36,10 @@
 // depends on W and on E's rows, training changes W at every step, and proving W unchanged would
 // take a read of W (what the GEMV costs) or a version number the API does not have. The keys are
 // unique, so the order, and deterministic mode's results, are the same run to run.
+//
+// Harmonic logits (LossParams::harmonicExponent > 0) run on the FloatTile kernels, whose
+// epilogues map each tile's e·w to −(n/2)·log d² with the tile's row and class norms
+// (HarmonicTile below); the tensor-core forward and backward keep the dot logits only.
 #include "tile_gemm.cuh"
 
 namespace cutloss {
@@ -185,11 +189,75 @@ __device__ __forceinline__ T rowGroupAllReduce(T v, Combine combine) {
   return combine(v, shuffleXor(v, 2));
 }
 
-/** The effective logit z of tile element (m, n), or −inf past the vocabulary. */
-__device__ __forceinline__ float tileLogit(const LinearCeArgs& a, const FloatTile& c, int m, int n, int64_t c0, int nc) {
+/** The effective logit z of tile element (m, n), or −inf past the vocabulary; column t holds the row's label (margin map). */
+__device__ __forceinline__ float tileLogit(const LinearCeArgs& a, const FloatTile& c, int m, int n, int64_t c0, int nc,
+                                           int64_t t) {
   if (n >= nc) return negativeInfinity();
-  const float x = c[m][n] + (a.bias != nullptr ? a.bias[c0 + n] : 0.0f);
+  float x = c[m][n] + (a.bias != nullptr ? a.bias[c0 + n] : 0.0f);
+  if (n == t) x = marginLabelLogit(a.p.labelMargin, x);
   return effectiveLogit(x, a.p.softcap, a.p.invTemperature);
+}
+
+/** The label's column in the tile of classes c0.., if it is there (rows past N: none). */
+__device__ __forceinline__ int64_t labelColumn(const LinearCeArgs& a, int64_t row, int64_t c0) {
+  return row < a.E.rows ? static_cast<int64_t>(a.labels[row]) - c0 : -1;
+}
+
+// Harmonic logits (cuda/math/harmonic.cuh): a tile's e·w become −(n/2)·log d² with the squared
+// norms of its rows and classes, summed per tile (64·D loads each, a 64th of the tile product)
+// rather than kept in the workspace. The backward's H = n·G/d² goes through the same products
+// as G; each tile's Σ_j H_ij and Σ_i H_ij give the −e_i·Σ_j H_ij and −w_j·Σ_i H_ij terms.
+
+struct HarmonicTile {
+  float rowSq[kTile];  // ‖e_i‖² of rows r0..
+  float colSq[kTile];  // ‖w_j‖² of classes c0.. (in the walk's order)
+  float rowSumH[kTile];
+  float colSumH[kTile];
+};
+
+/** ‖M[r]‖², summed in order by one thread. */
+__device__ __forceinline__ float squaredRowNorm(const MatrixRef& M, int64_t r) {
+  float s = 0.0f;
+  for (int64_t k = 0; k < M.cols; ++k) {
+    const float v = loadElement(M.data, M.dtype, r * M.cols + k);
+    s = fmaf(v, v, s);
+  }
+  return s;
+}
+
+/** The norms of rows r0.. (withRows) and classes c0..: published by the barriers of the tile product that follows. */
+__device__ __forceinline__ void harmonicNorms(const LinearCeArgs& a, int64_t r0, int64_t c0, const int32_t* order,
+                                              bool withRows, HarmonicTile& h) {
+  const int i = static_cast<int>(threadIdx.x);
+  if (i < kTile) {
+    if (withRows) h.rowSq[i] = r0 + i < a.E.rows ? squaredRowNorm(a.E, r0 + i) : 0.0f;
+  } else if (i < 2 * kTile) {
+    const int64_t c = c0 + (i - kTile);
+    h.colSq[i - kTile] = c < a.W.rows ? squaredRowNorm(a.W, order != nullptr ? static_cast<int64_t>(order[c]) : c) : 0.0f;
+  }
+}
+
+/** The product tile's e·w → raw harmonic logits, in place (then a barrier). */
+__device__ __forceinline__ void harmonicLogits(const LinearCeArgs& a, const HarmonicTile& h, FloatTile& c) {
+  for (int idx = threadIdx.x; idx < kTile * kTile; idx += kTileThreads) {
+    const int i = idx / kTile;
+    const int j = idx % kTile;
+    c[i][j] = harmonicLogit(harmonicSqDistance(h.rowSq[i], h.colSq[j], c[i][j]), a.p.harmonicExponent);
+  }
+  __syncthreads();
+}
+
+/** c[i][j] −= s[i]·M[row][d0 + j], row base + i (or order[base + i]): a harmonic gradient product's correction. */
+__device__ __forceinline__ void harmonicCorrection(FloatTile& c, const float* s, const MatrixRef& M, int64_t base, int rows,
+                                                   int d0, int cols, const int32_t* order = nullptr) {
+  for (int idx = threadIdx.x; idx < kTile * kTile; idx += kTileThreads) {
+    const int i = idx / kTile;
+    const int j = idx % kTile;
+    if (!(i < rows && j < cols)) continue;
+    const int64_t r = order != nullptr ? static_cast<int64_t>(order[base + i]) : base + i;
+    c[i][j] -= s[i] * loadElement(M.data, M.dtype, r * M.cols + d0 + j);
+  }
+  __syncthreads();
 }
 
 /**
@@ -197,10 +265,10 @@ __device__ __forceinline__ float tileLogit(const LinearCeArgs& a, const FloatTil
  * the logits within 1 of the running max. When the list is full, the values a larger max
  * has since pushed out of reach are dropped; if it is still full, the row overflows.
  */
-__device__ void collectCandidates(const LinearCeArgs& a, const FloatTile& c, int m, int64_t c0, int nc, float max,
-                                  int& count, float* kept) {
+__device__ void collectCandidates(const LinearCeArgs& a, const FloatTile& c, int m, int64_t c0, int nc, int64_t t,
+                                  float max, int& count, float* kept) {
   for (int n = 0; n < nc && count != kCandidateOverflow; ++n) {
-    const float z = tileLogit(a, c, m, n, c0, nc);
+    const float z = tileLogit(a, c, m, n, c0, nc, t);
     if (!(z - max > -1.0f)) continue;  // as a gap: exact for huge logits; NaN is never a candidate
     if (count == kLinearCeCandidates) {
       int out = 0;
@@ -241,20 +309,25 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeForwardKernel(LinearC
   const bool smoothing = a.p.smoothing > 0.0f;
   const bool squentropy = a.p.squentropy != 0.0f;
   const bool stable = a.p.normalizer == kNormalizerStablemax;
+  const bool gumbel = a.p.normalizer == kNormalizerGumbel;
   float* kept = a.candidates != nullptr && row < N
                     ? a.candidates + (static_cast<int64_t>(split) * N + row) * kLinearCeCandidates
                     : nullptr;
   if (leader) state[m] = RowPartial{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0};
+  const bool harmonic = a.p.harmonicExponent > 0.0f;
+  __shared__ HarmonicTile norms;
   for (int vt = firstTile; vt < endTile; ++vt) {
     const int64_t c0 = static_cast<int64_t>(vt) * kTile;
     const int nc = static_cast<int>(min(static_cast<int64_t>(kTile), V - c0));
+    if (harmonic) harmonicNorms(a, r0, c0, nullptr, vt == firstTile, norms);
     Gemm::product(EmbeddingRows{a.E, r0}, ClassifierRows{a.W, c0}, static_cast<int>(a.E.cols), c);
+    if (harmonic) harmonicLogits(a, norms, c);
     const int64_t t = static_cast<int64_t>(label) - c0;  // the label's column in this tile, if any
     TileRowSums s{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     for (int q = 0; q < kTile / 4; ++q) {
       const int n = phase + 4 * q;
       if (n >= nc || row >= N) break;
-      const float z = tileLogit(a, c, m, n, c0, nc);
+      const float z = tileLogit(a, c, m, n, c0, nc, t);
       s.lse = lsePush(s.lse, z);
       if (n == t) s.zLabel = z;
       if (smoothing) s.sumWeightedZ += classWeight(a.p, c0 + n) * z;
@@ -263,6 +336,7 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeForwardKernel(LinearC
         s.stableSum += stablemaxS(z);
         if (smoothing) s.sumWeightedLogS += classWeight(a.p, c0 + n) * stablemaxLogS(z);
       }
+      if (gumbel && n != t) s.stableSum += gumbelPsi(z);  // Gumbel's row sum takes stableSum's slot
     }
     s = rowGroupAllReduce(s, CombineTileRowSums());
     if (leader) {
@@ -273,7 +347,7 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeForwardKernel(LinearC
       st.sumSqOthers += s.sumSqOthers;
       st.stableSum += s.stableSum;
       st.sumWeightedLogS += s.sumWeightedLogS;
-      if (kept != nullptr) collectCandidates(a, c, m, c0, nc, st.lse.max, st.candidates, kept);
+      if (kept != nullptr) collectCandidates(a, c, m, c0, nc, t, st.lse.max, st.candidates, kept);
     }
   }
   if (leader) {
@@ -332,6 +406,7 @@ __global__ void __launch_bounds__(kMmaForwardThreads, 2) linearCeForwardMmaKerne
   const bool smoothing = kOptions && a.p.smoothing > 0.0f;
   const bool squentropy = kOptions && a.p.squentropy != 0.0f;
   const bool stable = kOptions && a.p.normalizer == kNormalizerStablemax;
+  const bool gumbel = kOptions && a.p.normalizer == kNormalizerGumbel;
   const float softcap = kOptions ? a.p.softcap : 0.0f;
 
   for (int i = static_cast<int>(threadIdx.x); i < kMmaForwardWarpColumns * kMmaBlockRows; i += kMmaForwardThreads) {
@@ -393,9 +468,10 @@ CUTLOSS_UNROLL
           for (int j = 0; j < 2; ++j) {
             const int64_t col = c0 + nt * 8 + 2 * t + j;
             float& v = acc[mt][nt][2 * h + j];
-            v = col < colEnd && r0 + m < N
-                    ? effectiveLogit(v + (a.bias != nullptr ? a.bias[col] : 0.0f), softcap, a.p.invTemperature)
-                    : negativeInfinity();
+            const bool inside = col < colEnd && r0 + m < N;
+            float x = v + (inside && a.bias != nullptr ? a.bias[col] : 0.0f);  // no read past the vocabulary
+            if (kOptions && col == label) x = marginLabelLogit(a.p.labelMargin, x);
+            v = inside ? effectiveLogit(x, softcap, a.p.invTemperature) : negativeInfinity();
             rowMax = maxPropagatingNaN(rowMax, v);
           }
         }
@@ -421,6 +497,7 @@ CUTLOSS_UNROLL
               sums.stableSum += stablemaxS(z);
               if (smoothing) sums.sumWeightedLogS += classWeight(a.p, col) * stablemaxLogS(z);
             }
+            if (gumbel && !isLabel) sums.stableSum += gumbelPsi(z);  // Gumbel's row sum takes stableSum's slot
           }
         }
         sums = rowGroupAllReduce(sums, CombineTileRowSums());
@@ -533,7 +610,9 @@ __global__ void __launch_bounds__(kTileThreads) linearCeMergeKernel(LinearCeArgs
   st.zLabel = s.zLabel;
   st.sumWeightedZ = s.sumWeightedZ;
   st.sumSqOthers = s.sumSqOthers;
-  st.stableSum = s.stableSum;
+  // RowStats holds StableMax's S times the row's scale (an exact power of two); the partials
+  // here are unscaled, so S past float32 still overflows on this path
+  st.stableSum = a.p.normalizer == kNormalizerStablemax ? s.stableSum * stablemaxSumScale(s.lse.max) : s.stableSum;
   st.sumWeightedLogS = s.sumWeightedLogS;
   st.zMax = s.lse.max;
   st.tau = 0.0f;
@@ -608,15 +687,19 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeMichelotPassKernel(Li
   const bool any = __syncthreads_or(active);
   const int firstTile = split * a.tilesPerSplit;
   const int endTile = any ? min(firstTile + a.tilesPerSplit, a.vocabTiles) : firstTile;
+  const bool harmonic = a.p.harmonicExponent > 0.0f;
+  __shared__ HarmonicTile norms;
   MichelotSums3 total{0, 0.0f, 0.0f};
   for (int vt = firstTile; vt < endTile; ++vt) {
     const int64_t c0 = static_cast<int64_t>(vt) * kTile;
     const int nc = static_cast<int>(min(static_cast<int64_t>(kTile), V - c0));
+    if (harmonic) harmonicNorms(a, r0, c0, nullptr, vt == firstTile, norms);
     Gemm::product(EmbeddingRows{a.E, r0}, ClassifierRows{a.W, c0}, static_cast<int>(a.E.cols), c);
+    if (harmonic) harmonicLogits(a, norms, c);
     MichelotSums3 s{0, 0.0f, 0.0f};
     for (int q = 0; q < kTile / 4 && active; ++q) {
       const int n = phase + 4 * q;
-      const float z = tileLogit(a, c, m, n, c0, nc) - max;
+      const float z = tileLogit(a, c, m, n, c0, nc, labelColumn(a, row, c0)) - max;
       if (z > x) {
         s.count += 1;
         s.sum += z;
@@ -747,6 +830,9 @@ __device__ void backwardTile(const LinearCeArgs& a, int64_t r0, int vt, const Th
   const int nc = static_cast<int>(min(static_cast<int64_t>(kTile), V - c0));
   const int nr = static_cast<int>(min(static_cast<int64_t>(kTile), N - r0));
   const bool atomic = Mode == kBackwardAtomic;
+  const bool harmonic = a.p.harmonicExponent > 0.0f;
+  __shared__ HarmonicTile norms;
+  if (harmonic) harmonicNorms(a, r0, c0, a.order, true, norms);
   Gemm::product(EmbeddingRows{a.E, r0}, ClassifierRows{a.W, c0, a.order}, D, c);
   const int m = threadIdx.x / 4;
   const int phase = threadIdx.x % 4;
@@ -757,11 +843,17 @@ CUTLOSS_UNROLL
     float gradient = 0.0f;
     if (row.valid && n < nc) {
       const int64_t cls = classAt(a, c0 + n);
-      const float x = c[m][n] + (a.bias != nullptr ? a.bias[cls] : 0.0f);
+      const bool isLabel = cls == row.label;
+      float x = c[m][n] + (a.bias != nullptr ? a.bias[cls] : 0.0f);
+      const float sq = harmonic ? harmonicSqDistance(norms.rowSq[m], norms.colSq[n], c[m][n]) : 0.0f;
+      if (harmonic) x = harmonicLogit(sq, a.p.harmonicExponent);
+      const float marginSlope = isLabel ? marginLabelSlope(a.p.labelMargin, x) : 1.0f;
+      if (isLabel) x = marginLabelLogit(a.p.labelMargin, x);
       const float z = effectiveLogit(x, a.p.softcap, a.p.invTemperature);
-      const float coef = gradCoefficient(row.rg, z, cls == row.label, classWeight(a.p, cls));
+      const float coef = gradCoefficient(row.rg, z, isLabel, classWeight(a.p, cls));
       if (!(fabsf(coef) * row.invScale < a.filterEps)) keep = true;  // NaN is never filtered
-      gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature);
+      gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature) * marginSlope;
+      if (harmonic) gradient = harmonicGrad(gradient, sq, a.p.harmonicExponent);  // after filtering, which looks at dloss/dz
     }
     g[m][n] = gradient;
   }
@@ -771,6 +863,18 @@ CUTLOSS_UNROLL
     if (!keep) atomicAdd(a.counters + kCounterSkipped, 1u);
   }
   if (!keep) return;  // uniform
+  if (harmonic) {  // the tile's Σ_j H_ij (threads 0..63) and Σ_i H_ij (64..127), in order
+    const int k = static_cast<int>(threadIdx.x);
+    float sum = 0.0f;
+    if (k < kTile) {
+      for (int j = 0; j < kTile; ++j) sum += g[k][j];
+      norms.rowSumH[k] = sum;
+    } else if (k < 2 * kTile) {
+      for (int i = 0; i < kTile; ++i) sum += g[i][k - kTile];
+      norms.colSumH[k - kTile] = sum;
+    }
+    __syncthreads();
+  }
   const int column = threadIdx.x;
   if (Mode != kBackwardOwnRows && a.dBias != nullptr && column < nc) {
     float sum = 0.0f;
@@ -780,12 +884,14 @@ CUTLOSS_UNROLL
   if (Mode != kBackwardOwnVocab) {
     for (int d0 = 0; d0 < D; d0 += kTile) {  // dE[r0.., d0..] += G·W[c0.., d0..]
       Gemm::product(GradRows{&g}, MatrixColumns{a.W, c0, d0, a.order}, nc, c);
+      if (harmonic) harmonicCorrection(c, norms.rowSumH, a.E, r0, nr, d0, min(kTile, D - d0));  // − e_i·Σ_j H_ij
       addTile(c, a.dE, r0, nr, d0, min(kTile, D - d0), D, atomic);
     }
   }
   if (Mode != kBackwardOwnRows) {
     for (int d0 = 0; d0 < D; d0 += kTile) {  // dW[c0.., d0..] += Gᵀ·E[r0.., d0..]
       Gemm::product(GradColumns{&g}, MatrixColumns{a.E, r0, d0}, nr, c);
+      if (harmonic) harmonicCorrection(c, norms.colSumH, a.W, c0, nc, d0, min(kTile, D - d0), a.order);  // − w_j·Σ_i H_ij
       addTile(c, a.dW, c0, nc, d0, min(kTile, D - d0), D, atomic, a.order);
     }
   }
@@ -823,15 +929,6 @@ __global__ void fillKernel(float* p, int64_t n, float v) {
 
 __global__ void zeroCountersKernel(uint32_t* counters, int first, int count) {
   if (static_cast<int>(threadIdx.x) < count) counters[first + threadIdx.x] = 0u;
-}
-
-/** The fp32 accumulator into the output's dtype (bf16: rounded to nearest even, once). */
-__global__ void storeGradientKernel(const float* acc, MutMatrixRef out) {
-  const int64_t n = out.rows * out.cols;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    storeElement(out.data, out.dtype, i, acc[i]);
-  }
 }
 
 // ---------------------------------------------------------------- vocabulary order (filtering backward)
@@ -944,7 +1041,7 @@ enum class ForwardPath { FloatTile, MmaBf16, MmaTf32 };
 template <class Op>
 void runMmaForward(const LinearCeArgs& a, const LinearCePlan& plan, Stream s) {
   const bool plain = a.p.softcap <= 0.0f && !(a.p.smoothing > 0.0f) && a.p.squentropy == 0.0f &&
-                     a.p.normalizer == kNormalizerSoftmax;
+                     a.p.normalizer == kNormalizerSoftmax && !(a.p.labelMargin.scale > 0.0f);
   // the name the emulator's reports give
   const auto linearCeForwardMma = plain ? &linearCeForwardMmaKernel<Op, false> : &linearCeForwardMmaKernel<Op, true>;
   CUTLOSS_ALLOW_DYNAMIC_SHARED(linearCeForwardMma, kMmaForwardSharedBytes);
@@ -1024,8 +1121,8 @@ void runLinearCrossEntropy(const LinearCeArgs& a, const LinearCePlan& plan, cons
     const auto atomic = &linearCeBackwardKernel<Gemm, kBackwardAtomic>;
     CUTLOSS_RUN(op, atomic, tiles, kTileThreads, 0, s, a);
   }
-  if (a.dE != out.dE.data) CUTLOSS_RUN(op, storeGradientKernel, elementBlocks(N * D), 256, 0, s, a.dE, out.dE);
-  if (a.dW != out.dW.data) CUTLOSS_RUN(op, storeGradientKernel, elementBlocks(V * D), 256, 0, s, a.dW, out.dW);
+  if (a.dE != out.dE.data) CUTLOSS_RUN(op, storeAccumulatorKernel<256>, elementBlocks(N * D), 256, 0, s, a.dE, out.dE);
+  if (a.dW != out.dW.data) CUTLOSS_RUN(op, storeAccumulatorKernel<256>, elementBlocks(V * D), 256, 0, s, a.dW, out.dW);
 }
 
 void linearCrossEntropy(const MatrixRef& E, const MatrixRef& W, const float* bias, const int32_t* labels,
@@ -1042,7 +1139,7 @@ void linearCrossEntropy(const MatrixRef& E, const MatrixRef& W, const float* bia
   }
   if (W.cols != D) throwInvalid(op, "W has " + std::to_string(W.cols) + " columns, E has " + std::to_string(D));
   if (p.vocab != V) throwInvalid(op, "vocab " + std::to_string(p.vocab) + " but W has " + std::to_string(V) + " rows");
-  if (p.normalizer < kNormalizerSoftmax || p.normalizer > kNormalizerSparsemax) {
+  if (p.normalizer < kNormalizerSoftmax || p.normalizer > kNormalizerGumbel) {
     throwInvalid(op, "unknown normalizer " + std::to_string(p.normalizer));
   }
   const bool withGrad = out.scaleWeighted != nullptr;
@@ -1095,7 +1192,9 @@ void linearCrossEntropy(const MatrixRef& E, const MatrixRef& W, const float* bia
   const bool aligned = rowBytes % 16 == 0 && reinterpret_cast<uintptr_t>(E.data) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(W.data) % 16 == 0;
   ForwardPath path = ForwardPath::FloatTile;
-  if (tensorCores && aligned && p.normalizer != kNormalizerSparsemax && (bothBf16 || bothF32)) {
+  // harmonic logits take the FloatTile kernels, whose epilogue has each element's row and class norms at hand
+  const bool harmonic = p.harmonicExponent > 0.0f;
+  if (tensorCores && aligned && p.normalizer != kNormalizerSparsemax && !harmonic && (bothBf16 || bothF32)) {
     path = bothBf16 ? ForwardPath::MmaBf16 : ForwardPath::MmaTf32;
   }
   if (!tensorCores) {

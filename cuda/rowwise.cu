@@ -18,22 +18,37 @@ __device__ __forceinline__ bool isMasked(const SoftmaxParams& p, int64_t row, in
   return p.mask[offset + j] == 0;
 }
 
-/** z_j = x_j / T, or −inf where masked. */
-__device__ __forceinline__ float scaledLogit(const MatrixRef& x, const SoftmaxParams& p, int64_t row, int j) {
+/**
+ * What a row's logits are shifted by before ÷ T: under a temperature its max over unmasked
+ * entries (shiftedEffectiveLogit: x/T first would round every gap at |x| ≫ 1, or overflow;
+ * softmax is invariant to it), else 0 and no extra pass.
+ */
+__device__ float rowShift(const MatrixRef& x, const SoftmaxParams& p, int64_t row) {
+  if (p.invTemperature == 1.0f) return 0.0f;  // uniform across the block
+  float max = negativeInfinity();
+  for (int j = threadIdx.x; j < static_cast<int>(x.cols); j += blockDim.x) {
+    if (!isMasked(p, row, x.cols, j)) max = maxPropagatingNaN(max, loadElement(x.data, x.dtype, row * x.cols + j));
+  }
+  return effectiveShift(blockMax(max));
+}
+
+/** z_j = (x_j − shift) / T, or −inf where masked. */
+__device__ __forceinline__ float scaledLogit(const MatrixRef& x, const SoftmaxParams& p, int64_t row, int j, float shift) {
   if (isMasked(p, row, x.cols, j)) return negativeInfinity();
-  return loadElement(x.data, x.dtype, row * x.cols + j) * p.invTemperature;
+  return shiftedEffectiveLogit(loadElement(x.data, x.dtype, row * x.cols + j), 0.0f, p.invTemperature, shift);
 }
 
 /** The row's online log-sum-exp state over z: per-thread states merged across the block. */
-__device__ LseState rowLseState(const MatrixRef& x, const SoftmaxParams& p, int64_t row) {
+__device__ LseState rowLseState(const MatrixRef& x, const SoftmaxParams& p, int64_t row, float shift) {
   LseState s = lseEmpty();
-  for (int j = threadIdx.x; j < static_cast<int>(x.cols); j += blockDim.x) s = lsePush(s, scaledLogit(x, p, row, j));
+  for (int j = threadIdx.x; j < static_cast<int>(x.cols); j += blockDim.x) s = lsePush(s, scaledLogit(x, p, row, j, shift));
   return blockLse(s);
 }
 
 __global__ void __launch_bounds__(kMaxRowThreads) logSumExpKernel(MatrixRef x, SoftmaxParams p, float* out) {
   for (int64_t row = blockIdx.x; row < x.rows; row += gridDim.x) {
-    const float lse = lseValue(rowLseState(x, p, row));
+    const float shift = rowShift(x, p, row);
+    const float lse = lseValue(rowLseState(x, p, row, shift)) + shift * p.invTemperature;
     if (threadIdx.x == 0) out[row] = lse;
   }
 }
@@ -43,12 +58,13 @@ __global__ void __launch_bounds__(kMaxRowThreads) logSumExpKernel(MatrixRef x, S
 __global__ void __launch_bounds__(kMaxRowThreads) softmaxKernel(MatrixRef x, SoftmaxParams p, bool logForm, MutMatrixRef y) {
   const int cols = static_cast<int>(x.cols);
   for (int64_t row = blockIdx.x; row < x.rows; row += gridDim.x) {
-    const LseState s = rowLseState(x, p, row);
+    const float shift = rowShift(x, p, row);
+    const LseState s = rowLseState(x, p, row, shift);
     const float logSum = logf(s.sum);
     const bool fullyMasked = s.max == negativeInfinity();  // 0/0, as PyTorch: NaN
     const int64_t base = row * x.cols;
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-      const float z = scaledLogit(x, p, row, j);
+      const float z = scaledLogit(x, p, row, j, shift);
       float v;
       if (fullyMasked) {
         v = quietNaN();
@@ -65,7 +81,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     softmaxBackwardKernel(MatrixRef x, MatrixRef dy, SoftmaxParams p, bool logForm, MutMatrixRef dx) {
   const int cols = static_cast<int>(x.cols);
   for (int64_t row = blockIdx.x; row < x.rows; row += gridDim.x) {
-    const LseState s = rowLseState(x, p, row);
+    const float shift = rowShift(x, p, row);
+    const LseState s = rowLseState(x, p, row, shift);
     const float logSum = logf(s.sum);
     const bool fullyMasked = s.max == negativeInfinity();
     const int64_t base = row * x.cols;
@@ -73,7 +90,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       if (isMasked(p, row, x.cols, j)) continue;  // a masked output is constant: its dy does not flow back
       const float g = loadElement(dy.data, dy.dtype, base + j);
-      dot += logForm ? g : g * expMinusLse(scaledLogit(x, p, row, j), s.max, logSum);
+      dot += logForm ? g : g * expMinusLse(scaledLogit(x, p, row, j, shift), s.max, logSum);
     }
     dot = blockSum(dot);
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
@@ -83,13 +100,38 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       } else if (isMasked(p, row, x.cols, j)) {
         v = 0.0f;
       } else {
-        const float yj = expMinusLse(scaledLogit(x, p, row, j), s.max, logSum);
+        const float yj = expMinusLse(scaledLogit(x, p, row, j, shift), s.max, logSum);
         const float g = loadElement(dy.data, dy.dtype, base + j);
         v = (logForm ? g - yj * dot : yj * (g - dot)) * p.invTemperature;
       }
       storeElement(dx.data, dx.dtype, base + j, v);
     }
   }
+}
+
+/**
+ * StableMax's row sums scaled by the row's stablemaxSumScale: (Σ s·scale, Σ dy·s·scale), or
+ * (Σ s·scale, Σ dy) in log form; without dy the second is 0. The kernels first sum unscaled in
+ * the pass that finds the max; scaling that result by the power of two is the same sum unless
+ * it overflowed or went subnormal, and only such rows are summed here again.
+ */
+__device__ FloatPair scaledStablemaxSums(const MatrixRef& x, const MatrixRef* dy, bool logForm, int64_t row,
+                                         FloatPair unscaled, float scale) {
+  // uniform: every thread holds the reduced sums
+  if (unscaled.a < 1e30f && unscaled.a > 1e-30f && (logForm || fabsf(unscaled.b) < 1e30f)) {
+    return FloatPair{unscaled.a * scale, logForm ? unscaled.b : unscaled.b * scale};
+  }
+  const int64_t base = row * x.cols;
+  FloatPair sums{0.0f, 0.0f};
+  for (int j = threadIdx.x; j < static_cast<int>(x.cols); j += blockDim.x) {
+    const float s = stablemaxS(loadElement(x.data, x.dtype, base + j)) * scale;
+    sums.a += s;
+    if (dy != nullptr) {
+      const float g = loadElement(dy->data, dy->dtype, base + j);
+      sums.b += logForm ? g : g * s;
+    }
+  }
+  return blockSum2(sums);
 }
 
 __global__ void __launch_bounds__(kMaxRowThreads) stablemaxKernel(MatrixRef x, bool logForm, MutMatrixRef y) {
@@ -104,11 +146,16 @@ __global__ void __launch_bounds__(kMaxRowThreads) stablemaxKernel(MatrixRef x, b
       max = maxPropagatingNaN(max, v);
     }
     partial = blockSum(partial);
-    const float sum = stablemaxRowSum(partial, blockMax(max));  // NaN for +inf or all −inf, as softmax
+    max = blockMax(max);
+    const float scale = stablemaxSumScale(max);  // S itself may overflow float32; S·scale cannot
+    const FloatPair sums = scaledStablemaxSums(x, nullptr, false, row, FloatPair{partial, 0.0f}, scale);
+    const float sum = stablemaxRowSum(sums.a, max);  // NaN for +inf or all −inf, as softmax
     const float logSum = logf(sum);
+    const float logScale = logf(scale);
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float v = loadElement(x.data, x.dtype, base + j);
-      storeElement(y.data, y.dtype, base + j, logForm ? stablemaxLogS(v) - logSum : stablemaxS(v) / sum);
+      storeElement(y.data, y.dtype, base + j,
+                   logForm ? stablemaxLogRatio(v, scale, logSum, logScale) : (stablemaxS(v) * scale) / sum);
     }
   }
 }
@@ -131,12 +178,15 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       max = maxPropagatingNaN(max, v);
     }
     sums = blockSum2(sums);
-    const float S = stablemaxRowSum(sums.a, blockMax(max));  // NaN for +inf or all −inf, as softmax
+    max = blockMax(max);
+    const float scale = stablemaxSumScale(max);  // S and s both times the row's scale: S may overflow
+    sums = scaledStablemaxSums(x, &dy, logForm, row, sums, scale);
+    const float S = stablemaxRowSum(sums.a, max);  // NaN for +inf or all −inf, as softmax
     const float dot = logForm ? sums.b : sums.b / S;
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float v = loadElement(x.data, x.dtype, base + j);
       const float g = loadElement(dy.data, dy.dtype, base + j);
-      const float dsOverS = stablemaxDs(v) / S;
+      const float dsOverS = stablemaxDsOverSum(v, S, scale);
       storeElement(dx.data, dx.dtype, base + j, logForm ? g * stablemaxDlogS(v) - dsOverS * dot : dsOverS * (g - dot));
     }
   }

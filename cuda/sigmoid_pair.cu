@@ -159,14 +159,6 @@ __global__ void __launch_bounds__(kPairThreads, 1)
 }
 
 /** f32 accumulators into a bf16 (or f32) output. */
-__global__ void __launch_bounds__(kPairThreads) pairStoreKernel(const float* from, MutMatrixRef to) {
-  const int64_t n = to.rows * to.cols;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kPairThreads + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * kPairThreads) {
-    storeElement(to.data, to.dtype, e, from[e]);
-  }
-}
-
 // ---------------------------------------------------------------- launchers
 
 namespace {
@@ -175,8 +167,8 @@ unsigned tilesOf(int64_t rows) { return static_cast<unsigned>((rows + kPairTile 
 void storeGradient(const float* accum, const MutMatrixRef& out, Stream s) {
   if (accum == nullptr || out.rows == 0) return;  // f32 outputs were accumulated in place
   const int64_t blocks = (out.rows * out.cols + kPairThreads - 1) / kPairThreads;
-  CUTLOSS_RUN("sigmoidPairLoss", pairStoreKernel, static_cast<unsigned>(blocks < 65536 ? blocks : 65536), kPairThreads,
-              0, s, accum, out);
+  const unsigned grid = static_cast<unsigned>(blocks < 65536 ? blocks : 65536);
+  CUTLOSS_RUN("sigmoidPairLoss", storeAccumulatorKernel<kPairThreads>, grid, kPairThreads, 0, s, accum, out);
 }
 }  // namespace
 

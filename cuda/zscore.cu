@@ -265,14 +265,6 @@ __global__ void __launch_bounds__(kZThreads)
   }
 }
 
-__global__ void __launch_bounds__(kZThreads) zscoreStoreKernel(const float* from, MutMatrixRef to) {
-  const int64_t n = to.rows * to.cols;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kZThreads + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * kZThreads) {
-    storeElement(to.data, to.dtype, e, from[e]);
-  }
-}
-
 // ---------------------------------------------------------------- launchers
 
 namespace {
@@ -326,7 +318,7 @@ void zscoreLinear(const MatrixRef& E, const MatrixRef& W, const float* bias, con
   CUTLOSS_RUN(kOp, zscoreLabelRowsKernel, static_cast<unsigned>((D + 1 + kZThreads - 1) / kZThreads), kZThreads, 0, s, E,
               labels, w.aRow, dW, out.dBias);
   if (out.dWAccum != nullptr) {
-    CUTLOSS_RUN(kOp, zscoreStoreKernel, gridOf((V * D + kZThreads - 1) / kZThreads), kZThreads, 0, s, out.dWAccum, out.dW);
+    CUTLOSS_RUN(kOp, storeAccumulatorKernel<kZThreads>, gridOf((V * D + kZThreads - 1) / kZThreads), kZThreads, 0, s, out.dWAccum, out.dW);
   }
 }
 

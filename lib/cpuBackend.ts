@@ -278,7 +278,7 @@ export class CpuBackend implements Backend {
     E: Matrix, W: Matrix, labels: Int32Array, o: ResolvedLossOptions, s: ReturnType<typeof gradientScales> | null,
   ): Parameters<CpuOps['cpuLinearCrossEntropy']> {
     return [
-      unshared(E.data), E.rows, E.cols, dtypeCode(E), unshared(W.data), W.rows, dtypeCode(W), unshared(labels), nativeLossParams(o),
+      unshared(E.data), E.rows, E.cols, dtypeCode(E), unshared(W.data), W.rows, dtypeCode(W), unshared(labels), nativeLossParams(o, E.cols),
       unshared(o.classWeights), unshared(o.bias), s?.scaleWeighted ?? null, s?.scaleUnweighted ?? null, o.filterEps,
       o.workspaceBytes ?? DEFAULT_CPU_WORKSPACE_BYTES, ...linearOuts(o, s),
     ];

@@ -204,6 +204,10 @@ const CE_OPTIONS: [string, (V: number, N: number) => api.CrossEntropyOptions][] 
   ['squentropy', () => ({ squentropy: true })],
   ['stablemax, labelSmoothing 0.05', () => ({ normalizer: 'stablemax', labelSmoothing: 0.05 })],
   ['sparsemax', () => ({ normalizer: 'sparsemax' })],
+  ['gumbel, zLoss 1e-3', () => ({ normalizer: 'gumbel', zLoss: 1e-3 })],
+  ['generalizedCE 0.5, classWeights', (V) => ({
+    generalizedCE: 0.5, classWeights: Float32Array.from({ length: V }, (_, j) => 0.5 + (j % 5) / 4),
+  })],
   ['none, per-row gradScale', (_, N) => ({ reduction: 'none', gradScale: Float32Array.from({ length: N }, (_, i) => (i % 3) - 0.5) })],
 ];
 
@@ -216,6 +220,13 @@ const LINEAR_OPTIONS: [string, api.Dtype, (V: number) => api.LinearCrossEntropyO
   ['deterministic, sum', 'f32', () => ({ deterministic: true, reduction: 'sum' }), false],
   ['tf32', 'f32', () => ({ tf32: true }), true],
   ['filterEps 0', 'bf16', () => ({ filterEps: 0 }), true],
+  ['generalizedCE 0.7, stablemax', 'f32', () => ({ generalizedCE: 0.7, normalizer: 'stablemax' }), false],
+  ['classSample 0.5 (Partial FC)', 'f32', () => ({ classSample: { fraction: 0.5, seed: 7 } }), false],
+  ['cosine s 16, margin 0.1, angularMargin 0.3', 'f32', () => ({ logits: { kind: 'cosine', scale: 16, margin: 0.1, angularMargin: 0.3 } }), false],
+  ['harmonic exponent 3', 'f32', () => ({ logits: { kind: 'harmonic', exponent: 3 } }), false],
+  ['gumbel', 'bf16', () => ({ normalizer: 'gumbel' }), true],
+  // the spherical Z-loss computes no log-sum-exp: no returnLse (see below)
+  ['zscore a 1, b 2', 'f32', () => ({ normalizer: 'zscore', zscore: { a: 1, b: 2 } }) as unknown as api.LinearCrossEntropyOptions, false],
 ];
 
 /** Whether the backend runs `op` itself: not when its details list the op as a fallback or omit it from its native ops. */
@@ -362,14 +373,26 @@ export function runDoctor(options: DoctorOptions = {}): DoctorReport {
           const W = randomTensor(next, V, D, 2 / Math.sqrt(D), dtype);
           const labels = Int32Array.from({ length: N }, () => Math.floor(next() * V));
           if (N > 1) labels[1] = -100;
-          const o = { ...options(V), returnLse: true };
+          const base = options(V);
+          const withLse = (base.normalizer as string | undefined) !== 'zscore';
+          const o = { ...base, ...(withLse ? { returnLse: true } : {}) };
           const [loss, grad] = rounded ? [dtype === 'f32' ? BF16_BACKWARD : F32_LINEAR, BF16_BACKWARD] : [F32_LINEAR, F32_LINEAR];
           const withBias = o.bias !== undefined;
-          check('linearCrossEntropy', variant, [N, D, V], dtype, [loss, loss, grad, grad, ...(withBias ? [grad] : [])], () => {
+          const tols = [loss, ...(withLse ? [loss] : []), grad, grad, ...(withBias ? [grad] : [])];
+          check('linearCrossEntropy', variant, [N, D, V], dtype, tols, () => {
             const r = api.linearCrossEntropy(E, W, labels, o);
-            return [r.loss, r.lse!, r.dEmbeddings!, r.dClassifier!, ...(withBias ? [r.dBias!] : [])];
+            return [r.loss, ...(withLse ? [r.lse!] : []), r.dEmbeddings!, r.dClassifier!, ...(withBias ? [r.dBias!] : [])];
           });
         }
+      }
+      for (const [N, D] of shapes.linearShapes) {
+        // SigLIP: N×N pairs of two [N, D] batches
+        const x = randomTensor(next, N, D, 1 / Math.sqrt(D), 'f32');
+        const y = randomTensor(next, N, D, 1 / Math.sqrt(D), 'f32');
+        check('sigmoidPairLoss', 'temperature 10, bias −10', [N, D], 'f32', F32_LINEAR, () => {
+          const r = api.sigmoidPairLoss(x, y, { temperature: 10, bias: -10 });
+          return [r.loss, r.dX!, r.dY!, r.dTemperature!, r.dBias!];
+        });
       }
     } else {
       report.skipped.push(`linearCrossEntropy: no native kernel on ${target} in this build (it runs on the next backend)`);

@@ -21,6 +21,7 @@ import { writeGradient } from './alloc.js';
 import { asMatrix, resultLike, toF32, type Matrix, type Tensor } from './tensor.js';
 import { isScaleOut, scaleOutCrossEntropy, scaleOutLinearCrossEntropy } from './scaleOut.js';
 import { gatherRows, readClassSample, sampleProblem, type ClassSampleOptions } from './classSample.js';
+import { cosineLinearCrossEntropy, wantsCosine } from './cosine.js';
 import {
   isZscore, zscoreLinearCrossEntropy, zscoreLinearCrossEntropyAsync, zscoreLinearCrossEntropyOnDevice,
   zscoreLinearCrossEntropyOnDeviceAsync, type ZscoreLinearCrossEntropyOptions,
@@ -788,6 +789,9 @@ export function linearCrossEntropy(
   if (sample !== null) {
     return classSampled(embeddings, classifier, labels, options!, sample, (W, t, o) => linearCrossEntropy(embeddings, W as never, t, o));
   }
+  if (wantsCosine(options)) { // margin softmax (lib/cosine.ts): unit rows, then the fused loss on them
+    return cosineLinearCrossEntropy(embeddings, classifier, labels, options!, (E, W, t, o) => linearCrossEntropy(E, W as never, t as never, o));
+  }
   rejectShardedGeneralizedCE(options, 'linearCrossEntropy');
   if (embeddings instanceof DeviceTensor) {
     if (isScaleOut(options)) return shardedLinearOnDevice(embeddings, classifier, labels, options, 'linearCrossEntropy');
@@ -1262,6 +1266,9 @@ export async function linearCrossEntropyAsync(
   const sample = readClassSample(options);
   if (sample !== null) {
     return classSampled(embeddings, classifier, labels, options!, sample, (W, t, o) => linearCrossEntropyAsync(embeddings, W as never, t, o));
+  }
+  if (wantsCosine(options)) {
+    return cosineLinearCrossEntropy(embeddings, classifier, labels, options!, (E, W, t, o) => linearCrossEntropyAsync(E, W as never, t as never, o));
   }
   if (isScaleOut(options)) return linearCrossEntropy(embeddings, classifier as never, labels, options);
   if (embeddings instanceof DeviceTensor) {

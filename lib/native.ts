@@ -4,7 +4,8 @@
 
 import { CutlossError, type CutlossErrorCode } from './errors.js';
 import { loadAddon } from './native-loader.cjs';
-import type { ResolvedLossOptions } from './options.js';
+import type { LabelMargin } from './js/math.js';
+import { harmonicExponent, labelMarginOf, LOGITS_HARMONIC, type ResolvedLossOptions } from './options.js';
 
 /** Entry points change together with this number (src/addon.cc kInterfaceVersion). */
 export const NATIVE_INTERFACE_VERSION = 2;
@@ -33,6 +34,10 @@ export interface NativeLossParams {
   softcap: number;
   invTemperature: number;
   ignoreIndex: number;
+  /** Margin softmax's label map (cuda/math/margin.cuh); absent = off. */
+  labelMargin?: LabelMargin;
+  /** Harmonic logits' exponent n (cuda/math/harmonic.cuh); absent = dot logits. */
+  harmonicExponent?: number;
 }
 
 /** Per-row outputs of the loss forward, and the opaque state its backward needs. */
@@ -275,11 +280,13 @@ export function unshared<T extends Float32Array | Uint16Array | Uint8Array | Int
   return a !== null && a.buffer instanceof SharedArrayBuffer ? (a.slice() as T) : a;
 }
 
-/** The loss options as the addon's loss entry points read them. */
-export function nativeLossParams(o: ResolvedLossOptions): NativeLossParams {
+/** The loss options as the addon's loss entry points read them; `embeddingDim`: D of the linear loss (harmonic's default exponent √D). */
+export function nativeLossParams(o: ResolvedLossOptions, embeddingDim = 0): NativeLossParams {
   return {
     normalizer: o.normalizer, smoothing: o.smoothing, focalGamma: o.focalGamma, polyEpsilon: o.polyEpsilon,
     zLoss: o.zLoss, squentropy: o.squentropy, generalizedCE: o.generalizedCE, softcap: o.softcap,
     invTemperature: o.invTemperature, ignoreIndex: o.ignoreIndex,
+    ...(labelMarginOf(o.logits) !== null ? { labelMargin: labelMarginOf(o.logits)! } : {}),
+    ...(o.logits?.kind === LOGITS_HARMONIC ? { harmonicExponent: harmonicExponent(o.logits, embeddingDim) } : {}),
   };
 }

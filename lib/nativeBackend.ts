@@ -387,7 +387,7 @@ export class NativeBackend implements Backend {
     const destW = scales === null ? null : o.deviceOut?.dClassifier ?? null;
     const r = (yield call(
       'linearCrossEntropy', nativeMatrix(E, 'embeddings'), nativeMatrix(W, 'classifier'), unshared(labels),
-      nativeLossParams(o), unshared(o.classWeights), unshared(o.bias), config, scales?.scaleWeighted ?? null,
+      nativeLossParams(o, E.cols), unshared(o.classWeights), unshared(o.bias), config, scales?.scaleWeighted ?? null,
       scales?.scaleUnweighted ?? null, destE === null ? null : nativeMatrix(destE, 'options.out.dEmbeddings'),
       destW === null ? null : nativeMatrix(destW, 'options.out.dClassifier'),
     )) as NativeLinearCrossEntropy;

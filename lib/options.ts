@@ -5,7 +5,9 @@ import type { ClassSampleOptions } from './classSample.js';
 import type { DataParallelOptions, VocabParallelOptions } from './communicator.js';
 import { DeviceTensor } from './device.js';
 import { CutlossError, describe } from './errors.js';
-import { NORMALIZER_SOFTMAX, NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX } from './js/math.js';
+import {
+  FILTER_ROW_MASS, labelMargin, NORMALIZER_GUMBEL, NORMALIZER_SOFTMAX, NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX, type LabelMargin,
+} from './js/math.js';
 import { asMatrix, type Dtype, type Tensor } from './tensor.js';
 
 /**
@@ -16,10 +18,12 @@ export type Reduction = 'mean' | 'sum' | 'none';
 
 /**
  * What turns logits into probabilities inside a loss: `'softmax'`, `'stablemax'` (Prieto et al.
- * 2025) or `'sparsemax'` (the sparsemax loss of Martins & Astudillo 2016). linearCrossEntropy
- * also takes `'zscore'` (see ZscoreLinearCrossEntropyOptions).
+ * 2025), `'sparsemax'` (the sparsemax loss of Martins & Astudillo 2016) or `'gumbel'` (the Gumbel
+ * optimized loss of Alexandridis et al. 2022: p_j = exp(−exp(−z_j)) per class, unnormalized, and
+ * the loss w_t·[−log p_t − Σ_{j≠t} log(1 − p_j)]; not with labelSmoothing, focalGamma, polyEpsilon
+ * or generalizedCE). linearCrossEntropy also takes `'zscore'` (see ZscoreLinearCrossEntropyOptions).
  */
-export type Normalizer = 'softmax' | 'stablemax' | 'sparsemax';
+export type Normalizer = 'softmax' | 'stablemax' | 'sparsemax' | 'gumbel';
 
 /**
  * The type of `loss` for a reduction: a number for `'mean'` and `'sum'`, a Float32Array [N]
@@ -115,8 +119,10 @@ export interface LossOutputs {
  * const options: LinearCrossEntropyOptions = { bias: new Float32Array(V), filterEps: 'auto' };
  */
 export interface LinearCrossEntropyOptions<R extends Reduction = Reduction> extends Omit<CrossEntropyOptions<R>, 'inPlace'> {
-  /** Float32Array [V], added to the logits. */
+  /** Float32Array [V], added to the logits (kind 'dot' only). */
   bias?: Float32Array;
+  /** How the raw logits come from E and W (default `{ kind: 'dot' }`); see {@link LogitsOptions}. */
+  logits?: LogitsOptions;
   /**
    * Partial FC: the loss covers every label's class and a seeded random share of the others
    * (⌈fraction·V⌉ in all); the result's `sampledClasses` names them, dClassifier / dBias hold their rows.
@@ -142,6 +148,94 @@ export interface LinearCrossEntropyOptions<R extends Reduction = Reduction> exte
   workspaceBytes?: number;
 }
 
+/**
+ * The raw logits of linearCrossEntropy, before softcap, temperature and normalizer:
+ * - `'dot'` (default): E·Wᵀ + b.
+ * - `'cosine'`: margin softmax (CosFace / ArcFace): `scale`·cos θ_ij of row-normalized E and W
+ *   (PyTorch's F.normalize: x / max(‖x‖, 1e-12), gradients through the norms), and at the label
+ *   `scale`·(cos(θ_t + angularMargin) − margin). Defaults: scale 64, margin 0, angularMargin 0
+ *   (in [0, π)). No bias.
+ * - `'harmonic'` (Baek et al. 2025): −`exponent`·log d_ij with d_ij = ‖e_i − w_j‖ (from
+ *   ‖e‖² + ‖w‖² − 2e·w, clamped at 0), so softmax gives p ∝ d^(−exponent); exponent > 0,
+ *   default √D. A distance of 0 at the label gives loss 0 and zero gradient, never NaN. No bias.
+ */
+export interface LogitsOptions {
+  kind: 'dot' | 'cosine' | 'harmonic';
+  scale?: number;
+  margin?: number;
+  angularMargin?: number;
+  exponent?: number;
+}
+
+/** LogitsOptions resolved; `exponent` null means √D (the caller knows D). */
+export interface ResolvedLogits {
+  kind: number; // LOGITS_*
+  scale: number;
+  margin: number;
+  angularMargin: number;
+  exponent: number | null;
+}
+
+export const LOGITS_DOT = 0;
+export const LOGITS_COSINE = 1;
+export const LOGITS_HARMONIC = 2;
+
+const LOGITS_KEYS: Record<string, readonly string[]> = {
+  dot: ['kind'],
+  cosine: ['kind', 'scale', 'margin', 'angularMargin'],
+  harmonic: ['kind', 'exponent'],
+};
+
+/** options.logits → ResolvedLogits; bias only with kind 'dot'. */
+export function resolveLogits(raw: unknown, hasBias: boolean, fn: string): ResolvedLogits {
+  const dot: ResolvedLogits = { kind: LOGITS_DOT, scale: 1, margin: 0, angularMargin: 0, exponent: null };
+  if (raw === undefined) return dot;
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw optErr('logits', "an object { kind: 'dot' | 'cosine' | 'harmonic', ... }", raw);
+  }
+  const o = raw as Record<string, unknown>;
+  const kindName = o.kind;
+  if (kindName !== 'dot' && kindName !== 'cosine' && kindName !== 'harmonic') {
+    throw optErr('logits.kind', "'dot', 'cosine' or 'harmonic'", kindName);
+  }
+  const allowed = LOGITS_KEYS[kindName]!;
+  for (const key of Object.keys(o)) {
+    if (!allowed.includes(key)) {
+      throw new CutlossError('E_OPTION', `${fn}: options.logits.${key} does not apply to kind '${kindName}' (it takes ${allowed.join(', ')})`);
+    }
+  }
+  if (kindName === 'dot') return dot;
+  if (hasBias) throw new CutlossError('E_OPTION', `${fn}: options.bias applies to logits kind 'dot' only, got kind '${kindName}'`);
+  const num = (name: string, dflt: number, check: (v: number) => boolean, expected: string): number => {
+    const v = o[name];
+    if (v === undefined) return dflt;
+    if (typeof v !== 'number' || !Number.isFinite(v) || !check(v)) throw optErr(`logits.${name}`, expected, v);
+    return v;
+  };
+  if (kindName === 'cosine') {
+    return {
+      kind: LOGITS_COSINE,
+      scale: num('scale', 64, (v) => v > 0, 'a finite number > 0'),
+      margin: num('margin', 0, () => true, 'a finite number'),
+      angularMargin: num('angularMargin', 0, (v) => v >= 0 && v < Math.PI, 'a number in [0, π)'),
+      exponent: null,
+    };
+  }
+  const exponent = o.exponent === undefined ? null : num('exponent', 0, (v) => v > 0, 'a finite number > 0');
+  return { kind: LOGITS_HARMONIC, scale: 1, margin: 0, angularMargin: 0, exponent };
+}
+
+/** Kind 'cosine' with a margin: the engines' label map (lib/js/math.ts, cuda/math/margin.cuh); else null. */
+export function labelMarginOf(l: ResolvedLogits | undefined): LabelMargin | null {
+  if (l === undefined || l.kind !== LOGITS_COSINE || (l.margin === 0 && l.angularMargin === 0)) return null;
+  return labelMargin(l.scale, l.margin, l.angularMargin);
+}
+
+/** The harmonic exponent for embedding width D: the caller's, or √D (Baek et al.'s choice). */
+export function harmonicExponent(l: ResolvedLogits, dim: number): number {
+  return l.exponent ?? Math.sqrt(dim);
+}
+
 export interface ResolvedLossOptions {
   reduction: Reduction;
   ignoreIndex: number;
@@ -156,6 +250,8 @@ export interface ResolvedLossOptions {
   squentropy: number;
   /** q of generalized CE; 0 = off. */
   generalizedCE: number;
+  /** linearCrossEntropy's logit kind ({ kind: LOGITS_DOT } for crossEntropy). */
+  logits: ResolvedLogits;
   computeGrad: boolean;
   gradScale: number | Float32Array;
   returnLse: boolean;
@@ -211,7 +307,7 @@ const COMMON_KEYS = [
   'focalGamma', 'polyEpsilon', 'squentropy', 'computeGrad', 'gradScale', 'returnLse', 'generalizedCE',
 ];
 const CROSS_ENTROPY_KEYS = [...COMMON_KEYS, 'out', 'inPlace'];
-const LINEAR_KEYS = [...COMMON_KEYS, 'bias', 'filterEps', 'deterministic', 'tf32', 'workspaceBytes', 'out', 'classSample'];
+const LINEAR_KEYS = [...COMMON_KEYS, 'bias', 'filterEps', 'deterministic', 'tf32', 'workspaceBytes', 'out', 'classSample', 'logits'];
 
 function optErr(name: string, expected: string, got: unknown): CutlossError {
   return new CutlossError('E_OPTION', `options.${name} must be ${expected}, got ${describe(got)}`);
@@ -308,8 +404,9 @@ export function resolveLossOptions(
     normalizerName === 'softmax' ? NORMALIZER_SOFTMAX
     : normalizerName === 'stablemax' ? NORMALIZER_STABLEMAX
     : normalizerName === 'sparsemax' ? NORMALIZER_SPARSEMAX
+    : normalizerName === 'gumbel' ? NORMALIZER_GUMBEL
     : -1;
-  if (normalizer < 0) throw optErr('normalizer', "'softmax', 'stablemax' or 'sparsemax'", normalizerName);
+  if (normalizer < 0) throw optErr('normalizer', "'softmax', 'stablemax', 'sparsemax' or 'gumbel'", normalizerName);
   const focalGamma = finite(o, 'focalGamma', 0, (v) => v >= 0, 'a finite number >= 0');
   const polyEpsilon = finite(o, 'polyEpsilon', 0, () => true, 'a finite number');
   const squentropy = bool(o, 'squentropy', false) ? 1 : 0;
@@ -319,6 +416,13 @@ export function resolveLossOptions(
     // and focal have no single agreed generalized form.
     const clash = normalizer === NORMALIZER_SPARSEMAX ? "normalizer 'sparsemax'" : smoothing > 0 ? 'labelSmoothing' : focalGamma > 0 ? 'focalGamma' : null;
     if (clash !== null) throw new CutlossError('E_OPTION', `${fn}: options.generalizedCE cannot be combined with ${clash}`);
+  }
+  if (normalizer === NORMALIZER_GUMBEL) {
+    // Gumbel's p_j are independent per class, not a distribution: the terms built on a normalized
+    // p_t (smoothing's uniform mixture, focal, Poly-1, generalized CE) have no agreed meaning here
+    const clash = smoothing > 0 ? 'labelSmoothing' : focalGamma > 0 ? 'focalGamma' : polyEpsilon !== 0 ? 'polyEpsilon'
+      : generalizedCE > 0 ? 'generalizedCE' : null;
+    if (clash !== null) throw new CutlossError('E_OPTION', `${fn}: options.${clash} cannot be combined with normalizer 'gumbel'`);
   }
   const computeGrad = bool(o, 'computeGrad', true);
   const returnLse = bool(o, 'returnLse', false);
@@ -339,6 +443,7 @@ export function resolveLossOptions(
   }
 
   let bias: Float32Array | null = null;
+  let logits = resolveLogits(undefined, false, fn);
   let filterEps = 0;
   const deterministic = linear ? bool(o, 'deterministic', false) : false;
   const tf32 = linear ? bool(o, 'tf32', false) : false;
@@ -347,6 +452,7 @@ export function resolveLossOptions(
     : null;
   if (linear) {
     bias = vectorOption(o, 'bias', vocab, 'V');
+    logits = resolveLogits(o.logits, bias !== null, fn);
     const f = o.filterEps ?? (dtype === 'bf16' ? 'auto' : defaultF32FilterEps(vocab));
     if (f === 'auto') filterEps = autoFilterEps(dtype);
     else if (typeof f === 'number' && f >= 0 && Number.isFinite(f)) filterEps = f;
@@ -374,7 +480,7 @@ export function resolveLossOptions(
 
   return {
     reduction, ignoreIndex, smoothing, classWeights, zLoss, softcap, invTemperature: 1 / temperature, normalizer,
-    focalGamma, polyEpsilon, squentropy, generalizedCE, computeGrad, gradScale, returnLse, bias, filterEps, deterministic, tf32,
+    focalGamma, polyEpsilon, squentropy, generalizedCE, logits, computeGrad, gradScale, returnLse, bias, filterEps, deterministic, tf32,
     workspaceBytes, out, deviceOut,
   };
 }
@@ -536,7 +642,7 @@ function checkLike(rows: number, cols: number, dtype: Dtype, wantRows: number, w
  * of the exact gradient's scale. Peaked rows (a trained model's) keep ~0.1% of their entries.
  */
 export function defaultF32FilterEps(vocab: number): number {
-  return 2 ** -24 / Math.max(1, vocab);
+  return FILTER_ROW_MASS / Math.max(1, vocab);
 }
 
 /** Cut Cross-Entropy's 'auto': machine epsilon of the input dtype / 32. */

@@ -22,10 +22,12 @@ import type { Backend, CrossEntropyOutput, LinearCrossEntropyOutput } from './ba
 import { checkCommunicator, type Communicator } from './communicator.js';
 import { CutlossError, describe } from './errors.js';
 import {
-  NORMALIZER_SOFTMAX, NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX, effectiveLogit, effectiveSlope, rowGrad, rowLoss,
-  stablemaxDlogS, stablemaxLogS, type LossConstants, type RowStats,
+  NORMALIZER_GUMBEL, NORMALIZER_SOFTMAX, NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX, effectiveLogit, effectiveSlope, rowGrad, rowLoss,
+  harmonicGrad, harmonicLogit, marginLabelLogit, marginLabelSlope, stablemaxDlogS, stablemaxLogS, type LossConstants, type RowStats,
 } from './js/math.js';
-import { asOptionsObject, resolveLabels, resolveLossOptions, type ResolvedLossOptions } from './options.js';
+import {
+  asOptionsObject, harmonicExponent, labelMarginOf, LOGITS_HARMONIC, resolveLabels, resolveLossOptions, type ResolvedLogits, type ResolvedLossOptions,
+} from './options.js';
 import { toF32, type Matrix } from './tensor.js';
 
 interface VocabSplit {
@@ -88,6 +90,74 @@ interface LocalProblem {
   rawLogit(row: number, col: number): number;
   /** Adds c·∂x(row, col)/∂(inputs) into grads: the gradient of one logit with coefficient c. */
   addLogitGrad(grads: (Float32Array | null)[], row: number, col: number, c: number): void;
+  /** The same problem on some of the rows (linear problems only). */
+  subset?(rows: Int32Array): LocalProblem;
+}
+
+type LocalRun = ReturnType<LocalProblem['run']>;
+
+/**
+ * A cosine margin maps the label's logit, and a local call maps whatever column it is given as a
+ * row's label: right for the rows whose label this rank owns, wrong for the others (their local
+ * label column is a stand-in). This problem runs the two groups of rows as two calls, the margin
+ * off for the second, and puts their results back together (each row is computed once).
+ */
+function ownedApart(p: LocalProblem, own: Uint8Array): LocalProblem {
+  const owned: number[] = [];
+  const others: number[] = [];
+  own.forEach((v, n) => (v ? owned : others).push(n));
+  const groups = [Int32Array.from(owned), Int32Array.from(others)].filter((g) => g.length > 0);
+  const parts = groups.map((g) => p.subset!(g));
+  return {
+    ...p,
+    run(o, labels) {
+      const N = p.rows;
+      let loss: number | Float32Array = 0;
+      let lse = new Float32Array(0);
+      let grads: (Float32Array | null)[] = [];
+      groups.forEach((rows, gi) => {
+        const withMargin = own[rows[0]!] === 1;
+        const pick = <T extends Float32Array | Int32Array>(a: T): T => {
+          const out = new (a.constructor as new (n: number) => T)(rows.length);
+          rows.forEach((n, i) => (out[i] = a[n]!));
+          return out;
+        };
+        const og: ResolvedLossOptions = {
+          ...o,
+          logits: withMargin ? o.logits : { ...o.logits, margin: 0, angularMargin: 0 },
+          gradScale: o.gradScale instanceof Float32Array ? pick(o.gradScale) : o.gradScale,
+        };
+        const r: LocalRun = parts[gi]!.run(og, pick(labels));
+        if (r.loss instanceof Float32Array) {
+          if (!(loss instanceof Float32Array)) loss = new Float32Array(N);
+          const l = loss;
+          rows.forEach((n, i) => (l[n] = (r.loss as Float32Array)[i]!));
+        } else {
+          loss = (loss as number) + r.loss;
+        }
+        if (r.lse.length === rows.length) {
+          if (lse.length !== N) lse = new Float32Array(N);
+          rows.forEach((n, i) => (lse[n] = r.lse[i]!));
+        }
+        if (grads.length === 0) grads = r.grads.map(() => null);
+        r.grads.forEach((g, k) => {
+          if (g === null || g === undefined) return;
+          if (k === 0) { // dEmbeddings [rows, D]: scattered back
+            const D = g.length / rows.length;
+            const dE = (grads[0] ??= new Float32Array(N * D));
+            rows.forEach((n, i) => dE.set(g.subarray(i * D, (i + 1) * D), n * D));
+          } else if (grads[k] === null || grads[k] === undefined) {
+            grads[k] = g; // dClassifier, dBias: summed over the groups
+          } else {
+            const acc = grads[k]!;
+            for (let j = 0; j < acc.length; j++) acc[j]! += g[j]!;
+          }
+        });
+        p.workspaceBytes = Math.max(p.workspaceBytes ?? 0, parts[gi]!.workspaceBytes ?? 0);
+      });
+      return { loss, lse, grads };
+    },
+  };
 }
 
 function denseProblem(b: Backend, m: Matrix): LocalProblem {
@@ -109,10 +179,17 @@ function denseProblem(b: Backend, m: Matrix): LocalProblem {
   };
 }
 
-function linearProblem(b: Backend, E: Matrix, W: Matrix, bias: Float32Array | null): LocalProblem {
+function linearProblem(b: Backend, E: Matrix, W: Matrix, bias: Float32Array | null, logits: ResolvedLogits): LocalProblem {
   const D = E.cols;
   let e: Float32Array | null = null;
   let w: Float32Array | null = null;
+  // harmonic logits (math.ts): each shard's distances are its own, so the label column's logit and gradient are local too
+  const harmonic = logits.kind === LOGITS_HARMONIC ? harmonicExponent(logits, D) : 0;
+  const sqDistance = (row: number, col: number): number => {
+    let s = 0;
+    for (let d = 0; d < D; d++) s += (e![row * D + d]! - w![col * D + d]!) ** 2;
+    return s;
+  };
   const p: LocalProblem = {
     rows: E.rows,
     vocab: W.rows,
@@ -124,6 +201,7 @@ function linearProblem(b: Backend, E: Matrix, W: Matrix, bias: Float32Array | nu
     rawLogit(row, col) {
       e ??= toF32(E);
       w ??= toF32(W);
+      if (harmonic > 0) return harmonicLogit(sqDistance(row, col), harmonic);
       let s = bias === null ? 0 : bias[col]!;
       for (let d = 0; d < D; d++) s += e[row * D + d]! * w[col * D + d]!;
       return s;
@@ -132,11 +210,26 @@ function linearProblem(b: Backend, E: Matrix, W: Matrix, bias: Float32Array | nu
       e ??= toF32(E);
       w ??= toF32(W);
       const [dE, dW, dB] = grads;
+      if (harmonic > 0) { // dz/de = −n·(e − w)/d², dz/dw = −n·(w − e)/d²
+        const h = harmonicGrad(c, sqDistance(row, col), harmonic);
+        for (let d = 0; d < D; d++) {
+          const diff = e[row * D + d]! - w[col * D + d]!;
+          dE![row * D + d]! -= h * diff;
+          dW![col * D + d]! += h * diff;
+        }
+        return;
+      }
       for (let d = 0; d < D; d++) {
         dE![row * D + d]! += c * w[col * D + d]!;
         dW![col * D + d]! += c * e[row * D + d]!;
       }
       if (dB !== null && dB !== undefined) dB[col]! += c;
+    },
+    subset(rows) {
+      const Ctor = E.data.constructor as new (n: number) => Float32Array | Uint16Array;
+      const data = new Ctor(rows.length * D);
+      rows.forEach((n, i) => data.set(E.data.subarray(n * D, (n + 1) * D), i * D));
+      return linearProblem(b, { data, rows: rows.length, cols: D, dtype: E.dtype, shape: [rows.length, D] }, W, bias, logits);
     },
   };
   return p;
@@ -173,7 +266,7 @@ export function scaleOutLinearCrossEntropy(
   }
   const dtype = E.dtype === 'bf16' || W.dtype === 'bf16' ? 'bf16' : 'f32';
   const o = resolveLossOptions(so.rest, E.rows, W.rows, dtype, true);
-  const p = linearProblem(b, E, W, o.bias);
+  const p = linearProblem(b, E, W, o.bias, o.logits);
   const r = runScaleOut(p, so, o, labels);
   const [dE, dW, dB] = r.grads;
   const out: LinearCrossEntropyOutput & { returnLse: boolean } = {
@@ -240,7 +333,14 @@ function vocabParallel(p: LocalProblem, o: ResolvedLossOptions, labels: unknown,
     // its threshold τ needs the sorted top of each row over every rank: not a fixed number of sums
     throw new CutlossError('E_OPTION', "vocabParallel: normalizer 'sparsemax' is not supported sharded (its threshold needs the whole row)");
   }
+  if (o.normalizer === NORMALIZER_GUMBEL) {
+    // Σ_{j≠t} ψ(z_j) adds up over ranks, but a rank without the row's label would need its local
+    // Σ ψ with no label term: a local call has one (u_k at some column k), and subtracting it
+    // cancels exactly where a trained model's negatives sit (z ≪ 0, u_k ≫ Σ ψ)
+    throw new CutlossError('E_OPTION', "vocabParallel: normalizer 'gumbel' is not supported sharded (a rank's label-free row sum would cancel)");
+  }
   const t = resolveLabels(labels, N, V, o.ignoreIndex);
+  const margin = labelMarginOf(o.logits); // cosine logits' label map (lib/cosine.ts)
   const stable = o.normalizer === NORMALIZER_STABLEMAX;
   const smooth = o.smoothing > 0;
   const sq = o.squentropy !== 0 && V > 1;
@@ -261,8 +361,10 @@ function vocabParallel(p: LocalProblem, o: ResolvedLossOptions, labels: unknown,
       local[n] = c;
       own[n] = 1;
     }
-    zk[n] = effectiveLogit(p.rawLogit(n, local[n]!), o.softcap, o.invTemperature);
+    const x = p.rawLogit(n, local[n]!);
+    zk[n] = effectiveLogit(margin !== null && own[n] ? marginLabelLogit(margin, x) : x, o.softcap, o.invTemperature);
   }
+  if (margin !== null) p = ownedApart(p, own);
   const base: ResolvedLossOptions = {
     ...o, reduction: 'none', ignoreIndex: -1, smoothing: 0, classWeights: null, zLoss: 0, focalGamma: 0, polyEpsilon: 0,
     squentropy: 0, computeGrad: false, gradScale: 1, returnLse: true,
@@ -412,7 +514,10 @@ function vocabParallel(p: LocalProblem, o: ResolvedLossOptions, labels: unknown,
       const d = grad.delta[n]!;
       if (local[n]! < 0 || d === 0) continue;
       const x = p.rawLogit(n, local[n]!);
-      p.addLogitGrad(grads, n, local[n]!, d * effectiveSlope(x, o.softcap, o.invTemperature));
+      const mapped = margin !== null && own[n] === 1;
+      const slope = mapped ? effectiveSlope(marginLabelLogit(margin, x), o.softcap, o.invTemperature) * marginLabelSlope(margin, x)
+        : effectiveSlope(x, o.softcap, o.invTemperature);
+      p.addLogitGrad(grads, n, local[n]!, d * slope);
     }
     // 4. dEmbeddings: every rank's classes contribute to every row
     if (grads.length === 3 && grads[0] !== null) comm.allReduce(grads[0]!, 'sum');

@@ -53,6 +53,7 @@ const REJECTED: [key: string, neutral: unknown, why: string][] = [
   ['squentropy', false, 'squentropy is a softmax-loss term'],
   ['generalizedCE', undefined, 'generalized CE needs a probability of the target'],
   ['returnLse', false, 'the Z-loss computes no log-sum-exp'],
+  ['logits', undefined, 'the Z-loss works on the dot logits E·Wᵀ + b through the moments of W'],
   ['vocabParallel', undefined, 'not supported with the Z-loss yet'],
   ['dataParallel', undefined, 'not supported with the Z-loss yet'],
 ];

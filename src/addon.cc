@@ -33,7 +33,8 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Backend backend = readBackend(info[0], "backend");
     int64_t bytes = readCount(info[1], "byteLength", kMaxBytes);
-    return Napi::Number::New(info.Env(), handles::add(DeviceBuffer::allocate(backend, static_cast<size_t>(bytes))));
+    auto buffer = DeviceBuffer::allocate(backend, static_cast<size_t>(bytes));
+    return Napi::Number::New(info.Env(), handles::add(info.Env(), std::move(buffer)));
   });
 }
 
@@ -41,7 +42,8 @@ Napi::Value Upload(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Backend backend = readBackend(info[0], "backend");
     HostView view = readHostView(info[1], "data");  // copied right away: no JavaScript runs in between
-    return Napi::Number::New(info.Env(), handles::add(DeviceBuffer::fromHost(backend, view.data, view.byteLength)));
+    auto buffer = DeviceBuffer::fromHost(backend, view.data, view.byteLength);
+    return Napi::Number::New(info.Env(), handles::add(info.Env(), std::move(buffer)));
   });
 }
 

@@ -191,8 +191,8 @@ LossParams readLossParams(const Napi::Value& v, int64_t vocab) {
   LossParams p;
   p.vocab = static_cast<int32_t>(vocab);
   const double normalizer = readFinite(o.Get("normalizer"), "params.normalizer");
-  if (normalizer != 0 && normalizer != 1 && normalizer != 2) {
-    throw ArgError("E_OPTION", "params.normalizer must be 0 (softmax), 1 (stablemax) or 2 (sparsemax)");
+  if (normalizer != 0 && normalizer != 1 && normalizer != 2 && normalizer != 3) {
+    throw ArgError("E_OPTION", "params.normalizer must be 0 (softmax), 1 (stablemax), 2 (sparsemax) or 3 (gumbel)");
   }
   p.normalizer = static_cast<int32_t>(normalizer);
   constexpr double kFloatMax = 3.4e38;
@@ -210,6 +210,23 @@ LossParams readLossParams(const Napi::Value& v, int64_t vocab) {
   p.softcap = readFloatInRange(o.Get("softcap"), "params.softcap", 0, kFloatMax, "a float >= 0 (0 = off)");
   p.invTemperature = readPositiveFloat(o.Get("invTemperature"), "params.invTemperature");
   p.ignoreIndex = readInt32(o.Get("ignoreIndex"), "params.ignoreIndex");
+  // margin softmax's label map (cuda/math/margin.cuh); absent = off
+  const Napi::Value lm = o.Get("labelMargin");
+  if (!lm.IsUndefined() && !lm.IsNull()) {
+    if (!lm.IsObject()) throw ArgError("E_OPTION", "params.labelMargin must be an object");
+    Napi::Object m = lm.As<Napi::Object>();
+    p.labelMargin.scale = readPositiveFloat(m.Get("scale"), "params.labelMargin.scale");
+    p.labelMargin.margin = readFloatInRange(m.Get("margin"), "params.labelMargin.margin", -kFloatMax, kFloatMax, "a float");
+    p.labelMargin.cosAngular = readFloatInRange(m.Get("cosAngular"), "params.labelMargin.cosAngular", -1, 1, "in [-1, 1]");
+    p.labelMargin.sinAngular = readFloatInRange(m.Get("sinAngular"), "params.labelMargin.sinAngular", 0, 1, "in [0, 1]");
+    p.labelMargin.continuation =
+        readFloatInRange(m.Get("continuation"), "params.labelMargin.continuation", 0, 4, "in [0, 4]");
+  }
+  // harmonic logits' exponent n (cuda/math/harmonic.cuh); absent or 0 = dot logits
+  const Napi::Value he = o.Get("harmonicExponent");
+  if (!he.IsUndefined()) {
+    p.harmonicExponent = readFloatInRange(he, "params.harmonicExponent", 0, kFloatMax, "a float >= 0 (0 = off)");
+  }
   return p;
 }
 

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <fcntl.h>
@@ -321,16 +322,35 @@ namespace {
 struct Entry {
   std::shared_ptr<DeviceBuffer> buffer;
   std::shared_ptr<OpState> state;
+  napi_env env = nullptr;
 };
 
 std::mutex gMutex;
 std::unordered_map<uint64_t, Entry> gTable;
+std::unordered_set<napi_env> gHookedEnvs;
 uint64_t gNextId = 1;
 
 bool validId(double id) { return id >= 1 && id == std::floor(id) && id <= 9007199254740991.0; }
 
+/** The environment's cleanup hook: drops every id it still holds. */
+void releaseEnv(void* arg) {
+  const auto env = static_cast<napi_env>(arg);
+  std::vector<Entry> dropped;  // freed after the lock is released
+  std::lock_guard<std::mutex> lock(gMutex);
+  for (auto it = gTable.begin(); it != gTable.end();) {
+    if (it->second.env == env) {
+      dropped.push_back(std::move(it->second));
+      it = gTable.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  gHookedEnvs.erase(env);
+}
+
 double insert(Entry entry) {
   std::lock_guard<std::mutex> lock(gMutex);
+  if (gHookedEnvs.insert(entry.env).second) napi_add_env_cleanup_hook(entry.env, releaseEnv, entry.env);
   uint64_t id = gNextId++;
   gTable.emplace(id, std::move(entry));
   return static_cast<double>(id);
@@ -345,8 +365,8 @@ Entry lookup(double id) {
 
 }  // namespace
 
-double add(std::shared_ptr<DeviceBuffer> buffer) { return insert({std::move(buffer), nullptr}); }
-double add(std::shared_ptr<OpState> state) { return insert({nullptr, std::move(state)}); }
+double add(napi_env env, std::shared_ptr<DeviceBuffer> buffer) { return insert({std::move(buffer), nullptr, env}); }
+double add(napi_env env, std::shared_ptr<OpState> state) { return insert({nullptr, std::move(state), env}); }
 std::shared_ptr<DeviceBuffer> findBuffer(double id) { return lookup(id).buffer; }
 std::shared_ptr<OpState> findState(double id) { return lookup(id).state; }
 

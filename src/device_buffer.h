@@ -124,10 +124,13 @@ class OpState {
 /**
  * The process-wide table of ids, so an id stays valid on every thread. An id names either a
  * buffer or an op state; ids are never reused, so a stale id can only miss, never alias.
+ * Each id belongs to the JS environment that received it: a worker thread that ends never runs
+ * its tensors' finalizers, so its environment's cleanup hook releases the ids it still holds
+ * (call add on that environment's thread).
  */
 namespace handles {
-double add(std::shared_ptr<DeviceBuffer> buffer);
-double add(std::shared_ptr<OpState> state);
+double add(napi_env env, std::shared_ptr<DeviceBuffer> buffer);
+double add(napi_env env, std::shared_ptr<OpState> state);
 /** Null when the id is unknown, was released, or names the other kind. */
 std::shared_ptr<DeviceBuffer> findBuffer(double id);
 std::shared_ptr<OpState> findState(double id);

@@ -88,11 +88,11 @@ void KernelJob::run() {
 Napi::Value KernelJob::result(Napi::Env env) {
   if (outputs_.empty() && states_.empty()) return env.Undefined();  // written into the caller's buffers
   if (outputs_.size() == 1 && outputs_[0].first == nullptr && states_.empty()) {
-    return Napi::Number::New(env, handles::add(std::move(outputs_[0].second)));
+    return Napi::Number::New(env, handles::add(env, std::move(outputs_[0].second)));
   }
   Napi::Object out = Napi::Object::New(env);
-  for (auto& [name, buffer] : outputs_) out.Set(name, Napi::Number::New(env, handles::add(std::move(buffer))));
-  for (auto& [name, state] : states_) out.Set(name, Napi::Number::New(env, handles::add(std::move(state))));
+  for (auto& [name, buffer] : outputs_) out.Set(name, Napi::Number::New(env, handles::add(env, std::move(buffer))));
+  for (auto& [name, state] : states_) out.Set(name, Napi::Number::New(env, handles::add(env, std::move(state))));
   return out;
 }
 

@@ -14,7 +14,7 @@ namespace cutloss {
   X(logSumExp) X(softmax) X(softmaxBackward) X(stablemax) X(stablemaxBackward) X(sparsemax)         \
   X(sparsemaxBackward) X(entmax15) X(entmax15Backward) X(gumbelSoftmax) X(gumbelSoftmaxBackward)    \
   X(crossEntropyForward) X(crossEntropyBackward) X(linearCrossEntropy) X(sigmoidPairLoss)  \
-  X(zscoreLinear)
+  X(zscoreLinear) X(unitRows) X(unitRowsBackward)
 
 struct KernelTable {
 #define CUTLOSS_KERNEL_FIELD(name) decltype(&emu::name) name;

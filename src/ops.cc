@@ -520,8 +520,8 @@ Napi::Value LinearCrossEntropyWorkspaceBytes(const Napi::CallbackInfo& info) {
     const int64_t D = readCount(info[1], "D", kMaxDim);
     const int64_t V = readCount(info[2], "V", kMaxDim);
     const double normalizer = readFinite(info[3], "normalizer");
-    if (normalizer != 0 && normalizer != 1 && normalizer != 2) {
-      throw ArgError("E_OPTION", "normalizer must be 0 (softmax), 1 (stablemax) or 2 (sparsemax)");
+    if (normalizer != 0 && normalizer != 1 && normalizer != 2 && normalizer != 3) {
+      throw ArgError("E_OPTION", "normalizer must be 0 (softmax), 1 (stablemax), 2 (sparsemax) or 3 (gumbel)");
     }
     const LinearCeConfig config = readLinearConfig(info[4]);
     const bool withGrad = readBool(info[5], "withGrad");
@@ -651,6 +651,40 @@ std::unique_ptr<Job> makeZscoreLinear(const Napi::CallbackInfo& info) {
   return job;
 }
 
+// ---------------------------------------------------------------- unit rows (margin softmax)
+
+/** unitRows(x, scale, dtype) → ids { y (dtype 0 f32 / 1 bf16, x's shape), norms (f32 [rows]) }: y = scale·x/max(‖x‖, 1e-12). */
+std::unique_ptr<Job> makeUnitRows(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  const float scale = readPositiveFloat(info[1], "scale");
+  const DType dtype = readDType(info[2], "dtype");
+  auto job = jobFor(x);
+  const MutMatrixRef y{job->output(static_cast<size_t>(x.rows * x.cols) * dtypeSize(dtype), "y"), dtype, x.rows, x.cols};
+  auto* norms = static_cast<float*>(job->output(static_cast<size_t>(x.rows > 0 ? x.rows : 1) * sizeof(float), "norms"));
+  job->setLaunch([x = x.ref(), scale, y, norms](const KernelTable& k, Stream s) { k.unitRows(x, scale, y, norms, s); });
+  return job;
+}
+
+/** unitRowsBackward(x, norms [rows, 1] f32, scale, g) → ids { dx } in x's dtype: dL/dx given g = dL/dy of unitRows. */
+std::unique_ptr<Job> makeUnitRowsBackward(const Napi::CallbackInfo& info) {
+  MatrixArg x = readMatrix(info[0], "x");
+  MatrixArg norms = readMatrix(info[1], "norms");
+  const float scale = readPositiveFloat(info[2], "scale");
+  MatrixArg g = readMatrix(info[3], "g");
+  requireSameBackend(x, norms, "norms");
+  requireSameBackend(x, g, "g");
+  if (norms.dtype != DType::F32 || norms.rows * norms.cols != x.rows) throw ArgError("E_SHAPE", "norms must be f32 with one value per row of x");
+  if (g.rows != x.rows || g.cols != x.cols) throw ArgError("E_SHAPE", "g must have x's shape");
+  auto job = jobFor(x);
+  job->keep(norms.buffer);
+  job->keep(g.buffer);
+  const MutMatrixRef dx{job->output(x.bytes(), "dx"), x.dtype, x.rows, x.cols};
+  job->setLaunch([x = x.ref(), n = static_cast<const float*>(norms.buffer->data()), scale, g = g.ref(), dx](const KernelTable& k, Stream s) {
+    k.unitRowsBackward(x, n, scale, g, dx, s);
+  });
+  return job;
+}
+
 // ---------------------------------------------------------------- registration
 
 using JobFactory = std::unique_ptr<Job> (*)(const Napi::CallbackInfo&);
@@ -690,6 +724,8 @@ void registerOps(Napi::Env env, Napi::Object exports) {
   exportOp<makeLinearCrossEntropy>(env, exports, "linearCrossEntropy");
   exportOp<makeSigmoidPairLoss>(env, exports, "sigmoidPairLoss");
   exportOp<makeZscoreLinear>(env, exports, "zscoreLinear");
+  exportOp<makeUnitRows>(env, exports, "unitRows");
+  exportOp<makeUnitRowsBackward>(env, exports, "unitRowsBackward");
   exports.Set("linearCrossEntropyWorkspaceBytes",
               Napi::Function::New(env, LinearCrossEntropyWorkspaceBytes, "linearCrossEntropyWorkspaceBytes"));
 }

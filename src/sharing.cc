@@ -248,43 +248,6 @@ std::shared_ptr<void> openShm(const std::string& name, const std::string& proces
   return std::shared_ptr<void>(base, [n, share](void* p) { munmap(p, n); });
 }
 
-// ---------------------------------------------------------------- ids per JS environment
-
-// A worker thread that ends without disposing its imports never runs their finalizers: its
-// environment's cleanup hook releases them, or an import would hold its exporter's memory
-// for the life of the process.
-struct EnvIds {
-  std::vector<double> ids;
-  size_t pruneAt = 64;
-};
-std::mutex gEnvMutex;
-std::unordered_map<napi_env, EnvIds> gEnvIds;
-
-void releaseEnvIds(void* arg) {
-  std::vector<double> ids;
-  {
-    std::lock_guard<std::mutex> lock(gEnvMutex);
-    auto it = gEnvIds.find(static_cast<napi_env>(arg));
-    if (it == gEnvIds.end()) return;
-    ids = std::move(it->second.ids);
-    gEnvIds.erase(it);
-  }
-  for (double id : ids) handles::release(id);  // no-op for ids already freed
-}
-
-double trackInEnv(napi_env env, double id) {
-  std::lock_guard<std::mutex> lock(gEnvMutex);
-  auto [it, inserted] = gEnvIds.try_emplace(env);
-  if (inserted) napi_add_env_cleanup_hook(env, releaseEnvIds, env);
-  EnvIds& e = it->second;
-  if (e.ids.size() >= e.pruneAt) {  // forget ids already freed, so the list stays as long as the live ones
-    e.ids.erase(std::remove_if(e.ids.begin(), e.ids.end(), [](double i) { return !handles::findBuffer(i); }), e.ids.end());
-    e.pruneAt = std::max<size_t>(64, 2 * e.ids.size());
-  }
-  e.ids.push_back(id);
-  return id;
-}
-
 // ---------------------------------------------------------------- entry points
 
 /** exportBuffer(id) → { handle: Uint8Array, process: string } */
@@ -346,7 +309,7 @@ Napi::Value ImportBuffer(const Napi::CallbackInfo& info) {
       imported = DeviceBuffer::borrow(backend, Ownership::Imported, static_cast<char*>(mapping.get()) + offset, length,
                                       mapping);
     }
-    return Napi::Number::New(info.Env(), trackInEnv(info.Env(), handles::add(std::move(imported))));
+    return Napi::Number::New(info.Env(), handles::add(info.Env(), std::move(imported)));
   });
 }
 
@@ -380,7 +343,7 @@ Napi::Value WrapPointer(const Napi::CallbackInfo& info) {
       }
     }
     auto wrapped = DeviceBuffer::borrow(backend, Ownership::Wrapped, data, static_cast<size_t>(byteLength), nullptr);
-    return Napi::Number::New(info.Env(), trackInEnv(info.Env(), handles::add(std::move(wrapped))));
+    return Napi::Number::New(info.Env(), handles::add(info.Env(), std::move(wrapped)));
   });
 }
 

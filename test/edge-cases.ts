@@ -2,7 +2,7 @@
 // 1e-30 … 3.4e38 in magnitude, ties at the max, ±inf, NaN, −inf-masked rows and subnormals,
 // each with a label. Values are f32-exact; the float64 reference recomputes from them.
 
-const F32_MAX = 3.4028234663852886e38;
+export const F32_MAX = 3.4028234663852886e38;
 const SUBNORMAL = 1.401298464324817e-45;
 
 /** [name, rows of 5 logits, one label per row] */

@@ -8,7 +8,7 @@ import {
   backends, crossEntropy, crossEntropyAsync, getBackend, linearCrossEntropy, linearCrossEntropyAsync, setBackend, tensor,
   type BackendName, type CrossEntropyOptions, type Tensor,
 } from '../lib/index.js';
-import { codeOf, expectClose, flat } from './helpers.js';
+import { codeOf, expectClose, f32Rows, flat, rowsTensor } from './helpers.js';
 import {
   crossEntropy as crossEntropy64, linearCrossEntropy as linearCrossEntropy64, mulberry32, type CeOptions,
 } from './reference64.js';
@@ -17,18 +17,14 @@ const available = backends().filter((b) => b.available && b.name !== 'cuda').map
 const initial = getBackend();
 afterAll(() => setBackend(initial));
 
-function rows(rng: () => number, n: number, d: number, scale: number): number[][] {
-  return Array.from({ length: n }, () => Array.from({ length: d }, () => Math.fround((rng() * 2 - 1) * scale)));
-}
-const asTensor = (r: number[][]): Tensor => tensor(Float32Array.from(r.flat()), [r.length, r[0]!.length]);
 const values = (t: Tensor | undefined): number[] => Array.from(t!.data as Float32Array);
 
 // logits spread enough that p_t ranges from near 0 to near 1 across rows
 const [N, V, D] = [8, 29, 6];
 const rng = mulberry32(1606);
-const X0 = rows(rng, N, V, 4);
-const E0 = rows(rng, N, D, 1.5);
-const W0 = rows(rng, V, D, 1.5);
+const X0 = f32Rows(rng, N, V, 4);
+const E0 = f32Rows(rng, N, D, 1.5);
+const W0 = f32Rows(rng, V, D, 1.5);
 const bias0 = Float32Array.from({ length: V }, () => Math.fround(rng() - 0.5));
 const weights0 = Float32Array.from({ length: V }, () => Math.fround(0.3 + rng()));
 const labels0 = Int32Array.from({ length: N }, (_, i) => (i * 11 + 4) % V);
@@ -60,7 +56,7 @@ function expectLoss(got: number | Float32Array, want: number | number[], label: 
 describe.each(available)('generalizedCE on %s', (name) => {
   it.each(CASES)('crossEntropy equals the float64 reference: $label', ({ labels, o }) => {
     setBackend(name);
-    const got = crossEntropy(asTensor(X0), labels, o);
+    const got = crossEntropy(rowsTensor(X0), labels, o);
     const want = crossEntropy64(X0, labels, ref(o));
     expectLoss(got.loss, want.loss, 'loss');
     expectClose(values(got.dLogits), flat(want.dLogits), { rtol: 1e-4, atol: 1e-6, label: 'dLogits' });
@@ -69,7 +65,7 @@ describe.each(available)('generalizedCE on %s', (name) => {
   it.each(CASES)('linearCrossEntropy equals the float64 reference: $label', ({ labels, o }) => {
     setBackend(name);
     const withBias = { ...o, bias: bias0 };
-    const got = linearCrossEntropy(asTensor(E0), asTensor(W0), labels, withBias);
+    const got = linearCrossEntropy(rowsTensor(E0), rowsTensor(W0), labels, withBias);
     const want = linearCrossEntropy64(E0, W0, labels, ref(withBias));
     expectLoss(got.loss, want.loss, 'loss');
     expectClose(values(got.dEmbeddings), flat(want.dE), { rtol: 1e-4, atol: 1e-6, label: 'dE' });
@@ -80,18 +76,18 @@ describe.each(available)('generalizedCE on %s', (name) => {
   it('gradients equal central finite differences of its own loss', () => {
     setBackend(name);
     const o = { generalizedCE: 0.5, reduction: 'sum', zLoss: 0.01, classWeights: weights0 } as const;
-    const r = crossEntropy(asTensor(X0), labels0, o);
+    const r = crossEntropy(rowsTensor(X0), labels0, o);
     const h = 1e-2;
     const at = (i: number, j: number, s: number) =>
-      crossEntropy(asTensor(X0.map((row, a) => row.map((v, c) => (a === i && c === j ? v + s : v)))), labels0, { ...o, computeGrad: false }).loss as number;
+      crossEntropy(rowsTensor(X0.map((row, a) => row.map((v, c) => (a === i && c === j ? v + s : v)))), labels0, { ...o, computeGrad: false }).loss as number;
     for (const [i, j] of [[0, labels0[0]!], [1, labels0[1]!], [3, 5], [7, labels0[7]!], [7, 0]] as const) {
       const fd = (at(i, j, h) - at(i, j, -h)) / (2 * h);
       expect(Math.abs(r.dLogits!.data[i * V + j]! - fd), `[${i}, ${j}]`).toBeLessThan(3e-3 * Math.max(1, Math.abs(fd)));
     }
     const lo = { generalizedCE: 0.7, reduction: 'sum', bias: bias0 } as const;
-    const lr = linearCrossEntropy(asTensor(E0), asTensor(W0), labels0, lo);
+    const lr = linearCrossEntropy(rowsTensor(E0), rowsTensor(W0), labels0, lo);
     const bump = (m: number[][], i: number, k: number, s: number) => m.map((row, a) => row.map((v, c) => (a === i && c === k ? v + s : v)));
-    const lat = (E: number[][], W: number[][]) => linearCrossEntropy(asTensor(E), asTensor(W), labels0, { ...lo, computeGrad: false }).loss as number;
+    const lat = (E: number[][], W: number[][]) => linearCrossEntropy(rowsTensor(E), rowsTensor(W), labels0, { ...lo, computeGrad: false }).loss as number;
     for (const [i, k] of [[0, 0], [5, 3]] as const) {
       const fd = (lat(bump(E0, i, k, h), W0) - lat(bump(E0, i, k, -h), W0)) / (2 * h);
       expect(Math.abs(lr.dEmbeddings!.data[i * D + k]! - fd)).toBeLessThan(3e-3 * Math.max(1, Math.abs(fd)));
@@ -104,15 +100,15 @@ describe.each(available)('generalizedCE on %s', (name) => {
 
   it('q → 0 is cross-entropy; q = 1 is 1 − p_t', () => {
     setBackend(name);
-    const ce = crossEntropy(asTensor(X0), labels0, { reduction: 'none' });
+    const ce = crossEntropy(rowsTensor(X0), labels0, { reduction: 'none' });
     for (const q of [1e-3, 1e-6]) {
-      const g = crossEntropy(asTensor(X0), labels0, { reduction: 'none', generalizedCE: q });
+      const g = crossEntropy(rowsTensor(X0), labels0, { reduction: 'none', generalizedCE: q });
       // (1 − p^q)/q = ℓ − qℓ²/2 + …: relative gap ≈ qℓ/2 (and 1e-6 tests the accurate form, which a
       // literal fp32 (1 − p^q)/q fails by orders of magnitude)
       expectClose(g.loss as Float32Array, ce.loss as Float32Array, { rtol: q * 10 + 2e-6, atol: 0, label: `loss q ${q}` });
       expectClose(values(g.dLogits), values(ce.dLogits), { rtol: q * 20 + 1e-5, atol: 1e-7, label: `dLogits q ${q}` });
     }
-    const mae = crossEntropy(asTensor(X0), labels0, { reduction: 'none', generalizedCE: 1, computeGrad: false }).loss as Float32Array;
+    const mae = crossEntropy(rowsTensor(X0), labels0, { reduction: 'none', generalizedCE: 1, computeGrad: false }).loss as Float32Array;
     const want = X0.map((row, i) => {
       const m = Math.max(...row);
       const s = row.reduce((acc, v) => acc + Math.exp(v - m), 0);
@@ -124,18 +120,18 @@ describe.each(available)('generalizedCE on %s', (name) => {
   it('async twins give the same results', async () => {
     setBackend(name);
     const o = { generalizedCE: 0.6, classWeights: weights0 };
-    const a = await crossEntropyAsync(asTensor(X0), labels0, o);
-    const s = crossEntropy(asTensor(X0), labels0, o);
+    const a = await crossEntropyAsync(rowsTensor(X0), labels0, o);
+    const s = crossEntropy(rowsTensor(X0), labels0, o);
     expect(a.loss).toBe(s.loss);
     expect(values(a.dLogits)).toEqual(values(s.dLogits));
-    const la = await linearCrossEntropyAsync(asTensor(E0), asTensor(W0), labels0, o);
-    const ls = linearCrossEntropy(asTensor(E0), asTensor(W0), labels0, o);
+    const la = await linearCrossEntropyAsync(rowsTensor(E0), rowsTensor(W0), labels0, o);
+    const ls = linearCrossEntropy(rowsTensor(E0), rowsTensor(W0), labels0, o);
     expect(Math.abs((la.loss as number) - (ls.loss as number))).toBeLessThan(1e-6 * Math.abs(ls.loss as number));
   });
 
   it('q outside (0, 1] and combinations without a definition are E_OPTION', () => {
     setBackend(name);
-    const [X, E, W] = [asTensor(X0), asTensor(E0), asTensor(W0)];
+    const [X, E, W] = [rowsTensor(X0), rowsTensor(E0), rowsTensor(W0)];
     for (const q of [0, -0.5, 1.5, NaN, Infinity, '0.5']) {
       expect(codeOf(() => crossEntropy(X, labels0, { generalizedCE: q as number })), String(q)).toBe('E_OPTION');
       expect(codeOf(() => linearCrossEntropy(E, W, labels0, { generalizedCE: q as number })), String(q)).toBe('E_OPTION');

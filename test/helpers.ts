@@ -4,7 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { expect } from 'vitest';
-import { CutlossError } from '../lib/index.js';
+import { CutlossError, tensor, type Tensor } from '../lib/index.js';
 
 export function flat(x: ArrayLike<number> | ReadonlyArray<ArrayLike<number>>): number[] {
   const out: number[] = [];
@@ -113,6 +113,14 @@ export function gridRows(rng: () => number, rows: number, cols: number, range = 
     Array.from({ length: cols }, () => Math.round((rng() * 2 - 1) * range * 4096) / 4096),
   );
 }
+
+/** Rows of uniform values in (−scale, scale), each rounded to f32. */
+export function f32Rows(rng: () => number, n: number, d: number, scale: number): number[][] {
+  return Array.from({ length: n }, () => Array.from({ length: d }, () => Math.fround((rng() * 2 - 1) * scale)));
+}
+
+/** A host f32 tensor [rows, cols] of those rows. */
+export const rowsTensor = (r: number[][]): Tensor => tensor(Float32Array.from(r.flat()), [r.length, r[0]!.length]);
 
 /** A loss as a list: one number for a reduced loss, one per row otherwise. */
 export const lossList = (l: number | ArrayLike<number>): number[] => (typeof l === 'number' ? [l] : Array.from(l));

@@ -117,6 +117,24 @@ describe.skipIf(native_.length === 0)('worker threads', () => {
     const call = mixedCall(lib, 7);
     expect(same(resultBytes(lib, await call.async()), resultBytes(lib, call.sync()))).toBe(true);
   }, 60_000);
+
+  it.skipIf(!emu)('a worker that ends frees the DeviceTensors it held and the results of its calls still in flight', async () => {
+    const stats = () => native().addon!.stats();
+    const before = stats();
+    const w = tsWorker(`
+      m.setBackend('cuda-emu');
+      const x = m.upload(m.tensor(Float32Array.from({ length: 64 * 300 }, (_, i) => Math.sin(i)), [64, 300]), { backend: 'cuda-emu' });
+      globalThis.kept = [x, m.softmax(x), m.logSoftmax(x)]; // never disposed
+      const inFlight = Array.from({ length: 30 }, () => m.softmaxAsync(x));
+      parentPort.postMessage({ queued: inFlight.length });
+      await Promise.all(inFlight);`, {});
+    expect(await reply<{ queued: number }>(w)).toEqual({ queued: 30 });
+    expect(stats().handles).toBeGreaterThan(before.handles);
+    await w.terminate();
+    // calls still on the pool settle after the worker's end: wait for the count to come back
+    for (let t = 0; t < 100 && stats().handles !== before.handles; t++) await new Promise((r) => setTimeout(r, 50));
+    expect(stats()).toEqual(before);
+  }, 60_000);
 });
 
 describe.skipIf(!emu)('DeviceTensors across workers and around dispose() (cuda-emu)', () => {

@@ -107,6 +107,35 @@ describe('cuda/math matches lib/js/math.ts', () => {
     checkFloats('stablemaxLogS', ([x]) => [m.stablemaxLogS(x!)], () => plain);
     checkFloats('stablemaxDs', ([x]) => [m.stablemaxDs(x!)], () => plain);
     checkFloats('stablemaxDlogS', ([x]) => [m.stablemaxDlogS(x!)], () => plain);
+    // fp32 only: the scale that keeps a row's Σ s(z) finite is a power of two with s(max)·scale in [1/4, 4)
+    for (const l of linesOf('stablemaxSumScale')) {
+      const [x, scale] = [f(l.a[0]!), f(l.r[0]!)];
+      expect(Number.isInteger(Math.log2(scale)), `scale(${x}) = ${scale}`).toBe(true);
+      if (Number.isFinite(x)) {
+        const scaled = m.stablemaxS(x) * scale;
+        expect(scaled >= 0.25 && scaled < 4, `s(${x})·scale = ${scaled}`).toBe(true);
+      } else {
+        expect(scale).toBe(1);
+      }
+    }
+    // s'(x)/S given S·scale: the float64 s'(x)/S
+    checkFloats('stablemaxDsOverSum', ([x, sum, scale]) => [m.stablemaxDs(x!) / (sum! / scale!)],
+      () => ({ rtol: 4 * EPS32, atol: 1e-44 }));
+  });
+
+  it("Gumbel's ψ(z) and ψ'(z)", () => {
+    // u = e^{−z} carries expf's rounding, which e^{−u} turns into relative error u·2^-24
+    const gumbelTol = ([x]: number[]): Tolerance => ({ rtol: 4 * EPS32 * (1 + Math.min(Math.exp(-x!), 1e30)), atol: 1e-44 });
+    checkFloats('gumbelPsi', ([x]) => [m.gumbelPsi(x!)], gumbelTol);
+    checkFloats('gumbelPsiSlope', ([x]) => [m.gumbelPsiSlope(x!)], gumbelTol);
+  });
+
+  it('harmonic logits: d², the floored log, H = n·g/d²', () => {
+    // d²: r + c − 2·dot rounds at the inputs' scale; the log's argument is exact, logf within ulps
+    checkFloats('harmonicSqDistance', ([r, c, dot]) => [m.harmonicSqDistance(r!, c!, dot!)],
+      (a) => ({ rtol: 4 * EPS32, atol: 4 * EPS32 * 2 * inputScale(a) }));
+    checkFloats('harmonicLogit', ([sq, n]) => [m.harmonicLogit(sq!, n!)], ([, n]) => ({ rtol: 4 * EPS32, atol: 4 * EPS32 * n! }));
+    checkFloats('harmonicGrad', ([g, sq, n]) => [m.harmonicGrad(g!, sq!, n!)], () => plain);
   });
 
   it('softcap and the effective logit pipeline', () => {
@@ -118,6 +147,9 @@ describe('cuda/math matches lib/js/math.ts', () => {
       ([, cap, invT]) => ({ rtol: 8 * EPS32, atol: 4 * EPS32 * Math.abs(cap! * invT!) }));
     checkFloats('effectiveSlope', ([x, cap, invT]) => [m.effectiveSlope(x!, cap!, invT!)],
       ([, , invT]) => ({ rtol: 8 * EPS32, atol: 4 * EPS32 * invT! }));
+    // (softcap(x) − shift)/T: the gap rounds once (relative), then ÷T; softcap's own rounding as above
+    checkFloats('shiftedEffectiveLogit', ([x, cap, invT, shift]) => [((cap! > 0 ? m.softcap(x!, cap!) : x!) - shift!) * invT!],
+      ([, cap, invT]) => ({ rtol: 8 * EPS32, atol: 4 * EPS32 * Math.abs(cap! * invT!) }));
   });
 
   it('online log-sum-exp: lseRescale, expShifted, mergeLse, lseValue, and lsePush folds', () => {

@@ -383,7 +383,8 @@ export const gumbelSoftmaxBackward = (x: Rows, dy: Rows, opts: GumbelOptions): n
 // Cross-entropy family.
 // ---------------------------------------------------------------------------------------
 
-export type Normalizer = 'softmax' | 'stablemax' | 'sparsemax';
+/** 'gumbel' has its own reference, test/reference64-gumbel.ts; this one rejects it. */
+export type Normalizer = 'softmax' | 'stablemax' | 'sparsemax' | 'gumbel';
 
 export interface CeOptions {
   reduction?: 'mean' | 'sum' | 'none';

@@ -17,6 +17,39 @@ namespace cutloss {
 constexpr int kNormalizerSoftmax = 0;
 constexpr int kNormalizerStablemax = 1;
 constexpr int kNormalizerSparsemax = 2;
+constexpr int kNormalizerGumbel = 3;
+
+// Gumbel optimized loss (Alexandridis et al. 2022): p_j = exp(−exp(−z_j)) per class, unnormalized,
+// and the binary cross-entropy of the one-hot target: ℓ = u_t + Σ_{j≠t} ψ(z_j), u = exp(−z).
+
+/**
+ * log(sinh(u/2)/(u/2)) = u²/24 − u⁴/2880 + u⁶/181440 − u⁸/9676800 + …: float32 precision for
+ * 0 ≤ u ≤ ln 2 (the next term is 5e-11 there). Polynomials instead of expm1f keep the CPU's row
+ * loops vectorizable (cpu_math.h inlines expf and log1pf, not expm1f) and cost less on the GPU.
+ */
+CUTLOSS_HD float gumbelSmallU(float u) {
+  const float v = u * u;
+  return v * (1.0f / 24.0f + v * (-1.0f / 2880.0f + v * (1.0f / 181440.0f - v * (1.0f / 9676800.0f))));
+}
+
+/**
+ * ψ(z) = −log(1 − exp(−u)), u = exp(−z), the loss of a non-target class. For u ≤ ln 2 it is
+ * z − log((1 − e^{−u})/u) = z + u/2 − log(sinh(u/2)/(u/2)): no cancellation, and ψ ≈ z where
+ * exp(−z) underflows; above, log1p(−e^{−u}) is accurate (e^{−u} < ½).
+ */
+CUTLOSS_HD float gumbelPsi(float z) {
+  const float u = expf(-z);
+  if (u <= 0.693147182f) return z + 0.5f * u - gumbelSmallU(u);
+  return -log1pf(-expf(-u));
+}
+
+/** ψ'(z) = p·u/(1 − p) = u/(e^u − 1) = e^{−u/2}·(u/2)/sinh(u/2): 1 as u → 0, 0 once e^u overflows. */
+CUTLOSS_HD float gumbelPsiSlope(float z) {
+  const float u = expf(-z);
+  if (u <= 0.693147182f) return expf(-0.5f * u - gumbelSmallU(u));
+  if (u == positiveInfinity()) return 0.0f;
+  return u / (expf(u) - 1.0f);  // e^u ≥ 2: the difference loses nothing
+}
 
 struct LossConstants {
   int vocab;
@@ -36,9 +69,12 @@ struct RowStats {
   float zLabel;           // z_t
   float sumWeightedZ;     // Σ_j w_j z_j (for smoothing)
   float sumSqOthers;      // Σ_{j≠t} z_j² (squentropy)
-  float stableSum;        // S = Σ s(z_j)
+  float stableSum;        // the normalizer's own row sum: S·stablemaxSumScale(zMax) = Σ s(z_j)·scale (stablemax); Σ_{j≠t} ψ(z_j) (gumbel)
   float sumWeightedLogS;  // Σ_j w_j log s(z_j)
   // Sparsemax values are kept relative to the row max m, so huge logits lose no precision.
+  // A kernel may form a row's logits relative to a shift (shiftedEffectiveLogit; not with
+  // squentropy, whose z² needs the logits themselves): zLabel, zMax, logSum, sumWeightedZ, tau
+  // and omega are then of the shifted logits; lse is not.
   float zMax;     // m
   float tau;      // τ − m
   float omega;    // Ω − m = (τ − m) + ½(1 + Σ_supp (z − τ)²)
@@ -67,13 +103,22 @@ CUTLOSS_HD RowLoss rowLoss(const LossConstants& k, const RowStats& st, float wLa
   float labelLoss, pLabel, oneMinusPLabel;
   float spreadLoss = 0.0f;
   if (k.normalizer == kNormalizerStablemax) {
+    // S and s_t both times the row's scale: S itself may overflow float32
+    const float scale = stablemaxSumScale(st.zMax);
     const float S = stablemaxRowSum(st.stableSum, st.zMax);
-    const float logS = logf(S);
-    labelLoss = logS - stablemaxLogS(st.zLabel);
+    const float logScale = logf(scale);
+    const float logS = logf(S) - logScale;
+    labelLoss = -stablemaxLogRatio(st.zLabel, scale, logf(S), logScale);
     if (alpha > 0.0f) spreadLoss = sumWeights * logS - st.sumWeightedLogS;
-    const float sLabel = stablemaxS(st.zLabel);
+    const float sLabel = stablemaxS(st.zLabel) * scale;
     pLabel = sLabel / S;
     oneMinusPLabel = (S - sLabel) / S;
+  } else if (k.normalizer == kNormalizerGumbel) {
+    // no label smoothing (lib/options.ts rejects it): u_t + Σ_{j≠t} ψ(z_j)
+    const float uLabel = expf(-st.zLabel);
+    labelLoss = uLabel + st.stableSum;
+    pLabel = expf(-uLabel);
+    oneMinusPLabel = -expm1f(-uLabel);
   } else if (k.normalizer == kNormalizerSparsemax) {
     labelLoss = st.omega - (st.zLabel - st.zMax);
     if (alpha > 0.0f) spreadLoss = sumWeights * (st.omega + st.zMax) - st.sumWeightedZ;
@@ -82,7 +127,7 @@ CUTLOSS_HD RowLoss rowLoss(const LossConstants& k, const RowStats& st, float wLa
   } else {
     const float logP = minusLse(st.zLabel, st.zMax, st.logSum);  // z_t − lse without rounding lse
     labelLoss = -logP;
-    if (alpha > 0.0f) spreadLoss = sumWeights * st.lse - st.sumWeightedZ;
+    if (alpha > 0.0f) spreadLoss = sumWeights * (st.zMax + st.logSum) - st.sumWeightedZ;  // lse in the row's frame
     pLabel = expf(logP);
     oneMinusPLabel = -expm1f(logP);  // accurate when p_t ≈ 1
   }
@@ -118,7 +163,8 @@ struct RowGrad {
   float kappa;       // s_W·C·F' − s_U·ε    (times ∂p_t/∂z_k)
   float zCoef;       // s_U·2λ·lse          (times softmax_k)
   float sqCoef;      // s_U·2σ/(V − 1)      (times z_k, k ≠ t)
-  float stableSum;
+  float stableSum;    // S·stableScale
+  float stableScale;  // stablemaxSumScale(zMax)
   float dlogSLabel;  // s'(z_t)/s(z_t)
   float zMax;
   float tau;         // relative to zMax
@@ -145,9 +191,11 @@ CUTLOSS_HD RowGrad rowGrad(const LossConstants& k, const RowStats& st, const Row
   rg.keep = sWF * (1.0f - k.smoothing) * wLabel;
   rg.spread = (sWF * k.smoothing) / static_cast<float>(k.vocab);
   rg.kappa = focalTerm - sUnweighted * k.polyEpsilon;
-  rg.zCoef = sUnweighted * 2.0f * k.zLoss * st.lse;
+  // guarded: lse may be ±inf where the logits ÷ T overflow while the row's gaps do not
+  rg.zCoef = k.zLoss == 0.0f ? 0.0f : sUnweighted * 2.0f * k.zLoss * st.lse;
   rg.sqCoef = k.vocab > 1 ? (sUnweighted * 2.0f * k.squentropy) / static_cast<float>(k.vocab - 1) : 0.0f;
   rg.stableSum = stablemaxRowSum(st.stableSum, st.zMax);
+  rg.stableScale = k.normalizer == kNormalizerStablemax ? stablemaxSumScale(st.zMax) : 1.0f;
   rg.dlogSLabel = stablemaxDlogS(st.zLabel);
   rg.zMax = st.zMax;
   rg.tau = st.tau;
@@ -165,14 +213,17 @@ CUTLOSS_HD float gradCoefficientGivenSoftmax(const RowGrad& rg, float z, float s
   float d = rg.zCoef * softmaxK;
   if (!isLabel && rg.sqCoef != 0.0f) d += rg.sqCoef * z;  // guarded: 0·(−inf) would be NaN
   const float target = rg.spread * wK + (isLabel ? rg.keep : 0.0f);  // a_k
-  if (rg.normalizer == kNormalizerSoftmax) {
+  if (rg.normalizer == kNormalizerGumbel) {
+    // ∂u_t/∂z_t = −u_t; ∂ψ(z_k)/∂z_k = ψ'(z_k); keep = s_W·w_t
+    d += isLabel ? -rg.keep * expf(-z) : rg.keep * gumbelPsiSlope(z);
+  } else if (rg.normalizer == kNormalizerSoftmax) {
     // ∂C = Σa·p_k − a_k; ∂p_t = p_t(δ_tk − p_k)
     d += rg.mass * softmaxK - target + rg.kappa * rg.pLabel * ((isLabel ? 1.0f : 0.0f) - softmaxK);
   } else if (rg.normalizer == kNormalizerStablemax) {
     // ∂C = Σa·s'_k/S − a_k·s'_k/s_k; ∂p_t = p_t(δ_tk·s'_t/s_t − s'_k/S). a_k is multiplied by
     // s'/s itself, not by (1 − s'/s) after subtracting a_k: that difference of two near-equal
     // terms cost 2^-24/(s'/s) relative, 2e-4 at logits of 1e4.
-    const float dsOverS = stablemaxDs(z) / rg.stableSum;
+    const float dsOverS = stablemaxDsOverSum(z, rg.stableSum, rg.stableScale);
     const float dlogS = stablemaxDlogS(z);
     d += rg.mass * dsOverS - target * dlogS;
     d += rg.kappa * rg.pLabel * ((isLabel ? rg.dlogSLabel : 0.0f) - dsOverS);
@@ -180,7 +231,7 @@ CUTLOSS_HD float gradCoefficientGivenSoftmax(const RowGrad& rg, float z, float s
     // sparsemax: ∂C = Σa·p_k − a_k; ∂p_t = [t, k ∈ supp](δ_tk − 1/|supp|)
     const float u = z - rg.zMax - rg.tau;  // z − τ, formed relative to the max
     const bool inSupport = u > 0.0f;
-    d += rg.mass * (inSupport ? u : 0.0f) - target;
+    d += rg.mass * reluPropagatingNaN(u) - target;  // a row without a finite max has τ NaN: a NaN row
     if (rg.labelInSupport && inSupport) d += rg.kappa * ((isLabel ? 1.0f : 0.0f) - rg.invSupport);
   }
   return d;
@@ -188,7 +239,9 @@ CUTLOSS_HD float gradCoefficientGivenSoftmax(const RowGrad& rg, float z, float s
 
 /** dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k). */
 CUTLOSS_HD float gradCoefficient(const RowGrad& rg, float z, bool isLabel, float wK) {
-  return gradCoefficientGivenSoftmax(rg, z, expMinusLse(z, rg.zMax, rg.logSum), isLabel, wK);
+  // Gumbel's own terms need no softmax_k (only zLoss's does): one exponential less per element
+  const bool softmaxUsed = rg.normalizer != kNormalizerGumbel || rg.zCoef != 0.0f;
+  return gradCoefficientGivenSoftmax(rg, z, softmaxUsed ? expMinusLse(z, rg.zMax, rg.logSum) : 0.0f, isLabel, wK);
 }
 
 }  // namespace cutloss

@@ -18,6 +18,24 @@ CUTLOSS_HD float effectiveLogit(float x, float cap, float invTemperature) {
   return (cap > 0.0f ? cap * tanhf(x / cap) : x) * invTemperature;
 }
 
+/**
+ * The shift a row's effective logits are formed relative to: its largest capped logit where that
+ * is finite (the rows of ±inf and NaN keep their rules unshifted), else 0.
+ */
+CUTLOSS_HD float effectiveShift(float cappedMax) {
+  return cappedMax > negativeInfinity() && cappedMax < positiveInfinity() ? cappedMax : 0.0f;
+}
+
+/**
+ * effectiveLogit(x) − shift/T, formed as (softcap(x) − shift)·(1/T): the difference is taken
+ * before ÷T, so it neither rounds at |x| ≫ 1 (x/T first would cost |x/T|·2^-24) nor overflows
+ * where |x|/T > FLT_MAX. Softmax, its losses and sparsemax are invariant to the shift; lse
+ * adds shift/T back.
+ */
+CUTLOSS_HD float shiftedEffectiveLogit(float x, float cap, float invTemperature, float shift) {
+  return ((cap > 0.0f ? cap * tanhf(x / cap) : x) - shift) * invTemperature;
+}
+
 /** dz/dx of effectiveLogit. */
 CUTLOSS_HD float effectiveSlope(float x, float cap, float invTemperature) {
   if (cap > 0.0f) {

@@ -1,6 +1,6 @@
 // StableMax's s(x) (Prieto et al. 2025), mirroring lib/js/math.ts: x + 1 for x >= 0 and
 // 1 / (1 − x) for x < 0. Positive, monotone, C1 at 0, and linear growth, so large logits
-// never overflow.
+// never overflow; their row sum is kept scaled by stablemaxSumScale (float64 in JS needs none).
 #pragma once
 
 #include "scalar.cuh"
@@ -23,7 +23,37 @@ CUTLOSS_HD float stablemaxDs(float x) {
 CUTLOSS_HD float stablemaxDlogS(float x) { return x >= 0.0f ? 1.0f / (x + 1.0f) : 1.0f / (1.0f - x); }
 
 /**
- * S = Σ s(z) of a row whose max is zMax, or NaN where the row has no finite distribution: a
+ * The power of two a row's sum Σ s(z) is accumulated times, about 1/s(zMax) (s is monotone):
+ * each scaled term is at most 4, so the sum stays below 4·V whatever the logits, where S itself
+ * overflows float32 once two logits reach 1.7e38; the scaling is exact. 1 where zMax is not finite.
+ */
+CUTLOSS_HD float stablemaxSumScale(float zMax) {
+  if (!(zMax > negativeInfinity() && zMax < positiveInfinity())) return 1.0f;
+  int e = static_cast<int>((floatBits(stablemaxS(zMax)) >> 23) & 0xffu);  // biased exponent
+  e = e < 1 ? 1 : e > 253 ? 253 : e;
+  return floatFromBits(static_cast<uint32_t>(254 - e) << 23);  // 2^(127 − e)
+}
+
+/** s'(x)/S given the row's scaled sum S·scale, formed as (s'/s)·(s·scale)/(S·scale): nothing overflows or underflows early. */
+CUTLOSS_HD float stablemaxDsOverSum(float x, float scaledSum, float scale) {
+  if (x >= 0.0f) return scale / scaledSum;  // s' = 1
+  const float s = 1.0f / (1.0f - x);
+  return s * ((s * scale) / scaledSum);  // s' = s²
+}
+
+/**
+ * log(s(x)/S) given the row's scale, logScaledSum = log(S·scale) and logScale = log(scale): the
+ * log of s(x)·scale, which lies in (0, 4], minus that of S·scale (log s(x) − log S would cancel
+ * at |x| ≫ 1), or, where s(x)·scale is subnormal (x far below the max, the result large), the
+ * plain difference.
+ */
+CUTLOSS_HD float stablemaxLogRatio(float x, float scale, float logScaledSum, float logScale) {
+  const float s = stablemaxS(x) * scale;
+  return s >= 1.17549435e-38f ? logf(s) - logScaledSum : stablemaxLogS(x) - (logScaledSum - logScale);
+}
+
+/**
+ * S (or its scaled S·scale) of a row whose max is zMax, or NaN where the row has no finite distribution: a
  * +inf logit (S = inf) or every logit −inf (S = 0), as softmax (minusLse).
  */
 CUTLOSS_HD float stablemaxRowSum(float sum, float zMax) {

@@ -1,8 +1,10 @@
 // S2-losses and zscore-sweep: the newer losses beside the plain fused cross-entropy, all timed in
 // one child process on one backend (forward + backward, f32, median of runs after a warm-up):
 //   S2-losses    at S2's shape (N 2048, D 512, V 32000): linearCrossEntropy softmax (the
-//                reference, 1.00×), generalizedCE q 0.7, normalizer 'zscore', Partial FC
-//                (classSample fraction 0.1: the loss over ~3.2k of the 32k classes), and
+//                reference, 1.00×), generalizedCE q 0.7, normalizer 'gumbel', normalizer 'zscore', Partial FC
+//                (classSample fraction 0.1: the loss over ~3.2k of the 32k classes), margin softmax
+//                (logits kind 'cosine', ArcFace; alone and with Partial FC), harmonic logits
+//                (kind 'harmonic', exponent √D), and
 //                sigmoidPairLoss on x, y [N, D]; each as a ratio of the fused CE.
 //   zscore-sweep the Z-loss against V (8k .. 256k) at N 2048, D 512: the call, and on cpu the
 //                kernel's own clock of its classifier side (moments of W and dW: O(V·D²) per
@@ -48,6 +50,7 @@ export function measureLosses(backend: lib.BackendName, o: { tiny: boolean; quic
   const W = lib.tensor(uniformValues(V * D, 2, 0.05), [V, D]);
   const labels = labelValues(N, V, 3);
   const zs = { normalizer: 'zscore', zscore: { a: 1, b: 3 } } as const;
+  const arcFace = { logits: { kind: 'cosine', scale: 64, angularMargin: 0.5 } } as const;
   const out: LossesResult = { backend, runs: o.runs, shape: { N, D, V } };
   if (o.groups.includes('S2-losses')) {
     const x = lib.tensor(uniformValues(N * D, 5, 0.05), [N, D]);
@@ -55,8 +58,12 @@ export function measureLosses(backend: lib.BackendName, o: { tiny: boolean; quic
     const rows: [string, () => unknown][] = [
       ['linearCrossEntropy (softmax, fused)', () => lib.linearCrossEntropy(E, W, labels)],
       ['linearCrossEntropy generalizedCE q 0.7', () => lib.linearCrossEntropy(E, W, labels, { generalizedCE: 0.7 })],
+      ["linearCrossEntropy normalizer 'gumbel'", () => lib.linearCrossEntropy(E, W, labels, { normalizer: 'gumbel' })],
       ["linearCrossEntropy normalizer 'zscore'", () => lib.linearCrossEntropy(E, W, labels, zs)],
       ['linearCrossEntropy classSample 0.1 (Partial FC)', () => lib.linearCrossEntropy(E, W, labels, { classSample: { fraction: 0.1, seed: 1 } })],
+      ['linearCrossEntropy cosine (ArcFace s 64, m2 0.5)', () => lib.linearCrossEntropy(E, W, labels, arcFace)],
+      ['linearCrossEntropy cosine + classSample 0.1 (Partial FC ArcFace)', () => lib.linearCrossEntropy(E, W, labels, { ...arcFace, classSample: { fraction: 0.1, seed: 1 } })],
+      ['linearCrossEntropy harmonic (exponent √D)', () => lib.linearCrossEntropy(E, W, labels, { logits: { kind: 'harmonic' } })],
       [`sigmoidPairLoss x, y [${N}, ${D}]`, () => lib.sigmoidPairLoss(x, y, { temperature: 10, bias: -10 })],
     ];
     const ms = rows.map(([, fn]) => time(o.runs, fn));

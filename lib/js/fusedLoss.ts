@@ -1,7 +1,7 @@
 // The blockwise loss engine behind crossEntropy and linearCrossEntropy on the reference
 // backend. It walks tiles of (rows × classes), vocabulary tiles outermost:
 //   forward:  per row an online log-sum-exp plus the few sums its options need
-//             (label logit, Σ w·z for smoothing, Σ z² for squentropy, StableMax's Σ s(z),
+//             (label logit, Σ w·z for smoothing, Σ z² for squentropy, StableMax's Σ s(z), Gumbel's Σ ψ(z),
 //             sparsemax candidates); nothing of size N×V is kept;
 //   backward: recompute each tile, turn it into dloss/dx with math.ts's epilogue, and hand
 //             it to the logit source (which folds it into dE/dW, or writes dLogits).
@@ -11,9 +11,9 @@ import { allocate, f32Copy } from '../alloc.js';
 import { CutlossError } from '../errors.js';
 import { sparsemaxThreshold } from './sparse.js';
 import {
-  NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX, effectiveLogit, effectiveSlope, gradCoefficient, lseOfBlock,
-  lseValue, mergeLse, rowGrad, rowLoss, SEARCH_DONE, SPARSEMAX_PASS_LIMIT, sparsemaxSearchStart, sparsemaxSearchStep,
-  stablemaxLogS, stablemaxS, type LossConstants, type RowGrad, type RowStats, type SparsemaxSearch,
+  NORMALIZER_GUMBEL, NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX, effectiveLogit, gumbelPsi, effectiveSlope, gradCoefficient, lseOfBlock,
+  lseValue, marginLabelLogit, marginLabelSlope, mergeLse, rowGrad, rowLoss, SEARCH_DONE, SPARSEMAX_PASS_LIMIT, sparsemaxSearchStart, sparsemaxSearchStep,
+  stablemaxLogS, stablemaxS, type LabelMargin, type LossConstants, type RowGrad, type RowStats, type SparsemaxSearch,
 } from './math.js';
 
 export type Reduction = 'mean' | 'sum' | 'none';
@@ -31,6 +31,8 @@ export interface LossConfig extends LossConstants {
   filterEps: number; // 0 = exact
   tileRows: number;
   tileCols: number;
+  /** Margin softmax: the label's raw logit goes through math.ts's marginLabelLogit (absent: as it is). */
+  labelMargin?: LabelMargin | null;
 }
 
 /** Where raw logits come from, and where their gradient goes, one tile at a time. */
@@ -93,6 +95,40 @@ class SparsemaxCandidates {
   }
 }
 
+/**
+ * Margin softmax: wraps a source so the label column of each tile it fills is mapped
+ * (x → s·φ(x/s)), and that column's dloss/dx is scaled by the map's slope on its way back.
+ * The backward fills a tile just before it accumulates that tile's gradient, so the raw label
+ * logits of the last fill are the ones the gradient needs.
+ */
+class MarginAtLabel implements LogitSource {
+  private raw = new Float64Array(0);
+  constructor(private readonly inner: LogitSource, private readonly lm: LabelMargin, private readonly labels: Int32Array) {}
+  fill(r0: number, nr: number, c0: number, nc: number, out: Float64Array): void {
+    this.inner.fill(r0, nr, c0, nc, out);
+    if (this.raw.length < nr) this.raw = new Float64Array(nr);
+    for (let r = 0; r < nr; r++) {
+      const t = this.labels[r0 + r]! - c0;
+      if (t < 0 || t >= nc) continue;
+      this.raw[r] = out[r * nc + t]!;
+      out[r * nc + t] = marginLabelLogit(this.lm, out[r * nc + t]!);
+    }
+  }
+  beginClassTile(c0: number, nc: number): void {
+    this.inner.beginClassTile(c0, nc);
+  }
+  accumulateGrad(r0: number, nr: number, c0: number, nc: number, grad: Float64Array): void {
+    for (let r = 0; r < nr; r++) {
+      const t = this.labels[r0 + r]! - c0;
+      if (t >= 0 && t < nc) grad[r * nc + t] = grad[r * nc + t]! * marginLabelSlope(this.lm, this.raw[r]!);
+    }
+    this.inner.accumulateGrad(r0, nr, c0, nc, grad);
+  }
+  endClassTile(c0: number, nc: number): void {
+    this.inner.endClassTile(c0, nc);
+  }
+}
+
 function emptyStats(): RowStats {
   return {
     lse: 0, logSum: 0, zLabel: 0, sumWeightedZ: 0, sumSqOthers: 0, stableSum: 0, sumWeightedLogS: 0, zMax: 0, tau: 0, omega: 0,
@@ -101,6 +137,7 @@ function emptyStats(): RowStats {
 }
 
 export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
+  if (cfg.labelMargin) source = new MarginAtLabel(source, cfg.labelMargin, cfg.labels);
   const N = cfg.rows;
   const V = cfg.vocab;
   const { labels, classWeights } = cfg;
@@ -110,13 +147,14 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
   const needSq = cfg.squentropy !== 0;
   const stable = cfg.normalizer === NORMALIZER_STABLEMAX;
   const sparse = cfg.normalizer === NORMALIZER_SPARSEMAX;
+  const gumbel = cfg.normalizer === NORMALIZER_GUMBEL;
 
   const rowMax = allocate(Float64Array, N, 'rowMax').fill(-Infinity);
   const rowSum = allocate(Float64Array, N, 'rowSum');
   const zLabel = allocate(Float64Array, N, 'zLabel');
   const sumWZ = needSmooth ? allocate(Float64Array, N, 'sumWZ') : null;
   const sumSq = needSq ? allocate(Float64Array, N, 'sumSq') : null;
-  const stableSum = stable ? allocate(Float64Array, N, 'stableSum') : null;
+  const stableSum = stable || gumbel ? allocate(Float64Array, N, 'stableSum') : null; // Σ s(z) or Σ_{j≠t} ψ(z)
   const sumWLogS = stable && needSmooth ? allocate(Float64Array, N, 'sumWLogS') : null;
   const candidates = sparse ? new SparsemaxCandidates(N) : null;
 
@@ -158,7 +196,11 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
           for (let j = 0; j < nc; j++) if (j !== t) s += tile[o + j]! * tile[o + j]!;
           sumSq[row] += s;
         }
-        if (stableSum !== null) {
+        if (gumbel) {
+          let s = 0;
+          for (let j = 0; j < nc; j++) if (j !== t) s += gumbelPsi(tile[o + j]!);
+          stableSum![row] += s;
+        } else if (stableSum !== null) {
           let s = 0;
           for (let j = 0; j < nc; j++) s += stablemaxS(tile[o + j]!);
           stableSum[row] += s;

@@ -7,7 +7,8 @@
 import { allocate, f32Copy } from '../alloc.js';
 import { gemmNNAcc, gemmTNAcc } from './gemm.js';
 import { runFusedLoss, type LogitSource, type LossConfig } from './fusedLoss.js';
-import type { HostOutput, HostOutputs } from '../options.js';
+import { harmonicExponent, labelMarginOf, LOGITS_HARMONIC, type HostOutput, type HostOutputs, type ResolvedLogits } from '../options.js';
+import { HarmonicLogits } from './harmonic.js';
 
 /** Tiles sized so a logit tile (64×256 float64 = 128 KiB) and its W rows stay in cache. */
 export const DEFAULT_TILE_ROWS = 64;
@@ -18,6 +19,8 @@ export type LossSettings = Omit<LossConfig, 'rows' | 'labels' | 'tileRows' | 'ti
   tileCols?: number;
   /** Where gradients go; only f32 ones are written here, the facade rounds the rest into bf16 outputs. */
   out?: HostOutputs | null;
+  /** linearCrossEntropy's logit kind (absent: dot). */
+  logits?: ResolvedLogits;
 };
 
 /** The output's array when it takes f32 values, else null (a new array, copied by the facade). */
@@ -135,8 +138,13 @@ export function linearCrossEntropyJs(
   N: number, D: number, V: number, labels: Int32Array, s: LossSettings,
 ) {
   const cfg = config(s, N, V, labels);
-  const source = new LinearLogits(E, W, bias, N, D, V, cfg.tileCols, s.computeGrad, f32Dest(s.out?.dClassifier));
+  cfg.labelMargin = labelMarginOf(s.logits);
+  const harmonic = s.logits?.kind === LOGITS_HARMONIC
+    ? new HarmonicLogits(E, W, N, D, V, cfg.tileRows, cfg.tileCols, harmonicExponent(s.logits, D), s.computeGrad, f32Dest(s.out?.dClassifier))
+    : null;
+  const source = harmonic ?? new LinearLogits(E, W, bias, N, D, V, cfg.tileCols, s.computeGrad, f32Dest(s.out?.dClassifier));
   const out = runFusedLoss(cfg, source);
+  harmonic?.finish();
   /** float64 accumulators rounded to f32, into the caller's array when there is one. */
   const rounded = (values: Float64Array | null, dest: Float32Array | null, what: string) => {
     if (values === null) return null;

@@ -123,6 +123,88 @@ export function effectiveSlope(x: number, cap: number, invTemperature: number): 
   return invTemperature;
 }
 
+// ---------------------------------------------------------------- margin softmax at the label
+// CosFace / ArcFace (cuda/math/margin.cuh, README "Margin softmax"): raw logits are x = s·c of
+// unit rows; at the label only, x → s·φ(x/s) with φ(c) = cos(θ + m2) − m = c·cos m2 − sin θ·sin m2 − m,
+// θ = acos(clamp(c, −1, 1)); where θ + m2 > π (c < −cos m2) insightface's monotone continuation
+// c − m2·sin m2 − m. φ'(c) = cos m2 + c·sin m2 / sin θ, sin θ floored at its value for the
+// float32 just below 1 so the slope is finite at |c| = 1.
+
+/** The map's constants; the native kernels take the same fields (LossParams.labelMargin). */
+export interface LabelMargin {
+  scale: number; // s
+  margin: number; // m
+  cosAngular: number; // cos m2
+  sinAngular: number; // sin m2
+  continuation: number; // m2·sin m2
+}
+
+/** sqrt(1 − c²) at c = 1 − 2^-24 (float32), the floor of sin θ in φ'. */
+export const MARGIN_SIN_FLOOR = Math.fround(3.4526698e-4);
+
+export function labelMargin(scale: number, margin: number, angularMargin: number): LabelMargin {
+  const f = Math.fround;
+  const sinAngular = f(Math.sin(angularMargin));
+  return {
+    scale: f(scale), margin: f(margin), cosAngular: f(Math.cos(angularMargin)), sinAngular,
+    continuation: f(angularMargin * Math.sin(angularMargin)),
+  };
+}
+
+function clampCosine(c: number): number {
+  return c < -1 ? -1 : c > 1 ? 1 : c; // NaN stays NaN
+}
+
+/** φ(c). */
+export function marginPhi(lm: LabelMargin, c: number): number {
+  const cc = clampCosine(c);
+  if (lm.sinAngular === 0) return cc - lm.margin;
+  if (cc < -lm.cosAngular) return cc - lm.continuation - lm.margin;
+  const sinTheta = Math.sqrt(Math.max((1 - cc) * (1 + cc), 0));
+  return cc * lm.cosAngular - sinTheta * lm.sinAngular - lm.margin;
+}
+
+/** φ'(c). */
+export function marginPhiSlope(lm: LabelMargin, c: number): number {
+  const cc = clampCosine(c);
+  if (lm.sinAngular === 0 || cc < -lm.cosAngular) return 1;
+  const sinTheta = Math.max(Math.sqrt(Math.max((1 - cc) * (1 + cc), 0)), MARGIN_SIN_FLOOR);
+  return lm.cosAngular + (cc * lm.sinAngular) / sinTheta;
+}
+
+/** The label's raw logit x = s·c → s·φ(c). */
+export function marginLabelLogit(lm: LabelMargin, x: number): number {
+  return lm.scale * marginPhi(lm, x / lm.scale);
+}
+
+/** d(marginLabelLogit)/dx = φ'(x/s). */
+export function marginLabelSlope(lm: LabelMargin, x: number): number {
+  return marginPhiSlope(lm, x / lm.scale);
+}
+
+// ---------------------------------------------------------------- harmonic logits
+// Baek et al. 2025 (cuda/math/harmonic.cuh): raw logit −(n/2)·log d², d² = ‖e − w‖² from
+// r + c − 2e·w; d² floored at FLT_MIN so a distance of 0 gives a finite logit, never NaN.
+
+/** FLT_MIN = 2^-126: the smallest d² the logit resolves. */
+export const HARMONIC_FLOOR = 2 ** -126;
+
+/** d² = max(r + c − 2·dot, 0); NaN stays NaN. */
+export function harmonicSqDistance(rowSq: number, colSq: number, dot: number): number {
+  const d = rowSq + colSq - 2 * dot;
+  return d > 0 || Number.isNaN(d) ? d : 0;
+}
+
+/** The raw logit −(n/2)·log max(d², FLT_MIN). */
+export function harmonicLogit(sqDistance: number, exponent: number): number {
+  return -0.5 * exponent * Math.log(Math.max(sqDistance, HARMONIC_FLOOR));
+}
+
+/** H = n·g/d² (0 below the floor, where the logit is constant); dE_i = Σ_j H_ij·(w_j − e_i), dW_j = Σ_i H_ij·(e_i − w_j). */
+export function harmonicGrad(g: number, sqDistance: number, exponent: number): number {
+  return sqDistance < HARMONIC_FLOOR ? 0 : (exponent * g) / sqDistance;
+}
+
 // ---------------------------------------------------------------- Philox-4x32-10
 // Counter-based noise: element e of a tensor draws word (e mod 4) of Philox(counter
 // floor(e / 4), key seed), so any backend reproduces it from the index alone.
@@ -184,9 +266,34 @@ export function gumbelFromUniform(u: number): number {
 // Generalized CE (q > 0; Zhang & Sabuncu 2018) replaces C by w_t·(1 − p_t^q)/q, whose gradient is
 // CE's scaled by p_t^q (∂p_t^q = q·p_t^q·∂log p_t): only softmax and stablemax, no α, no focal.
 
+/** Gradient filtering's f32 default is FILTER_ROW_MASS / V (cuda/math/filter.cuh kFilterRowMass). */
+export const FILTER_ROW_MASS = 2 ** -24;
+
 export const NORMALIZER_SOFTMAX = 0;
 export const NORMALIZER_STABLEMAX = 1;
 export const NORMALIZER_SPARSEMAX = 2;
+export const NORMALIZER_GUMBEL = 3;
+
+// Gumbel optimized loss (Alexandridis et al. 2022): p_j = exp(−exp(−z_j)) per class, unnormalized,
+// and the binary cross-entropy of the one-hot target: ℓ = u_t + Σ_{j≠t} ψ(z_j), u = exp(−z).
+
+/**
+ * ψ(z) = −log(1 − exp(−u)), u = exp(−z), the loss of a non-target class: log1mexp's two branches,
+ * and z + u/2 − u²/24 where u is tiny (exp(−z) underflows while ψ ≈ z stays finite).
+ */
+export function gumbelPsi(z: number): number {
+  const u = Math.exp(-z);
+  if (u < 2 ** -10) return z + u * (0.5 - u / 24);
+  return u <= Math.LN2 ? -Math.log(-Math.expm1(-u)) : -Math.log1p(-Math.exp(-u));
+}
+
+/** ψ'(z) = p·u/(1 − p) = u/expm1(u): 1 as u → 0, 0 once expm1(u) overflows. */
+export function gumbelPsiSlope(z: number): number {
+  const u = Math.exp(-z);
+  if (u === 0) return 1;
+  if (u === Infinity) return 0;
+  return u / Math.expm1(u);
+}
 
 export interface LossConstants {
   vocab: number;
@@ -206,7 +313,7 @@ export interface RowStats {
   zLabel: number; // z_t
   sumWeightedZ: number; // Σ_j w_j z_j (for smoothing)
   sumSqOthers: number; // Σ_{j≠t} z_j² (squentropy)
-  stableSum: number; // S = Σ s(z_j)
+  stableSum: number; // the normalizer's own row sum: S = Σ s(z_j) (stablemax); Σ_{j≠t} ψ(z_j) (gumbel)
   sumWeightedLogS: number; // Σ_j w_j log s(z_j)
   // Sparsemax values are kept relative to the row max m, so huge logits lose no precision.
   zMax: number; // m
@@ -246,6 +353,12 @@ export function rowLoss(k: LossConstants, st: RowStats, wLabel: number, sumWeigh
     const sLabel = stablemaxS(st.zLabel);
     pLabel = sLabel / S;
     oneMinusPLabel = (S - sLabel) / S;
+  } else if (k.normalizer === NORMALIZER_GUMBEL) {
+    // no label smoothing (options.ts rejects it): u_t + Σ_{j≠t} ψ(z_j)
+    const uLabel = Math.exp(-st.zLabel);
+    labelLoss = uLabel + st.stableSum;
+    pLabel = Math.exp(-uLabel);
+    oneMinusPLabel = -Math.expm1(-uLabel);
   } else if (k.normalizer === NORMALIZER_SPARSEMAX) {
     labelLoss = st.omega - (st.zLabel - st.zMax);
     if (alpha > 0) spreadLoss = sumWeights * (st.omega + st.zMax) - st.sumWeightedZ;
@@ -339,7 +452,10 @@ export function gradCoefficientGivenSoftmax(rg: RowGrad, z: number, softmaxK: nu
   let d = rg.zCoef * softmaxK;
   if (!isLabel && rg.sqCoef !== 0) d += rg.sqCoef * z; // guarded: 0·(−inf) would be NaN
   const target = rg.spread * wK + (isLabel ? rg.keep : 0); // a_k
-  if (rg.normalizer === NORMALIZER_SOFTMAX) {
+  if (rg.normalizer === NORMALIZER_GUMBEL) {
+    // ∂u_t/∂z_t = −u_t; ∂ψ(z_k)/∂z_k = ψ'(z_k); keep = s_W·w_t
+    d += isLabel ? -rg.keep * Math.exp(-z) : rg.keep * gumbelPsiSlope(z);
+  } else if (rg.normalizer === NORMALIZER_SOFTMAX) {
     // ∂C = Σa·p_k − a_k; ∂p_t = p_t(δ_tk − p_k)
     d += rg.mass * softmaxK - target + rg.kappa * rg.pLabel * ((isLabel ? 1 : 0) - softmaxK);
   } else if (rg.normalizer === NORMALIZER_STABLEMAX) {
@@ -362,7 +478,9 @@ export function gradCoefficientGivenSoftmax(rg: RowGrad, z: number, softmaxK: nu
 
 /** dloss/dz_k for one element of a row (isLabel: k = t; wK: class weight of k). */
 export function gradCoefficient(rg: RowGrad, z: number, isLabel: boolean, wK: number): number {
-  return gradCoefficientGivenSoftmax(rg, z, expMinusLse(z, rg.zMax, rg.logSum), isLabel, wK);
+  // Gumbel's own terms need no softmax_k (only zLoss's does): one exponential less per element
+  const softmaxUsed = rg.normalizer !== NORMALIZER_GUMBEL || rg.zCoef !== 0;
+  return gradCoefficientGivenSoftmax(rg, z, softmaxUsed ? expMinusLse(z, rg.zMax, rg.logSum) : 0, isLabel, wK);
 }
 
 // The sparsemax threshold search of rows whose logits are never stored, over passes at trial

@@ -137,7 +137,8 @@ export class FusedLinearCrossEntropy extends tfl.layers.Layer {
       units: this.units,
       useBias: this.useBias,
       ...(this.seed === undefined ? {} : { seed: this.seed }),
-      lossOptions: { ...plain, ...(classWeights === undefined ? {} : { classWeights: Array.from(classWeights) }) },
+      // plain JSON values; the interface types lack ConfigDict's index signature
+      lossOptions: { ...plain, ...(classWeights === undefined ? {} : { classWeights: Array.from(classWeights) }) } as unknown as tf.serialization.ConfigDict,
     } as tf.serialization.ConfigDict;
   }
 

@@ -76,6 +76,31 @@ void widenedGemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, cons
 
 #if CUTLOSS_WITH_ONEDNN
 
+// The oneDNN entry points used, one list for the members and their dlsym.
+#define CUTLOSS_DNNL_FNS(X) \
+  X(dnnl_engine_create) \
+  X(dnnl_stream_create) \
+  X(dnnl_stream_wait) \
+  X(dnnl_memory_desc_init_by_strides) \
+  X(dnnl_matmul_desc_init) \
+  X(dnnl_primitive_attr_create) \
+  X(dnnl_primitive_attr_destroy) \
+  X(dnnl_primitive_attr_set_post_ops) \
+  X(dnnl_post_ops_create) \
+  X(dnnl_post_ops_append_sum) \
+  X(dnnl_post_ops_destroy) \
+  X(dnnl_primitive_desc_create) \
+  X(dnnl_primitive_desc_destroy) \
+  X(dnnl_primitive_desc_query) \
+  X(dnnl_primitive_create) \
+  X(dnnl_primitive_destroy) \
+  X(dnnl_primitive_execute) \
+  X(dnnl_memory_create) \
+  X(dnnl_memory_destroy) \
+  X(dnnl_memory_set_data_handle) \
+  X(dnnl_get_effective_cpu_isa) \
+  X(dnnl_version)
+
 struct OneDnn {
   bool loaded = false;
   std::string why;  // when not loaded, or loaded without a bf16 ISA
@@ -85,28 +110,7 @@ struct OneDnn {
   void* handle = nullptr;
   dnnl_engine_t engine = nullptr;
 #define CUTLOSS_DNNL_FN(name) decltype(&::name) name = nullptr;
-  CUTLOSS_DNNL_FN(dnnl_engine_create)
-  CUTLOSS_DNNL_FN(dnnl_stream_create)
-  CUTLOSS_DNNL_FN(dnnl_stream_wait)
-  CUTLOSS_DNNL_FN(dnnl_memory_desc_init_by_strides)
-  CUTLOSS_DNNL_FN(dnnl_matmul_desc_init)
-  CUTLOSS_DNNL_FN(dnnl_primitive_attr_create)
-  CUTLOSS_DNNL_FN(dnnl_primitive_attr_destroy)
-  CUTLOSS_DNNL_FN(dnnl_primitive_attr_set_post_ops)
-  CUTLOSS_DNNL_FN(dnnl_post_ops_create)
-  CUTLOSS_DNNL_FN(dnnl_post_ops_append_sum)
-  CUTLOSS_DNNL_FN(dnnl_post_ops_destroy)
-  CUTLOSS_DNNL_FN(dnnl_primitive_desc_create)
-  CUTLOSS_DNNL_FN(dnnl_primitive_desc_destroy)
-  CUTLOSS_DNNL_FN(dnnl_primitive_desc_query)
-  CUTLOSS_DNNL_FN(dnnl_primitive_create)
-  CUTLOSS_DNNL_FN(dnnl_primitive_destroy)
-  CUTLOSS_DNNL_FN(dnnl_primitive_execute)
-  CUTLOSS_DNNL_FN(dnnl_memory_create)
-  CUTLOSS_DNNL_FN(dnnl_memory_destroy)
-  CUTLOSS_DNNL_FN(dnnl_memory_set_data_handle)
-  CUTLOSS_DNNL_FN(dnnl_get_effective_cpu_isa)
-  CUTLOSS_DNNL_FN(dnnl_version)
+  CUTLOSS_DNNL_FNS(CUTLOSS_DNNL_FN)
 #undef CUTLOSS_DNNL_FN
   void (*ompSetNumThreads)(int) = nullptr;
 };
@@ -135,28 +139,7 @@ OneDnn& oneDnn() {
 #define CUTLOSS_DNNL_FN(name) \
   o.name = reinterpret_cast<decltype(o.name)>(dlsym(o.handle, #name)); \
   all = all && o.name != nullptr;
-    CUTLOSS_DNNL_FN(dnnl_engine_create)
-    CUTLOSS_DNNL_FN(dnnl_stream_create)
-    CUTLOSS_DNNL_FN(dnnl_stream_wait)
-    CUTLOSS_DNNL_FN(dnnl_memory_desc_init_by_strides)
-    CUTLOSS_DNNL_FN(dnnl_matmul_desc_init)
-    CUTLOSS_DNNL_FN(dnnl_primitive_attr_create)
-    CUTLOSS_DNNL_FN(dnnl_primitive_attr_destroy)
-    CUTLOSS_DNNL_FN(dnnl_primitive_attr_set_post_ops)
-    CUTLOSS_DNNL_FN(dnnl_post_ops_create)
-    CUTLOSS_DNNL_FN(dnnl_post_ops_append_sum)
-    CUTLOSS_DNNL_FN(dnnl_post_ops_destroy)
-    CUTLOSS_DNNL_FN(dnnl_primitive_desc_create)
-    CUTLOSS_DNNL_FN(dnnl_primitive_desc_destroy)
-    CUTLOSS_DNNL_FN(dnnl_primitive_desc_query)
-    CUTLOSS_DNNL_FN(dnnl_primitive_create)
-    CUTLOSS_DNNL_FN(dnnl_primitive_destroy)
-    CUTLOSS_DNNL_FN(dnnl_primitive_execute)
-    CUTLOSS_DNNL_FN(dnnl_memory_create)
-    CUTLOSS_DNNL_FN(dnnl_memory_destroy)
-    CUTLOSS_DNNL_FN(dnnl_memory_set_data_handle)
-    CUTLOSS_DNNL_FN(dnnl_get_effective_cpu_isa)
-    CUTLOSS_DNNL_FN(dnnl_version)
+    CUTLOSS_DNNL_FNS(CUTLOSS_DNNL_FN)
 #undef CUTLOSS_DNNL_FN
     // Debian's build threads with OpenMP: each product runs on its caller alone (see bf16GemmSerial)
     o.ompSetNumThreads = reinterpret_cast<void (*)(int)>(dlsym(o.handle, "omp_set_num_threads"));

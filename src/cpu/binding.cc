@@ -28,6 +28,7 @@
 #include "kernels.h"
 #include "pairwise.h"
 #include "parallel.h"
+#include "unit_rows.h"
 
 namespace cutloss::cpu {
 
@@ -657,6 +658,47 @@ std::unique_ptr<Job> makeZscoreLinear(const Napi::CallbackInfo& info, bool async
   return job;
 }
 
+/** cpuUnitRows(x, rows, cols, dtype, scale) → { rows: Float32Array, norms: Float64Array }. */
+std::unique_ptr<Job> makeUnitRows(const Napi::CallbackInfo& info, bool async) {
+  const MatrixArgs m = readMatrixArgs(info, 0, "x");
+  const double scale = readFinite(info[4], "scale");
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  Napi::Env env = info.Env();
+  float* y = job->output(env, elementsOf(m), "rows", Fill::Overwritten);
+  // norms are float64 (the back-projection divides by them), out of JavaScript's reach until result()
+  const auto count = static_cast<size_t>(m.rows);
+  auto norms = std::make_shared<Napi::Reference<Napi::Float64Array>>(
+      Napi::Persistent(Napi::Float64Array::New(env, count, newOutputBuffer(env, count * sizeof(double), Fill::Overwritten), 0)));
+  double* n = norms->Value().Data();
+  job->setWork([=] { unitRows(x, scale, y, n); });
+  job->setExtra([norms](Napi::Env, Napi::Object& o) { o.Set("norms", norms->Value()); });
+  return job;
+}
+
+/**
+ * cpuUnitRowsBackward(x, rows, cols, dtype, norms: Float64Array [rows], scale, g, gDtype, dxOut?) → Float32Array dx,
+ * or into dxOut (f32; may be g itself, each element read before it is written).
+ */
+std::unique_ptr<Job> makeUnitRowsBackward(const Napi::CallbackInfo& info, bool async) {
+  const MatrixArgs m = readMatrixArgs(info, 0, "x");
+  const double scale = readFinite(info[5], "scale");
+  MatrixArgs gm{info[6], "gradient", m.rows, m.cols, readDType(info[7], "gradient dtype")};
+  auto job = std::make_unique<CpuJob>(async);
+  const HostMatrix x = viewMatrix(*job, m);
+  const HostView nv = readTypedView(info[4], "norms", napi_float64_array);
+  if (nv.byteLength != static_cast<size_t>(m.rows) * sizeof(double)) {
+    throw ArgError("E_SHAPE", "norms must have rows = " + std::to_string(m.rows) + " elements, got " +
+                                  std::to_string(nv.byteLength / sizeof(double)));
+  }
+  const auto* norms = static_cast<const double*>(job->input(nv));
+  const HostMatrix g = viewMatrix(*job, gm);
+  float* dx = given(info[8]) ? job->outputInto(info[8], "dx", elementsOf(m), Fill::Overwritten, g.data)
+                             : job->output(info.Env(), elementsOf(m), nullptr, Fill::Overwritten);
+  job->setWork([=] { unitRowsBackward(x, norms, scale, g, dx); });
+  return job;
+}
+
 // ---------------------------------------------------------------- configuration
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -745,6 +787,8 @@ void registerCpu(Napi::Env env, Napi::Object exports) {
   exportOp<makeBf16Gemm>(env, exports, "cpuBf16Gemm");
   exportOp<makeSigmoidPairLoss>(env, exports, "cpuSigmoidPairLoss");
   exportOp<makeZscoreLinear>(env, exports, "cpuZscoreLinear");
+  exportOp<makeUnitRows>(env, exports, "cpuUnitRows");
+  exportOp<makeUnitRowsBackward>(env, exports, "cpuUnitRowsBackward");
   exports.Set("cpuInfo", Napi::Function::New(env, Info, "cpuInfo"));
   exports.Set("cpuSetThreads", Napi::Function::New(env, SetThreads, "cpuSetThreads"));
   exports.Set("cpuSetGemm", Napi::Function::New(env, SetGemm, "cpuSetGemm"));

@@ -7,6 +7,10 @@
 //   4. dW += Gᵀ·E_chunk, dBias += Σ_rows G (GEMM 3)
 // A forward and a separate backward would compute the logits twice (four GEMMs). Bigger
 // chunks make GEMM 3 cheaper (dW is read and written once per chunk) and cost memory.
+// Harmonic logits (p.harmonicExponent > 0, cuda/math/harmonic.cuh): step 2 first turns each
+// row's e·w into −(n/2)·log d² (the squared norms computed once per call), and its G into
+// H = n·G/d² after filtering; GEMMs 2 and 3 take H, then dE_i −= e_i·Σ_j H_ij per chunk and
+// dW_j −= w_j·Σ_i H_ij once at the end, both over the slices the products used.
 //
 // The GEMMs go by slices of kFilterBlockCols vocabulary columns, each a single-threaded BLAS
 // call, handed to the backend's threads as they come free: no thread waits on another (a BLAS
@@ -35,6 +39,7 @@
 #include <memory>
 #include <vector>
 
+#include "../../cuda/math/filter.cuh"
 #include "bf16_gemm.h"
 #include "gemm.h"
 #include "host_memory.h"
@@ -50,8 +55,6 @@ namespace {
  */
 constexpr double kSparseSliceDensity = 1.0 / 8.0;
 
-/** Single entries are dropped below this fraction of the row's scale, over V (lib/options.ts's defaultF32FilterEps). */
-constexpr double kEntryFilterMass = 0x1p-24;
 
 /** x_j += b_j: the bias joins the logits before anything reads them. */
 CUTLOSS_CPU_INLINE void addBias(float* x, const float* bias, int n) {
@@ -157,17 +160,42 @@ struct ChunkRowsArgs {
   const LossRowsOut* out;
   float entryFilterEps;  // > 0: zero the entries below it (times the row's scale and 1/T) and count them
   float sliceFilterEps;  // with it: flag the slices holding an entry at or above this
+  const float* rowSq;    // harmonic logits: ‖e_i‖² [N] and ‖w_j‖² [V], else null
+  const float* colSq;
 };
 
-CUTLOSS_CPU_CLONES void linearChunkRows(const ChunkRowsArgs& a, float* z, float* candidates, float* biasPartial,
+/** Harmonic logits (cuda/math/harmonic.cuh): the row's e·w in x become −(n/2)·log d², d² kept in sq. */
+CUTLOSS_CPU_INLINE void harmonicRow(float* x, float* sq, float rowSq, const float* colSq, float n, int V) {
+#pragma omp simd
+  for (int j = 0; j < V; j++) {
+    sq[j] = harmonicSqDistance(rowSq, colSq[j], x[j]);
+    x[j] = harmonicLogit(sq[j], n);
+  }
+}
+
+/** G → H = n·G/d²: the GEMMs then give Σ_j H_ij·w_j and Σ_i H_ij·e_i (the −e·ΣH, −w·ΣH terms come after). */
+CUTLOSS_CPU_INLINE void harmonicGradRow(float* g, const float* sq, float n, int V) {
+#pragma omp simd
+  for (int j = 0; j < V; j++) g[j] = harmonicGrad(g[j], sq[j], n);
+}
+
+CUTLOSS_CPU_CLONES void linearChunkRows(const ChunkRowsArgs& a, float* z, float* candidates, float* sq, float* biasPartial,
                                         uint8_t* blockFlags, int32_t* sliceCounts, int64_t i0, int64_t i1) {
   const int V = static_cast<int>(a.V);  // a row's columns fit an int (the binding checks V < 2^31)
+  const float harmonicN = a.call->p.harmonicExponent;
   for (int64_t i = i0; i < i1; i++) {
     const int64_t r = a.row0 + i;
     float* x = a.logits + i * a.V;
     if (a.bias != nullptr) addBias(x, a.bias, V);
+    if (a.rowSq != nullptr) harmonicRow(x, sq, a.rowSq[r], a.colSq, harmonicN, V);
+    // margin softmax (cuda/math/margin.cuh): the label's logit mapped here, its gradient scaled by the map's slope below
+    const LabelMargin& margin = a.call->p.labelMargin;
+    const int32_t label = a.labels[r];
+    const bool marginRow = margin.scale > 0.0f && label >= 0 && label < V;
+    const float labelRaw = marginRow ? x[label] : 0.0f;
+    if (marginRow) x[label] = marginLabelLogit(margin, labelRaw);
     LossRowIO io;
-    io.label = a.labels[r];
+    io.label = label;
     io.scaleWeighted = a.grad ? a.scaleWeighted[r] : 0.0f;
     io.scaleUnweighted = a.grad ? a.scaleUnweighted[r] : 0.0f;
     io.z = z;
@@ -182,6 +210,7 @@ CUTLOSS_CPU_CLONES void linearChunkRows(const ChunkRowsArgs& a, float* z, float*
     a.out->weighted[r] = res.weighted;
     a.out->unweighted[r] = res.unweighted;
     if (!a.grad) continue;
+    if (marginRow) x[label] *= marginLabelSlope(margin, labelRaw);
     float entryThreshold = 0.0f, sliceThreshold = 0.0f;
     if (sliceCounts != nullptr) {
       // as lossRow's: a row whose scale is 0 has no gradient to keep
@@ -190,10 +219,31 @@ CUTLOSS_CPU_CLONES void linearChunkRows(const ChunkRowsArgs& a, float* z, float*
       sliceThreshold = scale == 0.0f ? positiveInfinity() : a.sliceFilterEps * scale;
     }
     finishGradRow(x, V, biasPartial, entryThreshold, sliceThreshold, sliceCounts, blockFlags);
+    if (a.rowSq != nullptr) harmonicGradRow(x, sq, harmonicN, V);  // after filtering, which looks at dloss/dz
   }
 }
 
 CUTLOSS_CPU_CLONES void widenRows(const uint16_t* src, float* dst, int64_t n) { widenBf16(src, dst, n); }
+
+/** ‖row‖² of every row of M (f32 or bf16), accumulated in double: harmonic logits' r_i and c_j. */
+std::vector<float> squaredRowNorms(const HostMatrix& M) {
+  std::vector<float> out(static_cast<size_t>(M.rows));
+  const int64_t D = M.cols;
+  parallelFor(M.rows, rowGrain(D), [&](int64_t i0, int64_t i1, int) {
+    std::vector<float> wide(static_cast<size_t>(M.dtype == DType::BF16 ? D : 0));
+    for (int64_t i = i0; i < i1; i++) {
+      const float* row = static_cast<const float*>(M.data) + i * D;
+      if (M.dtype == DType::BF16) {
+        widenRows(static_cast<const uint16_t*>(M.data) + i * D, wide.data(), D);
+        row = wide.data();
+      }
+      double s = 0.0;
+      for (int64_t k = 0; k < D; k++) s += static_cast<double>(row[k]) * row[k];
+      out[static_cast<size_t>(i)] = static_cast<float>(s);
+    }
+  });
+  return out;
+}
 
 }  // namespace
 
@@ -243,6 +293,12 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   const LossCall call = makeLossCall(p, ones.data(), grad ? filterEps : 0.0f);
   Scratch z(call.plain ? 0 : V);
   Scratch candidates(p.normalizer == kNormalizerSparsemax ? V : 0);
+  // harmonic logits: the norms once, each row's d² for its gradient, Σ_i H_ij over the chunks
+  const bool harmonic = p.harmonicExponent > 0.0f;
+  const std::vector<float> rowSq = harmonic ? squaredRowNorms(E) : std::vector<float>();
+  const std::vector<float> colSq = harmonic ? squaredRowNorms(W) : std::vector<float>();
+  Scratch sqDistance(harmonic ? V : 0);
+  std::vector<double> colSumH(harmonic && grad ? static_cast<size_t>(V) : 0);
   Scratch biasPartial(grad && bias != nullptr && out.dBias != nullptr ? V : 0);
   Scratch dEPartial(grad ? chunkRows * D : 0);  // each thread's share of G·W for the chunk
   const int64_t slices = (V + kFilterBlockCols - 1) / kFilterBlockCols;
@@ -250,8 +306,8 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   // per-entry filtering where dloss/dx is dloss/dz times one constant (1/T); per-slice flags otherwise
   const bool entryFiltering = filtering && p.softcap == 0.0f;
   std::vector<std::vector<uint8_t>> flags(filtering ? threads : 0, std::vector<uint8_t>(static_cast<size_t>(slices)));
-  // a row's dropped single entries sum to under kEntryFilterMass of its scale
-  const float entryEps = std::min(call.filterEps, static_cast<float>(kEntryFilterMass / static_cast<double>(p.vocab)));
+  // a row's dropped single entries sum to under kFilterRowMass of its scale
+  const float entryEps = std::min(call.filterEps, static_cast<float>(kFilterRowMass / static_cast<double>(p.vocab)));
   std::vector<std::vector<int32_t>> counts(entryFiltering ? threads : 0, std::vector<int32_t>(static_cast<size_t>(slices)));
   std::vector<uint8_t> sparse(static_cast<size_t>(slices), 0);
   std::vector<uint8_t> kept(static_cast<size_t>(slices), 1);
@@ -286,9 +342,10 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
 
     // 2. each row: + b, its loss, its gradient G in place
     ChunkRowsArgs args{&call, L, r0, V, bias, labels, scaleWeighted, scaleUnweighted, grad, &out.rows,
-                       entryFiltering ? entryEps : 0.0f, call.filterEps};
+                       entryFiltering ? entryEps : 0.0f, call.filterEps, harmonic ? rowSq.data() : nullptr,
+                       harmonic ? colSq.data() : nullptr};
     parallelFor(nr, rowGrain(V), [&](int64_t i0, int64_t i1, int w) {
-      linearChunkRows(args, z[w], candidates[w], biasPartial[w], filtering ? flags[w].data() : nullptr,
+      linearChunkRows(args, z[w], candidates[w], sqDistance[w], biasPartial[w], filtering ? flags[w].data() : nullptr,
                       entryFiltering ? counts[w].data() : nullptr, i0, i1);
     });
     if (!grad) continue;
@@ -370,9 +427,15 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
             std::memset(part + c0, 0, static_cast<size_t>(c1 - c0) * sizeof(float));
           }
         }
+        if (harmonic && kept[s]) {  // Σ_i H_ij of the entries the products used (this thread owns the slice)
+          for (int64_t i = 0; i < nr; i++) {
+            const float* h = L + i * V;
+            for (int64_t j = c0; j < c1; j++) colSumH[static_cast<size_t>(j)] += h[j];
+          }
+        }
       }
     });
-    // dE rows of the chunk = the sum of the threads' partials
+    // dE rows of the chunk = the sum of the threads' partials (harmonic: − e_i·Σ_j H_ij over the kept slices)
     float* dEc = out.dE + r0 * D;
     parallelFor(nr, rowGrain(D), [&](int64_t i0, int64_t i1, int) {
       for (int64_t i = i0; i < i1; i++) {
@@ -383,6 +446,26 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
           const float* src = dEPartial[t] + i * D;
           for (int64_t k = 0; k < D; k++) dst[k] += src[k];
         }
+        if (!harmonic) continue;
+        double rowSum = 0.0;
+        for (int64_t s = 0; s < slices; s++) {
+          if (!kept[s]) continue;
+          const auto [c0, c1] = sliceCols(s);
+          for (int64_t j = c0; j < c1; j++) rowSum += L[i * V + j];
+        }
+        const float h = static_cast<float>(rowSum);
+        const float* e = Ec + i * D;
+        if (h != 0.0f) for (int64_t k = 0; k < D; k++) dst[k] -= h * e[k];
+      }
+    });
+  }
+  // harmonic: dW_j −= w_j·Σ_i H_ij, once every chunk is in
+  if (harmonic && grad && out.dW != nullptr) {
+    parallelFor(V, rowGrain(D), [&](int64_t j0, int64_t j1, int) {
+      for (int64_t j = j0; j < j1; j++) {
+        const float h = static_cast<float>(colSumH[static_cast<size_t>(j)]);
+        if (h == 0.0f) continue;
+        for (int64_t k = 0; k < D; k++) out.dW[j * D + k] -= h * W32[j * D + k];
       }
     });
   }

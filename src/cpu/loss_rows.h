@@ -95,12 +95,26 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   const bool isClass = t >= 0 && t < n;
   const float* w = c.weights;
 
-  // ---- effective logits
+  // ---- effective logits. Under a temperature, softmax and sparsemax rows (invariant to a
+  // shift; squentropy's z² is not) are formed relative to their largest capped logit
+  // (shiftedEffectiveLogit): x/T rounded first would cost |x/T|·2^-24 of every gap, or overflow.
   const float* z = x;
+  float zShift = 0.0f;  // the shift ÷ T
   if (!kPlain) {
+    const bool shifted = p.invTemperature != 1.0f && p.squentropy == 0.0f &&
+                         (kNormalizer == kNormalizerSoftmax || kNormalizer == kNormalizerSparsemax);
     specialize(p.softcap > 0.0f, [&](auto) CUTLOSS_CPU_LAMBDA {
+      if (shifted) {
 #pragma omp simd
-      for (int j = 0; j < n; j++) io.z[j] = effectiveLogit(x[j], p.softcap, p.invTemperature);
+        for (int j = 0; j < n; j++) io.z[j] = effectiveLogit(x[j], p.softcap, 1.0f);
+        const float shift = effectiveShift(rowMax(io.z, n));
+#pragma omp simd
+        for (int j = 0; j < n; j++) io.z[j] = shiftedEffectiveLogit(io.z[j], 0.0f, p.invTemperature, shift);
+        zShift = shift * p.invTemperature;
+      } else {
+#pragma omp simd
+        for (int j = 0; j < n; j++) io.z[j] = effectiveLogit(x[j], p.softcap, p.invTemperature);
+      }
     });
     z = io.z;
   }
@@ -130,15 +144,19 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   const float sumWZ = smoothing ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return w[j] * z[j]; }) : 0.0f;
   const float sumSq = squentropy ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return j != t ? z[j] * z[j] : 0.0f; }) : 0.0f;
   const bool stable = kNormalizer == kNormalizerStablemax;
-  const float stableSum = stable ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return stablemaxS(z[j]); }) : 0.0f;
+  const float stableScale = stable ? stablemaxSumScale(m) : 1.0f;  // S may overflow; S·scale cannot
+  const float stableSum = stable ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return stablemaxS(z[j]) * stableScale; }) : 0.0f;
+  // Gumbel's Σ_{j≠t} ψ(z_j) takes RowStats::stableSum's slot
+  const float gumbelSum = kNormalizer == kNormalizerGumbel
+      ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return j != t ? gumbelPsi(z[j]) : 0.0f; }) : 0.0f;
   const float sumWLogS = stable && smoothing ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return w[j] * stablemaxLogS(z[j]); }) : 0.0f;
   RowStats st;
-  st.lse = lseValue(LseState{m, sumExp});
+  st.lse = lseValue(LseState{m, sumExp}) + zShift;
   st.logSum = logf(sumExp);
   st.zLabel = zLabel;
   st.sumWeightedZ = sumWZ;
   st.sumSqOthers = sumSq;
-  st.stableSum = stableSum;
+  st.stableSum = kNormalizer == kNormalizerGumbel ? gumbelSum : stableSum;
   st.sumWeightedLogS = sumWLogS;
   st.zMax = m;
   st.tau = 0.0f;
@@ -213,6 +231,8 @@ CUTLOSS_CPU_INLINE LossRowResult lossRowAny(const LossCall& c, const float* x, i
       return c.plain ? lossRow<kNormalizerStablemax, true>(c, x, n, io) : lossRow<kNormalizerStablemax, false>(c, x, n, io);
     case kNormalizerSparsemax:
       return c.plain ? lossRow<kNormalizerSparsemax, true>(c, x, n, io) : lossRow<kNormalizerSparsemax, false>(c, x, n, io);
+    case kNormalizerGumbel:
+      return c.plain ? lossRow<kNormalizerGumbel, true>(c, x, n, io) : lossRow<kNormalizerGumbel, false>(c, x, n, io);
     default:
       return c.plain ? lossRow<kNormalizerSoftmax, true>(c, x, n, io) : lossRow<kNormalizerSoftmax, false>(c, x, n, io);
   }

@@ -16,17 +16,23 @@ const uint8_t* rowMask(const SoftmaxParams& p, int64_t row, int64_t cols) {
 }
 
 /**
- * body(z, unmasked) with z(j) = x_j / T, or −inf where the row's mask is 0, and unmasked(j) whether
- * j is unmasked: the scaled, masked row, formed on the fly in every pass (never stored), in
- * code specialized for a mask or none.
+ * body(z, unmasked, zShift) with z(j) = (x_j − shift) / T, or −inf where the row's mask is 0,
+ * unmasked(j) whether j is unmasked, and zShift = shift / T: the scaled, masked row, formed on
+ * the fly in every pass (never stored), in code specialized for a mask or none. Under a
+ * temperature the shift is the row's max (shiftedEffectiveLogit: x/T first would round every
+ * gap at |x| ≫ 1, or overflow); softmax is invariant to it, logSumExp adds zShift back.
  */
 template <class Body>
-CUTLOSS_CPU_INLINE void withScaledLogits(const float* x, const uint8_t* mask, float invT, Body body) {
+CUTLOSS_CPU_INLINE void withScaledLogits(const float* x, const uint8_t* mask, float invT, int n, Body body) {
   if (mask == nullptr) {
-    body([=](int j) CUTLOSS_CPU_LAMBDA { return x[j] * invT; }, [](int) CUTLOSS_CPU_LAMBDA { return true; });
+    const float shift = invT == 1.0f ? 0.0f : effectiveShift(rowMax(x, n));
+    body([=](int j) CUTLOSS_CPU_LAMBDA { return shiftedEffectiveLogit(x[j], 0.0f, invT, shift); },
+         [](int) CUTLOSS_CPU_LAMBDA { return true; }, shift * invT);
   } else {
-    body([=](int j) CUTLOSS_CPU_LAMBDA { return mask[j] == 0 ? negativeInfinity() : x[j] * invT; },
-         [=](int j) CUTLOSS_CPU_LAMBDA { return mask[j] != 0; });
+    const float shift = invT == 1.0f ? 0.0f
+        : effectiveShift(rowMaxOf(n, [=](int j) CUTLOSS_CPU_LAMBDA { return mask[j] == 0 ? negativeInfinity() : x[j]; }));
+    body([=](int j) CUTLOSS_CPU_LAMBDA { return mask[j] == 0 ? negativeInfinity() : shiftedEffectiveLogit(x[j], 0.0f, invT, shift); },
+         [=](int j) CUTLOSS_CPU_LAMBDA { return mask[j] != 0; }, shift * invT);
   }
 }
 
@@ -34,8 +40,8 @@ CUTLOSS_CPU_CLONES void logSumExpRows(const HostMatrix& x, const SoftmaxParams& 
                                       int64_t r0, int64_t r1) {
   const int n = static_cast<int>(x.cols);
   for (int64_t r = r0; r < r1; r++) {
-    withScaledLogits(rowF32(x, r, scratch), rowMask(p, r, n), p.invTemperature, [&](auto z, auto) CUTLOSS_CPU_LAMBDA {
-      out[r] = lseValue(rowLseOf(n, z));
+    withScaledLogits(rowF32(x, r, scratch), rowMask(p, r, n), p.invTemperature, n, [&](auto z, auto, float zShift) CUTLOSS_CPU_LAMBDA {
+      out[r] = lseValue(rowLseOf(n, z)) + zShift;
     });
   }
 }
@@ -47,7 +53,7 @@ CUTLOSS_CPU_CLONES void softmaxRows(const HostMatrix& x, const SoftmaxParams& p,
   for (int64_t r = r0; r < r1; r++) {
     float* yr = y + r * n;
     const void* next = r + 1 < r1 ? static_cast<const char*>(x.data) + (r + 1) * rowBytes : nullptr;
-    withScaledLogits(rowF32(x, r, scratch), rowMask(p, r, n), p.invTemperature, [&](auto z, auto) CUTLOSS_CPU_LAMBDA {
+    withScaledLogits(rowF32(x, r, scratch), rowMask(p, r, n), p.invTemperature, n, [&](auto z, auto, float) CUTLOSS_CPU_LAMBDA {
       if (!logForm) {
         // one exponential per element: e^(z − max) kept in the output row, then scaled by 1/Σ
         const float m = rowMaxOf(n, z);
@@ -90,7 +96,7 @@ CUTLOSS_CPU_CLONES void softmaxBackwardRows(const HostMatrix& x, const float* dy
     const float* g = dy + r * n;
     float* out = dx + r * n;
     const void* next = r + 1 < r1 ? static_cast<const char*>(x.data) + (r + 1) * rowBytes : nullptr;
-    withScaledLogits(rowF32(x, r, scratch), rowMask(p, r, n), p.invTemperature, [&](auto z, auto unmasked) CUTLOSS_CPU_LAMBDA {
+    withScaledLogits(rowF32(x, r, scratch), rowMask(p, r, n), p.invTemperature, n, [&](auto z, auto unmasked, float) CUTLOSS_CPU_LAMBDA {
       if (!logForm) {
         // one exponential per element: y = e^(z − max)/Σ kept in the output row for both passes
         const float m = rowMaxOf(n, z);
@@ -132,15 +138,18 @@ CUTLOSS_CPU_CLONES void stablemaxRows(const HostMatrix& x, bool logForm, float* 
   for (int64_t r = r0; r < r1; r++) {
     const float* xr = rowF32(x, r, scratch);
     float* yr = y + r * n;
-    // NaN for a row with +inf (or all −inf), as softmax
-    const float sum = stablemaxRowSum(blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return stablemaxS(xr[j]); }), rowMax(xr, n));
+    // S·scale (S itself may overflow), NaN for a row with +inf (or all −inf), as softmax
+    const float max = rowMax(xr, n);
+    const float scale = stablemaxSumScale(max);
+    const float sum = stablemaxRowSum(blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return stablemaxS(xr[j]) * scale; }), max);
     if (logForm) {
       const float logSum = logf(sum);
+      const float logScale = logf(scale);
 #pragma omp simd
-      for (int j = 0; j < n; j++) yr[j] = stablemaxLogS(xr[j]) - logSum;
+      for (int j = 0; j < n; j++) yr[j] = stablemaxLogRatio(xr[j], scale, logSum, logScale);
     } else {
 #pragma omp simd
-      for (int j = 0; j < n; j++) yr[j] = stablemaxS(xr[j]) / sum;
+      for (int j = 0; j < n; j++) yr[j] = (stablemaxS(xr[j]) * scale) / sum;
     }
   }
 }
@@ -153,13 +162,16 @@ CUTLOSS_CPU_CLONES void stablemaxBackwardRows(const HostMatrix& x, const float* 
     const float* xr = rowF32(x, r, scratch);
     const float* g = dy + r * n;
     float* out = dx + r * n;
-    const float S = stablemaxRowSum(blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return stablemaxS(xr[j]); }), rowMax(xr, n));
+    // S and s both times the row's scale: S itself may overflow
+    const float max = rowMax(xr, n);
+    const float scale = stablemaxSumScale(max);
+    const float S = stablemaxRowSum(blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return stablemaxS(xr[j]) * scale; }), max);
     // Σ dy (log) or Σ dy·s, then Σ dy·y = that / S
-    const float weighted = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return logForm ? g[j] : g[j] * stablemaxS(xr[j]); });
+    const float weighted = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return logForm ? g[j] : g[j] * (stablemaxS(xr[j]) * scale); });
     const float dot = logForm ? weighted : weighted / S;
 #pragma omp simd
     for (int j = 0; j < n; j++) {
-      const float dsOverS = stablemaxDs(xr[j]) / S;
+      const float dsOverS = stablemaxDsOverSum(xr[j], S, scale);
       out[j] = logForm ? g[j] * stablemaxDlogS(xr[j]) - dsOverS * dot : dsOverS * (g[j] - dot);
     }
   }

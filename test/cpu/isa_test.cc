@@ -86,7 +86,7 @@ void crossEntropyCases() {
     std::vector<float> weights(V), sW(N, 1.0f / N), sU(N, 0.5f / N);
     double sumWeights = 0;
     for (auto& w : weights) sumWeights += (w = 0.25f + uniform());
-    for (int normalizer = 0; normalizer < 3; normalizer++) {
+    for (int normalizer = 0; normalizer < 4; normalizer++) {  // softmax, stablemax, sparsemax, gumbel
       for (int general = 0; general < 2; general++) {
         for (DType dtype : {DType::F32, DType::BF16}) {
           LossParams p;

@@ -150,6 +150,43 @@ function dataCase(name: string, o: CrossEntropyOptions, dtype: 'f32' | 'bf16', t
   close(`data ${tag} ΣdBias`, dB, values(full.dBias), tol);
 }
 
+/** Harmonic logits (no bias): each rank's distances are its own, so the sharded loss is the whole one. */
+function harmonicCase(name: string, o: CrossEntropyOptions, dtype: 'f32' | 'bf16', tol: number): void {
+  const { Et, Wt, W, labels } = problem(o, dtype);
+  const [c0, nc] = split(V, world.size, world.rank);
+  const h = { ...o, logits: { kind: 'harmonic', exponent: 3 } } as CrossEntropyOptions;
+  const tag = `harmonic ${name} [${dtype}, vocab ${c0}+${nc}]`;
+  const full = linearCrossEntropy(Et, Wt, labels, h);
+  const Wl = asTensor(W.slice(c0 * D, (c0 + nc) * D), [nc, D], dtype);
+  const sh = linearCrossEntropy(Et, Wl, labels, { ...sliceOptions(h, c0, nc), vocabParallel: { communicator: world, vocabStart: c0, vocabSize: V } });
+  close(`${tag} loss`, lossValues(sh.loss), lossValues(full.loss), tol);
+  if (o.computeGrad === false) return;
+  close(`${tag} dE`, values(sh.dEmbeddings), values(full.dEmbeddings), tol);
+  close(`${tag} dW`, values(sh.dClassifier), rowsOf(full.dClassifier, D, c0, nc), tol);
+}
+const HARMONIC = new Set(['plain mean', 'class weights + smoothing', 'none with per-row gradScale']);
+
+/**
+ * Margin softmax (cosine logits, CosFace + ArcFace margins at the label): each rank normalizes its
+ * own classes, and only the rank that owns a row's label may map that column.
+ */
+function cosineCase(name: string, o: CrossEntropyOptions, dtype: 'f32' | 'bf16', tol: number): void {
+  const { Et, Wt, W, labels } = problem(o, dtype);
+  const [c0, nc] = split(V, world.size, world.rank);
+  const c = { ...o, logits: { kind: 'cosine', scale: 8, margin: 0.1, angularMargin: 0.3 } } as CrossEntropyOptions;
+  const tag = `cosine ${name} [${dtype}, vocab ${c0}+${nc}]`;
+  const full = linearCrossEntropy(Et, Wt, labels, { ...c, returnLse: true });
+  const Wl = asTensor(W.slice(c0 * D, (c0 + nc) * D), [nc, D], dtype);
+  const sh = linearCrossEntropy(Et, Wl, labels, {
+    ...sliceOptions(c, c0, nc), returnLse: true, vocabParallel: { communicator: world, vocabStart: c0, vocabSize: V },
+  });
+  close(`${tag} loss`, lossValues(sh.loss), lossValues(full.loss), tol);
+  close(`${tag} lse`, values(sh.lse), values(full.lse), tol);
+  if (o.computeGrad === false) return;
+  close(`${tag} dE`, values(sh.dEmbeddings), values(full.dEmbeddings), tol);
+  close(`${tag} dW`, values(sh.dClassifier), rowsOf(full.dClassifier, D, c0, nc), tol);
+}
+
 const QUICK = new Set(['plain mean', 'none with per-row gradScale', 'class weights + smoothing', 'squentropy',
   'stablemax + smoothing + weights', 'everything, sum', 'everything, mean, stablemax']);
 
@@ -174,6 +211,8 @@ for (const backend of backendArg.split(',') as BackendName[]) {
       try {
         vocabCase(`${backend} ${name}`, o, dtype, tol);
         if (o.computeGrad !== false) dataCase(`${backend} ${name}`, o, dtype, tol);
+        if (HARMONIC.has(name)) harmonicCase(`${backend} ${name}`, o, dtype, tol);
+        if (HARMONIC.has(name)) cosineCase(`${backend} ${name}`, o, dtype, tol);
       } catch (e) {
         failures.push(`${backend} ${name} [${dtype}]: threw ${e instanceof Error ? e.stack : String(e)}`);
       }
