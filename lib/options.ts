@@ -200,7 +200,7 @@ export function resolveLogits(raw: unknown, hasBias: boolean, fn: string): Resol
   }
   const allowed = LOGITS_KEYS[kindName]!;
   for (const key of Object.keys(o)) {
-    if (!allowed.includes(key)) {
+    if (o[key] !== undefined && !allowed.includes(key)) { // an undefined field is an absent one
       throw new CutlossError('E_OPTION', `${fn}: options.logits.${key} does not apply to kind '${kindName}' (it takes ${allowed.join(', ')})`);
     }
   }
