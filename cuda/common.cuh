@@ -197,7 +197,7 @@ __device__ __forceinline__ LseState blockLse(LseState v) { return blockAllReduce
 enum RowStatOffset : int {
   kStatLse = 0,
   kStatZLabel = 1,
-  kStatSumWeightedZ = 2,
+  kStatSpreadGap = 2,
   kStatSumSqOthers = 3,
   kStatStableSum = 4,
   kStatSumWeightedLogS = 5,
@@ -206,15 +206,16 @@ enum RowStatOffset : int {
   kStatOmega = 8,
   kStatSupport = 9,
   kStatLogSum = 10,
-  kStatCount = 11,
+  kStatShift = 11,
+  kStatCount = 12,
 };
 static_assert(kStatCount <= kRowStatFloats, "RowStats must fit in the rowStats stride");
 
 __device__ __forceinline__ void storeRowStats(float* rowStats, int64_t row, const RowStats& st) {
-  float* stats = rowStats + row * kRowStatFloats;  // int64: N·16 may exceed 2^31
+  float* stats = rowStats + row * kRowStatFloats;  // int64: N·kRowStatFloats may exceed 2^31
   stats[kStatLse] = st.lse;
   stats[kStatZLabel] = st.zLabel;
-  stats[kStatSumWeightedZ] = st.sumWeightedZ;
+  stats[kStatSpreadGap] = st.spreadGap;
   stats[kStatSumSqOthers] = st.sumSqOthers;
   stats[kStatStableSum] = st.stableSum;
   stats[kStatSumWeightedLogS] = st.sumWeightedLogS;
@@ -223,6 +224,7 @@ __device__ __forceinline__ void storeRowStats(float* rowStats, int64_t row, cons
   stats[kStatOmega] = st.omega;
   stats[kStatSupport] = st.support;
   stats[kStatLogSum] = st.logSum;
+  stats[kStatShift] = st.shift;
 }
 
 __device__ __forceinline__ RowStats loadRowStats(const float* rowStats, int64_t row) {
@@ -230,7 +232,7 @@ __device__ __forceinline__ RowStats loadRowStats(const float* rowStats, int64_t 
   RowStats st;
   st.lse = stats[kStatLse];
   st.zLabel = stats[kStatZLabel];
-  st.sumWeightedZ = stats[kStatSumWeightedZ];
+  st.spreadGap = stats[kStatSpreadGap];
   st.sumSqOthers = stats[kStatSumSqOthers];
   st.stableSum = stats[kStatStableSum];
   st.sumWeightedLogS = stats[kStatSumWeightedLogS];
@@ -239,6 +241,7 @@ __device__ __forceinline__ RowStats loadRowStats(const float* rowStats, int64_t 
   st.omega = stats[kStatOmega];
   st.support = stats[kStatSupport];
   st.logSum = stats[kStatLogSum];
+  st.shift = stats[kStatShift];
   return st;
 }
 

@@ -2,7 +2,7 @@
 // weights, z-loss, softcap, temperature, softmax / StableMax / sparsemax / Gumbel normalizers, focal,
 // Poly-1, squentropy). The forward reads each row once: the online log-sum-exp and the few
 // sums the options need are reduced together (plus, for sparsemax, Michelot's threshold
-// passes), and the row's loss is finished by rowLoss of cuda/math/loss.cuh. It leaves
+// passes, and for label smoothing Σ w_j (max − z_j) / V once the max is known), and the row's loss is finished by rowLoss of cuda/math/loss.cuh. It leaves
 // RowStats per row so the backward, after the host has formed the reduction scales, writes
 // dLogits in a second pass from gradCoefficient alone, with no reduction and no barrier.
 // This is lib/js/fusedLoss.ts with a dense logit source, one block per row.
@@ -16,29 +16,25 @@ namespace CUTLOSS_KERNEL_NS {
 /** Everything the forward reduces over a row, in one pass. */
 struct RowSums {
   LseState lse;
-  float sumWeightedZ, sumSqOthers, stableSum, sumWeightedLogS;
+  float sumSqOthers, stableSum, sumWeightedLogS;
 };
 __device__ __forceinline__ RowSums shuffleXor(RowSums v, int lane) {
-  return RowSums{shuffleXor(v.lse, lane), shuffleXor(v.sumWeightedZ, lane), shuffleXor(v.sumSqOthers, lane),
-                 shuffleXor(v.stableSum, lane), shuffleXor(v.sumWeightedLogS, lane)};
+  return RowSums{shuffleXor(v.lse, lane), shuffleXor(v.sumSqOthers, lane), shuffleXor(v.stableSum, lane),
+                 shuffleXor(v.sumWeightedLogS, lane)};
 }
 struct CombineRowSums {
   __device__ __forceinline__ RowSums operator()(RowSums a, RowSums b) const {
-    return RowSums{mergeLse(a.lse, b.lse), a.sumWeightedZ + b.sumWeightedZ, a.sumSqOthers + b.sumSqOthers,
-                   a.stableSum + b.stableSum, a.sumWeightedLogS + b.sumWeightedLogS};
+    return RowSums{mergeLse(a.lse, b.lse), a.sumSqOthers + b.sumSqOthers, a.stableSum + b.stableSum,
+                   a.sumWeightedLogS + b.sumWeightedLogS};
   }
 };
 
 /**
- * What a row's logits are shifted by before ÷ T (shiftedEffectiveLogit): under a temperature,
- * for the losses invariant to a shift (softmax, sparsemax; not squentropy's z²), the row's
- * largest capped logit, found in an extra pass; else 0. x/T formed first would round every gap
- * at |x| ≫ 1, or overflow.
+ * What a row's logits are shifted by before ÷ T (shiftedEffectiveLogit): where
+ * shiftedBeforeTemperature, the row's largest capped logit, found in an extra pass; else 0.
  */
 __device__ float lossRowShift(const MatrixRef& logits, const LossParams& p, int64_t row) {
-  const bool shifted = p.invTemperature != 1.0f && p.squentropy == 0.0f &&
-                       (p.normalizer == kNormalizerSoftmax || p.normalizer == kNormalizerSparsemax);
-  if (!shifted) return 0.0f;  // uniform across the block
+  if (!shiftedBeforeTemperature(p.normalizer, p.squentropy, p.invTemperature)) return 0.0f;  // uniform across the block
   float max = negativeInfinity();
   for (int j = threadIdx.x; j < static_cast<int>(logits.cols); j += blockDim.x) {
     const float x = loadElement(logits.data, logits.dtype, row * logits.cols + j);
@@ -56,7 +52,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   const bool squentropy = p.squentropy != 0.0f;
   const bool stable = p.normalizer == kNormalizerStablemax;
   const bool gumbel = p.normalizer == kNormalizerGumbel;
-  const RowSums empty{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f};
+  const RowSums empty{lseEmpty(), 0.0f, 0.0f, 0.0f};
   for (int64_t row = blockIdx.x; row < logits.rows; row += gridDim.x) {
     const int64_t base = row * logits.cols;  // int64: N·V may exceed 2^31
     const int label = labels[row];
@@ -69,7 +65,6 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float zj = z(j);
       s.lse = lsePush(s.lse, zj);
-      if (smoothing) s.sumWeightedZ += classWeight(p, j) * zj;
       if (squentropy && j != label) s.sumSqOthers += zj * zj;  // never shifted (lossRowShift)
       if (stable) {
         s.stableSum += stablemaxS(zj);
@@ -95,7 +90,21 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     st.lse = lseValue(s.lse) + zShift;
     st.logSum = logf(s.lse.sum);
     st.zLabel = isClass(label, cols) ? z(label) : quietNaN();
-    st.sumWeightedZ = s.sumWeightedZ;
+    // (α/V)·Σ w_j (zMax − z_j) once the max is known: a second read of the row, for smoothing only. A
+    // shifted row's gaps come from its capped logits, (shift − c_j)/T: its z_j overflow where c spans ±1.7e38
+    float gap = 0.0f;
+    if (smoothing) {
+      const float spreadScale = p.smoothing / static_cast<float>(cols);
+      const bool shifted = shiftedBeforeTemperature(p.normalizer, p.squentropy, p.invTemperature);
+      for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+        const float term = shifted
+            ? scaledGap(shift, effectiveLogit(loadElement(logits.data, logits.dtype, base + j), p.softcap, 1.0f), spreadScale) * p.invTemperature
+            : scaledGap(s.lse.max, z(j), spreadScale);
+        gap += classWeight(p, j) * term;
+      }
+      gap = blockSum(gap);
+    }
+    st.spreadGap = gap;
     st.sumSqOthers = s.sumSqOthers;
     st.stableSum = s.stableSum;
     st.sumWeightedLogS = s.sumWeightedLogS;
@@ -103,6 +112,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     st.tau = 0.0f;
     st.omega = 0.0f;
     st.support = 0.0f;
+    st.shift = shift;
     if (p.normalizer == kNormalizerSparsemax) {
       const float zMax = st.zMax;
       const SparsemaxThreshold th = sparsemaxThresholdOfRow([&](int j) { return z(j) - zMax; }, cols, zMax);
@@ -129,8 +139,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 
 /**
  * dLogits = gradCoefficient(z)·dz/dx per element. Each thread rebuilds the row's RowGrad
- * from the stored RowStats (a few scalar operations), so threads never wait on each other
- * (under a temperature, but for the one reduction that finds the row's shift again).
+ * from the stored RowStats (a few scalar operations), so threads never wait on each other.
  */
 __global__ void __launch_bounds__(kMaxRowThreads)
     crossEntropyBackwardKernel(MatrixRef logits, const int32_t* labels, LossParams p, const float* rowStats,
@@ -147,8 +156,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     const RowStats st = loadRowStats(rowStats, row);
     const float wLabel = isClass(label, cols) ? classWeight(p, label) : quietNaN();
     const RowLoss rl = rowLoss(k, st, wLabel, p.sumWeights);
-    const float shift = lossRowShift(logits, p, row);
     const RowGrad rg = rowGrad(k, st, rl, wLabel, scaleWeighted[row], scaleUnweighted[row]);
+    const float shift = rowStats[row * kRowStatFloats + kStatShift];  // read alone: st need not live through the loop
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float x = loadElement(logits.data, logits.dtype, base + j);
       const float zj = shiftedEffectiveLogit(x, p.softcap, p.invTemperature, shift);

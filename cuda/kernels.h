@@ -67,7 +67,7 @@ struct LossParams {
 };
 
 /** Per-row statistics the loss forward leaves for its backward (kRowStatFloats floats a row). */
-constexpr int kRowStatFloats = 16;
+constexpr int kRowStatFloats = 17;
 
 struct CrossEntropyForwardOut {
   float* lse;         // [N]
@@ -110,7 +110,7 @@ constexpr int32_t kLinearCeMaxSplits = 64;
 /** Sparsemax candidates (logits within 1 of the running max) kept per row and split. */
 constexpr int32_t kLinearCeCandidates = 64;
 /** Floats per row and split of the forward's partial reduction. */
-constexpr int32_t kLinearCePartialFloats = 8;
+constexpr int32_t kLinearCePartialFloats = 9;
 /** Words of counters at the start of the workspace: tiles visited, tiles skipped, rows left to Michelot, passes,
  *  blocks of the tensor-core (mma) forward, blocks of the mma backward. */
 constexpr int32_t kLinearCeCounters = 6;

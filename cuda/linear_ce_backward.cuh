@@ -168,7 +168,7 @@ CUTLOSS_UNROLL
               float x = acc[mt][nt][2 * h + j] + (a.bias != nullptr ? a.bias[cls] : 0.0f);
               const float marginSlope = isLabel ? marginLabelSlope(a.p.labelMargin, x) : 1.0f;  // margin softmax
               if (isLabel) x = marginLabelLogit(a.p.labelMargin, x);
-              const float z = effectiveLogit(x, a.p.softcap, a.p.invTemperature);
+              const float z = shiftedEffectiveLogit(x, a.p.softcap, a.p.invTemperature, row.shift);
               const float coef = gradCoefficient(row.rg, z, isLabel, classWeight(a.p, cls));
               if (!(fabsf(coef) * row.invScale < a.filterEps)) keep = true;  // NaN is never filtered
               gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature) * marginSlope;

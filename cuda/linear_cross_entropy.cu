@@ -158,28 +158,54 @@ struct MatrixColumns {
 
 // ---------------------------------------------------------------- forward
 
-/** A row's running forward state; a plain aggregate, as it lives in __shared__. */
-struct RowPartial {
-  LseState lse;
-  float zLabel, sumWeightedZ, sumSqOthers, stableSum, sumWeightedLogS;
-  int candidates;  // kept so far, or kCandidateOverflow
-};
-
-/** What one tile adds to a row, reduced across the warp. */
+// A row's sums over some of its classes. Its logits enter as capped logits c = softcap(x), before
+// ÷T: the lse state is kept in c (lse.cuh's invT) and the merge forms the row's z = c/T frame
+// (RowStats, with the shift of shiftedBeforeTemperature), so no gap is rounded at |c/T| ≫ 1.
+// A plain aggregate, as it lives in __shared__.
 struct TileRowSums {
-  LseState lse;
-  float zLabel, sumWeightedZ, sumSqOthers, stableSum, sumWeightedLogS;
+  LseState lse;          // of c, with invT
+  float cLabel;          // c_t (0 where the label is not among the classes)
+  float weightedGap;     // (α/V)·Σ_j w_j (lse.max − c_j) (smoothing): terms ≥ 0, moved with the max, never cancelled
+  float sumW;            // Σ_j w_j of the classes summed (smoothing): what a larger max moves weightedGap by
+  float sumSqOthers;     // Σ_{j≠t} z_j² (squentropy, never shifted)
+  float stableSum;       // StableMax: Σ s(z_j)·stablemaxSumScale(lse.max·invT); Gumbel: Σ_{j≠t} ψ(z_j)
+  float sumWeightedLogS;
 };
 __device__ __forceinline__ TileRowSums shuffleXor(TileRowSums v, int lane) {
-  return TileRowSums{shuffleXor(v.lse, lane),         shuffleXor(v.zLabel, lane),     shuffleXor(v.sumWeightedZ, lane),
-                     shuffleXor(v.sumSqOthers, lane), shuffleXor(v.stableSum, lane), shuffleXor(v.sumWeightedLogS, lane)};
+  return TileRowSums{shuffleXor(v.lse, lane),         shuffleXor(v.cLabel, lane),    shuffleXor(v.weightedGap, lane),
+                     shuffleXor(v.sumW, lane),        shuffleXor(v.sumSqOthers, lane), shuffleXor(v.stableSum, lane),
+                     shuffleXor(v.sumWeightedLogS, lane)};
+}
+__device__ __forceinline__ TileRowSums emptyTileRowSums() {
+  return TileRowSums{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+}
+/** (α/V)·Σ w (from − c) over classes of weight sumW, moved to a max `to` ≥ from (nothing where no class was summed). */
+__device__ __forceinline__ float moveGap(float gap, float sumW, float from, float to, float spreadScale) {
+  return sumW == 0.0f ? gap : gap + scaledGap(to, from, spreadScale) * sumW;
 }
 struct CombineTileRowSums {
+  float invT;
+  float spreadScale;  // α/V
+  bool stable;  // stableSum is StableMax's, so it moves with the max's scale
   __device__ __forceinline__ TileRowSums operator()(TileRowSums a, TileRowSums b) const {
-    return TileRowSums{mergeLse(a.lse, b.lse),          a.zLabel + b.zLabel, a.sumWeightedZ + b.sumWeightedZ,
-                       a.sumSqOthers + b.sumSqOthers, a.stableSum + b.stableSum,
+    const LseState lse = mergeLse(a.lse, b.lse, invT);
+    const float stableSum = stable ? stablemaxRescale(a.stableSum, a.lse.max * invT, lse.max * invT) +
+                                         stablemaxRescale(b.stableSum, b.lse.max * invT, lse.max * invT)
+                                   : a.stableSum + b.stableSum;
+    const float gap = moveGap(a.weightedGap, a.sumW, a.lse.max, lse.max, spreadScale) +
+                      moveGap(b.weightedGap, b.sumW, b.lse.max, lse.max, spreadScale);
+    return TileRowSums{lse, a.cLabel + b.cLabel, gap, a.sumW + b.sumW, a.sumSqOthers + b.sumSqOthers, stableSum,
                        a.sumWeightedLogS + b.sumWeightedLogS};
   }
+};
+__device__ __forceinline__ CombineTileRowSums combineTileRowSums(const LossParams& p) {
+  return CombineTileRowSums{p.invTemperature, p.smoothing / static_cast<float>(p.vocab), p.normalizer == kNormalizerStablemax};
+}
+
+/** A row's running forward state in the FloatTile kernel. */
+struct RowPartial {
+  TileRowSums sums;
+  int candidates;  // kept so far, or kCandidateOverflow
 };
 
 /** combine() over the 4 lanes that share a tile row (aligned lane groups: xor 1, then 2). */
@@ -189,13 +215,13 @@ __device__ __forceinline__ T rowGroupAllReduce(T v, Combine combine) {
   return combine(v, shuffleXor(v, 2));
 }
 
-/** The effective logit z of tile element (m, n), or −inf past the vocabulary; column t holds the row's label (margin map). */
-__device__ __forceinline__ float tileLogit(const LinearCeArgs& a, const FloatTile& c, int m, int n, int64_t c0, int nc,
-                                           int64_t t) {
+/** The capped logit c of tile element (m, n) (before ÷T), or −inf past the vocabulary; column t holds the row's label (margin map). */
+__device__ __forceinline__ float tileCappedLogit(const LinearCeArgs& a, const FloatTile& c, int m, int n, int64_t c0,
+                                                 int nc, int64_t t) {
   if (n >= nc) return negativeInfinity();
   float x = c[m][n] + (a.bias != nullptr ? a.bias[c0 + n] : 0.0f);
   if (n == t) x = marginLabelLogit(a.p.labelMargin, x);
-  return effectiveLogit(x, a.p.softcap, a.p.invTemperature);
+  return effectiveLogit(x, a.p.softcap, 1.0f);
 }
 
 /** The label's column in the tile of classes c0.., if it is there (rows past N: none). */
@@ -262,18 +288,20 @@ __device__ __forceinline__ void harmonicCorrection(FloatTile& c, const float* s,
 
 /**
  * Sparsemax candidates of tile row m, appended in column order by the row's leader thread:
- * the logits within 1 of the running max. When the list is full, the values a larger max
- * has since pushed out of reach are dropped; if it is still full, the row overflows.
+ * the capped logits c whose z = c/T is within 1 of the running max's. When the list is full,
+ * the values a larger max has since pushed out of reach are dropped; if it is still full, the
+ * row overflows.
  */
 __device__ void collectCandidates(const LinearCeArgs& a, const FloatTile& c, int m, int64_t c0, int nc, int64_t t,
                                   float max, int& count, float* kept) {
+  const float invT = a.p.invTemperature;
   for (int n = 0; n < nc && count != kCandidateOverflow; ++n) {
-    const float z = tileLogit(a, c, m, n, c0, nc, t);
-    if (!(z - max > -1.0f)) continue;  // as a gap: exact for huge logits; NaN is never a candidate
+    const float x = tileCappedLogit(a, c, m, n, c0, nc, t);
+    if (!((x - max) * invT > -1.0f)) continue;  // as a gap: exact for huge logits; NaN is never a candidate
     if (count == kLinearCeCandidates) {
       int out = 0;
       for (int i = 0; i < count; ++i) {
-        if (kept[i] - max > -1.0f) kept[out++] = kept[i];
+        if ((kept[i] - max) * invT > -1.0f) kept[out++] = kept[i];
       }
       count = out;
       if (count == kLinearCeCandidates) {
@@ -281,8 +309,23 @@ __device__ void collectCandidates(const LinearCeArgs& a, const FloatTile& c, int
         break;
       }
     }
-    kept[count++] = z;
+    kept[count++] = x;
   }
+}
+
+/** A split's sums for a row, and its sparsemax candidate count (or kCandidateOverflow), into the partials. */
+__device__ __forceinline__ void storePartial(const LinearCeArgs& a, int split, int64_t row, const TileRowSums& s,
+                                             float candidates) {
+  float* out = a.partials + (static_cast<int64_t>(split) * a.E.rows + row) * kLinearCePartialFloats;
+  out[0] = s.lse.max;
+  out[1] = s.lse.sum;
+  out[2] = s.cLabel;
+  out[3] = s.weightedGap;
+  out[4] = s.sumSqOthers;
+  out[5] = s.stableSum;
+  out[6] = s.sumWeightedLogS;
+  out[7] = candidates;
+  out[8] = s.sumW;
 }
 
 /**
@@ -313,7 +356,9 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeForwardKernel(LinearC
   float* kept = a.candidates != nullptr && row < N
                     ? a.candidates + (static_cast<int64_t>(split) * N + row) * kLinearCeCandidates
                     : nullptr;
-  if (leader) state[m] = RowPartial{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0};
+  if (leader) state[m] = RowPartial{emptyTileRowSums(), 0};
+  const float invT = a.p.invTemperature;
+  const CombineTileRowSums combine = combineTileRowSums(a.p);
   const bool harmonic = a.p.harmonicExponent > 0.0f;
   __shared__ HarmonicTile norms;
   for (int vt = firstTile; vt < endTile; ++vt) {
@@ -323,55 +368,46 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeForwardKernel(LinearC
     Gemm::product(EmbeddingRows{a.E, r0}, ClassifierRows{a.W, c0}, static_cast<int>(a.E.cols), c);
     if (harmonic) harmonicLogits(a, norms, c);
     const int64_t t = static_cast<int64_t>(label) - c0;  // the label's column in this tile, if any
-    TileRowSums s{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    TileRowSums s = emptyTileRowSums();
     for (int q = 0; q < kTile / 4; ++q) {
       const int n = phase + 4 * q;
       if (n >= nc || row >= N) break;
-      const float z = tileLogit(a, c, m, n, c0, nc, t);
-      s.lse = lsePush(s.lse, z);
-      if (n == t) s.zLabel = z;
-      if (smoothing) s.sumWeightedZ += classWeight(a.p, c0 + n) * z;
+      const float x = tileCappedLogit(a, c, m, n, c0, nc, t);
+      const float z = x * invT;  // the unshifted normalizers' own z
+      const float maxBefore = s.lse.max;
+      s.lse = lsePush(s.lse, x, invT);
+      if (n == t) s.cLabel = x;
+      if (smoothing) {
+        const float w = classWeight(a.p, c0 + n);
+        s.weightedGap = moveGap(s.weightedGap, s.sumW, maxBefore, s.lse.max, combine.spreadScale) +
+                        w * scaledGap(s.lse.max, x, combine.spreadScale);
+        s.sumW += w;
+      }
       if (squentropy && n != t) s.sumSqOthers += z * z;
       if (stable) {
-        s.stableSum += stablemaxS(z);
+        const float zMax = s.lse.max * invT;
+        s.stableSum = stablemaxRescale(s.stableSum, maxBefore * invT, zMax) + stablemaxS(z) * stablemaxSumScale(zMax);
         if (smoothing) s.sumWeightedLogS += classWeight(a.p, c0 + n) * stablemaxLogS(z);
       }
       if (gumbel && n != t) s.stableSum += gumbelPsi(z);  // Gumbel's row sum takes stableSum's slot
     }
-    s = rowGroupAllReduce(s, CombineTileRowSums());
+    s = rowGroupAllReduce(s, combine);
     if (leader) {
       RowPartial& st = state[m];
-      st.lse = mergeLse(st.lse, s.lse);
-      st.zLabel += s.zLabel;  // one tile holds the label: the others add 0
-      st.sumWeightedZ += s.sumWeightedZ;
-      st.sumSqOthers += s.sumSqOthers;
-      st.stableSum += s.stableSum;
-      st.sumWeightedLogS += s.sumWeightedLogS;
-      if (kept != nullptr) collectCandidates(a, c, m, c0, nc, t, st.lse.max, st.candidates, kept);
+      st.sums = combine(st.sums, s);  // one tile holds the label: the others add 0 to cLabel
+      if (kept != nullptr) collectCandidates(a, c, m, c0, nc, t, st.sums.lse.max, st.candidates, kept);
     }
   }
   if (leader) {
     const RowPartial& st = state[m];
-    float* out = a.partials + (static_cast<int64_t>(split) * N + row) * kLinearCePartialFloats;
-    out[0] = st.lse.max;
-    out[1] = st.lse.sum;
-    out[2] = st.zLabel;
-    out[3] = st.sumWeightedZ;
-    out[4] = st.sumSqOthers;
-    out[5] = st.stableSum;
-    out[6] = st.sumWeightedLogS;
-    out[7] = static_cast<float>(st.candidates);
+    storePartial(a, split, row, st.sums, static_cast<float>(st.candidates));
   }
 }
 
-/** A row's running forward state in the mma kernel: one per (warp column, row). */
-struct MmaRowState {
-  LseState lse;
-  float zLabel, sumWeightedZ, sumSqOthers, stableSum, sumWeightedLogS;
-};
 constexpr int kMmaForwardWarpColumns = kMmaBlockCols / kMmaForwardWarpCols;  // 2
+// a row's running state per (warp column, row)
 constexpr int kMmaForwardSharedBytes =
-    kMmaRingBytes + kMmaForwardWarpColumns * kMmaBlockRows * static_cast<int>(sizeof(MmaRowState));
+    kMmaRingBytes + kMmaForwardWarpColumns * kMmaBlockRows * static_cast<int>(sizeof(TileRowSums));
 
 /**
  * The forward on tensor cores (softmax and stablemax; sparsemax keeps the FloatTile kernel,
@@ -389,7 +425,7 @@ template <class Op, bool kOptions>
 __global__ void __launch_bounds__(kMmaForwardThreads, 2) linearCeForwardMmaKernel(LinearCeArgs a) {
   CUTLOSS_DYNAMIC_SHARED(uint4, sharedWords);  // uint4: 16-byte aligned for cp.async and ldmatrix
   unsigned char* ring = reinterpret_cast<unsigned char*>(sharedWords);
-  MmaRowState* state = reinterpret_cast<MmaRowState*>(ring + kMmaRingBytes);  // [2 warp columns][128 rows]
+  TileRowSums* state = reinterpret_cast<TileRowSums*>(ring + kMmaRingBytes);  // [2 warp columns][128 rows]
   const int64_t N = a.E.rows;
   const int64_t V = a.W.rows;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaBlockRows;
@@ -408,9 +444,11 @@ __global__ void __launch_bounds__(kMmaForwardThreads, 2) linearCeForwardMmaKerne
   const bool stable = kOptions && a.p.normalizer == kNormalizerStablemax;
   const bool gumbel = kOptions && a.p.normalizer == kNormalizerGumbel;
   const float softcap = kOptions ? a.p.softcap : 0.0f;
+  const float invT = a.p.invTemperature;
+  const CombineTileRowSums combine = combineTileRowSums(a.p);
 
   for (int i = static_cast<int>(threadIdx.x); i < kMmaForwardWarpColumns * kMmaBlockRows; i += kMmaForwardThreads) {
-    state[i] = MmaRowState{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    state[i] = emptyTileRowSums();
   }
   if (threadIdx.x == 0) atomicAdd(a.counters + kCounterMmaForwardBlocks, 1u);
   const unsigned char* wBase = static_cast<const unsigned char*>(a.W.data);
@@ -459,8 +497,8 @@ CUTLOSS_UNROLL
       for (int h = 0; h < 2; ++h) {
         const int m = wm * kMmaWarpRows + mt * 16 + g + 8 * h;
         const int label = r0 + m < N ? a.labels[r0 + m] : -1;  // reloaded (from L1) rather than held: registers
-        TileRowSums sums{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        // the lane's 16 logits in place, their max, then one exp each (lsePush would branch on every element)
+        TileRowSums sums = emptyTileRowSums();
+        // the lane's 16 capped logits in place, their max, then one exp each (lsePush would branch on every element)
         float rowMax = negativeInfinity();
 CUTLOSS_UNROLL
         for (int nt = 0; nt < 8; ++nt) {
@@ -471,7 +509,7 @@ CUTLOSS_UNROLL
             const bool inside = col < colEnd && r0 + m < N;
             float x = v + (inside && a.bias != nullptr ? a.bias[col] : 0.0f);  // no read past the vocabulary
             if (kOptions && col == label) x = marginLabelLogit(a.p.labelMargin, x);
-            v = inside ? effectiveLogit(x, softcap, a.p.invTemperature) : negativeInfinity();
+            v = inside ? effectiveLogit(x, softcap, 1.0f) : negativeInfinity();
             rowMax = maxPropagatingNaN(rowMax, v);
           }
         }
@@ -479,36 +517,39 @@ CUTLOSS_UNROLL
 CUTLOSS_UNROLL
         for (int nt = 0; nt < 8; ++nt) {
 CUTLOSS_UNROLL
-          for (int j = 0; j < 2; ++j) expSum += c0 + nt * 8 + 2 * t + j < colEnd ? expShifted(acc[mt][nt][2 * h + j], rowMax) : 0.0f;
+          for (int j = 0; j < 2; ++j) {
+            expSum += c0 + nt * 8 + 2 * t + j < colEnd ? expShifted(acc[mt][nt][2 * h + j], rowMax, invT) : 0.0f;
+          }
         }
         sums.lse = rowMax == negativeInfinity() ? lseEmpty() : LseState{rowMax, expSum};
+        const float stableScale = stable ? stablemaxSumScale(rowMax * invT) : 1.0f;
 CUTLOSS_UNROLL
         for (int nt = 0; nt < 8; ++nt) {
 CUTLOSS_UNROLL
           for (int j = 0; j < 2; ++j) {
             const int64_t col = c0 + nt * 8 + 2 * t + j;
             if (col >= colEnd || r0 + m >= N) continue;
-            const float z = acc[mt][nt][2 * h + j];
+            const float x = acc[mt][nt][2 * h + j];
+            const float z = x * invT;
             const bool isLabel = col == label;
-            if (isLabel) sums.zLabel = z;
-            if (smoothing) sums.sumWeightedZ += classWeight(a.p, col) * z;
+            if (isLabel) sums.cLabel = x;
+            if (smoothing) {
+              const float w = classWeight(a.p, col);
+              sums.weightedGap += w * scaledGap(rowMax, x, combine.spreadScale);
+              sums.sumW += w;
+            }
             if (squentropy && !isLabel) sums.sumSqOthers += z * z;
             if (stable) {
-              sums.stableSum += stablemaxS(z);
+              sums.stableSum += stablemaxS(z) * stableScale;
               if (smoothing) sums.sumWeightedLogS += classWeight(a.p, col) * stablemaxLogS(z);
             }
             if (gumbel && !isLabel) sums.stableSum += gumbelPsi(z);  // Gumbel's row sum takes stableSum's slot
           }
         }
-        sums = rowGroupAllReduce(sums, CombineTileRowSums());
+        sums = rowGroupAllReduce(sums, combine);
         if (t == 0) {
-          MmaRowState& st = state[wn * kMmaBlockRows + m];
-          st.lse = mergeLse(st.lse, sums.lse);
-          st.zLabel += sums.zLabel;
-          st.sumWeightedZ += sums.sumWeightedZ;
-          st.sumSqOthers += sums.sumSqOthers;
-          st.stableSum += sums.stableSum;
-          st.sumWeightedLogS += sums.sumWeightedLogS;
+          TileRowSums& st = state[wn * kMmaBlockRows + m];
+          st = combine(st, sums);
         }
       }
     }
@@ -524,21 +565,9 @@ CUTLOSS_UNROLL
   if (threadIdx.x < kMmaBlockRows && r0 + threadIdx.x < N) {
     const int m = static_cast<int>(threadIdx.x);
     const int64_t row = r0 + m;
-    TileRowSums s{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    for (int w = 0; w < kMmaForwardWarpColumns; ++w) {  // in column order: the same sums in every fiber order
-      const MmaRowState& st = state[w * kMmaBlockRows + m];
-      s = CombineTileRowSums()(s, TileRowSums{st.lse, st.zLabel, st.sumWeightedZ, st.sumSqOthers, st.stableSum,
-                                              st.sumWeightedLogS});
-    }
-    float* out = a.partials + (static_cast<int64_t>(split) * N + row) * kLinearCePartialFloats;
-    out[0] = s.lse.max;
-    out[1] = s.lse.sum;
-    out[2] = s.zLabel;
-    out[3] = s.sumWeightedZ;
-    out[4] = s.sumSqOthers;
-    out[5] = s.stableSum;
-    out[6] = s.sumWeightedLogS;
-    out[7] = 0.0f;  // no sparsemax candidates
+    TileRowSums s = emptyTileRowSums();
+    for (int w = 0; w < kMmaForwardWarpColumns; ++w) s = combine(s, state[w * kMmaBlockRows + m]);  // in column order: the same sums in every fiber order
+    storePartial(a, split, row, s, 0.0f);  // no sparsemax candidates
   }
 }
 
@@ -595,29 +624,33 @@ __global__ void __launch_bounds__(kTileThreads) linearCeMergeKernel(LinearCeArgs
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (row >= N) return;  // whole warps: this kernel has no block barrier
-  TileRowSums s{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  const CombineTileRowSums combine = combineTileRowSums(a.p);
+  TileRowSums s = emptyTileRowSums();
   int overflow = 0;
   for (int split = lane; split < a.splits; split += 32) {
     const float* in = a.partials + (static_cast<int64_t>(split) * N + row) * kLinearCePartialFloats;
-    s = CombineTileRowSums()(s, TileRowSums{LseState{in[0], in[1]}, in[2], in[3], in[4], in[5], in[6]});
+    s = combine(s, TileRowSums{LseState{in[0], in[1]}, in[2], in[3], in[8], in[4], in[5], in[6]});
     overflow |= in[7] < 0.0f ? 1 : 0;
   }
-  s = warpAllReduce(s, CombineTileRowSums());
+  s = warpAllReduce(s, combine);
   overflow = __any_sync(kFullWarp, overflow != 0);
+  // the row's z = (c − shift)/T frame (RowStats); the lse state's sum is already Σ exp(z − zMax)
+  const float invT = a.p.invTemperature;
+  const float cMax = s.lse.max;
+  const float shift = shiftedBeforeTemperature(a.p.normalizer, a.p.squentropy, invT) ? effectiveShift(cMax) : 0.0f;
   RowStats st;
-  st.lse = lseValue(s.lse);
+  st.zMax = (cMax - shift) * invT;
+  st.lse = lseValue(LseState{st.zMax, s.lse.sum}) + shift * invT;
   st.logSum = logf(s.lse.sum);
-  st.zLabel = s.zLabel;
-  st.sumWeightedZ = s.sumWeightedZ;
+  st.zLabel = (s.cLabel - shift) * invT;
+  st.spreadGap = s.weightedGap * invT;
   st.sumSqOthers = s.sumSqOthers;
-  // RowStats holds StableMax's S times the row's scale (an exact power of two); the partials
-  // here are unscaled, so S past float32 still overflows on this path
-  st.stableSum = a.p.normalizer == kNormalizerStablemax ? s.stableSum * stablemaxSumScale(s.lse.max) : s.stableSum;
+  st.stableSum = s.stableSum;  // StableMax's: already times stablemaxSumScale(zMax) (never shifted)
   st.sumWeightedLogS = s.sumWeightedLogS;
-  st.zMax = s.lse.max;
   st.tau = 0.0f;
   st.omega = 0.0f;
   st.support = 0.0f;
+  st.shift = shift;
   float active = 0.0f;
   if (a.p.normalizer == kNormalizerSparsemax) {
     const float m = st.zMax;
@@ -636,7 +669,7 @@ __global__ void __launch_bounds__(kTileThreads) linearCeMergeKernel(LinearCeArgs
           const int kept = static_cast<int>(a.partials[slot * kLinearCePartialFloats + 7]);
           const float* values = a.candidates + slot * kLinearCeCandidates;
           for (int i = lane; i < kept; i += 32) {
-            const float z = values[i] - m;
+            const float z = (values[i] - cMax) * invT;  // z − m
             if (z > search.x) {
               sums.count += 1;
               sums.sum += z;
@@ -681,7 +714,9 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeMichelotPassKernel(Li
   const int64_t row = r0 + m;
   const float* stats = a.rowStats + (row < N ? row : 0) * kRowStatFloats;
   const bool active = row < N && stats[kStatSearchPhase] != static_cast<float>(kSearchDone);
-  const float max = active ? stats[kStatZMax] : 0.0f;
+  const float zMax = active ? stats[kStatZMax] : 0.0f;
+  const float shift = active ? stats[kStatShift] : 0.0f;
+  const float invT = a.p.invTemperature;
   const float x = active ? stats[kStatSearchX] : 0.0f;
   // uniform, and no early return: the shuffles below stay in convergent code
   const bool any = __syncthreads_or(active);
@@ -699,7 +734,7 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeMichelotPassKernel(Li
     MichelotSums3 s{0, 0.0f, 0.0f};
     for (int q = 0; q < kTile / 4 && active; ++q) {
       const int n = phase + 4 * q;
-      const float z = tileLogit(a, c, m, n, c0, nc, labelColumn(a, row, c0)) - max;
+      const float z = (tileCappedLogit(a, c, m, n, c0, nc, labelColumn(a, row, c0)) - shift) * invT - zMax;
       if (z > x) {
         s.count += 1;
         s.sum += z;
@@ -768,6 +803,7 @@ struct ThreadRow {
   bool valid;
   int label;
   float invScale;  // 1 / max(|s_W|, |s_U|): filtering looks at coefficients before the reduction scale
+  float shift;     // RowStats::shift
   RowGrad rg;
 };
 
@@ -776,6 +812,7 @@ __device__ __forceinline__ ThreadRow threadRow(const LinearCeArgs& a, int64_t ro
   r.valid = false;
   r.label = 0;
   r.invScale = 0.0f;
+  r.shift = 0.0f;
   if (row >= a.E.rows) return r;
   r.label = a.labels[row];
   if (r.label == a.p.ignoreIndex) return r;
@@ -789,6 +826,7 @@ __device__ __forceinline__ ThreadRow threadRow(const LinearCeArgs& a, int64_t ro
   r.rg = rowGrad(k, st, rl, wLabel, sW, sU);
   const float scale = fmaxf(fabsf(sW), fabsf(sU));
   r.invScale = scale > 0.0f ? 1.0f / scale : 0.0f;
+  r.shift = st.shift;
   return r;
 }
 
@@ -849,7 +887,7 @@ CUTLOSS_UNROLL
       if (harmonic) x = harmonicLogit(sq, a.p.harmonicExponent);
       const float marginSlope = isLabel ? marginLabelSlope(a.p.labelMargin, x) : 1.0f;
       if (isLabel) x = marginLabelLogit(a.p.labelMargin, x);
-      const float z = effectiveLogit(x, a.p.softcap, a.p.invTemperature);
+      const float z = shiftedEffectiveLogit(x, a.p.softcap, a.p.invTemperature, row.shift);
       const float coef = gradCoefficient(row.rg, z, isLabel, classWeight(a.p, cls));
       if (!(fabsf(coef) * row.invScale < a.filterEps)) keep = true;  // NaN is never filtered
       gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature) * marginSlope;

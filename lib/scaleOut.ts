@@ -447,7 +447,7 @@ function vocabParallel(p: LocalProblem, o: ResolvedLossOptions, labels: unknown,
     const spread = smooth ? S[o0 + iSmooth]! + wSum * (stable ? Math.log(stableSum) : logSum) : 0;
     stats[n] = {
       lse: lseG, logSum, zLabel: S[o0 + 1]!, zMax: m,
-      sumWeightedZ: smooth && !stable ? wSum * lseG - spread : 0,
+      spreadGap: smooth && !stable ? (o.smoothing / V) * S[o0 + iSmooth]! : 0, // (α/V)·Σ w (m − z)
       sumWeightedLogS: smooth && stable ? wSum * Math.log(stableSum) - spread : 0,
       sumSqOthers: sq ? S[o0 + iSq]! : 0,
       stableSum, tau: 0, omega: 0, support: 0,

@@ -230,7 +230,7 @@ describe('cuda/math matches lib/js/math.ts', () => {
       };
       const s = a.slice(7, 18).map(f);
       const st: m.RowStats = {
-        lse: s[0]!, zLabel: s[1]!, sumWeightedZ: s[2]!, sumSqOthers: s[3]!, stableSum: s[4]!, sumWeightedLogS: s[5]!,
+        lse: s[0]!, zLabel: s[1]!, spreadGap: s[2]!, sumSqOthers: s[3]!, stableSum: s[4]!, sumWeightedLogS: s[5]!,
         zMax: s[6]!, tau: s[7]!, omega: s[8]!, support: s[9]!, logSum: s[10]!,
       };
       const [wLabel, sumWeights, sW, sU] = a.slice(18, 22).map(f) as [number, number, number, number];

@@ -67,19 +67,39 @@ struct RowStats {
   float lse;              // log Σ exp(z)
   float logSum;           // log Σ exp(z − zMax): z − lse is formed as (z − zMax) − logSum (see minusLse)
   float zLabel;           // z_t
-  float sumWeightedZ;     // Σ_j w_j z_j (for smoothing)
+  float spreadGap;        // (α/V)·Σ_j w_j (zMax − z_j) (smoothing): terms ≥ 0, so Σ_j w_j ℓ_j never cancels at |z| ≫ 1
   float sumSqOthers;      // Σ_{j≠t} z_j² (squentropy)
   float stableSum;        // the normalizer's own row sum: S·stablemaxSumScale(zMax) = Σ s(z_j)·scale (stablemax); Σ_{j≠t} ψ(z_j) (gumbel)
   float sumWeightedLogS;  // Σ_j w_j log s(z_j)
   // Sparsemax values are kept relative to the row max m, so huge logits lose no precision.
   // A kernel may form a row's logits relative to a shift (shiftedEffectiveLogit; not with
-  // squentropy, whose z² needs the logits themselves): zLabel, zMax, logSum, sumWeightedZ, tau
+  // squentropy, whose z² needs the logits themselves): zLabel, zMax, logSum, tau
   // and omega are then of the shifted logits; lse is not.
   float zMax;     // m
   float tau;      // τ − m
   float omega;    // Ω − m = (τ − m) + ½(1 + Σ_supp (z − τ)²)
   float support;  // |supp|
+  float shift;    // what the capped logits were shifted by before ÷T (0: not shifted); float32 kernels only
 };
+
+/**
+ * (m − z)·scale for z ≤ m (scale = α/V: a term of RowStats::spreadGap), from the scaled values
+ * where m − z exceeds float32 (logits of both signs past 1.7e38): the loss may still hold it.
+ */
+CUTLOSS_HD float scaledGap(float m, float z, float scale) {
+  const float d = m - z;
+  return d < positiveInfinity() ? d * scale : m * scale - z * scale;
+}
+
+/**
+ * Whether a row's effective logits are formed relative to its largest capped logit
+ * (shiftedEffectiveLogit): under a temperature, for the losses invariant to a shift (softmax,
+ * sparsemax; not squentropy's z²). x/T formed first would round every gap at |x| ≫ 1, or overflow.
+ */
+CUTLOSS_HD bool shiftedBeforeTemperature(int normalizer, float squentropy, float invTemperature) {
+  return invTemperature != 1.0f && squentropy == 0.0f &&
+         (normalizer == kNormalizerSoftmax || normalizer == kNormalizerSparsemax);
+}
 
 struct RowLoss {
   float loss;
@@ -101,7 +121,7 @@ CUTLOSS_HD RowLoss rowLoss(const LossConstants& k, const RowStats& st, float wLa
   // ℓ_t and Σ_j w_j ℓ_j are formed as differences first (lse − z_t, not lse·a − z_t·a) so a row
   // of huge logits keeps the precision of its gap.
   float labelLoss, pLabel, oneMinusPLabel;
-  float spreadLoss = 0.0f;
+  float spreadLoss = 0.0f;  // (α/V)·Σ_j w_j ℓ_j
   if (k.normalizer == kNormalizerStablemax) {
     // S and s_t both times the row's scale: S itself may overflow float32
     const float scale = stablemaxSumScale(st.zMax);
@@ -109,7 +129,7 @@ CUTLOSS_HD RowLoss rowLoss(const LossConstants& k, const RowStats& st, float wLa
     const float logScale = logf(scale);
     const float logS = logf(S) - logScale;
     labelLoss = -stablemaxLogRatio(st.zLabel, scale, logf(S), logScale);
-    if (alpha > 0.0f) spreadLoss = sumWeights * logS - st.sumWeightedLogS;
+    if (alpha > 0.0f) spreadLoss = spread * (sumWeights * logS - st.sumWeightedLogS);
     const float sLabel = stablemaxS(st.zLabel) * scale;
     pLabel = sLabel / S;
     oneMinusPLabel = (S - sLabel) / S;
@@ -121,17 +141,17 @@ CUTLOSS_HD RowLoss rowLoss(const LossConstants& k, const RowStats& st, float wLa
     oneMinusPLabel = -expm1f(-uLabel);
   } else if (k.normalizer == kNormalizerSparsemax) {
     labelLoss = st.omega - (st.zLabel - st.zMax);
-    if (alpha > 0.0f) spreadLoss = sumWeights * (st.omega + st.zMax) - st.sumWeightedZ;
+    if (alpha > 0.0f) spreadLoss = spread * (sumWeights * st.omega) + st.spreadGap;  // ℓ_j = Ω − z_j
     pLabel = maxPropagatingNaN(st.zLabel - st.zMax - st.tau, 0.0f);
     oneMinusPLabel = 1.0f - pLabel;
   } else {
     const float logP = minusLse(st.zLabel, st.zMax, st.logSum);  // z_t − lse without rounding lse
     labelLoss = -logP;
-    if (alpha > 0.0f) spreadLoss = sumWeights * (st.zMax + st.logSum) - st.sumWeightedZ;  // lse in the row's frame
+    if (alpha > 0.0f) spreadLoss = spread * (sumWeights * st.logSum) + st.spreadGap;  // ℓ_j = lse − z_j
     pLabel = expf(logP);
     oneMinusPLabel = -expm1f(logP);  // accurate when p_t ≈ 1
   }
-  float ce = keep * labelLoss + (alpha > 0.0f ? spread * spreadLoss : 0.0f);
+  float ce = keep * labelLoss + spreadLoss;
   float gceScale = 1.0f;
   if (k.generalizedCE > 0.0f) {
     // (1 − p_t^q)/q as −expm1(−q·ℓ_t)/q: no cancellation as q → 0 (→ ℓ_t, CE) or p_t → 1.

@@ -1,6 +1,9 @@
 // Online log-sum-exp (Milakov & Gimelshein 2018), mirroring lib/js/math.ts. A partial
 // reduction is (max, sum of exp(x − max)); merging rescales both sums to the larger max, so
 // threads, warps and tiles can be reduced in any order.
+// The optional invT keeps a state of logits before a temperature, (max x, Σ exp((x − max)·invT)):
+// the lse of x·invT without forming x·invT, whose rounding would cost |x·invT|·2^-24 of every
+// gap (or overflow) where |x| ≫ 1. invT = 1 is the plain state, bit for bit.
 #pragma once
 
 #include "scalar.cuh"
@@ -15,8 +18,10 @@ struct LseState {
 
 CUTLOSS_HD LseState lseEmpty() { return LseState{negativeInfinity(), 0.0f}; }
 
-/** sum·exp(from − to), with an empty partial (sum 0, max −inf) staying 0 instead of NaN. */
-CUTLOSS_HD float lseRescale(float sum, float from, float to) { return sum == 0.0f ? 0.0f : sum * expf(from - to); }
+/** sum·exp((from − to)·invT), with an empty partial (sum 0, max −inf) staying 0 instead of NaN. */
+CUTLOSS_HD float lseRescale(float sum, float from, float to, float invT = 1.0f) {
+  return sum == 0.0f ? 0.0f : sum * expf((from - to) * invT);
+}
 
 #if !defined(CUTLOSS_HAS_EXP_NON_POSITIVE)
 /**
@@ -26,16 +31,16 @@ CUTLOSS_HD float lseRescale(float sum, float from, float to) { return sum == 0.0
 CUTLOSS_HD float expNonPositive(float x) { return expf(x); }
 #endif
 
-/** exp(x − max), defined for the infinite maxima a row of ±inf produces. */
-CUTLOSS_HD float expShifted(float x, float max) {
+/** exp((x − max)·invT), defined for the infinite maxima a row of ±inf produces. */
+CUTLOSS_HD float expShifted(float x, float max, float invT = 1.0f) {
   if (max == positiveInfinity() || max == negativeInfinity()) return x == max ? 1.0f : 0.0f;
-  return expNonPositive(x - max);
+  return expNonPositive((x - max) * invT);
 }
 
-CUTLOSS_HD LseState mergeLse(LseState a, LseState b) {
+CUTLOSS_HD LseState mergeLse(LseState a, LseState b, float invT = 1.0f) {
   const float max = maxPropagatingNaN(a.max, b.max);
   if (max == negativeInfinity()) return LseState{max, 0.0f};
-  return LseState{max, lseRescale(a.sum, a.max, max) + lseRescale(b.sum, b.max, max)};
+  return LseState{max, lseRescale(a.sum, a.max, max, invT) + lseRescale(b.sum, b.max, max, invT)};
 }
 
 /**
@@ -43,9 +48,9 @@ CUTLOSS_HD LseState mergeLse(LseState a, LseState b) {
  * recurrence). The sums may differ from mergeLse's only where the max is infinite, where
  * lseValue does not read them.
  */
-CUTLOSS_HD LseState lsePush(LseState s, float x) {
-  if (x > s.max) return LseState{x, lseRescale(s.sum, s.max, x) + 1.0f};
-  if (x <= s.max) return LseState{s.max, s.sum + expShifted(x, s.max)};
+CUTLOSS_HD LseState lsePush(LseState s, float x, float invT = 1.0f) {
+  if (x > s.max) return LseState{x, lseRescale(s.sum, s.max, x, invT) + 1.0f};
+  if (x <= s.max) return LseState{s.max, s.sum + expShifted(x, s.max, invT)};
   return LseState{quietNaN(), quietNaN()};  // x or the max is NaN
 }
 

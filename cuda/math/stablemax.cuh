@@ -34,6 +34,16 @@ CUTLOSS_HD float stablemaxSumScale(float zMax) {
   return floatFromBits(static_cast<uint32_t>(254 - e) << 23);  // 2^(127 − e)
 }
 
+/**
+ * A running sum kept times stablemaxSumScale(fromZMax), moved to the scale of a larger max toZMax:
+ * the ratio of two powers of two, ≤ 1, so the terms the larger max makes negligible may underflow
+ * and nothing overflows.
+ */
+CUTLOSS_HD float stablemaxRescale(float scaledSum, float fromZMax, float toZMax) {
+  if (scaledSum == 0.0f || fromZMax == toZMax) return scaledSum;
+  return scaledSum * (stablemaxSumScale(toZMax) / stablemaxSumScale(fromZMax));
+}
+
 /** s'(x)/S given the row's scaled sum S·scale, formed as (s'/s)·(s·scale)/(S·scale): nothing overflows or underflows early. */
 CUTLOSS_HD float stablemaxDsOverSum(float x, float scaledSum, float scale) {
   if (x >= 0.0f) return scale / scaledSum;  // s' = 1

@@ -1,7 +1,7 @@
 // The blockwise loss engine behind crossEntropy and linearCrossEntropy on the reference
 // backend. It walks tiles of (rows × classes), vocabulary tiles outermost:
 //   forward:  per row an online log-sum-exp plus the few sums its options need
-//             (label logit, Σ w·z for smoothing, Σ z² for squentropy, StableMax's Σ s(z), Gumbel's Σ ψ(z),
+//             (label logit, smoothing's gaps Σ w·(max − z), Σ z² for squentropy, StableMax's Σ s(z), Gumbel's Σ ψ(z),
 //             sparsemax candidates); nothing of size N×V is kept;
 //   backward: recompute each tile, turn it into dloss/dx with math.ts's epilogue, and hand
 //             it to the logit source (which folds it into dE/dW, or writes dLogits).
@@ -131,7 +131,7 @@ class MarginAtLabel implements LogitSource {
 
 function emptyStats(): RowStats {
   return {
-    lse: 0, logSum: 0, zLabel: 0, sumWeightedZ: 0, sumSqOthers: 0, stableSum: 0, sumWeightedLogS: 0, zMax: 0, tau: 0, omega: 0,
+    lse: 0, logSum: 0, zLabel: 0, spreadGap: 0, sumSqOthers: 0, stableSum: 0, sumWeightedLogS: 0, zMax: 0, tau: 0, omega: 0,
     support: 0,
   };
 }
@@ -152,7 +152,10 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
   const rowMax = allocate(Float64Array, N, 'rowMax').fill(-Infinity);
   const rowSum = allocate(Float64Array, N, 'rowSum');
   const zLabel = allocate(Float64Array, N, 'zLabel');
-  const sumWZ = needSmooth ? allocate(Float64Array, N, 'sumWZ') : null;
+  // Σ_j w_j (rowMax − z_j) over the columns so far (terms ≥ 0: never cancels at |z| ≫ 1), moved by
+  // (new max − old max)·Σ w of those columns when a tile raises the max
+  const sumWGap = needSmooth ? allocate(Float64Array, N, 'sumWGap') : null;
+  let weightBefore = 0; // Σ w_j over the columns before this tile (the same for every row)
   const sumSq = needSq ? allocate(Float64Array, N, 'sumSq') : null;
   const stableSum = stable || gumbel ? allocate(Float64Array, N, 'stableSum') : null; // Σ s(z) or Σ_{j≠t} ψ(z)
   const sumWLogS = stable && needSmooth ? allocate(Float64Array, N, 'sumWLogS') : null;
@@ -179,17 +182,18 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
         const row = r0 + r;
         const o = r * nc;
         // online log-sum-exp: the tile's (max, Σ exp) partial merged into the row's
-        const merged = mergeLse({ max: rowMax[row]!, sum: rowSum[row]! }, lseOfBlock(tile, o, o + nc));
+        const maxBefore = rowMax[row]!;
+        const merged = mergeLse({ max: maxBefore, sum: rowSum[row]! }, lseOfBlock(tile, o, o + nc));
         const m = merged.max;
         rowMax[row] = m;
         rowSum[row] = merged.sum;
         const t = labels[row]! - c0;
         if (t >= 0 && t < nc) zLabel[row] = tile[o + t]!;
-        if (sumWZ !== null) {
+        if (sumWGap !== null) {
           let s = 0;
-          if (classWeights === null) for (let j = 0; j < nc; j++) s += tile[o + j]!;
-          else for (let j = 0; j < nc; j++) s += classWeights[c0 + j]! * tile[o + j]!;
-          sumWZ[row] += s;
+          if (classWeights === null) for (let j = 0; j < nc; j++) s += m - tile[o + j]!;
+          else for (let j = 0; j < nc; j++) s += classWeights[c0 + j]! * (m - tile[o + j]!);
+          sumWGap[row] = (weightBefore === 0 ? sumWGap[row]! : sumWGap[row]! + (m - maxBefore) * weightBefore) + s;
         }
         if (sumSq !== null) {
           let s = 0;
@@ -215,6 +219,7 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
         }
       }
     }
+    if (sumWGap !== null) for (let j = 0; j < nc; j++) weightBefore += classWeights === null ? 1 : classWeights[c0 + j]!;
   }
 
   const lse = allocate(Float64Array, N, 'lse');
@@ -267,7 +272,7 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
     stats.lse = lse[row]!;
     stats.logSum = Math.log(rowSum[row]!);
     stats.zLabel = zLabel[row]!;
-    stats.sumWeightedZ = sumWZ === null ? 0 : sumWZ[row]!;
+    stats.spreadGap = sumWGap === null ? 0 : (cfg.smoothing / V) * sumWGap[row]!;
     stats.sumSqOthers = sumSq === null ? 0 : sumSq[row]!;
     stats.stableSum = stableSum === null ? 0 : stableSum[row]!;
     stats.sumWeightedLogS = sumWLogS === null ? 0 : sumWLogS[row]!;

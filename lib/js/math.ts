@@ -311,7 +311,7 @@ export interface RowStats {
   lse: number; // log Σ exp(z)
   logSum: number; // log Σ exp(z − zMax): z − lse is formed as (z − zMax) − logSum (see minusLse)
   zLabel: number; // z_t
-  sumWeightedZ: number; // Σ_j w_j z_j (for smoothing)
+  spreadGap: number; // (α/V)·Σ_j w_j (zMax − z_j) (smoothing): terms ≥ 0, so Σ_j w_j ℓ_j never cancels at |z| ≫ 1
   sumSqOthers: number; // Σ_{j≠t} z_j² (squentropy)
   stableSum: number; // the normalizer's own row sum: S = Σ s(z_j) (stablemax); Σ_{j≠t} ψ(z_j) (gumbel)
   sumWeightedLogS: number; // Σ_j w_j log s(z_j)
@@ -342,14 +342,14 @@ export function rowLoss(k: LossConstants, st: RowStats, wLabel: number, sumWeigh
   // ℓ_t and Σ_j w_j ℓ_j are formed as differences first (lse − z_t, not lse·a − z_t·a) so a row
   // of huge logits keeps the precision of its gap.
   let labelLoss: number;
-  let spreadLoss = 0;
+  let spreadLoss = 0; // (α/V)·Σ_j w_j ℓ_j
   let pLabel: number;
   let oneMinusPLabel: number;
   if (k.normalizer === NORMALIZER_STABLEMAX) {
     const S = stablemaxRowSum(st.stableSum, st.zMax);
     const logS = Math.log(S);
     labelLoss = logS - stablemaxLogS(st.zLabel);
-    if (alpha > 0) spreadLoss = sumWeights * logS - st.sumWeightedLogS;
+    if (alpha > 0) spreadLoss = spread * (sumWeights * logS - st.sumWeightedLogS);
     const sLabel = stablemaxS(st.zLabel);
     pLabel = sLabel / S;
     oneMinusPLabel = (S - sLabel) / S;
@@ -361,17 +361,17 @@ export function rowLoss(k: LossConstants, st: RowStats, wLabel: number, sumWeigh
     oneMinusPLabel = -Math.expm1(-uLabel);
   } else if (k.normalizer === NORMALIZER_SPARSEMAX) {
     labelLoss = st.omega - (st.zLabel - st.zMax);
-    if (alpha > 0) spreadLoss = sumWeights * (st.omega + st.zMax) - st.sumWeightedZ;
+    if (alpha > 0) spreadLoss = spread * (sumWeights * st.omega) + st.spreadGap; // ℓ_j = Ω − z_j
     pLabel = Math.max(st.zLabel - st.zMax - st.tau, 0);
     oneMinusPLabel = 1 - pLabel;
   } else {
     const logP = minusLse(st.zLabel, st.zMax, st.logSum); // z_t − lse without rounding lse
     labelLoss = -logP;
-    if (alpha > 0) spreadLoss = sumWeights * st.lse - st.sumWeightedZ;
+    if (alpha > 0) spreadLoss = spread * (sumWeights * st.logSum) + st.spreadGap; // ℓ_j = lse − z_j
     pLabel = Math.exp(logP);
     oneMinusPLabel = -Math.expm1(logP); // accurate when p_t ≈ 1
   }
-  let ce = keep * labelLoss + (alpha > 0 ? spread * spreadLoss : 0);
+  let ce = keep * labelLoss + spreadLoss;
   let gceScale = 1;
   const q = k.generalizedCE ?? 0;
   if (q > 0) {

@@ -22,7 +22,8 @@
 // Denormals: with logits spread like a trained model's, most of G is far below FLT_MIN. Our
 // threads flush denormals to zero, but the BLAS's own threads do not, and a product of a tiny
 // normal G entry and a weight can still be denormal; so entries below 2^-60 of their row's
-// largest are zeroed before the GEMMs (far below what fp32 sums of that row can resolve).
+// largest (and below 2^-100) are zeroed before the GEMMs (far below what fp32 sums of that row
+// can resolve).
 // filterEps > 0, the rule of every backend (lib/js/fusedLoss.ts, the kernels): per chunk, the
 // vocabulary slices whose every |dloss/dz| is below filterEps (relative to the row's scale) are
 // skipped. Single entries are dropped too, below min(filterEps, 2^-24/V) only (the f32 default
@@ -88,8 +89,10 @@ CUTLOSS_CPU_INLINE void finishGradRow(float* g, int n, float* biasPartial, float
       minAbs = a != 0.0f && a < minAbs ? a : minAbs;
     }
   }
-  // an infinite entry: the others keep their values (but for filtering)
-  const float floor = maxAbs == positiveInfinity() ? 0.0f : maxAbs * 8.67361738e-19f;  // 2^-60
+  // an infinite entry: the others keep their values (but for filtering); at most 2^-100, whose
+  // products with any weight above 2^-26 stay normal: a row of huge gradients (squentropy at
+  // |z| = 1e30) keeps its O(1) entries
+  const float floor = maxAbs == positiveInfinity() ? 0.0f : fminf(maxAbs * 8.67361738e-19f, 7.88860905e-31f);  // 2^-60, 2^-100
   if (sliceCounts != nullptr) {
     const float t = fmaxf(entryThreshold, floor);
     for (int b0 = 0, s = 0; b0 < n; b0 += static_cast<int>(kFilterBlockCols), s++) {

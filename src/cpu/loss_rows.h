@@ -99,18 +99,16 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   // shift; squentropy's z² is not) are formed relative to their largest capped logit
   // (shiftedEffectiveLogit): x/T rounded first would cost |x/T|·2^-24 of every gap, or overflow.
   const float* z = x;
-  float zShift = 0.0f;  // the shift ÷ T
+  float rowShift = 0.0f;  // RowStats::shift
+  const bool shifted = !kPlain && shiftedBeforeTemperature(kNormalizer, p.squentropy, p.invTemperature);
   if (!kPlain) {
-    const bool shifted = p.invTemperature != 1.0f && p.squentropy == 0.0f &&
-                         (kNormalizer == kNormalizerSoftmax || kNormalizer == kNormalizerSparsemax);
     specialize(p.softcap > 0.0f, [&](auto) CUTLOSS_CPU_LAMBDA {
       if (shifted) {
 #pragma omp simd
         for (int j = 0; j < n; j++) io.z[j] = effectiveLogit(x[j], p.softcap, 1.0f);
-        const float shift = effectiveShift(rowMax(io.z, n));
+        rowShift = effectiveShift(rowMax(io.z, n));
 #pragma omp simd
-        for (int j = 0; j < n; j++) io.z[j] = shiftedEffectiveLogit(io.z[j], 0.0f, p.invTemperature, shift);
-        zShift = shift * p.invTemperature;
+        for (int j = 0; j < n; j++) io.z[j] = shiftedEffectiveLogit(io.z[j], 0.0f, p.invTemperature, rowShift);
       } else {
 #pragma omp simd
         for (int j = 0; j < n; j++) io.z[j] = effectiveLogit(x[j], p.softcap, p.invTemperature);
@@ -126,6 +124,21 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   // then scratch, x is not read again otherwise), nor for a row whose max is not finite (the
   // online path below handles ±inf and NaN).
   const float zLabel = isClass ? z[t] : quietNaN();  // before the kept pass may overwrite z (grad == x)
+  // label smoothing's (α/V)·Σ_j w_j (zMax − z_j), before the kept pass may overwrite x: a shifted row's
+  // gaps come from its capped logits, (max c − c_j)/T, as its z_j overflow where c spans ±1.7e38
+  const bool smoothing = !kPlain && p.smoothing > 0.0f;
+  float spreadGap = 0.0f;
+  if (smoothing) {
+    const float spreadScale = p.smoothing / static_cast<float>(n);
+    if (shifted) {
+      spreadGap = p.invTemperature * blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA {
+        return w[j] * scaledGap(rowShift, effectiveLogit(x[j], p.softcap, 1.0f), spreadScale);
+      });
+    } else {
+      const float zMax = rowMax(z, n);
+      spreadGap = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return w[j] * scaledGap(zMax, z[j], spreadScale); });
+    }
+  }
   float* kept = nullptr;
   LseState lse;
   if (kNormalizer == kNormalizerSoftmax && io.grad != nullptr && (kPlain || io.grad != x || p.softcap == 0.0f)) {
@@ -139,9 +152,7 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   if (kept == nullptr) lse = rowLse(z, n);
   const float m = lse.max;
   const float sumExp = lse.sum;
-  const bool smoothing = !kPlain && p.smoothing > 0.0f;
   const bool squentropy = !kPlain && p.squentropy != 0.0f;
-  const float sumWZ = smoothing ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return w[j] * z[j]; }) : 0.0f;
   const float sumSq = squentropy ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return j != t ? z[j] * z[j] : 0.0f; }) : 0.0f;
   const bool stable = kNormalizer == kNormalizerStablemax;
   const float stableScale = stable ? stablemaxSumScale(m) : 1.0f;  // S may overflow; S·scale cannot
@@ -151,10 +162,10 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
       ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return j != t ? gumbelPsi(z[j]) : 0.0f; }) : 0.0f;
   const float sumWLogS = stable && smoothing ? blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return w[j] * stablemaxLogS(z[j]); }) : 0.0f;
   RowStats st;
-  st.lse = lseValue(LseState{m, sumExp}) + zShift;
+  st.lse = lseValue(LseState{m, sumExp}) + rowShift * p.invTemperature;
   st.logSum = logf(sumExp);
   st.zLabel = zLabel;
-  st.sumWeightedZ = sumWZ;
+  st.spreadGap = spreadGap;
   st.sumSqOthers = sumSq;
   st.stableSum = kNormalizer == kNormalizerGumbel ? gumbelSum : stableSum;
   st.sumWeightedLogS = sumWLogS;
@@ -162,6 +173,7 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   st.tau = 0.0f;
   st.omega = 0.0f;
   st.support = 0.0f;
+  st.shift = rowShift;
   if (kNormalizer == kNormalizerSparsemax) {
     if (m > negativeInfinity() && m < positiveInfinity()) {
       const SparsemaxRowThreshold th = sparsemaxThresholdOfCandidates(z, n, m, io.candidates);

@@ -237,6 +237,83 @@ describe('linearCrossEntropy kernels under the emulator: every option, odd shape
   });
 });
 
+// ---------------------------------------------------------------- float32 edges across tiles
+
+describe('float32 edges across tiles, splits and warp columns: temperature at |x| ≫ 1, StableMax sums past FLT_MAX', () => {
+  // E and W hold small values exact in bf16 and tf32 (so are their products); the bias carries the
+  // magnitude, so every tile product and forward sees the same fp32 logits bias + e·w. The classes
+  // near each row's max sit in different 64-class tiles and 128-class mma tiles: the online state's
+  // rescaling across tiles, splits and warp columns is what is checked, against float64.
+  const [N, D, V] = [6, 16, 150];
+  const steps = [-0.25, 0, 0.25];
+  const rng = ref.mulberry32(4242);
+  const eRows = Array.from({ length: N }, () => Array.from({ length: D }, () => steps[Math.floor(rng() * 3)]!));
+  const wRows = Array.from({ length: V }, () => Array.from({ length: D }, () => steps[Math.floor(rng() * 3)]!));
+  const labels = Int32Array.of(5, 70, 140, 100, 5, 31);
+  const biasOf = (top: Record<number, number>, rest: (j: number) => number) =>
+    Float32Array.from({ length: V }, (_, j) => top[j] ?? rest(j));
+  const CASES: [string, Float32Array, LinearCrossEntropyOptions[]][] = [
+    // gaps of a few units at 1e4: x/T rounded first would cost ~1e-3 of each
+    ['maxima near 1e4', biasOf({ 5: 1e4, 70: 1e4 - 1, 100: 1e4 - 2, 140: 1e4 - 0.5 }, (j) => -1e4 + (j % 7)), [
+      { temperature: 0.7, reduction: 'none' },
+      { temperature: 1.5, reduction: 'none' },
+      { temperature: 0.7, normalizer: 'sparsemax', reduction: 'none' },
+      { temperature: 0.7, focalGamma: 2, reduction: 'none' },
+      // smoothing's gap sum, moved with the max across tiles (Σ w·lse − Σ w·z would cancel here)
+      { labelSmoothing: 0.1, classWeights: Float32Array.from({ length: V }, (_, j) => 0.5 + (j % 4) / 2), reduction: 'none' },
+    ]],
+    // ties at 3e38 in tiles 0 and 2: x/T overflows where T < 1
+    ['ties at 3e38', biasOf({ 5: 3e38, 140: 3e38 }, (j) => (j % 3) - 1e30 * (j % 2)), [
+      { temperature: 0.7, reduction: 'none' },
+      { temperature: 0.7, normalizer: 'sparsemax', reduction: 'none' },
+      { temperature: 0.7, labelSmoothing: 0.1, reduction: 'none' }, // gaps past FLT_MAX, scaled by α/V per term
+    ]],
+    // S = Σ s(z) > FLT_MAX, its terms in three tiles; a later tile's larger max rescales the earlier partials
+    ['StableMax S past FLT_MAX', biasOf({ 10: 2e38, 70: 1e4, 100: 2.5e38, 140: 1.5e38 }, (j) => (j % 5) - 2 - 1e20 * (j % 3)), [
+      { normalizer: 'stablemax', reduction: 'none' },
+      { normalizer: 'stablemax', polyEpsilon: 0.5, reduction: 'none' },
+    ]],
+  ];
+  const PATHS: [string, Dtype, KernelSettings][] = [
+    ['FMA, one split', 'f32', { gemm: 'fma', vocabSplits: 1 }],
+    ['FMA, three splits', 'f32', { gemm: 'fma', vocabSplits: 3 }],
+    ['FMA, deterministic', 'f32', { gemm: 'fma', vocabSplits: 2, deterministic: true }],
+    ['tf32 mma forward', 'f32', { tf32: true, vocabSplits: 1 }],
+    ['bf16 mma forward and backward', 'bf16', { vocabSplits: 2 }],
+  ];
+  const runs: [Problem, LinearCrossEntropyOptions, KernelSettings][] = [];
+  const labelsOf: string[] = [];
+  for (const [name, bias, optionsList] of CASES) {
+    for (const options of optionsList) {
+      for (const [path, dtype, settings] of PATHS) {
+        runs.push([{ E: matrix(eRows, dtype), W: matrix(wRows, dtype), labels, bias }, options, settings]);
+        labelsOf.push(`${name}, ${JSON.stringify(options)}, ${path}`);
+      }
+    }
+  }
+  let results: KernelRun[] = [];
+  beforeAll(() => {
+    results = onKernels(runs);
+  }, SLOW);
+
+  runs.forEach(([p, options, settings], i) => {
+    it(labelsOf[i]!, () => {
+      const g = results[i]!;
+      const want = refOf(p, options);
+      // the logits are exact fp32 on every path, so the loss and lse are fp32's (overflowing where float32 does);
+      // the tensor-core backwards round G to bf16 or tf32
+      expectClose(lossList(g.loss), lossList(want.loss), { rtol: 1e-5, atol: 1e-6, storedAsF32: true, label: 'loss' });
+      expectClose(g.lse, want.lse, { rtol: 1e-6, atol: 1e-6, storedAsF32: true, label: 'lse' });
+      const tol = p.E.dtype === 'bf16' ? { rtol: 2 ** -7, atol: 1e-6 } : settings.tf32 ? { rtol: 2 ** -10, atol: 1e-6 } : { rtol: 1e-5, atol: 1e-7 };
+      expectClose(g.dE!, want.dE, { ...tol, label: 'dE' });
+      expectClose(g.dW!, want.dW, { ...tol, label: 'dW' });
+      expectClose(g.dBias!, want.dBias!, { ...tol, label: 'dBias' });
+      if (p.E.dtype === 'bf16' && options.normalizer !== 'sparsemax') expect(g.mmaBlocks, 'the mma forward ran').toBeGreaterThan(0);
+      if (i % PATHS.length === 1) expect(g.splits, 'three splits').toBe(3);
+    });
+  });
+});
+
 // ---------------------------------------------------------------- tile products
 
 describe('tile products: FMA, bf16 wmma and tf32 wmma give the same losses and gradients', () => {
