@@ -1,4 +1,4 @@
-// Gumbel-softmax (Jang et al. 2017): softmax((x + g)/τ), hard samples as the one-hot of the
+// Gumbel-softmax (Jang et al. 2017): softmax((x + g)/τ), formed as ((x − max) + g)/τ, hard samples as the one-hot of the
 // argmax, and the straight-through backward. The noise g of element e = row·cols + col is
 // recomputed from (seed, e) wherever it is needed (counter-based Philox, cuda/math/philox.cuh),
 // so it is never stored and every backend draws the same samples for the same seed.
@@ -9,9 +9,18 @@ namespace CUTLOSS_KERNEL_NS {
 
 // ---------------------------------------------------------------- kernels
 
-/** (x_e + g_e)/τ for flat element e (int64: e = row·cols + col may exceed 2^31). */
-__device__ __forceinline__ float perturbedLogit(const MatrixRef& x, float tau, uint64_t seed, int64_t e) {
-  return (loadElement(x.data, x.dtype, e) + gumbelNoiseAt(seed, e)) / tau;
+/** ((x_e − shift) + g_e)/τ for flat element e (int64: e = row·cols + col may exceed 2^31). */
+__device__ __forceinline__ float perturbedLogit(const MatrixRef& x, float tau, uint64_t seed, int64_t e, float shift) {
+  return gumbelPerturbed(loadElement(x.data, x.dtype, e), shift, gumbelNoiseAt(seed, e), tau);
+}
+
+/** The row's shift (gumbelPerturbed): its largest finite x, from one reduction. */
+__device__ __forceinline__ float perturbShift(const MatrixRef& x, int64_t base) {
+  float max = negativeInfinity();
+  for (int j = threadIdx.x; j < static_cast<int>(x.cols); j += blockDim.x) {
+    max = maxPropagatingNaN(max, loadElement(x.data, x.dtype, base + j));
+  }
+  return effectiveShift(blockMax(max));
 }
 
 /** The first maximum of a row, and whether any value was NaN (then no argmax exists). */
@@ -38,10 +47,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   const ArgMax none{negativeInfinity(), INT32_MAX, 0};
   for (int64_t row = blockIdx.x; row < x.rows; row += gridDim.x) {
     const int64_t base = row * x.cols;
+    const float shift = perturbShift(x, base);
     if (hard) {  // uniform across the grid
       ArgMax best = none;
       for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-        const float v = perturbedLogit(x, tau, seed, base + j);
+        const float v = perturbedLogit(x, tau, seed, base + j, shift);
         best = CombineArgMax()(best, ArgMax{v, j, isNaN(v) ? 1 : 0});
       }
       best = blockAllReduce(best, CombineArgMax(), none);
@@ -50,11 +60,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       }
     } else {
       LseState s = lseEmpty();
-      for (int j = threadIdx.x; j < cols; j += blockDim.x) s = lsePush(s, perturbedLogit(x, tau, seed, base + j));
+      for (int j = threadIdx.x; j < cols; j += blockDim.x) s = lsePush(s, perturbedLogit(x, tau, seed, base + j, shift));
       s = blockLse(s);
       const float logSum = logf(s.sum);
       for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-        storeElement(y.data, y.dtype, base + j, expMinusLse(perturbedLogit(x, tau, seed, base + j), s.max, logSum));
+        storeElement(y.data, y.dtype, base + j, expMinusLse(perturbedLogit(x, tau, seed, base + j, shift), s.max, logSum));
       }
     }
   }
@@ -66,17 +76,18 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   const int cols = static_cast<int>(x.cols);
   for (int64_t row = blockIdx.x; row < x.rows; row += gridDim.x) {
     const int64_t base = row * x.cols;
+    const float shift = perturbShift(x, base);
     LseState s = lseEmpty();
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) s = lsePush(s, perturbedLogit(x, tau, seed, base + j));
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) s = lsePush(s, perturbedLogit(x, tau, seed, base + j, shift));
     s = blockLse(s);
     const float logSum = logf(s.sum);
     float dot = 0.0f;
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-      dot += loadElement(dy.data, dy.dtype, base + j) * expMinusLse(perturbedLogit(x, tau, seed, base + j), s.max, logSum);
+      dot += loadElement(dy.data, dy.dtype, base + j) * expMinusLse(perturbedLogit(x, tau, seed, base + j, shift), s.max, logSum);
     }
     dot = blockSum(dot);
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-      const float yj = expMinusLse(perturbedLogit(x, tau, seed, base + j), s.max, logSum);
+      const float yj = expMinusLse(perturbedLogit(x, tau, seed, base + j, shift), s.max, logSum);
       storeElement(dx.data, dx.dtype, base + j, yj * (loadElement(dy.data, dy.dtype, base + j) - dot) / tau);
     }
   }

@@ -41,6 +41,10 @@ __global__ void __launch_bounds__(kMaxRowThreads) sparsemaxBackwardKernel(Matrix
     const float m = rowMax(x, base);
     const auto relative = [&](int j) { return loadElement(x.data, x.dtype, base + j) - m; };
     const float tau = sparsemaxThresholdOfRow(relative, cols, m).tau;
+    if (isNaN(tau)) {  // uniform: a row without a finite distribution (+inf, NaN, all −inf) has a NaN gradient
+      for (int j = threadIdx.x; j < cols; j += blockDim.x) storeElement(dx.data, dx.dtype, base + j, quietNaN());
+      continue;
+    }
     FloatPair s{0.0f, 0.0f};  // Σ_supp dy, |supp|
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       if (relative(j) > tau) {

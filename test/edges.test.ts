@@ -40,6 +40,23 @@ function withBackend<T>(name: string, fn: () => T): T {
   }
 }
 
+const MASK = Uint8Array.of(1, 1, 0, 1, 1); // shared by every row
+const GUMBEL = { tau: 0.5, seed: 7 };
+
+/**
+ * README's rule for a row without a finite distribution (a NaN or +inf among its unmasked
+ * entries, or none above −inf): all of its outputs are NaN, masked ones too (as PyTorch's
+ * masked_fill(−inf) then softmax). The float64 references of entmax-1.5 and of masks do not
+ * follow it on their own.
+ */
+function nanRows(rows: ref.Rows, out: number[][], mask?: Uint8Array): number[][] {
+  return out.map((o, i) => {
+    const live = Array.from(rows[i]!).filter((_, j) => mask === undefined || mask[j] !== 0);
+    const none = live.some((v) => Number.isNaN(v) || v === Infinity) || live.every((v) => v === -Infinity);
+    return none ? o.map(() => NaN) : o;
+  });
+}
+
 const ROW_OPS: [string, (x: lib.Tensor) => lib.Tensor, (r: ref.Rows) => number[][]][] = [
   ['softmax', (x) => lib.softmax(x), (r) => ref.softmax(r)],
   ['logSoftmax', (x) => lib.logSoftmax(x), (r) => ref.logSoftmax(r)],
@@ -48,6 +65,11 @@ const ROW_OPS: [string, (x: lib.Tensor) => lib.Tensor, (r: ref.Rows) => number[]
   ['stablemax', lib.stablemax, ref.stablemax],
   ['logStablemax', lib.logStablemax, ref.logStablemax],
   ['sparsemax', lib.sparsemax, ref.sparsemax],
+  ['entmax15', lib.entmax15, (r) => nanRows(r, ref.entmax15(r))],
+  ['softmax masked', (x) => lib.softmax(x, { mask: MASK }), (r) => nanRows(r, ref.softmax(r, { mask: MASK }), MASK)],
+  ['logSoftmax masked T=0.5', (x) => lib.logSoftmax(x, { mask: MASK, temperature: 0.5 }),
+    (r) => nanRows(r, ref.logSoftmax(r, { mask: MASK, temperature: 0.5 }), MASK)],
+  ['gumbelSoftmax τ=0.5', (x) => lib.gumbelSoftmax(x, GUMBEL), (r) => ref.gumbelSoftmax(r, GUMBEL)],
 ];
 
 const LOSS_OPTIONS: [string, CrossEntropyOptions][] = [
@@ -87,6 +109,15 @@ describe.each(BACKENDS)('float32 edge matrix on %s', (backend) => {
         const gotS = withBackend(backend, () => (log ? lib.logStablemaxBackward : lib.stablemaxBackward)(x, dyT));
         const wantS = (log ? ref.logStablemaxBackward : ref.stablemaxBackward)(rows, dy);
         expectElementsClose(gotS.data as Float32Array, flat(wantS), `${log ? 'logStablemax' : 'stablemax'}Backward`);
+      }
+      const VJPS: [string, (x: lib.Tensor, dy: lib.Tensor) => lib.Tensor, (x: ref.Rows, dy: ref.Rows) => number[][]][] = [
+        ['sparsemaxBackward', lib.sparsemaxBackward, ref.sparsemaxBackward],
+        ['entmax15Backward', lib.entmax15Backward, (a, b) => nanRows(a, ref.entmax15Backward(a, b))],
+        ['gumbelSoftmaxBackward', (a, b) => lib.gumbelSoftmaxBackward(a, b, GUMBEL), (a, b) => ref.gumbelSoftmaxBackward(a, b, GUMBEL)],
+      ];
+      for (const [op, run, want] of VJPS) {
+        const got = withBackend(backend, () => run(x, dyT));
+        expectElementsClose(got.data as Float32Array, flat(want(rows, dy)), op);
       }
       // logSumExp of a row with +inf is +inf (as torch.logsumexp), of an all −inf row −inf; at
       // T = 0.5 a finite row's lse may exceed float32 (+inf), its softmax does not

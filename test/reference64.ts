@@ -359,10 +359,17 @@ export interface GumbelOptions {
   seed: number;
 }
 
+// softmax((x + g)/τ) = softmax(((x − max) + g)/τ) for the row's largest finite x: formed so, the
+// noise still decides ties at |x| ≳ 1e16, which x + g rounds away even in float64
 const gumbelFn = (rows: Rows, opts: GumbelOptions) => {
   const tau = checkTemperature(opts.tau);
   const g = gumbelNoise(opts.seed, rows.length, rows.length ? rows[0].length : 0);
-  return (x: Dual[], i: number) => softmaxRowD(x.map((xj, j) => xj.add(g[i][j])), tau);
+  return (x: Dual[], i: number) => {
+    const row = Array.from(rows[i]);
+    const finite = row.filter(Number.isFinite);
+    const shift = finite.length > 0 && !row.some(Number.isNaN) ? Math.max(...finite) : 0;
+    return softmaxRowD(x.map((xj, j) => xj.add(-shift).add(g[i][j])), tau);
+  };
 };
 
 /** softmax((x + g)/tau); hard: one-hot of the first argmax. */

@@ -62,4 +62,11 @@ CUTLOSS_HD float gumbelNoiseAt(uint64_t seed, int64_t e) {
   return gumbelFromUniform(uniformFromWord(word));
 }
 
+/**
+ * Gumbel-softmax's perturbed logit ((x − shift) + g)/τ, with shift the row's largest finite x
+ * (effectiveShift; softmax and the argmax are invariant to it): x + g formed first would round
+ * g away at |x| ≫ 1 (1e-3 of it at 1e4) and overflow near FLT_MAX.
+ */
+CUTLOSS_HD float gumbelPerturbed(float x, float shift, float noise, float tau) { return ((x - shift) + noise) / tau; }
+
 }  // namespace cutloss

@@ -21,11 +21,21 @@ export function gumbelNoise(seed: number, count: number): Float64Array {
   return noise;
 }
 
-/** Soft samples y = softmax((x + g)/τ) as float64, row-major. */
+/**
+ * Soft samples y = softmax((x + g)/τ) as float64, row-major, formed as ((x − max) + g)/τ with the
+ * row's largest finite x (cuda/math/philox.cuh, gumbelPerturbed): at |x| ≳ 1e16, x + g would
+ * round g away even in float64 (ties at 1e30 would stay ties).
+ */
 function softSamples(inp: RowwiseInput, tau: number, seed: number): Float64Array {
   const { x, rows, cols } = inp;
   const y = gumbelNoise(seed, rows * cols);
-  for (let i = 0; i < y.length; i++) y[i] = (x[i]! + y[i]!) / tau;
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    let max = -Infinity;
+    for (let j = 0; j < cols; j++) if (!(x[base + j]! <= max)) max = x[base + j]!; // NaN wins
+    const shift = Number.isFinite(max) ? max : 0;
+    for (let j = base; j < base + cols; j++) y[j] = (x[j]! - shift + y[j]!) / tau;
+  }
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     const { max, sum } = lseOfBlock(y, base, base + cols);

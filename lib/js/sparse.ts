@@ -111,6 +111,10 @@ export function sparsemax(inp: RowwiseInput): Float32Array {
 /** dx_k = [k ∈ supp]·(dy_k − mean over supp of dy). */
 export function sparsemaxBackward(inp: RowwiseInput, dy: Float32Array): Float32Array {
   return byRow(inp, sparsemaxRowThreshold, (out, base, v, tau) => {
+    if (Number.isNaN(tau)) {
+      out.fill(NaN, base, base + inp.cols); // a row without a finite distribution (+inf, NaN, all −inf), as its forward
+      return;
+    }
     let sum = 0;
     let count = 0;
     for (let j = 0; j < inp.cols; j++) {

@@ -1,4 +1,4 @@
-// Gumbel-softmax on the CPU (cuda/gumbel.cu's math): softmax((x + g)/τ), hard samples as the
+// Gumbel-softmax on the CPU (cuda/gumbel.cu's math): softmax(((x − max) + g)/τ), hard samples as the
 // one-hot of the first argmax, and the straight-through backward. The noise of element
 // e = row·cols + col comes from gumbelNoiseAt(seed, e) (Philox-4x32-10, cuda/math/philox.cuh),
 // so every backend draws the same samples for the same seed. It is computed once per row
@@ -13,8 +13,9 @@ namespace cutloss::cpu {
 namespace {
 
 CUTLOSS_CPU_INLINE void perturbedRow(const float* x, float tau, uint64_t seed, int64_t base, int n, float* z) {
+  const float shift = effectiveShift(rowMax(x, n));
 #pragma omp simd
-  for (int j = 0; j < n; j++) z[j] = (x[j] + gumbelNoiseAt(seed, base + j)) / tau;
+  for (int j = 0; j < n; j++) z[j] = gumbelPerturbed(x[j], shift, gumbelNoiseAt(seed, base + j), tau);
 }
 
 CUTLOSS_CPU_CLONES void gumbelRows(const HostMatrix& x, float tau, bool hard, uint64_t seed, float* y, float* widened,

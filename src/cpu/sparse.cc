@@ -66,6 +66,8 @@ CUTLOSS_CPU_CLONES void sparseBackwardRows(const HostMatrix& x, const float* dy,
       const float q = b / a;
 #pragma omp simd
       for (int j = 0; j < n; j++) out[j] = reluPropagatingNaN(out[j] - tau) * (g[j] - q);
+    } else if (tau != tau) {  // a row without a finite distribution (+inf, NaN, all −inf): NaN, as its forward
+      for (int j = 0; j < n; j++) out[j] = quietNaN();
     } else {
       const float a = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return out[j] > tau ? g[j] : 0.0f; });
       const float b = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return out[j] > tau ? 1.0f : 0.0f; });  // |supp|, exact below 2^24
