@@ -7,6 +7,10 @@
 //   4. dW += Gᵀ·E_chunk, dBias += Σ_rows G (GEMM 3)
 // A forward and a separate backward would compute the logits twice (four GEMMs). Bigger
 // chunks make GEMM 3 cheaper (dW is read and written once per chunk) and cost memory.
+// Steps 3 and 4 of a chunk and step 1 of the next run in one pass over the vocabulary slices:
+// each slice of W is read from memory once per chunk, not twice, and the next chunk's logits
+// overwrite the slice of G just used. At a large vocabulary the chunks are short and the call
+// is bound by memory traffic (W and dW once per chunk), so that read is a fifth of it.
 // Harmonic logits (p.harmonicExponent > 0, cuda/math/harmonic.cuh): step 2 first turns each
 // row's e·w into −(n/2)·log d² (the squared norms computed once per call), and its G into
 // H = n·G/d² after filtering; GEMMs 2 and 3 take H, then dE_i −= e_i·Σ_j H_ij per chunk and
@@ -288,8 +292,10 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   const auto* Wb = static_cast<const uint16_t*>(W.data);
   const int64_t gTile = chunkRows * std::min(V, kFilterBlockCols);
   std::vector<std::vector<uint16_t>> gBf16(bf16Gemm && grad ? threads : 0, std::vector<uint16_t>(static_cast<size_t>(gTerms * gTile)));
-  std::unique_ptr<HostBuffer> eChunk;
-  if (E.dtype == DType::BF16) eChunk = std::make_unique<HostBuffer>(static_cast<size_t>(chunkRows * D) * sizeof(float));
+  std::unique_ptr<HostBuffer> eChunk[2];
+  if (E.dtype == DType::BF16) {
+    for (auto& b : eChunk) b = std::make_unique<HostBuffer>(static_cast<size_t>(chunkRows * D) * sizeof(float));
+  }
 
   std::vector<float> ones;
   if (p.classWeights == nullptr) ones.assign(static_cast<size_t>(V), 1.0f);
@@ -302,6 +308,7 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   const std::vector<float> colSq = harmonic ? squaredRowNorms(W) : std::vector<float>();
   Scratch sqDistance(harmonic ? V : 0);
   std::vector<double> colSumH(harmonic && grad ? static_cast<size_t>(V) : 0);
+  std::vector<std::vector<double>> rowSumH(harmonic && grad ? threads : 0, std::vector<double>(static_cast<size_t>(chunkRows)));  // per thread
   Scratch biasPartial(grad && bias != nullptr && out.dBias != nullptr ? V : 0);
   Scratch dEPartial(grad ? chunkRows * D : 0);  // each thread's share of G·W for the chunk
   const int64_t slices = (V + kFilterBlockCols - 1) / kFilterBlockCols;
@@ -318,30 +325,99 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   const auto sliceCols = [&](int64_t s) { return std::pair<int64_t, int64_t>{s * kFilterBlockCols, std::min(V, (s + 1) * kFilterBlockCols)}; };
 
   SerialGemmScope serialGemm;  // every thread runs its own products on slices of the vocabulary
-  for (int64_t r0 = 0; r0 < N; r0 += chunkRows) {
-    const int64_t nr = std::min(chunkRows, N - r0);
-    stats.chunks++;
-    const float* Ec = static_cast<const float*>(E.data) + r0 * D;
-    const uint16_t* Ecb = static_cast<const uint16_t*>(E.data) + r0 * D;
+  // A chunk's rows of E: f32 as given, bf16 widened into one of two buffers (the slice pass
+  // reads chunk k's while it forms chunk k + 1's logits) and as given (the bf16 GEMM's bits).
+  struct Chunk {
+    int64_t r0 = 0, nr = 0;
+    const float* Ec = nullptr;
+    const uint16_t* Ecb = nullptr;
+  };
+  const auto chunkAt = [&](int64_t k) {
+    Chunk c;
+    c.r0 = k * chunkRows;
+    c.nr = std::min(chunkRows, N - c.r0);
+    c.Ec = static_cast<const float*>(E.data) + c.r0 * D;
+    c.Ecb = static_cast<const uint16_t*>(E.data) + c.r0 * D;
     if (E.dtype == DType::BF16) {
-      const auto* src = static_cast<const uint16_t*>(E.data) + r0 * D;
-      float* dst = eChunk->as<float>();
-      parallelFor(nr, rowGrain(D), [&](int64_t i0, int64_t i1, int) { widenRows(src + i0 * D, dst + i0 * D, (i1 - i0) * D); });
-      Ec = dst;
+      float* dst = eChunk[k % 2]->as<float>();
+      parallelFor(c.nr, rowGrain(D), [&](int64_t i0, int64_t i1, int) { widenRows(c.Ecb + i0 * D, dst + i0 * D, (i1 - i0) * D); });
+      c.Ec = dst;
     }
-    float* L = logits.as<float>();
-
-    // 1. L[:, slice] = E_chunk·W[slice]ᵀ, slice by slice as threads come free
-    parallelFor(slices, 1, [&](int64_t s0, int64_t s1, int) {
-      for (int64_t s = s0; s < s1; s++) {
-        const auto [c0, c1] = sliceCols(s);
-        if (bf16Gemm) {
-          bf16GemmSerial(false, true, nr, c1 - c0, D, Ecb, D, Wb + c0 * D, D, 0.0f, L + c0, V);
-        } else {
-          sgemmSerial(false, true, nr, c1 - c0, D, 1.0f, Ec, D, W32 + c0 * D, D, 0.0f, L + c0, V);
+    return c;
+  };
+  float* L = logits.as<float>();
+  // 1. L[:, slice] = E_chunk·W[slice]ᵀ
+  const auto logitSlice = [&](const Chunk& c, int64_t s) {
+    const auto [c0, c1] = sliceCols(s);
+    if (bf16Gemm) {
+      bf16GemmSerial(false, true, c.nr, c1 - c0, D, c.Ecb, D, Wb + c0 * D, D, 0.0f, L + c0, V);
+    } else {
+      sgemmSerial(false, true, c.nr, c1 - c0, D, 1.0f, c.Ec, D, W32 + c0 * D, D, 0.0f, L + c0, V);
+    }
+  };
+  // 3. a kept slice: dE_chunk += G[:, slice]·W[slice] (into the thread's partial),
+  //    dW[slice] += G[:, slice]ᵀ·E_chunk (dW starts zero-filled: the first chunk need not read it),
+  //    dBias[slice] += the threads' column sums of G
+  const auto gradientSlice = [&](const Chunk& c, int64_t s, int w) {
+    const auto [c0, c1] = sliceCols(s);
+    const int64_t nr = c.nr;
+    if (kept[s] && sparse[s]) {
+      if (!dEStarted[w]) std::memset(dEPartial[w], 0, static_cast<size_t>(nr * D) * sizeof(float));
+      dEStarted[w] = 1;
+      sparseSliceProducts(L, V, nr, c0, c1, W32, c.Ec, D, dEPartial[w], out.dW);
+    } else if (kept[s] && bf16Gemm) {
+      uint16_t* Gb = gBf16[w].data();
+      roundToBf16(L + c0, V, nr, c1 - c0, Gb, gTerms == 2 ? Gb + gTile : nullptr);
+      for (int t = 0; t < gTerms; t++) {
+        const uint16_t* Gt = Gb + t * gTile;
+        bf16GemmSerial(false, false, nr, D, c1 - c0, Gt, c1 - c0, Wb + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
+                       dEPartial[w], D);
+        dEStarted[w] = 1;
+        if (out.dW != nullptr) {
+          bf16GemmSerial(true, false, c1 - c0, D, nr, Gt, c1 - c0, c.Ecb, D, c.r0 == 0 && t == 0 ? 0.0f : 1.0f,
+                         out.dW + c0 * D, D);
         }
       }
-    });
+    } else if (kept[s]) {
+      sgemmSerial(false, false, nr, D, c1 - c0, 1.0f, L + c0, V, W32 + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
+                  dEPartial[w], D);
+      dEStarted[w] = 1;
+      if (out.dW != nullptr) {
+        sgemmSerial(true, false, c1 - c0, D, nr, 1.0f, L + c0, V, c.Ec, D, c.r0 == 0 ? 0.0f : 1.0f, out.dW + c0 * D, D);
+      }
+    }
+    if (out.dBias != nullptr && bias != nullptr) {
+      for (int t = 0; t < threads; t++) {
+        float* part = biasPartial[t];
+        if (kept[s]) {
+          for (int64_t j = c0; j < c1; j++) out.dBias[j] += part[j];
+        }
+        std::memset(part + c0, 0, static_cast<size_t>(c1 - c0) * sizeof(float));
+      }
+    }
+    if (harmonic && kept[s]) {  // Σ_j H_ij and Σ_i H_ij of the entries the products used (this thread owns the slice)
+      double* rowSum = rowSumH[static_cast<size_t>(w)].data();
+      for (int64_t i = 0; i < nr; i++) {
+        const float* h = L + i * V;
+        double sum = 0.0;
+        for (int64_t j = c0; j < c1; j++) {
+          colSumH[static_cast<size_t>(j)] += h[j];
+          sum += h[j];
+        }
+        rowSum[i] += sum;
+      }
+    }
+  };
+
+  Chunk chunk = chunkAt(0);
+  parallelFor(slices, 1, [&](int64_t s0, int64_t s1, int) {
+    for (int64_t s = s0; s < s1; s++) logitSlice(chunk, s);
+  });
+  for (int64_t k = 0; k < chunkCount; k++) {
+    const int64_t r0 = chunk.r0, nr = chunk.nr;
+    stats.chunks++;
+    const bool more = k + 1 < chunkCount;
+    const Chunk next = more ? chunkAt(k + 1) : Chunk{};
 
     // 2. each row: + b, its loss, its gradient G in place
     ChunkRowsArgs args{&call, L, r0, V, bias, labels, scaleWeighted, scaleUnweighted, grad, &out.rows,
@@ -351,116 +427,80 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
       linearChunkRows(args, z[w], candidates[w], sqDistance[w], biasPartial[w], filtering ? flags[w].data() : nullptr,
                       entryFiltering ? counts[w].data() : nullptr, i0, i1);
     });
-    if (!grad) continue;
 
-    // Which vocabulary slices the backward visits, and how: a slice of few entries left costs
-    // less as per-entry products than as a GEMM over all of it.
-    stats.gradEntries += nr * V;
-    if (entryFiltering) {
-      for (int64_t s = 0; s < slices; s++) {
-        int64_t left = 0;
-        uint8_t any = 0;
-        for (int t = 0; t < threads; t++) {
-          left += counts[t][s];
-          counts[t][s] = 0;
-          any |= flags[t][s];
-          flags[t][s] = 0;
-        }
-        const auto [c0, c1] = sliceCols(s);
-        const int64_t entries = nr * (c1 - c0);
-        kept[s] = any && left > 0 ? 1 : 0;
-        sparse[s] = kept[s] && static_cast<double>(left) <= kSparseSliceDensity * static_cast<double>(entries) ? 1 : 0;
-        stats.sparseBlocks += sparse[s];
-        stats.gradEntriesUsed += sparse[s] ? left : kept[s] ? entries : 0;
-      }
-    } else if (filtering) {
-      for (int64_t s = 0; s < slices; s++) {
-        uint8_t any = 0;
-        for (auto& f : flags) {
-          any |= f[s];
-          f[s] = 0;
-        }
-        kept[s] = any;
-      }
-    }
-    if (!entryFiltering) {
-      for (int64_t s = 0; s < slices; s++) stats.gradEntriesUsed += kept[s] ? nr * (sliceCols(s).second - sliceCols(s).first) : 0;
-    }
-    stats.blocks += slices;
-    for (int64_t s = 0; s < slices; s++) stats.skippedBlocks += kept[s] ? 0 : 1;
-
-    // 3. per kept slice: dE_chunk += G[:, slice]·W[slice] (into the thread's partial),
-    //    dW[slice] += G[:, slice]ᵀ·E_chunk (dW starts zero-filled: the first chunk need not read it),
-    //    dBias[slice] += the threads' column sums of G
-    std::fill(dEStarted.begin(), dEStarted.end(), 0);
-    parallelFor(slices, 1, [&](int64_t s0, int64_t s1, int w) {
-      for (int64_t s = s0; s < s1; s++) {
-        const auto [c0, c1] = sliceCols(s);
-        if (kept[s] && sparse[s]) {
-          if (!dEStarted[w]) std::memset(dEPartial[w], 0, static_cast<size_t>(nr * D) * sizeof(float));
-          dEStarted[w] = 1;
-          sparseSliceProducts(L, V, nr, c0, c1, W32, Ec, D, dEPartial[w], out.dW);
-        } else if (kept[s] && bf16Gemm) {
-          uint16_t* Gb = gBf16[w].data();
-          roundToBf16(L + c0, V, nr, c1 - c0, Gb, gTerms == 2 ? Gb + gTile : nullptr);
-          for (int t = 0; t < gTerms; t++) {
-            const uint16_t* Gt = Gb + t * gTile;
-            bf16GemmSerial(false, false, nr, D, c1 - c0, Gt, c1 - c0, Wb + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
-                           dEPartial[w], D);
-            dEStarted[w] = 1;
-            if (out.dW != nullptr) {
-              bf16GemmSerial(true, false, c1 - c0, D, nr, Gt, c1 - c0, Ecb, D, r0 == 0 && t == 0 ? 0.0f : 1.0f,
-                             out.dW + c0 * D, D);
-            }
-          }
-        } else if (kept[s]) {
-          sgemmSerial(false, false, nr, D, c1 - c0, 1.0f, L + c0, V, W32 + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
-                      dEPartial[w], D);
-          dEStarted[w] = 1;
-          if (out.dW != nullptr) {
-            sgemmSerial(true, false, c1 - c0, D, nr, 1.0f, L + c0, V, Ec, D, r0 == 0 ? 0.0f : 1.0f, out.dW + c0 * D, D);
-          }
-        }
-        if (out.dBias != nullptr && bias != nullptr) {
-          for (int t = 0; t < threads; t++) {
-            float* part = biasPartial[t];
-            if (kept[s]) {
-              for (int64_t j = c0; j < c1; j++) out.dBias[j] += part[j];
-            }
-            std::memset(part + c0, 0, static_cast<size_t>(c1 - c0) * sizeof(float));
-          }
-        }
-        if (harmonic && kept[s]) {  // Σ_i H_ij of the entries the products used (this thread owns the slice)
-          for (int64_t i = 0; i < nr; i++) {
-            const float* h = L + i * V;
-            for (int64_t j = c0; j < c1; j++) colSumH[static_cast<size_t>(j)] += h[j];
-          }
-        }
-      }
-    });
-    // dE rows of the chunk = the sum of the threads' partials (harmonic: − e_i·Σ_j H_ij over the kept slices)
-    float* dEc = out.dE + r0 * D;
-    parallelFor(nr, rowGrain(D), [&](int64_t i0, int64_t i1, int) {
-      for (int64_t i = i0; i < i1; i++) {
-        float* dst = dEc + i * D;
-        std::memset(dst, 0, static_cast<size_t>(D) * sizeof(float));
-        for (int t = 0; t < threads; t++) {
-          if (!dEStarted[t]) continue;
-          const float* src = dEPartial[t] + i * D;
-          for (int64_t k = 0; k < D; k++) dst[k] += src[k];
-        }
-        if (!harmonic) continue;
-        double rowSum = 0.0;
+    if (grad) {
+      // Which vocabulary slices the backward visits, and how: a slice of few entries left costs
+      // less as per-entry products than as a GEMM over all of it.
+      stats.gradEntries += nr * V;
+      if (entryFiltering) {
         for (int64_t s = 0; s < slices; s++) {
-          if (!kept[s]) continue;
+          int64_t left = 0;
+          uint8_t any = 0;
+          for (int t = 0; t < threads; t++) {
+            left += counts[t][s];
+            counts[t][s] = 0;
+            any |= flags[t][s];
+            flags[t][s] = 0;
+          }
           const auto [c0, c1] = sliceCols(s);
-          for (int64_t j = c0; j < c1; j++) rowSum += L[i * V + j];
+          const int64_t entries = nr * (c1 - c0);
+          kept[s] = any && left > 0 ? 1 : 0;
+          sparse[s] = kept[s] && static_cast<double>(left) <= kSparseSliceDensity * static_cast<double>(entries) ? 1 : 0;
+          stats.sparseBlocks += sparse[s];
+          stats.gradEntriesUsed += sparse[s] ? left : kept[s] ? entries : 0;
         }
-        const float h = static_cast<float>(rowSum);
-        const float* e = Ec + i * D;
-        if (h != 0.0f) for (int64_t k = 0; k < D; k++) dst[k] -= h * e[k];
+      } else if (filtering) {
+        for (int64_t s = 0; s < slices; s++) {
+          uint8_t any = 0;
+          for (auto& f : flags) {
+            any |= f[s];
+            f[s] = 0;
+          }
+          kept[s] = any;
+        }
       }
-    });
+      if (!entryFiltering) {
+        for (int64_t s = 0; s < slices; s++) stats.gradEntriesUsed += kept[s] ? nr * (sliceCols(s).second - sliceCols(s).first) : 0;
+      }
+      stats.blocks += slices;
+      for (int64_t s = 0; s < slices; s++) stats.skippedBlocks += kept[s] ? 0 : 1;
+      std::fill(dEStarted.begin(), dEStarted.end(), 0);
+      for (auto& r : rowSumH) std::fill(r.begin(), r.end(), 0.0);
+    }
+
+    // 3 for this chunk and 1 for the next, slice by slice as threads come free: W[slice] is read
+    // from memory once for both, and the next chunk's logits take the place of this one's G
+    if (grad || more) {
+      parallelFor(slices, 1, [&](int64_t s0, int64_t s1, int w) {
+        for (int64_t s = s0; s < s1; s++) {
+          if (grad) gradientSlice(chunk, s, w);
+          if (more) logitSlice(next, s);
+        }
+      });
+    }
+
+    if (grad) {
+      // dE rows of the chunk = the sum of the threads' partials (harmonic: − e_i·Σ_j H_ij over the kept slices)
+      float* dEc = out.dE + r0 * D;
+      parallelFor(nr, rowGrain(D), [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; i++) {
+          float* dst = dEc + i * D;
+          std::memset(dst, 0, static_cast<size_t>(D) * sizeof(float));
+          for (int t = 0; t < threads; t++) {
+            if (!dEStarted[t]) continue;
+            const float* src = dEPartial[t] + i * D;
+            for (int64_t k2 = 0; k2 < D; k2++) dst[k2] += src[k2];
+          }
+          if (!harmonic) continue;
+          double rowSum = 0.0;
+          for (const auto& r : rowSumH) rowSum += r[static_cast<size_t>(i)];
+          const float h = static_cast<float>(rowSum);
+          const float* e = chunk.Ec + i * D;
+          if (h != 0.0f) for (int64_t k2 = 0; k2 < D; k2++) dst[k2] -= h * e[k2];
+        }
+      });
+    }
+    chunk = next;
   }
   // harmonic: dW_j −= w_j·Σ_i H_ij, once every chunk is in
   if (harmonic && grad && out.dW != nullptr) {
