@@ -7,7 +7,8 @@
 //                   G·W, Gᵀ·E, bf16 operands, fp32 results) and the f32 one; PyTorch's bf16 CPU
 //                   path (matmul in bf16, cross_entropy in fp32) where python3-torch is installed.
 //   S2-peaked-bf16  S2 with logits of std ≈ 20 and the default filterEps, uniform and Zipf labels.
-//   sweep-bf16      V 8k .. 256k at N 4096, D 256: f32 and bf16 against the bf16 GEMM limit.
+//   sweep-bf16      V 8k .. 256k at N 4096, D 256: bf16 and f32 (also with label smoothing 0.1)
+//                   against the bf16 and f32 GEMM limits (each row's ratio to its own limit).
 //   tsx lib/bench/bf16-child.ts [--tiny] [--quick] [--runs 3] [--groups S2-bf16,sweep-bf16]
 
 import { spawnSync } from 'node:child_process';
@@ -23,6 +24,9 @@ export interface Bf16Row {
   ms: number;
   /** Median over rounds of this row's time over the reference row's (the group's first). */
   ratio: number;
+  /** Median over rounds of this row's time over its limit row's (named in `limit`). */
+  vsLimit?: number;
+  limit?: string;
   note?: string;
 }
 
@@ -36,8 +40,11 @@ export interface Bf16Result {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-/** Each contestant once per round after one warm-up call each; medians and per-round ratios to the first. */
-function inTurns(runs: number, contestants: { name: string; run: () => unknown; note?: string }[]): Bf16Row[] {
+/**
+ * Each contestant once per round after one warm-up call each; medians and per-round ratios to
+ * the first, and to the contestant named by `limit` where one is.
+ */
+function inTurns(runs: number, contestants: { name: string; run: () => unknown; note?: string; limit?: string }[]): Bf16Row[] {
   for (const c of contestants) c.run();
   const times = contestants.map(() => [] as number[]);
   for (let r = 0; r < runs; r++) {
@@ -47,9 +54,14 @@ function inTurns(runs: number, contestants: { name: string; run: () => unknown; 
       times[i]!.push(performance.now() - t0);
     });
   }
-  return contestants.map((c, i) => ({
-    name: c.name, ms: median(times[i]!), ratio: median(times[i]!.map((t, r) => t / times[0]![r]!)), ...(c.note ? { note: c.note } : {}),
-  }));
+  const perRound = (i: number, ref: number) => median(times[i]!.map((t, r) => t / times[ref]![r]!));
+  return contestants.map((c, i) => {
+    const limit = c.limit === undefined ? -1 : contestants.findIndex((d) => d.name === c.limit);
+    return {
+      name: c.name, ms: median(times[i]!), ratio: perRound(i, 0), ...(limit >= 0 ? { vsLimit: perRound(i, limit), limit: c.limit } : {}),
+      ...(c.note ? { note: c.note } : {}),
+    };
+  });
 }
 
 /** Labels drawn from a Zipf law over the vocabulary (p_j ∝ 1/(j + 1)^1.1), by inverting its CDF. */
@@ -194,11 +206,15 @@ export function measureBf16(o: { tiny: boolean; quick: boolean; runs: number; gr
     for (const V of vocabs) {
       const p = problem(N, D, V, 0.05);
       const labels = labelValues(N, V, 3);
+      const f32Limit = 'f32 GEMM limit (E·Wᵀ, G·W, Gᵀ·E)', bf16Limit = 'bf16 GEMM limit';
+      const block = o.tiny ? V : 4000;
       const rows = inTurns(o.runs, [
-        { name: 'bf16 GEMM limit (E·Wᵀ, G·W, Gᵀ·E)', run: bf16GemmLimit(a, p.E16.data as Uint16Array, p.W16.data as Uint16Array, N, D, V, o.tiny ? V : 4000) },
-        { name: 'cutloss bf16', run: withMode('auto', () => lib.linearCrossEntropy(p.E16, p.W16, labels)) },
-        { name: "cutloss bf16 'fast'", run: withMode('fast', () => lib.linearCrossEntropy(p.E16, p.W16, labels)) },
-        { name: 'cutloss f32', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels) },
+        { name: bf16Limit, run: bf16GemmLimit(a, p.E16.data as Uint16Array, p.W16.data as Uint16Array, N, D, V, block) },
+        { name: 'cutloss bf16', run: withMode('auto', () => lib.linearCrossEntropy(p.E16, p.W16, labels)), limit: bf16Limit },
+        { name: "cutloss bf16 'fast'", run: withMode('fast', () => lib.linearCrossEntropy(p.E16, p.W16, labels)), limit: bf16Limit },
+        { name: f32Limit, run: f32GemmLimit(a, p.E32.data as Float32Array, p.W32.data as Float32Array, N, D, V, block) },
+        { name: 'cutloss f32', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels), limit: f32Limit },
+        { name: 'cutloss f32, label smoothing 0.1', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels, { labelSmoothing: 0.1 }), limit: f32Limit },
       ]);
       out.groups.push({ name: `sweep-bf16 V ${V}`, shape: { N, D, V }, rows });
     }
@@ -210,7 +226,10 @@ export function bf16Table(r: Bf16Result): string {
   const lines = [`bf16 on cpu: ${r.bf16Gemm}; ${r.threads} threads; forward + backward, median of ${r.runs} rounds in turns`];
   for (const g of r.groups) {
     lines.push(`${g.name}: N ${g.shape.N}, D ${g.shape.D}, V ${g.shape.V}   (ratio: time over the first row's, per round)`);
-    for (const row of g.rows) lines.push(`  ${row.name.padEnd(44)} ${row.ms.toFixed(1).padStart(9)} ms   ${row.ratio.toFixed(2)}×${row.note ? `   ${row.note}` : ''}`);
+    for (const row of g.rows) {
+      const vsLimit = row.vsLimit === undefined ? '' : `   ${row.vsLimit.toFixed(2)}× the ${row.limit!.replace(/ \(.*/, '')}`;
+      lines.push(`  ${row.name.padEnd(44)} ${row.ms.toFixed(1).padStart(9)} ms   ${row.ratio.toFixed(2)}×${vsLimit}${row.note ? `   ${row.note}` : ''}`);
+    }
   }
   for (const s of r.skipped) lines.push(`skipped: ${s.what}: ${s.reason}`);
   return lines.join('\n');
