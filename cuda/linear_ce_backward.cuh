@@ -5,15 +5,19 @@
 //
 // Grid (row blocks of 128 × vocabulary splits, splits fastest): the block walks the class tiles of its split,
 // in the vocabulary order a.order gives (classes by mean logit when filtering: W rows are gathered,
-// 16-byte aligned like any row; identity otherwise). For each class tile:
+// 16-byte aligned like any row; identity otherwise), two class tiles at a time. For each tile of a pair:
 //   1. the logits, recomputed on the forward's cp.async ring (mmaLoadStage, mmaStageProduct);
 //   2. G from the accumulator fragments (cuda/math/loss.cuh: gradCoefficient and the softcap's
-//      slope), rounded once to bf16 into a swizzled 32 KiB shared tile; a tile whose every
+//      slope), rounded once to bf16 into the pair's swizzled 32 KiB shared tile; a tile whose every
 //      coefficient is below filterEps is skipped here, before any gradient product;
-//   3. D-slices of 32 columns, streamed through the same ring: a stage holds E[rows, slice] and
-//      W[classes, slice], which are exactly the two B operands (k-major, so ldmatrix.trans). Warp
-//      w computes dE rows 16w.. (A = G, ldmatrix) and dW classes 16w.. (A = Gᵀ, ldmatrix.trans
-//      of the same tile) for the slice, and folds them into the fp32 accumulators.
+// then, for the pair's kept tiles:
+//   3. D-slices of 32 columns, streamed through the same ring, one step per slice and kept tile: a
+//      stage holds E[rows, slice] and W[classes, slice], which are exactly the two B operands
+//      (k-major, so ldmatrix.trans). Warp w computes dE rows 16w.. (A = G, ldmatrix) and dW
+//      classes 16w.. (A = Gᵀ, ldmatrix.trans of the same tile) for the slice. dW is folded into
+//      its fp32 accumulator at every step (each tile has its own classes); dE, the same rows for
+//      both tiles, stays in registers across the pair's steps of a slice and is folded in once:
+//      the reductions into L2, which bound this kernel, are 3 per element of a pair, not 4.
 // Atomic mode only: the deterministic backward keeps the owner kernels of linear_cross_entropy.cu.
 //
 // Included by linear_cross_entropy.cu inside its kernel namespace, after LinearCeArgs, ThreadRow
@@ -21,8 +25,10 @@
 #pragma once
 
 constexpr int kGradTileBytes = kMmaBlockRows * kMmaBlockCols * 2;  // G in bf16: 32 KiB
-constexpr int kMmaBackwardSharedBytes = kMmaRingBytes + kGradTileBytes + 2 * kMmaBlockCols * 4 +
-                                        kMmaBlockRows * static_cast<int>(sizeof(ThreadRow)) + kMmaBlockCols * 4;
+constexpr int kGradPairTiles = 2;  // class tiles whose dE products share one flush
+constexpr int kMmaBackwardSharedBytes = kMmaRingBytes + kGradPairTiles * kGradTileBytes + 2 * kMmaBlockCols * 4 +
+                                        kMmaBlockRows * static_cast<int>(sizeof(ThreadRow)) +
+                                        kGradPairTiles * kMmaBlockCols * 4;
 
 /** Byte offset of 16-byte chunk c (8 classes) of row r of the G tile (256-byte rows). The
  *  XOR spreads the 8 rows one ldmatrix reads at one logical chunk over 8 bank groups. */
@@ -91,16 +97,23 @@ CUTLOSS_UNROLL
   }
 }
 
-// One block per SM: ~105 KiB of shared memory, and under a 128-register cap ptxas spills the
-// logit fragments; with 1 it uses ~196 registers and no local memory.
+/** The gathered W rows of tile u of a pair: a select per pointer (a dynamically indexed array would live in local memory). */
+__device__ __forceinline__ MmaGatheredRows pairRows(const MmaGatheredRows& first, const MmaGatheredRows& second, int u) {
+  MmaGatheredRows r;
+CUTLOSS_UNROLL
+  for (int i = 0; i < kMmaCopiesPerOperand; ++i) r.row[i] = u == 0 ? first.row[i] : second.row[i];
+  return r;
+}
+
+// One block per SM: ~138 KiB of shared memory, and under a 128-register cap ptxas spills the
+// logit fragments; with 1 it uses ~200 registers and no local memory.
 __global__ void __launch_bounds__(kMmaThreads, 1) linearCeBackwardMmaKernel(LinearCeArgs a) {
   CUTLOSS_DYNAMIC_SHARED(uint4, sharedWords);  // uint4: 16-byte aligned for cp.async and ldmatrix
   unsigned char* ring = reinterpret_cast<unsigned char*>(sharedWords);
-  unsigned char* gTile = ring + kMmaRingBytes;
-  __nv_bfloat16* gValues = reinterpret_cast<__nv_bfloat16*>(gTile);
-  float* biasSums = reinterpret_cast<float*>(gTile + kGradTileBytes);  // [2 warp rows][128 classes]
+  unsigned char* gTiles = ring + kMmaRingBytes;  // [2]: G of the pair's tiles
+  float* biasSums = reinterpret_cast<float*>(gTiles + kGradPairTiles * kGradTileBytes);  // [2 warp rows][128 classes]
   ThreadRow* rows = reinterpret_cast<ThreadRow*>(biasSums + 2 * kMmaBlockCols);
-  int32_t* classes = reinterpret_cast<int32_t*>(rows + kMmaBlockRows);  // [128]: the tile's classes, in walk order
+  int32_t* pairClasses = reinterpret_cast<int32_t*>(rows + kMmaBlockRows);  // [2][128]: the tiles' classes, in walk order
   const int64_t N = a.E.rows;
   const int64_t V = a.W.rows;
   const int64_t D = a.E.cols;
@@ -127,89 +140,123 @@ __global__ void __launch_bounds__(kMmaThreads, 1) linearCeBackwardMmaKernel(Line
   if (!__syncthreads_or(anyRow)) return;  // uniform: no row of the block has a gradient
 
   const MmaRows eRows{static_cast<const unsigned char*>(a.E.data), rowBytes, r0, N};
-  for (int ct = 0; ct < classTiles; ++ct) {
-    const int64_t c0 = colBegin + static_cast<int64_t>(ct) * kMmaBlockCols;
-    // the previous tile's readers of `classes` are past a barrier (its ring loop's last, or its keep vote)
-    if (threadIdx.x < kMmaBlockCols) classes[threadIdx.x] = c0 + threadIdx.x < colEnd ? classAt(a, c0 + threadIdx.x) : -1;
-    const MmaGatheredRows wRows = mmaGatherRows(static_cast<const unsigned char*>(a.W.data), rowBytes, a.order, c0, colEnd);
-    const auto load = [&](unsigned char* stage, int s) { mmaLoadStage(stage, eRows, wRows, static_cast<int64_t>(s) * kMmaRowBytes); };
+  for (int pt = 0; pt < classTiles; pt += kGradPairTiles) {
+    const int pairSize = min(kGradPairTiles, classTiles - pt);
+    MmaGatheredRows wRowsOf[kGradPairTiles];  // indexed only by unrolled loops and pairRows
+    bool keptOf[kGradPairTiles];
+CUTLOSS_UNROLL
+    for (int u = 0; u < kGradPairTiles; ++u) keptOf[u] = false;
+CUTLOSS_UNROLL
+    for (int u = 0; u < kGradPairTiles; ++u) {
+      if (u >= pairSize) break;
+      const int64_t c0 = colBegin + static_cast<int64_t>(pt + u) * kMmaBlockCols;
+      int32_t* classes = pairClasses + u * kMmaBlockCols;
+      unsigned char* gTile = gTiles + u * kGradTileBytes;
+      __nv_bfloat16* gValues = reinterpret_cast<__nv_bfloat16*>(gTile);
+      // the previous readers of `classes` are past a barrier (the pair's last ring loop, or its keep votes)
+      if (threadIdx.x < kMmaBlockCols) classes[threadIdx.x] = c0 + threadIdx.x < colEnd ? classAt(a, c0 + threadIdx.x) : -1;
+      const MmaGatheredRows wRows = mmaGatherRows(static_cast<const unsigned char*>(a.W.data), rowBytes, a.order, c0, colEnd);
+      wRowsOf[u] = wRows;
+      const auto load = [&](unsigned char* stage, int s) { mmaLoadStage(stage, eRows, wRows, static_cast<int64_t>(s) * kMmaRowBytes); };
 
-    // 1. the logits of the tile
-    float acc[4][4][4];
+      // 1. the logits of the tile
+      float acc[4][4][4];
 CUTLOSS_UNROLL
-    for (int mt = 0; mt < 4; ++mt)
+      for (int mt = 0; mt < 4; ++mt)
 CUTLOSS_UNROLL
-      for (int nt = 0; nt < 4; ++nt)
+        for (int nt = 0; nt < 4; ++nt)
 CUTLOSS_UNROLL
-        for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
-    mmaRingLoop(ring, kStages, load, [&](const unsigned char* stage, int) { mmaStageProduct<MmaBf16>(stage, wm, wn, acc); });
-    // the ring loop's barriers also published `classes`
+          for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+      mmaRingLoop(ring, kStages, load, [&](const unsigned char* stage, int) { mmaStageProduct<MmaBf16>(stage, wm, wn, acc); });
+      // the ring loop's barriers also published `classes`
 
-    // 2. G from the fragments: lane (g, t) holds rows g, g + 8 of each m16 tile, columns 2t, 2t + 1 of each n8 tile
-    bool keep = false;
-    float columnSums[4][2];
+      // 2. G from the fragments: lane (g, t) holds rows g, g + 8 of each m16 tile, columns 2t, 2t + 1 of each n8 tile
+      bool keep = false;
+      float columnSums[4][2];
 CUTLOSS_UNROLL
-    for (int nt = 0; nt < 4; ++nt) columnSums[nt][0] = columnSums[nt][1] = 0.0f;
+      for (int nt = 0; nt < 4; ++nt) columnSums[nt][0] = columnSums[nt][1] = 0.0f;
 CUTLOSS_UNROLL
-    for (int mt = 0; mt < 4; ++mt) {
+      for (int mt = 0; mt < 4; ++mt) {
 CUTLOSS_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        const int m = wm * kMmaWarpRows + mt * 16 + g + 8 * h;
-        const ThreadRow& row = rows[m];
+        for (int h = 0; h < 2; ++h) {
+          const int m = wm * kMmaWarpRows + mt * 16 + g + 8 * h;
+          const ThreadRow& row = rows[m];
 CUTLOSS_UNROLL
-        for (int nt = 0; nt < 4; ++nt) {
-          const int n = wn * kMmaWarpCols + nt * 8 + 2 * t;
+          for (int nt = 0; nt < 4; ++nt) {
+            const int n = wn * kMmaWarpCols + nt * 8 + 2 * t;
 CUTLOSS_UNROLL
-          for (int j = 0; j < 2; ++j) {
-            const int32_t cls = classes[n + j];  // −1 past the vocabulary
-            float gradient = 0.0f;
-            if (row.valid && cls >= 0) {
-              const bool isLabel = cls == row.label;
-              float x = acc[mt][nt][2 * h + j] + (a.bias != nullptr ? a.bias[cls] : 0.0f);
-              const float marginSlope = isLabel ? marginLabelSlope(a.p.labelMargin, x) : 1.0f;  // margin softmax
-              if (isLabel) x = marginLabelLogit(a.p.labelMargin, x);
-              const float z = shiftedEffectiveLogit(x, a.p.softcap, a.p.invTemperature, row.shift);
-              const float coef = gradCoefficient(row.rg, z, isLabel, classWeight(a.p, cls));
-              if (!(fabsf(coef) * row.invScale < a.filterEps)) keep = true;  // NaN is never filtered
-              gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature) * marginSlope;
+            for (int j = 0; j < 2; ++j) {
+              const int32_t cls = classes[n + j];  // −1 past the vocabulary
+              float gradient = 0.0f;
+              if (row.valid && cls >= 0) {
+                const bool isLabel = cls == row.label;
+                float x = acc[mt][nt][2 * h + j] + (a.bias != nullptr ? a.bias[cls] : 0.0f);
+                const float marginSlope = isLabel ? marginLabelSlope(a.p.labelMargin, x) : 1.0f;  // margin softmax
+                if (isLabel) x = marginLabelLogit(a.p.labelMargin, x);
+                const float z = shiftedEffectiveLogit(x, a.p.softcap, a.p.invTemperature, row.shift);
+                const float coef = gradCoefficient(row.rg, z, isLabel, classWeight(a.p, cls));
+                if (!(fabsf(coef) * row.invScale < a.filterEps)) keep = true;  // NaN is never filtered
+                gradient = coef * effectiveSlope(x, a.p.softcap, a.p.invTemperature) * marginSlope;
+              }
+              columnSums[nt][j] += gradient;
+              gValues[(gradSwizzle(m, n / 8) >> 1) + (n % 8) + j] = __float2bfloat16_rn(gradient);
             }
-            columnSums[nt][j] += gradient;
-            gValues[(gradSwizzle(m, n / 8) >> 1) + (n % 8) + j] = __float2bfloat16_rn(gradient);
           }
         }
       }
-    }
+      // the previous tile's readers of biasSums (its bias flush) are past its keep vote, and a ring loop since
 CUTLOSS_UNROLL
-    for (int nt = 0; nt < 4; ++nt) {
+      for (int nt = 0; nt < 4; ++nt) {
 CUTLOSS_UNROLL
-      for (int j = 0; j < 2; ++j) {
-        float s = columnSums[nt][j];  // the lane's 8 rows; then the warp's 64 (the lanes of one t)
-        s += shuffleXor(s, 4);
-        s += shuffleXor(s, 8);
-        s += shuffleXor(s, 16);
-        if (g == 0) biasSums[wm * kMmaBlockCols + wn * kMmaWarpCols + nt * 8 + 2 * t + j] = s;
+        for (int j = 0; j < 2; ++j) {
+          float s = columnSums[nt][j];  // the lane's 8 rows; then the warp's 64 (the lanes of one t)
+          s += shuffleXor(s, 4);
+          s += shuffleXor(s, 8);
+          s += shuffleXor(s, 16);
+          if (g == 0) biasSums[wm * kMmaBlockCols + wn * kMmaWarpCols + nt * 8 + 2 * t + j] = s;
+        }
+      }
+      keep = __syncthreads_or(keep) != 0;  // also: G and biasSums are complete
+      keptOf[u] = keep;
+      if (threadIdx.x == 0) {
+        atomicAdd(a.counters + kCounterVisited, 1u);
+        if (!keep) atomicAdd(a.counters + kCounterSkipped, 1u);
+      }
+      // one add per column and block: the two warp rows' sums in a fixed order
+      if (keep && a.dBias != nullptr && threadIdx.x < kMmaBlockCols && c0 + threadIdx.x < colEnd) {
+        atomicAdd(a.dBias + classes[threadIdx.x], biasSums[threadIdx.x] + biasSums[kMmaBlockCols + threadIdx.x]);
       }
     }
-    keep = __syncthreads_or(keep) != 0;  // also: G and biasSums are complete
-    if (threadIdx.x == 0) {
-      atomicAdd(a.counters + kCounterVisited, 1u);
-      if (!keep) atomicAdd(a.counters + kCounterSkipped, 1u);
-    }
-    if (!keep) continue;  // uniform
-    // one add per column and block: the two warp rows' sums in a fixed order
-    if (a.dBias != nullptr && threadIdx.x < kMmaBlockCols && c0 + threadIdx.x < colEnd) {
-      atomicAdd(a.dBias + classes[threadIdx.x], biasSums[threadIdx.x] + biasSums[kMmaBlockCols + threadIdx.x]);
-    }
+    // uniform: the votes are the block's
+    const int keptCount = (keptOf[0] ? 1 : 0) + (pairSize > 1 && keptOf[1] ? 1 : 0);
+    if (keptCount == 0) continue;
+    const int firstKept = keptOf[0] ? 0 : 1;
+    const MmaGatheredRows wRowsFirst = wRowsOf[0];
+    const MmaGatheredRows wRowsSecond = pairSize > 1 ? wRowsOf[1] : wRowsOf[0];
 
-    // 3. dE[rows, slice] += G·W[classes, slice] and dW[classes, slice] += Gᵀ·E[rows, slice], 32 columns a stage
-    mmaRingLoop(ring, kStages, load, [&](const unsigned char* stage, int s) {
+    // 3. per D-slice of 32 columns and kept tile u: dW[classes u, slice] += G_uᵀ·E[rows, slice], and
+    //    dE[rows, slice] += G_u·W[classes u, slice], held until the slice's last kept tile
+    const auto tileOfStep = [&](int step) { return keptCount == 2 ? step % 2 : firstKept; };
+    const auto load = [&](unsigned char* stage, int step) {
+      const int s = step / keptCount;
+      mmaLoadStage(stage, eRows, pairRows(wRowsFirst, wRowsSecond, tileOfStep(step)), static_cast<int64_t>(s) * kMmaRowBytes);
+    };
+    float dE[4][4];
+    mmaRingLoop(ring, kStages * keptCount, load, [&](const unsigned char* stage, int step) {
+      const int s = step / keptCount;
+      const int u = tileOfStep(step);
+      const unsigned char* gTile = gTiles + u * kGradTileBytes;
       const unsigned char* sE = stage;
       const unsigned char* sW = stage + kMmaBlockRows * kMmaRowBytes;
-      float dE[4][4], dW[4][4];
+      float dW[4][4];
+      const bool sliceStart = step % keptCount == 0;
 CUTLOSS_UNROLL
       for (int nt = 0; nt < 4; ++nt)
 CUTLOSS_UNROLL
-        for (int i = 0; i < 4; ++i) dE[nt][i] = dW[nt][i] = 0.0f;
+        for (int i = 0; i < 4; ++i) {
+          dW[nt][i] = 0.0f;
+          if (sliceStart) dE[nt][i] = 0.0f;
+        }
 CUTLOSS_UNROLL
       for (int ks = 0; ks < kMmaBlockCols / 16; ++ks) {  // k: classes for dE, rows for dW
         uint32_t aG[4], aGt[4], b[4][2];
@@ -226,8 +273,9 @@ CUTLOSS_UNROLL
         for (int nt = 0; nt < 4; ++nt) mmaBf16(dW[nt], aGt, b[nt]);
       }
       const int64_t d0 = static_cast<int64_t>(s) * (kMmaRowBytes / 2);
-      flushFragments(dE, a.dE, r0, 16 * warp, N, d0, D);
-      flushFragments(dW, a.dW, c0, 16 * warp, colEnd, d0, D, classes);
+      const int64_t c0 = colBegin + static_cast<int64_t>(pt + u) * kMmaBlockCols;
+      if (step % keptCount == keptCount - 1) flushFragments(dE, a.dE, r0, 16 * warp, N, d0, D);
+      flushFragments(dW, a.dW, c0, 16 * warp, colEnd, d0, D, pairClasses + u * kMmaBlockCols);
     });
   }
 }
