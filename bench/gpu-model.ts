@@ -551,8 +551,8 @@ async function main(): Promise<void> {
   // ptxas lays the flush (bounds-checked red.global.add) out of the slice loop's straight line:
   // its reductions, each with ~4 instructions of address and predicate, are added to the step
   const sliceLoop = loopWith(bwdBody, [/mma\.sync/, /ldmatrix\S*\.trans/]);
-  // atomicAdd with its result unused: atom.global.add.f32 in the PTX, RED in SASS; one of them is dBias's
-  const reds = bwdBody.filter((l) => /(?:red|atom)\.global\.add\.f32/.test(l)).length - 1;
+  // atomicAdd with its result unused: atom.global.add.f32 in the PTX, RED in SASS; dBias's, one per tile of a pair, are not the step's
+  const reds = bwdBody.filter((l) => /(?:red|atom)\.global\.add\.f32/.test(l)).length - MMA_BACKWARD_DE_RUN;
   const sliceStep = { ...sliceLoop, instructions: sliceLoop.instructions + 4 * reds, reductions: reds };
   for (const arch of ['sm_80', 'sm_90']) {
     const r = resourcesOf(c.resources, MMA_BACKWARD_KERNEL, arch);
