@@ -4,7 +4,7 @@
 // grows with the input goes through here so the user gets the same error on every backend.
 
 import { CutlossError } from './errors.js';
-import { f32ToBf16 } from './tensor.js';
+import { roundIntoBf16 } from './tensor.js';
 
 interface TypedArrayKind<A> {
   new (length: number): A;
@@ -49,5 +49,5 @@ export function writeGradient(dest: { data: Float32Array | Uint16Array }, values
     d.set(values);
     return;
   }
-  for (let i = 0; i < values.length; i++) d[i] = f32ToBf16(values[i]!);
+  roundIntoBf16(values, d);
 }

@@ -119,9 +119,26 @@ export function bf16ToF32(bits: number): number {
  */
 export function f32ToBf16(x: number): number {
   f32Scratch[0] = x;
-  const u = u32Scratch[0]!;
+  return bitsToBf16(u32Scratch[0]!);
+}
+
+/** The bf16 bits nearest to the f32 with bits u. */
+function bitsToBf16(u: number): number {
   if ((u & 0x7f800000) === 0x7f800000 && (u & 0x007fffff) !== 0) return (u >>> 16) | 0x0040; // keep NaN a NaN
   return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/**
+ * out[i] = f32ToBf16(values[i]), reading the floats' bits in place: gradients of millions of
+ * entries. The bits are read as int32 (small integers to V8, where uint32 above 2^31 are doubles);
+ * >>> 16 wraps them back, and the store keeps the low 16 bits.
+ */
+export function roundIntoBf16(values: Float32Array, out: Uint16Array): void {
+  const bits = new Int32Array(values.buffer, values.byteOffset, values.length);
+  for (let i = 0; i < bits.length; i++) {
+    const u = bits[i]!;
+    out[i] = (u & 0x7f800000) === 0x7f800000 && (u & 0x007fffff) !== 0 ? (u >>> 16) | 0x0040 : (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
+  }
 }
 
 /** The matrix's values as f32 (a view when already f32, a widened copy for bf16). */
@@ -137,7 +154,7 @@ export function toF32(m: Matrix): Float32Array {
 export function fromF32(values: Float32Array, dtype: Dtype): Float32Array | Uint16Array {
   if (dtype === 'f32') return values;
   const out = allocate(Uint16Array, values.length, 'the bf16 result');
-  for (let i = 0; i < values.length; i++) out[i] = f32ToBf16(values[i]!);
+  roundIntoBf16(values, out);
   return out;
 }
 
