@@ -128,21 +128,26 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   // gaps come from its capped logits, (max c − c_j)/T, as its z_j overflow where c spans ±1.7e38
   const bool smoothing = !kPlain && p.smoothing > 0.0f;
   float spreadGap = 0.0f;
+  float zMax = quietNaN();  // the row's max of z where a pass below already found it
   if (smoothing) {
     const float spreadScale = p.smoothing / static_cast<float>(n);
-    if (shifted) {
-      spreadGap = p.invTemperature * blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA {
-        return w[j] * scaledGap(rowShift, effectiveLogit(x[j], p.softcap, 1.0f), spreadScale);
-      });
-    } else {
-      const float zMax = rowMax(z, n);
-      spreadGap = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return w[j] * scaledGap(zMax, z[j], spreadScale); });
-    }
+    // without class weights w is all ones: not read (a row past the L2 cache streams every array it reads)
+    specialize(p.classWeights != nullptr, [&](auto weighted) CUTLOSS_CPU_LAMBDA {
+      const auto weight = [&](int j) CUTLOSS_CPU_LAMBDA { return decltype(weighted)::value ? w[j] : 1.0f; };
+      if (shifted) {
+        spreadGap = p.invTemperature * blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA {
+          return weight(j) * scaledGap(rowShift, effectiveLogit(x[j], p.softcap, 1.0f), spreadScale);
+        });
+      } else {
+        zMax = rowMax(z, n);
+        spreadGap = blockedSum(n, [&](int j) CUTLOSS_CPU_LAMBDA { return weight(j) * scaledGap(zMax, z[j], spreadScale); });
+      }
+    });
   }
   float* kept = nullptr;
   LseState lse;
   if (kNormalizer == kNormalizerSoftmax && io.grad != nullptr && (kPlain || io.grad != x || p.softcap == 0.0f)) {
-    const float rowMaxValue = rowMax(z, n);
+    const float rowMaxValue = zMax == zMax ? zMax : rowMax(z, n);
     if (!infiniteMax(rowMaxValue) && rowMaxValue == rowMaxValue) {
       kept = io.grad;
       const float sum = keptExpSumOfRow(z, n, rowMaxValue, kept, io.next, io.nextBytes, io.store);
