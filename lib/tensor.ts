@@ -130,15 +130,12 @@ function bitsToBf16(u: number): number {
 
 /**
  * out[i] = f32ToBf16(values[i]), reading the floats' bits in place: gradients of millions of
- * entries. The bits are read as int32 (small integers to V8, where uint32 above 2^31 are doubles);
- * >>> 16 wraps them back, and the store keeps the low 16 bits.
+ * entries. The bits are read as int32 (small integers to V8, where uint32 above 2^31 are
+ * doubles); bitsToBf16's >>> 16 wraps them back.
  */
 export function roundIntoBf16(values: Float32Array, out: Uint16Array): void {
   const bits = new Int32Array(values.buffer, values.byteOffset, values.length);
-  for (let i = 0; i < bits.length; i++) {
-    const u = bits[i]!;
-    out[i] = (u & 0x7f800000) === 0x7f800000 && (u & 0x007fffff) !== 0 ? (u >>> 16) | 0x0040 : (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
-  }
+  for (let i = 0; i < bits.length; i++) out[i] = bitsToBf16(bits[i]!);
 }
 
 /** The matrix's values as f32 (a view when already f32, a widened copy for bf16). */
