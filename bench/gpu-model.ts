@@ -30,6 +30,7 @@ export interface Gpu {
   tf32: number;
   hbm: number; // bytes/s
   l2: number; // bytes/s, ASSUMED (microbenchmark ballpark, not published by the vendor)
+  l2Bytes: number; // L2 capacity
   smemPerSm: number; // bytes usable by blocks
   smemBytesPerClock: number; // per SM
   regsPerSm: number;
@@ -39,12 +40,12 @@ export interface Gpu {
 
 export const GPUS: Gpu[] = [
   {
-    name: 'A100', sms: 108, clockHz: 1.41e9, bf16: 312e12, tf32: 156e12, hbm: 2.0e12, l2: 5.0e12, smemPerSm: 164 * 1024,
+    name: 'A100', sms: 108, clockHz: 1.41e9, bf16: 312e12, tf32: 156e12, hbm: 2.0e12, l2: 5.0e12, l2Bytes: 40 * 2 ** 20, smemPerSm: 164 * 1024,
     smemBytesPerClock: 128, regsPerSm: 65536, maxWarpsPerSm: 64,
     note: 'A100 SXM: 108 SMs at 1.41 GHz, 312 TFLOP/s bf16 dense, 2.0 TB/s HBM; L2 5 TB/s assumed',
   },
   {
-    name: 'H100', sms: 132, clockHz: 1.83e9, bf16: 989e12 * 0.62, tf32: 494e12 * 0.62, hbm: 3.35e12, l2: 10e12,
+    name: 'H100', sms: 132, clockHz: 1.83e9, bf16: 989e12 * 0.62, tf32: 494e12 * 0.62, hbm: 3.35e12, l2: 10e12, l2Bytes: 50 * 2 ** 20,
     smemPerSm: 228 * 1024, smemBytesPerClock: 128, regsPerSm: 65536, maxWarpsPerSm: 64,
     note: 'H100 SXM: 132 SMs at 1.83 GHz, 989 TFLOP/s bf16 dense of which mma.sync (no wgmma) is assumed to reach 62%, 3.35 TB/s HBM; L2 10 TB/s assumed',
   },
@@ -416,6 +417,9 @@ export function loopWith(body: string[], patterns: RegExp[], without: RegExp[] =
     reductions: count(/red\.global|atom\.global/) };
 }
 
+/** The mma backward's kernels (cuda/linear_ce_backward.cuh): atomic mode's one, or deterministic mode's two owners. */
+export type MmaBackwardMode = 'atomic' | 'ownRows' | 'ownVocab';
+
 export interface MmaBackwardFacts {
   registers: number;
   sharedBytes: number;
@@ -441,32 +445,66 @@ export interface MmaBackwardFacts {
  *     with one flush (dW rows differ per tile: still one flush each); 2 as built, other values are
  *     projections with registers and issue unchanged; with filtering, every pair is assumed to
  *     keep both of its tiles or neither (a pair keeping one flushes dE for it alone).
+ * Deterministic mode (`mode`): 'ownRows' blocks (128 rows × a dE split, ⌈512 / ⌈N/64⌉⌉ splits ≤ 16)
+ * recompute the logits and do dE alone, 'ownVocab' blocks (a class tile, every row block, two at a
+ * time, dW held across the pair as dE is) recompute them again and do dW alone; their flushes are plain adds (a load and a store in L2) to
+ * accumulators each block owns, which stay in L2 only while the blocks in flight own less than its
+ * capacity (otherwise every flush reads and writes DRAM); dE's partials are zeroed and summed in
+ * split order by streaming passes.
  */
-export function mmaBackwardEstimate(c: Case, gpu: Gpu, f: MmaBackwardFacts, skipped = 0, dERun = 1): Estimate {
+export function mmaBackwardEstimate(c: Case, gpu: Gpu, f: MmaBackwardFacts, skipped = 0, dERun = 1,
+  mode: MmaBackwardMode = 'atomic'): Estimate {
   const bytes = 2;
   const rowBlocks = Math.ceil(c.N / 128);
   const vocabTiles = Math.ceil(c.V / 64);
   const rowTiles = Math.ceil(c.N / 64);
-  const splits = Math.min(64, Math.ceil(1024 / rowTiles), vocabTiles);
-  const perSplit = Math.ceil(vocabTiles / splits);
-  const classTilesPerBlock = Math.ceil((perSplit * 64) / 128);
   const stages = Math.ceil((c.D * bytes) / 64);
-  const grid = rowBlocks * Math.ceil(vocabTiles / perSplit);
-  const tiles = grid * classTilesPerBlock;
+  let grid: number;
+  let tiles: number;
+  let splits = 1;
+  if (mode === 'ownVocab') {
+    grid = Math.ceil(c.V / 128);  // class tiles, each walking every row block, two at a time
+    tiles = grid * rowBlocks;
+  } else {
+    // cuda/kernels.h linearCrossEntropyPlan: the forward's splits, or deterministic dE's
+    const [target, most] = mode === 'atomic' ? [1024, 64] : [512, 16];
+    const wanted = Math.min(most, Math.ceil(target / rowTiles), vocabTiles);
+    const perSplit = Math.ceil(vocabTiles / wanted);
+    splits = Math.ceil(vocabTiles / perSplit);
+    grid = rowBlocks * splits;
+    tiles = grid * Math.ceil((perSplit * 64) / 128);
+  }
   const kept = tiles * (1 - skipped);
   const resident = Math.max(1, blocksPerSm(gpu, f.registers, 256, f.sharedBytes));
   const waves = grid / (gpu.sms * resident);
   const tail = Math.ceil(waves) / waves;
   const nvd = c.N * c.V * c.D;
-  // dE: one flush per dERun kept tiles
-  const reductions = kept * (1 + 1 / dERun) * 128 * c.D;
+  const foldsDE = mode !== 'ownVocab';
+  const foldsDW = mode !== 'ownRows';
+  // flushed elements: dE once per dERun kept tiles, dW once per kept tile (ownVocab: per dERun, its pairs share classes)
+  const flushed = kept * ((foldsDE ? 1 / dERun : 0) + (foldsDW ? (mode === 'ownVocab' ? 1 / dERun : 1) : 0)) * 128 * c.D;
+  const products = (foldsDE ? 1 : 0) + (foldsDW ? 1 : 0);
+  // owners copy one operand per D-slice stage (the other is zero-filled), atomic mode both
+  const sliceOperands = products;
+  let dram = (c.N + c.V) * c.D * bytes;
+  let l2Ops = flushed;  // a reduction: one L2 operation
+  if (mode === 'atomic') {
+    dram += Math.ceil(waves) * c.V * c.D * 4 * 2 + c.N * c.D * 4 * 2;
+  } else {
+    l2Ops = 2 * flushed;  // an owner's plain add: a load and a store
+    // each block in flight owns its accumulators (128 dE rows, or 2 × 128 dW rows, × D fp32): beyond
+    // L2's capacity every flush reads and writes DRAM; the partials' zeroing and ordered sum stream
+    const owned = Math.min(grid, gpu.sms * resident) * 128 * c.D * 4;
+    dram += owned > gpu.l2Bytes ? flushed * 8 : (foldsDE ? c.N : c.V) * c.D * 4 * 2;
+    if (foldsDE && splits > 1) dram += ((splits - 1) + splits + 1) * c.N * c.D * 4;
+  }
   const parts = {
-    tensor: (2 * nvd + 4 * nvd * (1 - skipped)) / gpu.bf16,
+    tensor: (2 * nvd + 2 * products * nvd * (1 - skipped)) / gpu.bf16,
     issue: (tiles * stages * 8 * f.logitStep.instructions + kept * stages * 8 * f.sliceStep.instructions) / (gpu.sms * 4 * gpu.clockHz),
     smem: (tiles * stages * (8 * f.logitStep.ldmatrix * 512 + 16384) + kept * stages * (8 * f.sliceStep.ldmatrix * 512 + 16384)) /
       (gpu.sms * gpu.smemBytesPerClock * gpu.clockHz),
-    l2: ((tiles + kept) * stages * 2 * 128 * 64 + (reductions / 4) * 32) / gpu.l2,
-    dram: ((c.N + c.V) * c.D * bytes + Math.ceil(waves) * c.V * c.D * 4 * 2 + c.N * c.D * 4 * 2) / gpu.hbm,
+    l2: (tiles * stages * 2 * 128 * 64 + kept * stages * sliceOperands * 128 * 64 + (l2Ops / 4) * 32) / gpu.l2,
+    dram: dram / gpu.hbm,
   };
   const [bound, t] = Object.entries(parts).reduce((a, b) => (b[1] > a[1] ? b : a));
   return { seconds: t * tail, bound, parts, blocksPerSm: resident };
@@ -518,9 +556,11 @@ function compile(): Compiled {
 export const MMA_KERNEL = (dtype: 'bf16' | 'tf32', options = false) =>
   `linearCeForwardMmaKernelINS0_7Mma${dtype === 'bf16' ? 'Bf16' : 'Tf32'}ELb${options ? 1 : 0}E`;
 const BACKWARD_KERNEL = 'linearCeBackwardKernelINS0_8WmmaTileI13__nv_bfloat16Li16ES3_Li32ELi8EEELi0E';
-export const MMA_BACKWARD_KERNEL = 'linearCeBackwardMmaKernel';
-/** cuda/linear_ce_backward.cuh's kMmaBackwardSharedBytes: ring 64 KiB, G of two tiles 64 KiB, bias sums 1 KiB, 128 row records, 2 × 128 classes. */
-const MMA_BACKWARD_SHARED = 65536 + 2 * 32768 + 1024 + 128 * 72 + 2 * 512;
+export const MMA_BACKWARD_KERNEL = 'linearCeBackwardMmaKernelILi0E';
+/** Deterministic mode's owner kernels (BackwardMode kBackwardOwnRows, kBackwardOwnVocab). */
+const MMA_OWNER_KERNELS = { ownRows: 'linearCeBackwardMmaKernelILi1E', ownVocab: 'linearCeBackwardMmaKernelILi2E' } as const;
+/** cuda/linear_ce_backward.cuh's kMmaBackwardSharedBytes: ring 64 KiB, G of two tiles 64 KiB, bias sums 1 KiB, 2 × 128 row records, 2 × 128 classes. */
+const MMA_BACKWARD_SHARED = 65536 + 2 * 32768 + 1024 + 2 * 128 * 72 + 2 * 512;
 /** cuda/linear_ce_backward.cuh's kGradPairTiles: class tiles whose dE products share one flush. */
 const MMA_BACKWARD_DE_RUN = 2;
 
@@ -554,10 +594,28 @@ async function main(): Promise<void> {
   // atomicAdd with its result unused: atom.global.add.f32 in the PTX, RED in SASS; dBias's, one per tile of a pair, are not the step's
   const reds = bwdBody.filter((l) => /(?:red|atom)\.global\.add\.f32/.test(l)).length - MMA_BACKWARD_DE_RUN;
   const sliceStep = { ...sliceLoop, instructions: sliceLoop.instructions + 4 * reds, reductions: reds };
+  // the owners' flushes are plain adds (ld, add, st: ~5 instructions with address and predicate); ownVocab's dBias adds are not the step's
+  const ownerSteps = Object.fromEntries((['ownRows', 'ownVocab'] as const).map((mode) => {
+    const body = ptxEntry(c.ptx80, MMA_OWNER_KERNELS[mode]);
+    const loop = loopWith(body, [/mma\.sync/, /ldmatrix\S*\.trans/]);
+    const stores = body.filter((l) => /st\.global\.f32/.test(l)).length - (mode === 'ownVocab' ? MMA_BACKWARD_DE_RUN : 0);
+    return [mode, { logitStep: loopWith(body, [/mma\.sync/, /cp\.async\.wait_group/], [/ldmatrix\S*\.trans/]),
+      sliceStep: { ...loop, instructions: loop.instructions + 5 * stores, reductions: 0 } }];
+  })) as Record<'ownRows' | 'ownVocab', { logitStep: LoopFacts; sliceStep: LoopFacts }>;
   for (const arch of ['sm_80', 'sm_90']) {
-    const r = resourcesOf(c.resources, MMA_BACKWARD_KERNEL, arch);
-    if (r.spillBytes > 0 || r.stackBytes > 0) problems.push(`mma backward on ${arch}: ${r.stackBytes} B stack, ${r.spillBytes} B spills`);
+    for (const [what, name] of [['mma backward', MMA_BACKWARD_KERNEL], ['mma dE owners', MMA_OWNER_KERNELS.ownRows],
+      ['mma dW owners', MMA_OWNER_KERNELS.ownVocab]] as const) {
+      const r = resourcesOf(c.resources, name, arch);
+      if (r.spillBytes > 0 || r.stackBytes > 0) problems.push(`${what} on ${arch}: ${r.stackBytes} B stack, ${r.spillBytes} B spills`);
+    }
   }
+  /** Deterministic mode's backward: the two owner kernels, one after the other. */
+  const deterministicEstimate = (cs: Case, g: Gpu, arch: string, skipped: number) =>
+    (['ownRows', 'ownVocab'] as const).map((mode) => {
+      const r = resourcesOf(c.resources, MMA_OWNER_KERNELS[mode], arch);
+      const facts = { registers: r.registers, sharedBytes: MMA_BACKWARD_SHARED, ...ownerSteps[mode] };
+      return mmaBackwardEstimate(cs, g, facts, skipped, MMA_BACKWARD_DE_RUN, mode);
+    });
   // Skipped tiles measured on a trained-like head of the case's V (256 rows: two row blocks; rank 32),
   // sorted by mean logit as the kernels walk it, counted by the JS backend's fused loss.
   const skips = new Map<Case, { skipped: number; visited: number }>();
@@ -589,6 +647,8 @@ async function main(): Promise<void> {
       const skip = skips.get(cs)!;
       const bwdSkip = cs.dtype === 'bf16' ? mmaBackwardEstimate(cs, g, bwdFacts, skip.skipped / skip.visited, MMA_BACKWARD_DE_RUN) : null;
       const order = orderSeconds(cs, g);
+      const [ownRows, ownVocab] = deterministicEstimate(cs, g, arch, 0);
+      const ownersFiltered = deterministicEstimate(cs, g, arch, skip.skipped / skip.visited).reduce((t, e) => t + e.seconds, 0);
       const [gemm, gemm70] = threeGemmSeconds(cs, g);
       rows.push({
         case: cs.name, gpu: g.name, registers: r.registers, blocksPerSm: fwd.blocksPerSm,
@@ -601,6 +661,10 @@ async function main(): Promise<void> {
         backwardFiltered: bwdSkip === null ? '' : `${ms(bwdSkip.seconds)} + order ${ms(order)}`,
         oldBackward: ms(old.seconds), total: ms(fwd.seconds + bwd.seconds),
         totalFiltered: bwdSkip === null ? '' : ms(fwd.seconds + order + bwdSkip.seconds),
+        deterministicBackward: cs.dtype === 'bf16'
+          ? `${ms(ownRows!.seconds + ownVocab!.seconds)} (dE ${ms(ownRows!.seconds)} ${ownRows!.bound}, dW ${ms(ownVocab!.seconds)} ${ownVocab!.bound}); ` +
+            `filtered ${ms(ownersFiltered)} + order ${ms(order)}`
+          : '',
         threeGemm: `${ms(gemm)} (at 70%: ${ms(gemm70)})`, cce: cs.N === 8192 && g.name === 'A100' ? '134.8 ms (paper, measured)' : '',
       });
     }
@@ -609,7 +673,7 @@ async function main(): Promise<void> {
     console.log(JSON.stringify({ model: true, staging, rows }, null, 2));
   } else {
     console.table(rows);
-    console.log(`backward staging: ${staging.toFixed(1)} PTX instructions per staged element (FloatTile products: tf32, deterministic)`);
+    console.log(`backward staging: ${staging.toFixed(1)} PTX instructions per staged element (FloatTile products: tf32, and deterministic mode off the bf16 tensor-core path)`);
     console.log(`mma backward: logit step ${logitStep.instructions} instructions / ${logitStep.mma} mma; D-slice step ${sliceStep.instructions} / ${sliceStep.mma} mma, ${sliceStep.ldmatrix} ldmatrix, ${sliceStep.reductions} red`);
     console.log(`exact gradients of the paper case with dE flushed once per 1 / 2 (as built) / 4 / ∞ class tiles (the others projections): ${projections.join('; ')}`);
     console.log('skipped: 128 × 128 tiles that filterEps 2^-12 skips on a trained-like head (bench/gpu-model.ts trainedLikeHead: ' +

@@ -80,7 +80,8 @@ struct CrossEntropyForwardOut {
 // cuda/linear_cross_entropy.cu: the loss of E·Wᵀ + b and its gradients without the N×V logits.
 // The host plans the launch once (tiles, vocabulary splits, workspace layout) with
 // linearCrossEntropyPlan, so the binding allocates and reports the very workspace the launcher
-// carves. Everything in it is O(N + V) (plus fp32 gradient accumulators for bf16 outputs).
+// carves. Everything in it is O(N + V) (plus fp32 gradient accumulators for bf16 outputs, and in
+// deterministic mode partial dE sums of fewer than kLinearCeOwnerTargetTiles·64 rows).
 
 /** Which tile product the fused kernels use (cuda/tile_gemm.cuh). */
 enum class TileGemm : int32_t {
@@ -97,7 +98,7 @@ struct LinearCeConfig {
   /** With TileGemm::Auto: f32 inputs through tf32 tensor cores. */
   bool tf32 = false;
   TileGemm gemm = TileGemm::Auto;
-  /** How many blocks share a row tile's vocabulary; 0 = chosen from the shape. */
+  /** How many blocks share a row tile's vocabulary (the forward's, and deterministic dE's); 0 = chosen from the shape. */
   int32_t vocabSplits = 0;
 };
 
@@ -107,6 +108,11 @@ constexpr int kLinearCeTile = 64;
 constexpr int64_t kLinearCeTargetBlocks = 1024;
 /** ... and never exceeds this, so per-split partials stay O(N). */
 constexpr int32_t kLinearCeMaxSplits = 64;
+/** Deterministic mode: the dE owner kernels split the vocabulary so that about this many 64-row tiles'
+ *  worth of blocks run (half as many 128-row blocks on tensor cores) ... */
+constexpr int64_t kLinearCeOwnerTargetTiles = 512;
+/** ... in at most this many splits, whose partial dE sums meet in split order. */
+constexpr int32_t kLinearCeMaxOwnerSplits = 16;
 /** Sparsemax candidates (logits within 1 of the running max) kept per row and split. */
 constexpr int32_t kLinearCeCandidates = 64;
 /** Floats per row and split of the forward's partial reduction. */
@@ -123,6 +129,8 @@ struct LinearCePlan {
   int64_t vocabTiles = 0;
   int32_t splits = 1;
   int32_t tilesPerSplit = 1;
+  int32_t ownerSplits = 1;         // deterministic backward: vocabulary splits of the dE owner kernels
+  int32_t ownerTilesPerSplit = 1;  // ... and their 64-class tiles each
   size_t counters = 0;    // uint32 [kLinearCeCounters]
   size_t rowStats = 0;    // float [N × kRowStatFloats]
   size_t partials = 0;    // float [splits × N × kLinearCePartialFloats]
@@ -130,6 +138,7 @@ struct LinearCePlan {
   size_t michelot = 0;    // float [splits × N × 4], sparsemax only
   size_t dEAccum = 0;     // float [N × D], when dE is bf16
   size_t dWAccum = 0;     // float [V × D], when dW is bf16
+  size_t dEPartials = 0;  // float [(ownerSplits − 1) × N × D]: the deterministic dE of splits 1.., when there are 2 or more
   size_t meanRow = 0;     // float [kLinearCeMeanRowChunks × (D + 1)]: E's labelled rows' mean, when filtering gradients
   size_t orderKeys = 0;   // uint64 [V rounded up to a power of 2]: (mean logit, class) sort keys, likewise
   size_t order = 0;       // int32 [V]: classes by mean logit, descending: the backward's vocabulary order, likewise
@@ -156,6 +165,19 @@ inline LinearCePlan linearCrossEntropyPlan(int64_t N, int64_t D, int64_t V, int3
   const int64_t perSplit = p.vocabTiles > 0 ? (p.vocabTiles + splits - 1) / splits : 1;
   p.tilesPerSplit = static_cast<int32_t>(perSplit);
   p.splits = static_cast<int32_t>(p.vocabTiles > 0 ? (p.vocabTiles + perSplit - 1) / perSplit : 1);  // none empty
+  // Deterministic dE: a few row tiles alone would leave most SMs idle, so the vocabulary is split
+  // and each split's dE goes to its own buffer, summed in split order. (splits − 1)·N stays
+  // below kLinearCeOwnerTargetTiles·64 rows: the partials are bounded whatever N is.
+  if (c.deterministic && withGrad && p.vocabTiles > 0) {
+    int64_t owners = c.vocabSplits > 0 ? c.vocabSplits
+                                       : (kLinearCeOwnerTargetTiles + p.rowTiles - 1) / (p.rowTiles > 0 ? p.rowTiles : 1);
+    if (owners > kLinearCeMaxOwnerSplits) owners = kLinearCeMaxOwnerSplits;
+    if (owners > p.vocabTiles) owners = p.vocabTiles;
+    if (owners < 1) owners = 1;
+    const int64_t ownerPerSplit = (p.vocabTiles + owners - 1) / owners;
+    p.ownerTilesPerSplit = static_cast<int32_t>(ownerPerSplit);
+    p.ownerSplits = static_cast<int32_t>((p.vocabTiles + ownerPerSplit - 1) / ownerPerSplit);
+  }
   const auto n = static_cast<size_t>(N);
   const auto s = static_cast<size_t>(p.splits);
   size_t at = 0;
@@ -173,6 +195,9 @@ inline LinearCePlan linearCrossEntropyPlan(int64_t N, int64_t D, int64_t V, int3
   p.dEAccum = withGrad && dEType == DType::BF16 ? take(n * static_cast<size_t>(D) * sizeof(float)) : kLinearCeAbsent;
   p.dWAccum = withGrad && dWType == DType::BF16 ? take(static_cast<size_t>(V) * static_cast<size_t>(D) * sizeof(float))
                                                 : kLinearCeAbsent;
+  p.dEPartials = p.ownerSplits > 1
+                     ? take(static_cast<size_t>(p.ownerSplits - 1) * n * static_cast<size_t>(D) * sizeof(float))
+                     : kLinearCeAbsent;
   // Filtering skips whole tiles only where a tile's classes are unlikely for every row: the
   // backward walks the classes sorted by mean logit (O(V) keys), as Cut Cross-Entropy does.
   const bool sorted = withGrad && c.filterEps > 0.0f;

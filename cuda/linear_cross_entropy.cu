@@ -23,10 +23,14 @@
 // G = ∂loss/∂x by gradCoefficient and the softcap slope, skipped when every coefficient
 // (before the scales) is below filterEps, and folded into fp32 accumulators:
 // dE += G·W_tile, dW_tile += Gᵀ·E, dBias += Σ_rows G. By default with atomics; in
-// deterministic mode one kernel owns dE row tiles (walking vocabulary tiles in order) and
-// another owns dW tiles and dBias (walking row tiles in order), which costs one more logit
-// recomputation but gives bit-identical gradients. bf16 gradients are accumulated in an fp32
-// workspace and rounded once at the end. Offsets are int64: N·D, V·D may exceed 2^31.
+// deterministic mode one kernel owns dE and another dW and dBias, each output element written by
+// one block in a fixed order, which costs one more logit recomputation but gives bit-identical
+// gradients. dE's owners are (row tile, vocabulary split) blocks, so that a batch of few row tiles
+// still fills the GPU: split 0 adds into dE, the others into partial buffers of their own, and a
+// last pass adds the partials in split order (split-K with an ordered reduction; the splits depend
+// on the shape alone, so the bits do not depend on the GPU). dW's owners walk the row tiles in
+// order. bf16 gradients are accumulated in an fp32 workspace and rounded once at the end. Offsets
+// are int64: N·D, V·D may exceed 2^31.
 //
 // Vocabulary order. With filterEps > 0 the backward walks the classes sorted by mean logit over
 // the batch, descending (W·mean(E) + b: one GEMV, then a bitonic sort of (key, class) pairs,
@@ -80,6 +84,8 @@ struct LinearCeArgs {
   int32_t vocabTiles;
   int32_t splits;
   int32_t tilesPerSplit;
+  int32_t ownerSplits;         // deterministic dE: vocabulary splits ...
+  int32_t ownerTilesPerSplit;  // ... of this many 64-class tiles
   uint32_t* counters;
   float* rowStats;
   float* partials;
@@ -89,6 +95,7 @@ struct LinearCeArgs {
   const float* scaleUnweighted;
   float* dE;  // fp32 accumulators
   float* dW;
+  float* dEPartials;  // [(ownerSplits − 1) × N × D]: deterministic dE of splits 1.., or null
   float* dBias;
   float* meanRow;      // [kMeanRowChunks × (D + 1)]: partial column sums and row counts, then the mean row
   uint64_t* orderKeys;  // [power of 2 ≥ V]
@@ -830,7 +837,6 @@ __device__ __forceinline__ ThreadRow threadRow(const LinearCeArgs& a, int64_t ro
   return r;
 }
 
-#include "linear_ce_backward.cuh"
 
 __device__ __forceinline__ void addTo(float* p, float v, bool atomic) {
   if (atomic) {
@@ -839,6 +845,13 @@ __device__ __forceinline__ void addTo(float* p, float v, bool atomic) {
     *p += v;  // the block owns this element: no other block writes it
   }
 }
+
+/** Where deterministic split `split` sums its dE: split 0 into dE itself, the others into their partials. */
+__device__ __forceinline__ float* ownerDE(const LinearCeArgs& a, unsigned split) {
+  return split == 0 ? a.dE : a.dEPartials + static_cast<int64_t>(split - 1) * a.E.rows * a.E.cols;
+}
+
+#include "linear_ce_backward.cuh"
 
 /** Adds the product tile c (rows × cols valid) into acc rows base.. (with `order`: order[base + ..]),
  *  columns d0.. (row stride ld). */
@@ -860,7 +873,7 @@ __device__ __forceinline__ void addTile(const FloatTile& c, float* acc, int64_t 
  */
 template <class Gemm, int Mode>
 __device__ void backwardTile(const LinearCeArgs& a, int64_t r0, int vt, const ThreadRow& row, FloatTile& c,
-                             FloatTile& g) {
+                             FloatTile& g, float* dE) {
   const int64_t N = a.E.rows;
   const int64_t V = a.W.rows;
   const int D = static_cast<int>(a.E.cols);
@@ -923,7 +936,7 @@ CUTLOSS_UNROLL
     for (int d0 = 0; d0 < D; d0 += kTile) {  // dE[r0.., d0..] += G·W[c0.., d0..]
       Gemm::product(GradRows{&g}, MatrixColumns{a.W, c0, d0, a.order}, nc, c);
       if (harmonic) harmonicCorrection(c, norms.rowSumH, a.E, r0, nr, d0, min(kTile, D - d0));  // − e_i·Σ_j H_ij
-      addTile(c, a.dE, r0, nr, d0, min(kTile, D - d0), D, atomic);
+      addTile(c, dE, r0, nr, d0, min(kTile, D - d0), D, atomic);
     }
   }
   if (Mode != kBackwardOwnRows) {
@@ -946,16 +959,29 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeBackwardKernel(Linear
       const int64_t r0 = rt * kTile;
       const ThreadRow row = threadRow(a, r0 + threadIdx.x / 4);
       if (!__syncthreads_or(row.valid)) continue;  // uniform: no row of the tile has a gradient
-      backwardTile<Gemm, Mode>(a, r0, vt, row, c, g);
+      backwardTile<Gemm, Mode>(a, r0, vt, row, c, g, nullptr);
     }
     return;
   }
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
   const ThreadRow row = threadRow(a, r0 + threadIdx.x / 4);
   if (!__syncthreads_or(row.valid)) return;  // uniform
-  const int firstTile = Mode == kBackwardAtomic ? blockIdx.y * a.tilesPerSplit : 0;
-  const int endTile = Mode == kBackwardAtomic ? min(firstTile + a.tilesPerSplit, a.vocabTiles) : a.vocabTiles;
-  for (int vt = firstTile; vt < endTile; ++vt) backwardTile<Gemm, Mode>(a, r0, vt, row, c, g);
+  const int perSplit = Mode == kBackwardAtomic ? a.tilesPerSplit : a.ownerTilesPerSplit;
+  const int firstTile = static_cast<int>(blockIdx.y) * perSplit;
+  const int endTile = min(firstTile + perSplit, a.vocabTiles);
+  float* dE = Mode == kBackwardAtomic ? a.dE : ownerDE(a, blockIdx.y);
+  for (int vt = firstTile; vt < endTile; ++vt) backwardTile<Gemm, Mode>(a, r0, vt, row, c, g, dE);
+}
+
+/** dE += the partial sums of deterministic splits 1.., in split order. */
+__global__ void linearCeSumPartialsKernel(LinearCeArgs a) {
+  const int64_t n = a.E.rows * a.E.cols;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float sum = a.dE[i];
+    for (int s = 1; s < a.ownerSplits; ++s) sum += a.dEPartials[(s - 1) * n + i];
+    a.dE[i] = sum;
+  }
 }
 
 __global__ void fillKernel(float* p, int64_t n, float v) {
@@ -1145,20 +1171,32 @@ void runLinearCrossEntropy(const LinearCeArgs& a, const LinearCePlan& plan, cons
     }
     CUTLOSS_RUN(op, linearCeOrderKernel, elementBlocks(V), 256, 0, s, a);
   }
-  if (!cfg.deterministic && path == ForwardPath::MmaBf16) {
-    const auto linearCeBackwardMma = &linearCeBackwardMmaKernel;  // the name the emulator's reports give
+  if (a.dEPartials != nullptr) zeroFloats(a.dEPartials, (plan.ownerSplits - 1) * N * D, s);
+  const unsigned rowBlocks = static_cast<unsigned>((N + kMmaBlockRows - 1) / kMmaBlockRows);
+  if (path == ForwardPath::MmaBf16 && !cfg.deterministic) {
+    const auto linearCeBackwardMma = &linearCeBackwardMmaKernel<kBackwardAtomic>;  // the name the emulator's reports give
     CUTLOSS_ALLOW_DYNAMIC_SHARED(linearCeBackwardMma, kMmaBackwardSharedBytes);
-    const unsigned blocks = static_cast<unsigned>((N + kMmaBlockRows - 1) / kMmaBlockRows * plan.splits);
-    CUTLOSS_RUN(op, linearCeBackwardMma, blocks, kMmaThreads, kMmaBackwardSharedBytes, s, a);
+    CUTLOSS_RUN(op, linearCeBackwardMma, rowBlocks * plan.splits, kMmaThreads, kMmaBackwardSharedBytes, s, a);
+  } else if (path == ForwardPath::MmaBf16) {
+    // deterministic: dE by (row block, split) owners, dW and dBias by class-tile owners
+    const auto linearCeBackwardMmaOwnRows = &linearCeBackwardMmaKernel<kBackwardOwnRows>;
+    const auto linearCeBackwardMmaOwnVocab = &linearCeBackwardMmaKernel<kBackwardOwnVocab>;
+    CUTLOSS_ALLOW_DYNAMIC_SHARED(linearCeBackwardMmaOwnRows, kMmaBackwardSharedBytes);
+    CUTLOSS_ALLOW_DYNAMIC_SHARED(linearCeBackwardMmaOwnVocab, kMmaBackwardSharedBytes);
+    const unsigned classTiles = static_cast<unsigned>((V + kMmaBlockCols - 1) / kMmaBlockCols);
+    CUTLOSS_RUN(op, linearCeBackwardMmaOwnRows, rowBlocks * plan.ownerSplits, kMmaThreads, kMmaBackwardSharedBytes, s, a);
+    CUTLOSS_RUN(op, linearCeBackwardMmaOwnVocab, classTiles, kMmaThreads, kMmaBackwardSharedBytes, s, a);
   } else if (cfg.deterministic) {
     const auto ownRows = &linearCeBackwardKernel<Gemm, kBackwardOwnRows>;
     const auto ownVocab = &linearCeBackwardKernel<Gemm, kBackwardOwnVocab>;
-    CUTLOSS_RUN(op, ownRows, static_cast<unsigned>(plan.rowTiles), kTileThreads, 0, s, a);
+    const dim3 owners(static_cast<unsigned>(plan.rowTiles), static_cast<unsigned>(plan.ownerSplits));
+    CUTLOSS_RUN(op, ownRows, owners, kTileThreads, 0, s, a);
     CUTLOSS_RUN(op, ownVocab, static_cast<unsigned>(plan.vocabTiles), kTileThreads, 0, s, a);
   } else {
     const auto atomic = &linearCeBackwardKernel<Gemm, kBackwardAtomic>;
     CUTLOSS_RUN(op, atomic, tiles, kTileThreads, 0, s, a);
   }
+  if (a.dEPartials != nullptr) CUTLOSS_RUN(op, linearCeSumPartialsKernel, elementBlocks(N * D), 256, 0, s, a);
   if (a.dE != out.dE.data) CUTLOSS_RUN(op, storeAccumulatorKernel<256>, elementBlocks(N * D), 256, 0, s, a.dE, out.dE);
   if (a.dW != out.dW.data) CUTLOSS_RUN(op, storeAccumulatorKernel<256>, elementBlocks(V * D), 256, 0, s, a.dW, out.dW);
 }
@@ -1203,6 +1241,8 @@ void linearCrossEntropy(const MatrixRef& E, const MatrixRef& W, const float* bia
   a.vocabTiles = static_cast<int32_t>(plan.vocabTiles);
   a.splits = plan.splits;
   a.tilesPerSplit = plan.tilesPerSplit;
+  a.ownerSplits = plan.ownerSplits;
+  a.ownerTilesPerSplit = plan.ownerTilesPerSplit;
   a.counters = reinterpret_cast<uint32_t*>(part(plan.counters));
   a.rowStats = reinterpret_cast<float*>(part(plan.rowStats));
   a.partials = reinterpret_cast<float*>(part(plan.partials));
@@ -1218,6 +1258,7 @@ void linearCrossEntropy(const MatrixRef& E, const MatrixRef& W, const float* bia
                                                     : static_cast<float*>(out.dW.data))
                   : nullptr;
   a.dBias = withGrad ? out.dBias : nullptr;
+  a.dEPartials = withGrad ? reinterpret_cast<float*>(part(plan.dEPartials)) : nullptr;
   a.meanRow = reinterpret_cast<float*>(part(plan.meanRow));
   a.orderKeys = reinterpret_cast<uint64_t*>(part(plan.orderKeys));
   a.order = reinterpret_cast<int32_t*>(part(plan.order));

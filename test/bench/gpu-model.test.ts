@@ -104,6 +104,31 @@ $L__BB0_12:
     expect(all.parts.l2!).toBeCloseTo(streamed + (tiles * 128 * 2304 / 4) * 32 / g.l2, 9);
     expect(mmaBackwardEstimate(c, g, f, 0, 2).seconds).toBeLessThan(one.seconds);
   });
+  it('deterministic owners: four products per tile in two kernels that fill the GPU, partials streamed', () => {
+    const step = { instructions: 100, mma: 32, ldmatrix: 12, reductions: 0 };
+    const f = { registers: 228, sharedBytes: 150528, logitStep: step, sliceStep: { ...step, ldmatrix: 24 } };
+    const [c, g] = [CASES[0]!, GPUS[0]!];
+    const atomic = mmaBackwardEstimate(c, g, f, 0, 2);
+    const rows = mmaBackwardEstimate(c, g, f, 0, 2, 'ownRows');
+    const vocab = mmaBackwardEstimate(c, g, f, 0, 2, 'ownVocab');
+    const nvd = c.N * c.V * c.D;
+    expect(atomic.parts.tensor!).toBeCloseTo((6 * nvd) / g.bf16, 12);
+    expect(rows.parts.tensor!).toBeCloseTo((4 * nvd) / g.bf16, 12);
+    expect(vocab.parts.tensor!).toBeCloseTo((4 * nvd) / g.bf16, 12);
+    // 64 row blocks × ⌈512 / 128⌉ = 4 splits, and 2000 class tiles: both more blocks than SMs
+    const tiles = 64 * 2000;
+    const stages = 72;
+    // the logits stream both operands, the owners' D-slices one; a plain add is a load and a store
+    const streamed = (tiles * stages * 3 * 128 * 64) / g.l2;
+    const flushRmw = (2 * (tiles / 2) * 128 * 2304 / 4) * 32 / g.l2;
+    expect(rows.parts.l2!).toBeCloseTo(streamed + flushRmw, 9);
+    expect(vocab.parts.l2!).toBeCloseTo(streamed + flushRmw, 9);
+    // 108 blocks' accumulators (128 × 2304 fp32 each) exceed the 40 MiB L2: every flush reads and writes DRAM
+    const inputs = (c.N + c.V) * c.D * 2;
+    expect(vocab.parts.dram!).toBeCloseTo((inputs + (tiles / 2) * 128 * 2304 * 8) / g.hbm, 9);
+    // dE adds the zeroing of 3 partials, the ordered sum's read of 4 and its write of 1
+    expect(rows.parts.dram!).toBeCloseTo((inputs + (tiles / 2) * 128 * 2304 * 8 + 8 * c.N * c.D * 4) / g.hbm, 9);
+  });
   it('measures skipped tiles on a trained-like head: the mean-logit order skips more than class ids do', () => {
     const h = trainedLikeHead(3, 128, 16, 4096);
     const order = meanLogitOrder(h);

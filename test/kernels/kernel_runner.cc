@@ -179,12 +179,14 @@ void run(Request& q, Response& r) {
     emu::linearCrossEntropy(MatrixRef{e.data(), eType, rows, D}, MatrixRef{w.data(), wType, V, D},
                             static_cast<const float*>(q.ptr("bias")), static_cast<const int32_t*>(q.ptr("labels")), p, c,
                             out, workspace.data(), s);
-    // the counters (tiles visited, skipped, Michelot rows left, passes), the plan's figures, mma forward and backward blocks
-    Bytes& info = r.add("info", 10 * 4);
+    // the counters (tiles visited, skipped, Michelot rows left, passes), the plan's figures, mma forward and backward
+    // blocks, deterministic dE's splits
+    Bytes& info = r.add("info", 11 * 4);
     const uint32_t* counters = reinterpret_cast<const uint32_t*>(workspace.data() + plan.counters);
-    const uint32_t words[10] = {counters[0], counters[1], counters[2], counters[3], static_cast<uint32_t>(plan.splits),
+    const uint32_t words[11] = {counters[0], counters[1], counters[2], counters[3], static_cast<uint32_t>(plan.splits),
                                static_cast<uint32_t>(plan.tilesPerSplit), static_cast<uint32_t>(plan.bytes),
-                               static_cast<uint32_t>(plan.bytes >> 32), counters[4], counters[5]};
+                               static_cast<uint32_t>(plan.bytes >> 32), counters[4], counters[5],
+                               static_cast<uint32_t>(plan.ownerSplits)};
     std::memcpy(info.data(), words, sizeof words);
   } else {
     throw std::runtime_error("unknown op " + op);

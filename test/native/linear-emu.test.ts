@@ -73,6 +73,8 @@ interface KernelRun {
   mmaBackwardBlocks: number;
   splits: number;
   tilesPerSplit: number;
+  /** Deterministic mode's dE splits (1 otherwise). */
+  ownerSplits: number;
   workspaceBytes: number;
   raw: KernelResponse;
 }
@@ -119,7 +121,7 @@ function decode(r: KernelResponse, p: Problem, o: ResolvedLossOptions): KernelRu
     dW: grad ? blobValues(r, 'dW', p.W.dtype) : null,
     dBias: grad && p.bias !== null ? blobValues(r, 'dBias') : null,
     visited: info[0]!, skipped: info[1]!, michelotPasses: info[3]!, splits: info[4]!, tilesPerSplit: info[5]!, mmaBlocks: info[8]!,
-    mmaBackwardBlocks: info[9]!,
+    mmaBackwardBlocks: info[9]!, ownerSplits: info[10]!,
     workspaceBytes: info[6]! + info[7]! * 2 ** 32, raw: r,
   };
 }
@@ -505,16 +507,16 @@ describe('tensor-core backward: G once, dE += G·W and dW += Gᵀ·E on mma.sync
       expectMatches(g, p, options, true, label, true, MMA_BACKWARD_TOL);
     });
   });
-  it('agrees with the deterministic FloatTile backward; filtering skips whole tiles', { timeout: SLOW }, () => {
+  it('agrees with the deterministic FMA backward; filtering skips whole tiles', { timeout: SLOW }, () => {
     const p = problem(951, [37, 40, 300], 'bf16', true, -100, { e: 1, w: 7 });
     // few rows with a trained model's spread: most 128-class tiles hold no coefficient ≥ 2^-12
     const peaked = problem(952, [6, 16, 1280], 'bf16', true, -100, { e: 1, w: 7 });
     const [mma, owner, filtered, everything, exact] = onKernels([
-      [p, { labelSmoothing: 0.1 }, {}], [p, { labelSmoothing: 0.1 }, { deterministic: true }],
+      [p, { labelSmoothing: 0.1 }, {}], [p, { labelSmoothing: 0.1 }, { deterministic: true, gemm: 'fma' }],
       [peaked, {}, { filterEps: 2 ** -12, vocabSplits: 1 }], [p, {}, { filterEps: 1e30 }], [peaked, {}, { vocabSplits: 1 }],
     ]);
     expect(mma!.mmaBackwardBlocks).toBeGreaterThan(0);
-    expect(owner!.mmaBackwardBlocks).toBe(0);
+    expect(owner!.mmaBackwardBlocks).toBe(0);  // the FloatTile owner kernels, fp32 products of the bf16 inputs
     const tol = { rtol: 1e-2, atol: 1e-6 };
     expectClose(mma!.dE!, owner!.dE!, { ...tol, label: 'dE mma vs owner kernels' });
     expectClose(mma!.dW!, owner!.dW!, { ...tol, label: 'dW mma vs owner kernels' });
@@ -583,7 +585,10 @@ describe('vocabulary order: with filterEps > 0 the backward walks the classes by
       const [p, options] = runs[i]!;
       const label = `sorted ${JSON.stringify(Object.keys(options))} ${runs[i]![2].deterministic ? 'deterministic' : ''} [${p.E.rows}, ${p.E.cols}, ${p.W.rows}] ${p.E.dtype}`;
       expect(sorted.skipped, label).toBe(0);
-      expect(sorted.workspaceBytes, `${label}: the order's keys are in the workspace`).toBeGreaterThan(exact.workspaceBytes);
+      // deterministic dE's partials differ with the split count: (splits − 1)·N·D floats, 256-byte aligned
+      const partials = (g: KernelRun) => g.ownerSplits > 1 ? Math.ceil(((g.ownerSplits - 1) * p.E.rows * p.E.cols * 4) / 256) * 256 : 0;
+      expect(sorted.workspaceBytes - partials(sorted), `${label}: the order's keys are in the workspace`)
+        .toBeGreaterThan(exact.workspaceBytes - partials(exact));
       const tol = p.E.dtype === 'f32' ? { rtol: 1e-5, atol: 1e-7 } : { rtol: 2 ** -7, atol: 1e-6 };
       expectClose(sorted.dE!, exact.dE!, { ...tol, label: `${label} dE` });
       expectClose(sorted.dW!, exact.dW!, { ...tol, label: `${label} dW` });
@@ -641,6 +646,49 @@ describe('deterministic mode', () => {
       expectClose(a.dW!, atomic.dW!, { ...tol, label: 'dW deterministic vs atomic' });
       expectClose(a.dBias!, atomic.dBias!, { ...tol, label: 'dBias deterministic vs atomic' });
       expectMatches(a, p, runs[i]![1], p.E.dtype === 'bf16', `deterministic ${i / 2}`, false);
+    }
+  });
+});
+
+describe('deterministic mode on tensor cores', () => {
+  it('owner kernels: dE by vocabulary splits summed in order, dW and dBias by class tiles over row-block pairs', { timeout: SLOW }, () => {
+    // three row blocks of 128 (a pair, then one alone, partial), 9 class tiles of 64 (4.5 of 128), bias
+    const p = problem(981, [290, 48, 560], 'bf16', true);
+    const weights = Float32Array.from({ length: 560 }, (_, i) => 0.5 + (i % 5) / 5);
+    const cases: [Problem, LinearCrossEntropyOptions, KernelSettings][] = [
+      [p, { labelSmoothing: 0.1, classWeights: weights }, { deterministic: true }],
+      [p, { labelSmoothing: 0.1, classWeights: weights }, {}],
+      [p, { softcap: 4, zLoss: 1e-3, reduction: 'sum' }, { deterministic: true, vocabSplits: 2 }],
+      [p, { softcap: 4, zLoss: 1e-3, reduction: 'sum' }, { deterministic: true, filterEps: 1e-30 }],  // sorted walk
+      [p, { softcap: 4, zLoss: 1e-3, reduction: 'sum' }, { deterministic: true, gemm: 'fma' }],
+    ];
+    // onKernels runs each in three fiber orders and requires the same bytes every time
+    const [owners, atomic, twoSplits, sorted, fma] = onKernels(cases);
+    const rowBlocks = Math.ceil(290 / 128);
+    // ⌈512 / ⌈290/64⌉⌉ = 103 splits wanted, one per 64-class tile at most: 9
+    expect(owners!.ownerSplits).toBe(9);
+    expect(owners!.mmaBackwardBlocks).toBe(rowBlocks * 9);
+    expect(twoSplits!.ownerSplits).toBe(2);
+    expect(twoSplits!.mmaBackwardBlocks).toBe(rowBlocks * 2);
+    expect(atomic!.ownerSplits).toBe(1);
+    expect(fma!.mmaBackwardBlocks).toBe(0);
+    // the partials are in the workspace: (splits − 1)·N·D floats more than one split needs
+    expect(owners!.workspaceBytes - twoSplits!.workspaceBytes).toBeGreaterThanOrEqual(7 * 290 * 48 * 4);
+    // each split visits its class tiles once per row block: no tile twice, none left out
+    expect(owners!.visited).toBe(rowBlocks * 9);
+    expect(twoSplits!.visited).toBe(rowBlocks * 5);  // splits of 5 and 4 tiles of 64: 3 and 2 of 128
+    cases.forEach(([, options], i) => {
+      const g = [owners, atomic, twoSplits, sorted, fma][i]!;
+      expectMatches(g, p, options, true, `case ${i}`, true, MMA_BACKWARD_TOL);
+    });
+    const tol = { rtol: 2 ** -7, atol: 1e-6 };
+    expectClose(owners!.dE!, atomic!.dE!, { ...tol, label: 'dE owners vs atomic' });
+    expectClose(owners!.dW!, atomic!.dW!, { ...tol, label: 'dW owners vs atomic' });
+    expectClose(owners!.dBias!, atomic!.dBias!, { ...tol, label: 'dBias owners vs atomic' });
+    for (const g of [twoSplits!, sorted!]) {
+      expectClose(g.dE!, fma!.dE!, { ...tol, label: 'dE mma owners vs FMA owners' });
+      expectClose(g.dW!, fma!.dW!, { ...tol, label: 'dW mma owners vs FMA owners' });
+      expectClose(g.dBias!, fma!.dBias!, { ...tol, label: 'dBias mma owners vs FMA owners' });
     }
   });
 });
