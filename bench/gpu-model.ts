@@ -447,10 +447,11 @@ export interface MmaBackwardFacts {
  *     keep both of its tiles or neither (a pair keeping one flushes dE for it alone).
  * Deterministic mode (`mode`): 'ownRows' blocks (128 rows × a dE split, ⌈512 / ⌈N/64⌉⌉ splits ≤ 16)
  * recompute the logits and do dE alone, 'ownVocab' blocks (a class tile, every row block, two at a
- * time, dW held across the pair as dE is) recompute them again and do dW alone; their flushes are plain adds (a load and a store in L2) to
- * accumulators each block owns, which stay in L2 only while the blocks in flight own less than its
- * capacity (otherwise every flush reads and writes DRAM); dE's partials are zeroed and summed in
- * split order by streaming passes.
+ * time, dW held across the pair as dE is) recompute them again and do dW alone. Their flushes are
+ * plain adds of column pairs (an 8-byte load and store: as many L2 sector requests as reductions)
+ * to accumulators each block owns, which stay in L2 only while the blocks in flight own less than
+ * its capacity (otherwise every flush reads and writes DRAM); dE's partials are zeroed and summed
+ * in split order by streaming passes.
  */
 export function mmaBackwardEstimate(c: Case, gpu: Gpu, f: MmaBackwardFacts, skipped = 0, dERun = 1,
   mode: MmaBackwardMode = 'atomic'): Estimate {
@@ -491,7 +492,9 @@ export function mmaBackwardEstimate(c: Case, gpu: Gpu, f: MmaBackwardFacts, skip
   if (mode === 'atomic') {
     dram += Math.ceil(waves) * c.V * c.D * 4 * 2 + c.N * c.D * 4 * 2;
   } else {
-    l2Ops = 2 * flushed;  // an owner's plain add: a load and a store
+    // an owner's plain add of a column pair: a load and a store, so a quad's 8 columns (one sector) take
+    // two sector requests, as two reductions of 4 do
+    l2Ops = flushed;
     // each block in flight owns its accumulators (128 dE rows, or 2 × 128 dW rows, × D fp32): beyond
     // L2's capacity every flush reads and writes DRAM; the partials' zeroing and ordered sum stream
     const owned = Math.min(grid, gpu.sms * resident) * 128 * c.D * 4;
@@ -594,13 +597,15 @@ async function main(): Promise<void> {
   // atomicAdd with its result unused: atom.global.add.f32 in the PTX, RED in SASS; dBias's, one per tile of a pair, are not the step's
   const reds = bwdBody.filter((l) => /(?:red|atom)\.global\.add\.f32/.test(l)).length - MMA_BACKWARD_DE_RUN;
   const sliceStep = { ...sliceLoop, instructions: sliceLoop.instructions + 4 * reds, reductions: reds };
-  // the owners' flushes are plain adds (ld, add, st: ~5 instructions with address and predicate); ownVocab's dBias adds are not the step's
+  // the owners' flushes are plain adds of column pairs (ld.v2, two adds, st.v2: ~6 instructions with address and
+  // predicate); the scalar stores are the unaligned fallback and dBias's, not the step's
   const ownerSteps = Object.fromEntries((['ownRows', 'ownVocab'] as const).map((mode) => {
     const body = ptxEntry(c.ptx80, MMA_OWNER_KERNELS[mode]);
     const loop = loopWith(body, [/mma\.sync/, /ldmatrix\S*\.trans/]);
-    const stores = body.filter((l) => /st\.global\.f32/.test(l)).length - (mode === 'ownVocab' ? MMA_BACKWARD_DE_RUN : 0);
+    const pairStores = body.filter((l) => /st\.global\.v2\.f32/.test(l)).length;
+    if (pairStores === 0) problems.push(`mma ${mode} owners: no paired (st.global.v2.f32) flush in the PTX`);
     return [mode, { logitStep: loopWith(body, [/mma\.sync/, /cp\.async\.wait_group/], [/ldmatrix\S*\.trans/]),
-      sliceStep: { ...loop, instructions: loop.instructions + 5 * stores, reductions: 0 } }];
+      sliceStep: { ...loop, instructions: loop.instructions + 6 * pairStores, reductions: 0 } }];
   })) as Record<'ownRows' | 'ownVocab', { logitStep: LoopFacts; sliceStep: LoopFacts }>;
   for (const arch of ['sm_80', 'sm_90']) {
     for (const [what, name] of [['mma backward', MMA_BACKWARD_KERNEL], ['mma dE owners', MMA_OWNER_KERNELS.ownRows],
