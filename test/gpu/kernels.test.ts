@@ -204,4 +204,24 @@ describe.skipIf(!runs || !linearNative)('linearCrossEntropy on the GPU matches t
       check(1024, 512, 32003, dtype, linearOptions(1024, 32003).filter(([name]) => realistic.includes(name)));
     }, 600_000);
   }
+  // Blocks race only on hardware: deterministic mode's owners (dE split over the vocabulary, its
+  // partials summed in order) must give the same bits every time, the atomic mode need not.
+  it('deterministic mode gives the same bits run after run, with and without filtering, bf16 and f32', () => {
+    lib.setBackend('cuda');
+    for (const [dtype, filterEps] of [['bf16', 0], ['bf16', 2 ** -12], ['f32', 0]] as const) {
+      const [N, D, V] = [1024, 512, 32000];
+      const rng = ref.mulberry32(N + V + (filterEps > 0 ? 1 : 0));
+      const E = randomTensor(rng, N, D, 1, dtype);
+      const W = randomTensor(rng, V, D, 1 / Math.sqrt(D), dtype);
+      const labels = labelsFor(rng, N, V, {});
+      const o: lib.LinearCrossEntropyOptions = { deterministic: true, filterEps, bias: Float32Array.from({ length: V }, (_, j) => Math.sin(j) / 4) };
+      const bytes = (r: lib.LinearCrossEntropyResult) => [r.dEmbeddings!.data, r.dClassifier!.data, r.dBias!].map((a) =>
+        Buffer.from(a.buffer, a.byteOffset, a.byteLength));
+      const first = bytes(lib.linearCrossEntropy(E, W, labels, o));
+      for (let run = 0; run < 3; run++) {
+        bytes(lib.linearCrossEntropy(E, W, labels, o)).forEach((b, k) =>
+          expect(b.equals(first[k]!), `${dtype} filterEps ${filterEps}: output ${k} differs in run ${run + 2}`).toBe(true));
+      }
+    }
+  }, 600_000);
 });
