@@ -936,7 +936,8 @@ export interface LinearCrossEntropyWorkspaceOptions extends LinearCrossEntropyOp
  * Bytes of device workspace linearCrossEntropy's fused kernels (cuda, cuda-emu) allocate for
  * E [N, D], W [V, D] with these options, beyond the inputs and the returned results: O(N + V)
  * (per-row statistics and partials, sparsemax candidates), plus fp32 accumulators for bf16
- * gradients, never N×V. The same figure comes back as `workspaceBytes` of each result.
+ * gradients and, with `deterministic`, dE's per-split partial sums (fewer than 32 768 rows of D
+ * floats), never N×V. The same figure comes back as `workspaceBytes` of each result.
  *
  * @param N rows of E (tokens); D the embedding width; V rows of W (classes).
  * @param options the linearCrossEntropy options of the call, plus `dtype` ('f32' | 'bf16') and `backend` ('cuda' | 'cuda-emu').

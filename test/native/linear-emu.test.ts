@@ -794,6 +794,24 @@ describe('workspace: O(N + V), never N×V', () => {
     expect(bytes(0, D, V)).toBe(0);
   });
 
+  it('deterministic mode adds dE partials for its vocabulary splits, bounded whatever N is', () => {
+    const bytes = (N: number, D: number, V: number, o: lib.LinearCrossEntropyWorkspaceOptions = {}) =>
+      lib.linearCrossEntropyWorkspaceBytes(N, D, V, { backend: 'cuda-emu', filterEps: 0, ...o });
+    const [D, V] = [512, 32000];
+    const extra = (N: number) => bytes(N, D, V, { deterministic: true }) - bytes(N, D, V);
+    // splits = min(16, ⌈512 / ⌈N/64⌉⌉): (splits − 1)·N·D floats, 256-byte aligned
+    const partials = (N: number, splits: number) => Math.ceil(((splits - 1) * N * D * 4) / 256) * 256;
+    expect(extra(1024)).toBe(partials(1024, 16));
+    expect(extra(8192)).toBe(partials(8192, 4));
+    expect(extra(20000)).toBe(partials(20000, 2));  // ⌈512 / 313⌉
+    expect(extra(32768)).toBe(0);                   // 512 row tiles fill the GPU alone
+    expect(extra(1 << 20)).toBe(0);
+    for (const N of [1, 100, 1024, 5000, 8192, 20000, 32767]) expect(extra(N)).toBeLessThan(32768 * D * 4);
+    // no gradients, no partials; a tiny vocabulary caps the splits at its 64-class tiles
+    expect(bytes(1024, D, V, { deterministic: true, computeGrad: false })).toBe(bytes(1024, D, V, { computeGrad: false }));
+    expect(bytes(1024, D, 130, { deterministic: true }) - bytes(1024, D, 130)).toBe(partials(1024, 3));
+  });
+
   it('the launcher uses the plan the binding reports', { timeout: SLOW }, () => {
     const p = problem(9, [37, 19, 300], 'bf16', true);
     for (const options of [{}, { normalizer: 'sparsemax' as const }, { computeGrad: false }]) {
