@@ -31,6 +31,8 @@ export interface Gpu {
   hbm: number; // bytes/s
   l2: number; // bytes/s, ASSUMED (microbenchmark ballpark, not published by the vendor)
   l2Bytes: number; // L2 capacity
+  /** red.global.add.v2.f32 (sm_90): a lane's two adjacent columns in one reduction, a quad's 8 in one sector request. */
+  vectorRed: boolean;
   smemPerSm: number; // bytes usable by blocks
   smemBytesPerClock: number; // per SM
   regsPerSm: number;
@@ -40,12 +42,12 @@ export interface Gpu {
 
 export const GPUS: Gpu[] = [
   {
-    name: 'A100', sms: 108, clockHz: 1.41e9, bf16: 312e12, tf32: 156e12, hbm: 2.0e12, l2: 5.0e12, l2Bytes: 40 * 2 ** 20, smemPerSm: 164 * 1024,
+    name: 'A100', sms: 108, clockHz: 1.41e9, bf16: 312e12, tf32: 156e12, hbm: 2.0e12, l2: 5.0e12, l2Bytes: 40 * 2 ** 20, vectorRed: false, smemPerSm: 164 * 1024,
     smemBytesPerClock: 128, regsPerSm: 65536, maxWarpsPerSm: 64,
     note: 'A100 SXM: 108 SMs at 1.41 GHz, 312 TFLOP/s bf16 dense, 2.0 TB/s HBM; L2 5 TB/s assumed',
   },
   {
-    name: 'H100', sms: 132, clockHz: 1.83e9, bf16: 989e12 * 0.62, tf32: 494e12 * 0.62, hbm: 3.35e12, l2: 10e12, l2Bytes: 50 * 2 ** 20,
+    name: 'H100', sms: 132, clockHz: 1.83e9, bf16: 989e12 * 0.62, tf32: 494e12 * 0.62, hbm: 3.35e12, l2: 10e12, l2Bytes: 50 * 2 ** 20, vectorRed: true,
     smemPerSm: 228 * 1024, smemBytesPerClock: 128, regsPerSm: 65536, maxWarpsPerSm: 64,
     note: 'H100 SXM: 132 SMs at 1.83 GHz, 989 TFLOP/s bf16 dense of which mma.sync (no wgmma) is assumed to reach 62%, 3.35 TB/s HBM; L2 10 TB/s assumed',
   },
@@ -488,7 +490,8 @@ export function mmaBackwardEstimate(c: Case, gpu: Gpu, f: MmaBackwardFacts, skip
   // owners copy one operand per D-slice stage (the other is zero-filled), atomic mode both
   const sliceOperands = products;
   let dram = (c.N + c.V) * c.D * bytes;
-  let l2Ops = flushed;  // a reduction: one L2 operation
+  // a scalar reduction: a quarter of a sector request (a quad's 4 in one sector); a paired one half as much
+  let l2Ops = gpu.vectorRed ? flushed / 2 : flushed;
   if (mode === 'atomic') {
     dram += Math.ceil(waves) * c.V * c.D * 4 * 2 + c.N * c.D * 4 * 2;
   } else {
@@ -596,7 +599,10 @@ async function main(): Promise<void> {
   const sliceLoop = loopWith(bwdBody, [/mma\.sync/, /ldmatrix\S*\.trans/]);
   // atomicAdd with its result unused: atom.global.add.f32 in the PTX, RED in SASS; dBias's, one per tile of a pair, are not the step's
   const reds = bwdBody.filter((l) => /(?:red|atom)\.global\.add\.f32/.test(l)).length - MMA_BACKWARD_DE_RUN;
-  const sliceStep = { ...sliceLoop, instructions: sliceLoop.instructions + 4 * reds, reductions: reds };
+  // the step holds both warp roles' code (warps 0–3 dE, 4–7 dW, 32 × 32 each): a warp runs one half of it
+  const roles = 2;
+  const sliceStep = { instructions: (sliceLoop.instructions + 4 * reds) / roles, mma: sliceLoop.mma / roles,
+    ldmatrix: sliceLoop.ldmatrix / roles, reductions: reds / roles };
   // the owners' flushes are plain adds of column pairs (ld.v2, two adds, st.v2: ~6 instructions with address and
   // predicate); the scalar stores are the unaligned fallback and dBias's, not the step's
   const ownerSteps = Object.fromEntries((['ownRows', 'ownVocab'] as const).map((mode) => {
@@ -679,7 +685,7 @@ async function main(): Promise<void> {
   } else {
     console.table(rows);
     console.log(`backward staging: ${staging.toFixed(1)} PTX instructions per staged element (FloatTile products: tf32, and deterministic mode off the bf16 tensor-core path)`);
-    console.log(`mma backward: logit step ${logitStep.instructions} instructions / ${logitStep.mma} mma; D-slice step ${sliceStep.instructions} / ${sliceStep.mma} mma, ${sliceStep.ldmatrix} ldmatrix, ${sliceStep.reductions} red`);
+    console.log(`mma backward: logit step ${logitStep.instructions} instructions / ${logitStep.mma} mma; D-slice step per warp ${sliceStep.instructions} / ${sliceStep.mma} mma, ${sliceStep.ldmatrix} ldmatrix, ${sliceStep.reductions} red`);
     console.log(`exact gradients of the paper case with dE flushed once per 1 / 2 (as built) / 4 / ∞ class tiles (the others projections): ${projections.join('; ')}`);
     console.log('skipped: 128 × 128 tiles that filterEps 2^-12 skips on a trained-like head (bench/gpu-model.ts trainedLikeHead: ' +
       'Zipf labels, 256 rows, the case\'s V), vocabulary sorted by mean logit: measured by the JS backend\'s count; ' +

@@ -13,8 +13,8 @@
 // then, for the pair's kept tiles:
 //   3. D-slices of 32 columns, streamed through the same ring, one step per slice and kept tile: a
 //      stage holds E[rows, slice] and W[classes, slice], which are exactly the two B operands
-//      (k-major, so ldmatrix.trans). Warp w computes dE rows 16w.. (A = G, ldmatrix) and dW
-//      classes 16w.. (A = Gᵀ, ldmatrix.trans of the same tile) for the slice. dW is folded into
+//      (k-major, so ldmatrix.trans). Warps 0–3 compute dE rows 32w.. (A = G, ldmatrix), warps 4–7
+//      dW classes 32(w − 4).. (A = Gᵀ, ldmatrix.trans of the same tile) for the slice. dW is folded into
 //      its fp32 accumulator at every step (each tile has its own classes); dE, the same rows for
 //      both tiles, stays in registers across the pair's steps of a slice and is folded in once:
 //      the reductions into L2, which bound this kernel, are 3 per element of a pair, not 4.
@@ -112,8 +112,14 @@ __device__ __forceinline__ void flushFragments(const float (&c)[4][4], float* ac
                                                int64_t d0, int64_t cols, const int32_t* rows = nullptr) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int g = lane / 4, t = lane % 4;
-  // d is even: pairs are aligned when every row starts 8-byte aligned (the mma path's D is a multiple of 8)
-  const bool pairs = cols % 2 == 0 && reinterpret_cast<uintptr_t>(acc) % 8 == 0;
+  // d is even: pairs are aligned when every row starts 8-byte aligned (the mma path's D is a multiple of 8);
+  // reductions go in pairs only where one instruction takes both
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr bool kPairs = true;
+#else
+  constexpr bool kPairs = !Atomic;
+#endif
+  const bool pairs = kPairs && cols % 2 == 0 && reinterpret_cast<uintptr_t>(acc) % 8 == 0;
 CUTLOSS_UNROLL
   for (int h = 0; h < 2; ++h) {
     const int64_t at = base + row0 + g + 8 * h;
@@ -133,6 +139,12 @@ CUTLOSS_UNROLL
     }
   }
 }
+
+/** A warp's product in step 3, as a type: dE (A = G) or dW (A = Gᵀ). */
+template <bool DE>
+struct WarpRole {
+  static constexpr bool kDE = DE;
+};
 
 /** The gathered W rows of tile u of a pair: a select per pointer (a dynamically indexed array would live in local memory). */
 __device__ __forceinline__ MmaGatheredRows pairRows(const MmaGatheredRows& first, const MmaGatheredRows& second, int u) {
@@ -276,8 +288,15 @@ CUTLOSS_UNROLL
     const MmaRows eSlice = !kFoldsDW ? noERows : u == 0 ? eFirst : eSecond;
     mmaLoadStage(stage, eSlice, pairRows(wRowsFirst, wRowsSecond, u), static_cast<int64_t>(s) * kMmaRowBytes);
   };
-  float dEFragments[4][4];
-  float dWFragments[4][4];
+  // Warps in step 3: atomic mode gives the two products four warps each, 32 × 32 apiece (rows or
+  // classes × slice columns: 4 ldmatrix per 8 mma, where 16 × 32 tiles of both take 6); an owner's
+  // one product takes all eight, 16 × 32 each.
+  constexpr int kWarpTiles = kFoldsDE && kFoldsDW ? 2 : 1;  // m16 tiles per warp
+  const bool dEWarp = kFoldsDE && (!kFoldsDW || warp < 4);  // uniform per warp
+  const int warpRow0 = 16 * kWarpTiles * (kWarpTiles == 2 ? warp % 4 : warp);  // its G rows (dE) or classes (dW)
+  // dE, or dW of row pairs, is held across the pair's steps of a slice; atomic mode's dW is one tile's
+  const bool hold = dEWarp || kRowPair;
+  float fragments[kWarpTiles][4][4];
   mmaRingLoop(ring, kStages * keptCount, load, [&](const unsigned char* stage, int step) {
     const int s = step / keptCount;
     const int u = tileOfStep(step);
@@ -287,35 +306,51 @@ CUTLOSS_UNROLL
     const bool sliceStart = step % keptCount == 0;
     const bool sliceEnd = step % keptCount == keptCount - 1;
 CUTLOSS_UNROLL
-    for (int nt = 0; nt < 4; ++nt)
+    for (int mt = 0; mt < kWarpTiles; ++mt)
 CUTLOSS_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        if (!kRowPair || sliceStart) dWFragments[nt][i] = 0.0f;
-        if (sliceStart) dEFragments[nt][i] = 0.0f;
+      for (int nt = 0; nt < 4; ++nt)
+CUTLOSS_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          if (!hold || sliceStart) fragments[mt][nt][i] = 0.0f;
+        }
+    // each role's k-loop compiled apart: one branch per step, not one per k-step
+    const auto products = [&](auto role) {
+      constexpr bool kDE = decltype(role)::kDE;
+CUTLOSS_UNROLL
+      for (int ks = 0; ks < kMmaBlockCols / 16; ++ks) {  // k: classes for dE, rows for dW
+        uint32_t aTiles[kWarpTiles][4], b[4][2];
+CUTLOSS_UNROLL
+        for (int mt = 0; mt < kWarpTiles; ++mt) {
+          if (kDE) {
+            // A = G rows warpRow0 + 16·mt.., classes 16·ks..: matrices (rows 0–7 | 8–15) × (chunk 2ks | 2ks + 1)
+            ldmatrixX4(aTiles[mt], gTile + gradSwizzle(warpRow0 + 16 * mt + (lane % 8) + 8 * ((lane / 8) % 2), 2 * ks + lane / 16));
+          } else {
+            // A = Gᵀ classes warpRow0 + 16·mt.., rows 16·ks..: stored blocks (rows 0–7, classes 0–7),
+            // (0–7, 8–15), (8–15, 0–7), (8–15, 8–15), each transposed
+            ldmatrixX4Trans(aTiles[mt], gTile + gradSwizzle(16 * ks + (lane % 8) + 8 * (lane / 16), (warpRow0 + 16 * mt) / 8 + (lane / 8) % 2));
+          }
+        }
+        kMajorBFragments(kDE ? sW : sE, 16 * ks, b);
+CUTLOSS_UNROLL
+        for (int mt = 0; mt < kWarpTiles; ++mt)
+CUTLOSS_UNROLL
+          for (int nt = 0; nt < 4; ++nt) mmaBf16(fragments[mt][nt], aTiles[mt], b[nt]);
       }
-CUTLOSS_UNROLL
-    for (int ks = 0; ks < kMmaBlockCols / 16; ++ks) {  // k: classes for dE, rows for dW
-      uint32_t aG[4], aGt[4], b[4][2];
-      if (kFoldsDE) {
-        // A = G rows 16·warp.., classes 16·ks..: matrices (rows 0–7 | 8–15) × (chunk 2ks | 2ks + 1)
-        ldmatrixX4(aG, gTile + gradSwizzle(16 * warp + (lane % 8) + 8 * ((lane / 8) % 2), 2 * ks + lane / 16));
-        kMajorBFragments(sW, 16 * ks, b);
-CUTLOSS_UNROLL
-        for (int nt = 0; nt < 4; ++nt) mmaBf16(dEFragments[nt], aG, b[nt]);
-      }
-      if (kFoldsDW) {
-        // A = Gᵀ classes 16·warp.., rows 16·ks..: stored blocks (rows 0–7, classes 0–7), (0–7, 8–15),
-        // (8–15, 0–7), (8–15, 8–15), each transposed
-        ldmatrixX4Trans(aGt, gTile + gradSwizzle(16 * ks + (lane % 8) + 8 * (lane / 16), 2 * warp + (lane / 8) % 2));
-        kMajorBFragments(sE, 16 * ks, b);
-CUTLOSS_UNROLL
-        for (int nt = 0; nt < 4; ++nt) mmaBf16(dWFragments[nt], aGt, b[nt]);
-      }
+    };
+    if (dEWarp) {
+      products(WarpRole<true>{});
+    } else {
+      products(WarpRole<false>{});
     }
     const int64_t d0 = static_cast<int64_t>(s) * (kMmaRowBytes / 2);
-    if (kFoldsDE && sliceEnd) flushFragments<kAtomic>(dEFragments, dE, r0, 16 * warp, N, d0, D);
-    if (kFoldsDW && (!kRowPair || sliceEnd)) {
-      flushFragments<kAtomic>(dWFragments, a.dW, classBase(u), 16 * warp, colEnd, d0, D, pairClasses + u * kMmaBlockCols);
+    if (hold && !sliceEnd) return;
+CUTLOSS_UNROLL
+    for (int mt = 0; mt < kWarpTiles; ++mt) {
+      if (dEWarp) {
+        flushFragments<kAtomic>(fragments[mt], dE, r0, warpRow0 + 16 * mt, N, d0, D);
+      } else {
+        flushFragments<kAtomic>(fragments[mt], a.dW, classBase(u), warpRow0 + 16 * mt, colEnd, d0, D, pairClasses + u * kMmaBlockCols);
+      }
     }
   });
 }

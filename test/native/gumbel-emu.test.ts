@@ -29,7 +29,7 @@ const SETTINGS: Setting[] = [
   { label: 'bf16 tensor cores, class weights, ignored rows', dtype: 'bf16', mma: true, options: { normalizer: 'gumbel' } },
   { label: 'tf32 forward, softcap, temperature, zLoss, squentropy', dtype: 'f32', tf32: true, mma: true, options: { normalizer: 'gumbel', softcap: 6, temperature: 1.3, zLoss: 0.01, squentropy: true } },
   { label: 'f32 FMA, deterministic, four vocabulary splits', dtype: 'f32', deterministic: true, vocabSplits: 4, mma: false, options: { normalizer: 'gumbel', reduction: 'sum' } },
-  { label: 'bf16 deterministic (FloatTile backward)', dtype: 'bf16', deterministic: true, mma: true, options: { normalizer: 'gumbel', reduction: 'none' } },
+  { label: 'bf16 deterministic (tensor-core owner kernels)', dtype: 'bf16', deterministic: true, mma: true, options: { normalizer: 'gumbel', reduction: 'none' } },
 ];
 
 function problem(seed: number, N: number, D: number, V: number, dtype: 'f32' | 'bf16') {

@@ -551,7 +551,7 @@ describe('tensor-core backward: G once, dE += G·W and dW += Gᵀ·E on mma.sync
     const p = problem(961, [37, 40, 150], 'bf16', true);
     const o = resolved(p, {});
     const request = { ...linearRequest(p, o, {}), order: 'forward' as const };
-    const noTrans = plant('ldmatrixX4Trans(aGt,', 'ldmatrixX4(aGt,');
+    const noTrans = plant('ldmatrixX4Trans(aTiles[mt], gTile', 'ldmatrixX4(aTiles[mt], gTile');
     const g = decode(runKernels(noTrans, [request])[0]!, p, o);
     expect(g.mmaBackwardBlocks).toBeGreaterThan(0);
     expect(() => expectMatches(g, p, {}, true, 'no .trans', true, MMA_BACKWARD_TOL)).toThrow(/dW/);
