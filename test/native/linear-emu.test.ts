@@ -537,7 +537,7 @@ describe('tensor-core backward: G once, dE += G·W and dW += Gᵀ·E on mma.sync
     expect(maxDiff).toBeLessThanOrEqual((2 ** -12 / n) * 1280 * wMax);
     console.log(`mma backward, filterEps 2^-12: skipped ${filtered!.skipped} of ${filtered!.visited} tiles`);
   });
-  it('planted bugs in the mma backward are caught: Gᵀ without .trans, a missing barrier after G', { timeout: SLOW }, () => {
+  it('planted bugs in the mma backward are caught: Gᵀ without .trans, a missing barrier after G, a row pair\'s dW flushed twice', { timeout: SLOW }, () => {
     const plant = (from: string, to: string) => {
       let planted = false;
       const runner = buildRunner((file, text) => {
@@ -559,6 +559,14 @@ describe('tensor-core backward: G once, dE += G·W and dW += Gᵀ·E on mma.sync
     const [r] = runKernels(noBarrier, [request]);
     expect(r!.ok).toBe(false);
     if (!r!.ok) expect(r!.error).toMatch(/shared-memory race in kernel linearCeBackwardMma/);
+    // deterministic dW owners hold a row pair's dW across its steps: a flush at every step adds the first row block's twice
+    // (dE owners here walk one class tile each: nothing held, nothing doubled)
+    const pairs = problem(962, [200, 40, 150], 'bf16', true);
+    const po = resolved(pairs, {});
+    const flushEveryStep = plant('if (hold && !sliceEnd) return;', 'if (hold && !sliceEnd && !hold) return;');
+    const owners = decode(runKernels(flushEveryStep, [{ ...linearRequest(pairs, po, { deterministic: true }), order: 'forward' as const }])[0]!, pairs, po);
+    expect(owners.ownerSplits).toBeGreaterThan(1);
+    expect(() => expectMatches(owners, pairs, {}, true, 'dW flushed at every step', true, MMA_BACKWARD_TOL)).toThrow(/dW/);
   });
 });
 
