@@ -156,28 +156,22 @@ inline LinearCePlan linearCrossEntropyPlan(int64_t N, int64_t D, int64_t V, int3
   LinearCePlan p;
   p.rowTiles = (N + kLinearCeTile - 1) / kLinearCeTile;
   p.vocabTiles = (V + kLinearCeTile - 1) / kLinearCeTile;
-  int64_t splits = c.vocabSplits > 0 ? c.vocabSplits
-                                     : (kLinearCeTargetBlocks + (p.rowTiles > 0 ? p.rowTiles : 1) - 1) /
-                                           (p.rowTiles > 0 ? p.rowTiles : 1);
-  if (splits > kLinearCeMaxSplits) splits = kLinearCeMaxSplits;
-  if (splits > p.vocabTiles) splits = p.vocabTiles;
-  if (splits < 1) splits = 1;
-  const int64_t perSplit = p.vocabTiles > 0 ? (p.vocabTiles + splits - 1) / splits : 1;
-  p.tilesPerSplit = static_cast<int32_t>(perSplit);
-  p.splits = static_cast<int32_t>(p.vocabTiles > 0 ? (p.vocabTiles + perSplit - 1) / perSplit : 1);  // none empty
+  /** Splits of the vocabulary tiles: `requested`, or enough for about `target` tiles' worth of blocks; at most `most`, none empty. */
+  const auto split = [&p, &c](int64_t target, int64_t most, int32_t& splits, int32_t& perSplit) {
+    const int64_t rowTiles = p.rowTiles > 0 ? p.rowTiles : 1;
+    int64_t n = c.vocabSplits > 0 ? c.vocabSplits : (target + rowTiles - 1) / rowTiles;
+    if (n > most) n = most;
+    if (n > p.vocabTiles) n = p.vocabTiles;
+    if (n < 1) n = 1;
+    const int64_t per = p.vocabTiles > 0 ? (p.vocabTiles + n - 1) / n : 1;
+    perSplit = static_cast<int32_t>(per);
+    splits = static_cast<int32_t>(p.vocabTiles > 0 ? (p.vocabTiles + per - 1) / per : 1);
+  };
+  split(kLinearCeTargetBlocks, kLinearCeMaxSplits, p.splits, p.tilesPerSplit);
   // Deterministic dE: a few row tiles alone would leave most SMs idle, so the vocabulary is split
   // and each split's dE goes to its own buffer, summed in split order. (splits − 1)·N stays
   // below kLinearCeOwnerTargetTiles·64 rows: the partials are bounded whatever N is.
-  if (c.deterministic && withGrad && p.vocabTiles > 0) {
-    int64_t owners = c.vocabSplits > 0 ? c.vocabSplits
-                                       : (kLinearCeOwnerTargetTiles + p.rowTiles - 1) / (p.rowTiles > 0 ? p.rowTiles : 1);
-    if (owners > kLinearCeMaxOwnerSplits) owners = kLinearCeMaxOwnerSplits;
-    if (owners > p.vocabTiles) owners = p.vocabTiles;
-    if (owners < 1) owners = 1;
-    const int64_t ownerPerSplit = (p.vocabTiles + owners - 1) / owners;
-    p.ownerTilesPerSplit = static_cast<int32_t>(ownerPerSplit);
-    p.ownerSplits = static_cast<int32_t>((p.vocabTiles + ownerPerSplit - 1) / ownerPerSplit);
-  }
+  if (c.deterministic && withGrad) split(kLinearCeOwnerTargetTiles, kLinearCeMaxOwnerSplits, p.ownerSplits, p.ownerTilesPerSplit);
   const auto n = static_cast<size_t>(N);
   const auto s = static_cast<size_t>(p.splits);
   size_t at = 0;

@@ -837,7 +837,6 @@ __device__ __forceinline__ ThreadRow threadRow(const LinearCeArgs& a, int64_t ro
   return r;
 }
 
-
 __device__ __forceinline__ void addTo(float* p, float v, bool atomic) {
   if (atomic) {
     atomicAdd(p, v);
