@@ -62,6 +62,7 @@
         "src/cpu/kept_exp_avx512.cc",
         "src/cpu/gemm.cc",
         "src/cpu/bf16_gemm.cc",
+        "src/cpu/bf16_gemm_avx512.cc",
         "src/cpu/sigmoid_pair.cc",
         "src/cpu/zscore.cc",
         "src/cpu/unit_rows.cc"

@@ -105,10 +105,10 @@ export interface CpuOps {
     scaleWeighted: Float32Array | null, scaleUnweighted: Float32Array | null, filterEps: number, workspaceBytes: number,
     dEOut?: Float32Array | null, dWOut?: Float32Array | null, dBiasOut?: Float32Array | null,
   ): CpuLinearResult;
-  /** C = op(A)·op(B) [M, N] with the backend's GEMM (benchmarks, tests). */
-  cpuSgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array): Float32Array;
+  /** C = op(A)·op(B) [M, N] with the backend's GEMM (benchmarks, tests), into `out` where given. */
+  cpuSgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, out?: Float32Array): Float32Array;
   /** The same with A and B bf16 bits: bf16 linearCrossEntropy's GEMM (benchmarks). */
-  cpuBf16Gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Uint16Array, B: Uint16Array): Float32Array;
+  cpuBf16Gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Uint16Array, B: Uint16Array, out?: Float32Array): Float32Array;
 }
 
 export type CpuAsyncOps = {
@@ -121,10 +121,11 @@ export interface CpuAddon extends CpuOps, CpuAsyncOps {
   /** 'blas' (OpenBLAS, where linked) or 'portable'; false when not available. */
   cpuSetGemm(name: 'blas' | 'portable'): boolean;
   /**
-   * 'auto' (oneDNN's bf16 GEMM where it can, the logits' gradient as two bf16 terms; false where it
-   * cannot), 'fast' (the same, the gradient rounded to bf16) or 'off' (bf16 widened, the fp32 GEMM).
+   * 'auto' (the best bf16 GEMM here: oneDNN on AMX, cutloss's kernel on AVX512-BF16; the logits'
+   * gradient rounded to bf16; false where neither serves), 'split' (the same, the gradient as two
+   * bf16 terms), 'onednn' (oneDNN's bf16 GEMM, whatever the ISA) or 'off' (bf16 widened, the fp32 GEMM).
    */
-  cpuSetBf16Gemm(name: 'auto' | 'fast' | 'off'): boolean;
+  cpuSetBf16Gemm(name: 'auto' | 'split' | 'onednn' | 'off'): boolean;
 }
 
 /** The addon's CPU part, or null when this build of the addon has none. */

@@ -1,15 +1,17 @@
-// bf16 linearCrossEntropy on the cpu backend, on each of its paths: oneDNN's bf16 GEMM (AMX or
-// AVX512-BF16, where the machine has it) and the portable path (bf16 widened to fp32, forced by
-// cpuSetBf16Gemm('off') as CUTLOSS_CPU_BF16=off does), against the float64 re-computation of
-// the decoded inputs and the JS backend. oneDNN's path takes the logits' gradient G as two bf16
-// terms (hi + lo), or rounded to one with 'fast' (CUTLOSS_CPU_BF16=fast).
+// bf16 linearCrossEntropy on the cpu backend, on each of its paths: the machine's best bf16 GEMM
+// ('auto': oneDNN on AMX, cutloss's AVX512-BF16 kernel), oneDNN's forced ('onednn'), and the
+// portable path (bf16 widened to fp32, forced by cpuSetBf16Gemm('off') as CUTLOSS_CPU_BF16=off
+// does), against the float64 re-computation of the decoded inputs and the JS backend. The bf16
+// GEMMs take the logits' gradient G rounded to bf16 (as the CUDA tensor-core backward does), or
+// with 'split' (CUTLOSS_CPU_BF16=split) as two bf16 terms (hi + lo).
 //
 // Bounds per gradient entry (dE_ik = Σ_j g_ij·W_jk; dW likewise over i): the result's rounding
 // into bf16 (2^-8 of the entry against the reference, twice that against another backend), fp32
 // sums and logits (2^-16 of Σ_j|g_ij·W_jk|), and on the oneDNN path the rounding of G before the
-// backward GEMMs: 2^-16 of Σ_j|g_ij·W_jk| as two bf16 terms, 2^-8 (bf16's unit roundoff) as one.
+// backward GEMMs: 2^-8 (bf16's unit roundoff) of Σ_j|g_ij·W_jk| as one bf16 term, 2^-16 as two.
 // Losses and lse are fp32 on every path.
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as lib from '../lib/index.js';
 import { cpuAddon, cpuLastGradientWork } from '../lib/cpuBackend.js';
@@ -19,12 +21,16 @@ import * as ref from './reference64.js';
 
 const cpuInfo = lib.backends().find((b) => b.name === 'cpu')!;
 const addon = cpuInfo.available ? cpuAddon(native().addon) : null;
-const oneDnnHere = addon !== null && addon.cpuSetBf16Gemm('auto');
+const bf16Here = addon !== null && addon.cpuSetBf16Gemm('auto');
+const oneDnnHere = addon !== null && addon.cpuSetBf16Gemm('onednn');
+addon?.cpuSetBf16Gemm('auto');
 
-type Path = 'oneDNN' | 'oneDNN fast' | 'portable';
-const usePath = (p: Path) => addon!.cpuSetBf16Gemm(p === 'oneDNN' ? 'auto' : p === 'oneDNN fast' ? 'fast' : 'off');
-/** The rounding of G for the backward GEMMs, relative to Σ|g·w|: two bf16 terms, one, or none (fp32). */
-const G_ROUNDING: Record<Path, number> = { oneDNN: 2 ** -16, 'oneDNN fast': 2 ** -8, portable: 0 };
+type Path = 'auto' | 'split' | 'oneDNN' | 'portable';
+const SWITCH = { auto: 'auto', split: 'split', oneDNN: 'onednn', portable: 'off' } as const;
+const usePath = (p: Path) => addon!.cpuSetBf16Gemm(SWITCH[p]);
+const pathHere = (p: Path) => p === 'portable' || (p === 'oneDNN' ? oneDnnHere : bf16Here);
+/** The rounding of G for the backward GEMMs, relative to Σ|g·w|: one bf16 term, two, or none (fp32). */
+const G_ROUNDING: Record<Path, number> = { auto: 2 ** -8, split: 2 ** -16, oneDNN: 2 ** -8, portable: 0 };
 
 const bf16 = (rows: number[][]) => ref.rowsToBf16(rows);
 const decode = (t: { data: ArrayLike<number> }) => Array.from(t.data as Uint16Array, ref.bf16ToF32);
@@ -68,14 +74,20 @@ describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', ()
     const details = () => String(lib.backends().find((b) => b.name === 'cpu')!.details.bf16Gemm);
     usePath('portable');
     expect(details()).toMatch(/^portable/);
+    const flags = readFileSync('/proc/cpuinfo', 'utf8');
+    if (/\bavx512_bf16\b/.test(flags) && !/\bamx_bf16\b/.test(flags)) expect(bf16Here).toBe(true);
+    if (bf16Here) {
+      usePath('auto');
+      expect(details()).toMatch(/^(cutloss AVX512-BF16 kernel on avx512_bf16|oneDNN \d+\.\d+\.\d+ \(loaded at run time\) on avx512_core_amx)/);
+      expect(addon!.cpuInfo().bf16Gemm.note).toMatch(/rounded to bf16/);
+      usePath('split');
+      expect(addon!.cpuInfo().bf16Gemm.note).toMatch(/two bf16 terms/);
+    }
     if (oneDnnHere) {
       usePath('oneDNN');
       expect(details()).toMatch(/^oneDNN \d+\.\d+\.\d+ \(loaded at run time\) on avx512_core_(bf16|amx)/);
-      expect(addon!.cpuInfo().bf16Gemm.note).toMatch(/two bf16 terms/);
-      usePath('oneDNN fast');
-      expect(addon!.cpuInfo().bf16Gemm.note).toMatch(/rounded to bf16/);
     }
-    expect(() => addon!.cpuSetBf16Gemm('sbgemm' as 'off')).toThrow(/must be 'auto', 'fast' or 'off'/);
+    expect(() => addon!.cpuSetBf16Gemm('sbgemm' as 'off')).toThrow(/must be 'auto', 'split', 'onednn' or 'off'/);
   });
 
   // 1100 columns: two slices of 512 and a short one; D 40 is no multiple of a SIMD width
@@ -92,11 +104,11 @@ describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', ()
   const { magE, magW } = magnitudes(want.dLogits, Erows, Wrows);
   const magB = Array.from({ length: V }, (_, j) => want.dLogits.reduce((a, g) => a + Math.abs(g[j]!), 0));
 
-  for (const path of ['oneDNN', 'oneDNN fast', 'portable'] as const) {
+  for (const path of ['auto', 'split', 'oneDNN', 'portable'] as const) {
     const gRound = G_ROUNDING[path];
     const fp32 = 2 ** -16;
     for (const [what, workspaceBytes] of [['one chunk', undefined], ['chunks of 5 rows (dW accumulates)', 5 * V * 4]] as const) {
-      it.skipIf(path !== 'portable' && !oneDnnHere)(`${path}: ${what}, with bias, an ignored row: the float64 re-computation and the JS backend`, () => {
+      it.skipIf(!pathHere(path))(`${path}: ${what}, with bias, an ignored row: the float64 re-computation and the JS backend`, () => {
         usePath(path);
         const o: lib.LinearCrossEntropyOptions = { bias, filterEps: 0, returnLse: true, ...(workspaceBytes ? { workspaceBytes } : {}) };
         const got = lib.linearCrossEntropy(E, W, labels, o);
@@ -113,7 +125,7 @@ describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', ()
       });
     }
 
-    it.skipIf(path !== 'portable' && !oneDnnHere)(`${path}: peaked rows, default filterEps: sparse and dense slices, as the JS backend`, () => {
+    it.skipIf(!pathHere(path))(`${path}: peaked rows, default filterEps: sparse and dense slices, as the JS backend`, () => {
       usePath(path);
       // logits of std ≈ 20 in half the rows (most of their G dropped: per-entry products), flat in the rest
       const r = ref.mulberry32(77);
@@ -148,8 +160,36 @@ describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', ()
     });
   }
 
-  // Where the CPU has AMX this forces oneDNN's AVX512-BF16 kernels; elsewhere it is the path above
-  it.skipIf(!oneDnnHere)('oneDNN capped at AVX512-BF16 (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16), in a child: the float64 re-computation', () => {
+  // Nearly equal W rows: dE_i = Σ_j g_ij·W_j cancels to Σ_j g_ij·(W_j − w), far below Σ_j|g_ij·W_j|.
+  // Rounding G to bf16 moves dE by up to 2^-8 of those terms; 'split' keeps it within 2^-16.
+  it.skipIf(!bf16Here)("cancelling gradients: G rounded to bf16 by default, within 2^-16 of the terms with 'split'", () => {
+    const r = ref.mulberry32(4242);
+    const [n, d, v] = [16, 24, 600];
+    const base = Array.from({ length: d }, () => ref.randn(r));
+    const e = ref.toF64Rows(bf16(Array.from({ length: n }, () => Array.from({ length: d }, () => ref.randn(r)))), n, d);
+    const w = ref.toF64Rows(bf16(Array.from({ length: v }, () => base.map((x) => x + 0.02 * ref.randn(r)))), v, d);
+    const lab = Int32Array.from({ length: n }, () => Math.floor(r() * v));
+    const Et = lib.tensor(bf16(e), [n, d], 'bf16');
+    const Wt = lib.tensor(bf16(w), [v, d], 'bf16');
+    const want64 = ref.linearCrossEntropy(e, w, lab, {});
+    const m = magnitudes(want64.dLogits, e, w);
+    const wantE = want64.dE.flat();
+    const maxError = (p: Path) => {
+      usePath(p);
+      const got = decode(lib.linearCrossEntropy(Et, Wt, lab, { filterEps: 0 }).dEmbeddings!);
+      expectWithin(got, wantE, m.magE, 2 ** -8, G_ROUNDING[p] + 2 ** -16, `dE (${p}) vs reference`);
+      // the error beyond the bf16 output's own rounding, in units of the terms' scale
+      return Math.max(...got.map((x, i) => Math.max(0, Math.abs(x - wantE[i]!) - 2 ** -8 * Math.abs(wantE[i]!)) / m.magE[i]!));
+    };
+    const [rounded, split] = [maxError('auto'), maxError('split')];
+    const total = (xs: number[]) => xs.reduce((acc, x) => acc + Math.abs(x), 0);
+    expect(total(wantE) / total(m.magE)).toBeLessThan(0.05); // the sums do cancel
+    expect(rounded).toBeGreaterThan(2 ** -14); // G's rounding shows where dE cancels ...
+    expect(split).toBeLessThan(rounded / 16); // ... and 'split' removes it
+  });
+
+  // Where the CPU has AMX this forces oneDNN's AVX512-BF16 kernels; elsewhere it is the 'oneDNN' path above
+  it.skipIf(!oneDnnHere)('oneDNN capped at AVX512-BF16 (CUTLOSS_CPU_BF16=onednn ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16), in a child: the float64 re-computation', () => {
     const program = `
       import * as lib from './lib/index.ts';
       import { cpuAddon } from './lib/cpuBackend.ts';
@@ -164,7 +204,7 @@ describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', ()
         dE: Array.from(r.dEmbeddings.data), dW: Array.from(r.dClassifier.data) }));`;
     const input = JSON.stringify({ N, D, V, E: Array.from(E.data), W: Array.from(W.data), labels: Array.from(labels), bias: Array.from(bias) });
     const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', program], {
-      cwd: repoRoot, encoding: 'utf8', input, env: { ...process.env, ONEDNN_MAX_CPU_ISA: 'AVX512_CORE_BF16', CUTLOSS_CPU_BF16: '' },
+      cwd: repoRoot, encoding: 'utf8', input, env: { ...process.env, ONEDNN_MAX_CPU_ISA: 'AVX512_CORE_BF16', CUTLOSS_CPU_BF16: 'onednn' },
     });
     const r = JSON.parse(out.trim().split('\n').pop()!) as { info: { isa: string }; loss: number; dE: number[]; dW: number[] };
     expect(r.info.isa).toBe('avx512_core_bf16');
@@ -174,17 +214,66 @@ describe.skipIf(addon === null)('bf16 linearCrossEntropy on the cpu backend', ()
     expectWithin(dec(r.dW), want.dW.flat(), magW, 2 ** -8, G_ROUNDING.oneDNN + 2 ** -16, 'dW vs reference');
   }, 60_000);
 
-  it('oneDNN capped below bf16 instructions (ONEDNN_MAX_CPU_ISA=AVX512_CORE): the portable path, saying why', () => {
+  const childInfo = (env: Record<string, string>) => {
     const program = `
       import { cpuAddon } from './lib/cpuBackend.ts';
       import { native } from './lib/native.ts';
       console.log(JSON.stringify(cpuAddon(native().addon).cpuInfo().bf16Gemm));`;
     const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', program], {
-      cwd: repoRoot, encoding: 'utf8', env: { ...process.env, ONEDNN_MAX_CPU_ISA: 'AVX512_CORE', CUTLOSS_CPU_BF16: '' },
+      cwd: repoRoot, encoding: 'utf8', env: { ...process.env, ...env },
     });
-    const info = JSON.parse(out.trim().split('\n').pop()!) as { path: string; isa: string; note: string };
+    return JSON.parse(out.trim().split('\n').pop()!) as { path: string; isa: string; note: string };
+  };
+
+  it('oneDNN capped below bf16 instructions (CUTLOSS_CPU_BF16=onednn ONEDNN_MAX_CPU_ISA=AVX512_CORE): the portable path, saying why', () => {
+    const info = childInfo({ ONEDNN_MAX_CPU_ISA: 'AVX512_CORE', CUTLOSS_CPU_BF16: 'onednn' });
     expect(info.path).toMatch(/^portable/);
     expect(info.isa).toBe('');
     if (oneDnnHere) expect(info.note).toMatch(/no bf16 instructions \(ISA avx512_core/);
   }, 60_000);
+
+  it('CUTLOSS_CPU_BF16 picks the path at start-up: off, split', () => {
+    const off = childInfo({ CUTLOSS_CPU_BF16: 'off' });
+    expect(off.path).toMatch(/^portable/);
+    expect(off.note).toMatch(/CUTLOSS_CPU_BF16=off/);
+    if (bf16Here) expect(childInfo({ CUTLOSS_CPU_BF16: 'split' }).note).toMatch(/two bf16 terms \(split\)/);
+  }, 60_000);
+});
+
+// The bf16 GEMM alone, as linearCrossEntropy calls it: each transpose, shapes off the AVX512-BF16
+// kernel's 12-row blocks, 32-column panels and K-pairs, against the float64 product of the bits.
+describe.skipIf(addon === null)('bf16 GEMM on the cpu backend (cpuBf16Gemm)', () => {
+  afterAll(() => addon?.cpuSetBf16Gemm('auto'));
+  const SHAPES: [number, number, number][] = [[13, 45, 37], [1, 1, 1], [25, 600, 2], [40, 33, 515], [12, 32, 64]];
+  for (const path of ['auto', 'oneDNN', 'portable'] as const) {
+    it.skipIf(!pathHere(path))(`${path}: products exact, sums within fp32 rounding`, () => {
+      usePath(path);
+      const rng = ref.mulberry32(31);
+      for (const [M, N, K] of SHAPES) {
+        for (const transA of [false, true]) {
+          for (const transB of [false, true]) {
+            const A = bf16([ref.randomRows(rng, 1, M * K, 1)[0]!]);
+            const B = bf16([ref.randomRows(rng, 1, K * N, 1)[0]!]);
+            const a = (i: number, k: number) => ref.bf16ToF32(A[transA ? k * M + i : i * K + k]!);
+            const b = (k: number, j: number) => ref.bf16ToF32(B[transB ? j * K + k : k * N + j]!);
+            const C = addon!.cpuBf16Gemm(transA, transB, M, N, K, A, B);
+            expect(C.length).toBe(M * N);
+            for (let i = 0; i < M; i++) {
+              for (let j = 0; j < N; j++) {
+                let sum = 0, mag = 0;
+                for (let k = 0; k < K; k++) {
+                  sum += a(i, k) * b(k, j);
+                  mag += Math.abs(a(i, k) * b(k, j));
+                }
+                const err = Math.abs(C[i * N + j]! - sum);
+                if (!(err <= K * 2 ** -24 * mag + 1e-30)) {
+                  throw new Error(`${path} ${M}×${N}×${K} transA ${transA} transB ${transB} [${i}, ${j}]: got ${C[i * N + j]}, want ${sum}`);
+                }
+              }
+            }
+          }
+        }
+      }
+    });
+  }
 });

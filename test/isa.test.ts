@@ -15,7 +15,7 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const run = promisify(execFile);
 
 const SOURCES = ['cross_entropy', 'rowwise', 'sparse', 'gumbel', 'linear_cross_entropy', 'kept_exp_avx512', 'gemm', 'parallel',
-  'host_memory', 'bf16_gemm']
+  'host_memory', 'bf16_gemm', 'bf16_gemm_avx512']
   .map((f) => `src/cpu/${f}.cc`);
 // as CMakeLists.txt and binding.gyp compile the CPU kernels
 const FLAGS = ['-O3', '-std=c++17', '-fno-math-errno', '-fno-trapping-math', '-fopenmp-simd', '--param=max-unswitch-insns=2000',

@@ -2,7 +2,7 @@
 // f32 one and the GEMM limits, timed in one child process in turns (one call of each contestant
 // per round; medians over rounds, ratios per round), so a shared host's drift moves them alike:
 //   S2-bf16         N 2048, D 512, V 32000: cutloss f32; cutloss bf16 on its bf16 GEMM (the
-//                   logits' gradient as two bf16 terms), 'fast' (the gradient rounded to bf16)
+//                   logits' gradient rounded to bf16), 'split' (the gradient as two bf16 terms)
 //                   and the portable path (bf16 widened, the f32 GEMM); the bf16 GEMM limit (E·Wᵀ,
 //                   G·W, Gᵀ·E, bf16 operands, fp32 results) and the f32 one; PyTorch's bf16 CPU
 //                   path (matmul in bf16, cross_entropy in fp32) where python3-torch is installed.
@@ -82,31 +82,38 @@ function zipfLabels(N: number, V: number, seed: number): Int32Array {
   });
 }
 
+/** Outputs of the three products, allocated once: the limit times the GEMMs, not fresh memory. */
+function limitOutputs(N: number, D: number, block: number) {
+  return { logits: new Float32Array(N * block), dE: new Float32Array(N * D), dW: new Float32Array(block * D) };
+}
+
 /** E·Wᵀ, G·W, Gᵀ·E with bf16 operands (G a fixed block, reused), over the vocabulary in blocks of `block` columns. */
 function bf16GemmLimit(a: CpuAddon, E: Uint16Array, W: Uint16Array, N: number, D: number, V: number, block: number): () => void {
   const G = toBf16(uniformValues(N * Math.min(block, V), 7, 1e-3));
+  const out = limitOutputs(N, D, Math.min(block, V));
   return () => {
     for (let v0 = 0; v0 < V; v0 += block) {
       const vb = Math.min(block, V - v0);
       const Wb = W.subarray(v0 * D, (v0 + vb) * D);
       const Gb = vb === block || vb === V ? G : G.subarray(0, N * vb); // only the shape matters for time
-      a.cpuBf16Gemm(false, true, N, vb, D, E, Wb);
-      a.cpuBf16Gemm(false, false, N, D, vb, Gb, Wb);
-      a.cpuBf16Gemm(true, false, vb, D, N, Gb, E);
+      a.cpuBf16Gemm(false, true, N, vb, D, E, Wb, out.logits.subarray(0, N * vb));
+      a.cpuBf16Gemm(false, false, N, D, vb, Gb, Wb, out.dE);
+      a.cpuBf16Gemm(true, false, vb, D, N, Gb, E, out.dW.subarray(0, vb * D));
     }
   };
 }
 
 function f32GemmLimit(a: CpuAddon, E: Float32Array, W: Float32Array, N: number, D: number, V: number, block: number): () => void {
   const G = uniformValues(N * Math.min(block, V), 7, 1e-3);
+  const out = limitOutputs(N, D, Math.min(block, V));
   return () => {
     for (let v0 = 0; v0 < V; v0 += block) {
       const vb = Math.min(block, V - v0);
       const Wb = W.subarray(v0 * D, (v0 + vb) * D);
       const Gb = vb === block || vb === V ? G : G.subarray(0, N * vb);
-      a.cpuSgemm(false, true, N, vb, D, E, Wb);
-      a.cpuSgemm(false, false, N, D, vb, Gb, Wb);
-      a.cpuSgemm(true, false, vb, D, N, Gb, E);
+      a.cpuSgemm(false, true, N, vb, D, E, Wb, out.logits.subarray(0, N * vb));
+      a.cpuSgemm(false, false, N, D, vb, Gb, Wb, out.dE);
+      a.cpuSgemm(true, false, vb, D, N, Gb, E, out.dW.subarray(0, vb * D));
     }
   };
 }
@@ -150,8 +157,8 @@ export function measureBf16(o: { tiny: boolean; quick: boolean; runs: number; gr
     threads: info.threads, runs: o.runs, groups: [], skipped: [],
   };
   const oneDnn = a.cpuSetBf16Gemm('auto');
-  if (!oneDnn) out.skipped.push({ what: "bf16 'auto' and 'fast'", reason: `no bf16 GEMM here (${info.bf16Gemm.note}): both are the portable path` });
-  const withMode = (mode: 'auto' | 'fast' | 'off', fn: () => unknown) => () => {
+  if (!oneDnn) out.skipped.push({ what: "bf16 'auto' and 'split'", reason: `no bf16 GEMM here (${info.bf16Gemm.note}): both are the portable path` });
+  const withMode = (mode: 'auto' | 'split' | 'off', fn: () => unknown) => () => {
     a.cpuSetBf16Gemm(mode);
     try {
       return fn();
@@ -174,8 +181,8 @@ export function measureBf16(o: { tiny: boolean; quick: boolean; runs: number; gr
     const block = o.tiny ? V : 8000;
     const rows = inTurns(o.runs, [
       { name: 'cutloss f32', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels) },
-      { name: 'cutloss bf16 (G as two bf16 terms)', run: withMode('auto', () => lib.linearCrossEntropy(p.E16, p.W16, labels)) },
-      { name: "cutloss bf16 'fast' (G rounded to bf16)", run: withMode('fast', () => lib.linearCrossEntropy(p.E16, p.W16, labels)) },
+      { name: 'cutloss bf16 (G rounded to bf16)', run: withMode('auto', () => lib.linearCrossEntropy(p.E16, p.W16, labels)) },
+      { name: "cutloss bf16 'split' (G as two bf16 terms)", run: withMode('split', () => lib.linearCrossEntropy(p.E16, p.W16, labels)) },
       { name: 'cutloss bf16 portable (widened, f32 GEMM)', run: withMode('off', () => lib.linearCrossEntropy(p.E16, p.W16, labels)) },
       { name: 'bf16 GEMM limit (E·Wᵀ, G·W, Gᵀ·E)', run: bf16GemmLimit(a, p.E16.data as Uint16Array, p.W16.data as Uint16Array, N, D, V, block) },
       { name: 'f32 GEMM limit (E·Wᵀ, G·W, Gᵀ·E)', run: f32GemmLimit(a, p.E32.data as Float32Array, p.W32.data as Float32Array, N, D, V, block) },
@@ -211,7 +218,7 @@ export function measureBf16(o: { tiny: boolean; quick: boolean; runs: number; gr
       const rows = inTurns(o.runs, [
         { name: bf16Limit, run: bf16GemmLimit(a, p.E16.data as Uint16Array, p.W16.data as Uint16Array, N, D, V, block) },
         { name: 'cutloss bf16', run: withMode('auto', () => lib.linearCrossEntropy(p.E16, p.W16, labels)), limit: bf16Limit },
-        { name: "cutloss bf16 'fast'", run: withMode('fast', () => lib.linearCrossEntropy(p.E16, p.W16, labels)), limit: bf16Limit },
+        { name: "cutloss bf16 'split'", run: withMode('split', () => lib.linearCrossEntropy(p.E16, p.W16, labels)), limit: bf16Limit },
         { name: f32Limit, run: f32GemmLimit(a, p.E32.data as Float32Array, p.W32.data as Float32Array, N, D, V, block) },
         { name: 'cutloss f32', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels), limit: f32Limit },
         { name: 'cutloss f32, label smoothing 0.1', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels, { labelSmoothing: 0.1 }), limit: f32Limit },

@@ -12,6 +12,7 @@
 
 #include "../../cuda/math/bf16.cuh"
 #include "bf16_gemm.h"
+#include "bf16_gemm_avx512.h"
 #include "clones.h"
 #include "gemm.h"
 
@@ -48,13 +49,19 @@ CUTLOSS_CPU_CLONES void roundToBf16(const float* src, int64_t ldSrc, int64_t row
 
 namespace {
 
-std::atomic<bool> gSwitchedOff{[] {
+/** Which bf16 GEMM runs: the best this machine has (Auto), oneDNN's (OneDnn), or none (Off: widened). */
+enum class Bf16Choice { Auto, OneDnn, Off };
+
+Bf16Choice choiceNamed(const char* v) {
+  if (v != nullptr && std::strcmp(v, "off") == 0) return Bf16Choice::Off;
+  if (v != nullptr && std::strcmp(v, "onednn") == 0) return Bf16Choice::OneDnn;
+  return Bf16Choice::Auto;
+}
+
+std::atomic<Bf16Choice> gChoice{choiceNamed(std::getenv("CUTLOSS_CPU_BF16"))};
+std::atomic<bool> gGradientSplit{[] {
   const char* v = std::getenv("CUTLOSS_CPU_BF16");
-  return v != nullptr && std::strcmp(v, "off") == 0;
-}()};
-std::atomic<bool> gGradientRounded{[] {
-  const char* v = std::getenv("CUTLOSS_CPU_BF16");
-  return v != nullptr && std::strcmp(v, "fast") == 0;
+  return v != nullptr && std::strcmp(v, "split") == 0;
 }()};
 
 /** The portable path for one product: A and B widened on this thread, the fp32 GEMM. */
@@ -284,9 +291,12 @@ bool oneDnnGemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const
 
 }  // namespace
 
-bool bf16GemmActive() {
+namespace {
+
+enum class Bf16Engine { Portable, Avx512Bf16, OneDnn };
+
+bool oneDnnServes() {
 #if CUTLOSS_WITH_ONEDNN
-  if (gSwitchedOff.load()) return false;
   const OneDnn& d = oneDnn();
   return d.loaded && d.bf16Isa;
 #else
@@ -294,47 +304,88 @@ bool bf16GemmActive() {
 #endif
 }
 
+bool oneDnnHasAmx() {
+#if CUTLOSS_WITH_ONEDNN
+  return oneDnnServes() && oneDnn().isa == isaName(dnnl_cpu_isa_avx512_core_amx);
+#else
+  return false;
+#endif
+}
+
+/**
+ * AMX through oneDNN; else AVX512-BF16 through cutloss's kernel (oneDNN 2.6's reaches about half
+ * its speed there); oneDNN alone when asked for; widened to fp32 where neither serves.
+ */
+Bf16Engine engine() {
+  switch (gChoice.load()) {
+    case Bf16Choice::Off: return Bf16Engine::Portable;
+    case Bf16Choice::OneDnn: return oneDnnServes() ? Bf16Engine::OneDnn : Bf16Engine::Portable;
+    case Bf16Choice::Auto: break;
+  }
+  if (oneDnnHasAmx()) return Bf16Engine::OneDnn;
+  if (cpuHasAvx512Bf16()) return Bf16Engine::Avx512Bf16;
+  return oneDnnServes() ? Bf16Engine::OneDnn : Bf16Engine::Portable;
+}
+
+}  // namespace
+
+bool bf16GemmActive() { return engine() != Bf16Engine::Portable; }
+
 void bf16GemmSerial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
                     const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
+  switch (engine()) {
+    case Bf16Engine::Avx512Bf16:
+      bf16GemmAvx512(transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+      return;
+    case Bf16Engine::OneDnn:
 #if CUTLOSS_WITH_ONEDNN
-  if (K > 0 && bf16GemmActive() && oneDnnGemm(transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc)) return;
+      if (K > 0 && oneDnnGemm(transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc)) return;
 #endif
+      break;
+    case Bf16Engine::Portable: break;
+  }
   widenedGemm(transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
 
-int bf16GradientTerms() { return gGradientRounded.load() ? 1 : 2; }
+int bf16GradientTerms() { return gGradientSplit.load() ? 2 : 1; }
 
 bool setBf16Gemm(const std::string& name) {
-  if (name == "off") {
-    gSwitchedOff.store(true);
-    return true;
-  }
-  if (name != "auto" && name != "fast") return false;
-  gSwitchedOff.store(false);
-  gGradientRounded.store(name == "fast");
+  if (name != "auto" && name != "split" && name != "onednn" && name != "off") return false;
+  gChoice.store(choiceNamed(name.c_str()));
+  gGradientSplit.store(name == "split");
   return bf16GemmActive();
 }
 
 Bf16GemmInfo bf16GemmInfo() {
   Bf16GemmInfo info;
-  info.path = "portable (bf16 widened to fp32, the fp32 GEMM)";
+  const std::string gradient = gGradientSplit.load() ? "the logits' gradient as two bf16 terms (split)"
+                                                     : "the logits' gradient rounded to bf16";
+  switch (engine()) {
+    case Bf16Engine::Avx512Bf16:
+      info.path = "cutloss AVX512-BF16 kernel";
+      info.isa = "avx512_bf16";
+      info.note = "bf16 products on avx512_bf16 (vdpbf16ps), summed in fp32; " + gradient;
+      return info;
+    case Bf16Engine::OneDnn:
 #if CUTLOSS_WITH_ONEDNN
-  const OneDnn& d = oneDnn();
-  if (gSwitchedOff.load()) {
-    info.note = "CUTLOSS_CPU_BF16=off or setBf16Gemm('off')";
-  } else if (!d.loaded || !d.bf16Isa) {
-    info.note = d.why;
-  } else {
-    info.path = "oneDNN " + d.version + " (loaded at run time)";
-    info.isa = d.isa;
-    info.note = gGradientRounded.load()
-                    ? "bf16 products on " + d.isa + ", summed in fp32; the logits' gradient rounded to bf16 (fast)"
-                    : "bf16 products on " + d.isa + ", summed in fp32; the logits' gradient as two bf16 terms";
-  }
-#else
-  info.note = "built without oneDNN's headers (install libdnnl-dev and rebuild)";
+      info.path = "oneDNN " + oneDnn().version + " (loaded at run time)";
+      info.isa = oneDnn().isa;
+      info.note = "bf16 products on " + info.isa + ", summed in fp32; " + gradient;
 #endif
+      return info;
+    case Bf16Engine::Portable: break;
+  }
+  info.path = "portable (bf16 widened to fp32, the fp32 GEMM)";
+  if (gChoice.load() == Bf16Choice::Off) {
+    info.note = "CUTLOSS_CPU_BF16=off or setBf16Gemm('off')";
+  } else {
+#if CUTLOSS_WITH_ONEDNN
+    info.note = gChoice.load() == Bf16Choice::OneDnn ? oneDnn().why : "no AVX512-BF16 here, and " + oneDnn().why;
+#else
+    info.note = "no AVX512-BF16 here, and built without oneDNN's headers (install libdnnl-dev and rebuild)";
+#endif
+  }
   return info;
 }
 

@@ -520,7 +520,10 @@ std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info, bool
   return job;
 }
 
-/** cpuSgemm(transA, transB, M, N, K, A, B) → C = op(A)·op(B), Float32Array [M, N]: the GEMM the losses use. */
+/**
+ * cpuSgemm(transA, transB, M, N, K, A, B, out?) → C = op(A)·op(B), Float32Array [M, N] (into out
+ * where given): the GEMM the losses use.
+ */
 std::unique_ptr<Job> makeSgemm(const Napi::CallbackInfo& info, bool async) {
   const bool transA = readBool(info[0], "transA");
   const bool transB = readBool(info[1], "transB");
@@ -533,7 +536,8 @@ std::unique_ptr<Job> makeSgemm(const Napi::CallbackInfo& info, bool async) {
   auto job = std::make_unique<CpuJob>(async);
   const float* A = viewFloats(*job, info[5], "A", static_cast<size_t>(M * K));
   const float* B = viewFloats(*job, info[6], "B", static_cast<size_t>(K * N));
-  float* C = job->output(info.Env(), static_cast<size_t>(M * N));
+  float* C = given(info[7]) ? job->outputInto(info[7], "C", static_cast<size_t>(M * N), Fill::Overwritten)
+                            : job->output(info.Env(), static_cast<size_t>(M * N));
   job->setWork([=] {
     sgemm(transA, transB, M, N, K, 1.0f, A, transA ? M : K, B, transB ? K : N, 0.0f, C, N);
   });
@@ -541,7 +545,7 @@ std::unique_ptr<Job> makeSgemm(const Napi::CallbackInfo& info, bool async) {
 }
 
 /**
- * cpuBf16Gemm(transA, transB, M, N, K, A, B) → C = op(A)·op(B), Float32Array [M, N], A and B bf16
+ * cpuBf16Gemm(transA, transB, M, N, K, A, B, out?) → C = op(A)·op(B), Float32Array [M, N], A and B bf16
  * bits: the bf16 linearCrossEntropy's GEMM (slices of 512 columns of C on the pool), for the
  * benchmark's bf16 GEMM limit.
  */
@@ -565,15 +569,22 @@ std::unique_ptr<Job> makeBf16Gemm(const Napi::CallbackInfo& info, bool async) {
   };
   const uint16_t* A = viewBf16(info[5], "A", static_cast<size_t>(M * K));
   const uint16_t* B = viewBf16(info[6], "B", static_cast<size_t>(K * N));
-  float* C = job->output(info.Env(), static_cast<size_t>(M * N));
+  float* C = given(info[7]) ? job->outputInto(info[7], "C", static_cast<size_t>(M * N), Fill::Overwritten)
+                            : job->output(info.Env(), static_cast<size_t>(M * N));
   job->setWork([=] {
     SerialGemmScope serial;
+    // tiles of 512 columns, and of rows too where the columns alone would leave threads idle
     constexpr int64_t kSlice = 512;
-    parallelFor((N + kSlice - 1) / kSlice, 1, [&](int64_t s0, int64_t s1, int) {
-      for (int64_t s = s0; s < s1; s++) {
-        const int64_t j0 = s * kSlice, j1 = std::min(N, j0 + kSlice);
-        bf16GemmSerial(transA, transB, M, j1 - j0, K, A, transA ? M : K, transB ? B + j0 * K : B + j0, transB ? K : N,
-                       0.0f, C + j0, N);
+    const int64_t slices = (N + kSlice - 1) / kSlice;
+    const int64_t rowBlocks = std::min<int64_t>(M, std::max<int64_t>(1, threadCount() / slices));
+    const int64_t blockRows = (M + rowBlocks - 1) / rowBlocks;
+    parallelFor(slices * rowBlocks, 1, [&](int64_t t0, int64_t t1, int) {
+      for (int64_t t = t0; t < t1; t++) {
+        const int64_t j0 = (t % slices) * kSlice, j1 = std::min(N, j0 + kSlice);
+        const int64_t i0 = (t / slices) * blockRows, i1 = std::min(M, i0 + blockRows);
+        if (i0 >= i1) continue;
+        bf16GemmSerial(transA, transB, i1 - i0, j1 - j0, K, transA ? A + i0 : A + i0 * K, transA ? M : K,
+                       transB ? B + j0 * K : B + j0, transB ? K : N, 0.0f, C + i0 * N + j0, N);
       }
     });
   });
@@ -745,7 +756,9 @@ Napi::Value SetGemm(const Napi::CallbackInfo& info) {
 Napi::Value SetBf16Gemm(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const std::string name = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
-    if (name != "auto" && name != "fast" && name != "off") throw ArgError("E_OPTION", "bf16 GEMM must be 'auto', 'fast' or 'off'");
+    if (name != "auto" && name != "split" && name != "onednn" && name != "off") {
+      throw ArgError("E_OPTION", "bf16 GEMM must be 'auto', 'split', 'onednn' or 'off'");
+    }
     return Napi::Boolean::New(info.Env(), setBf16Gemm(name));
   });
 }

@@ -22,6 +22,8 @@ namespace cutloss::cpu {
 namespace {
 // Below this, malloc's arenas serve better than a mapping of its own.
 constexpr size_t kMapThreshold = size_t{1} << 20;
+// From here a mapping asks for transparent huge pages (most of it lies in whole 2 MiB pages).
+constexpr size_t kHugePageThreshold = size_t{8} << 20;
 }  // namespace
 
 namespace outputPool {
@@ -86,6 +88,11 @@ HostBuffer::HostBuffer(size_t bytes) : data_(nullptr), bytes_(bytes) {
   if (bytes >= kMapThreshold) {
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw outOfHostMemory(bytes);
+#ifdef MADV_HUGEPAGE
+    // 2 MiB pages where the kernel offers them on request: first writes into a fresh 64 MiB
+    // gradient otherwise fault 16 384 times (~10 µs each under a hypervisor)
+    if (bytes >= kHugePageThreshold) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
     data_ = p;
     return;
   }

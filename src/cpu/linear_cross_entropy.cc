@@ -129,10 +129,11 @@ CUTLOSS_CPU_INLINE void axpy(int64_t n, float a, const float* __restrict x, floa
 
 /**
  * The products of one sparse slice [c0, c1) of the chunk's gradient G (zeros where dropped):
- * dE_i += g_ij·W_j into the thread's partial, dW_j += g_ij·E_i (dW starts zero-filled).
+ * dE_i += g_ij·W_j into the thread's partial, dW_j += g_ij·E_i (dW starts zero-filled). Wslice
+ * holds W's rows from c0.
  * Groups of 16 columns are tested at once: most hold nothing.
  */
-CUTLOSS_CPU_CLONES void sparseSliceProducts(const float* G, int64_t ldg, int64_t nr, int64_t c0, int64_t c1, const float* W,
+CUTLOSS_CPU_CLONES void sparseSliceProducts(const float* G, int64_t ldg, int64_t nr, int64_t c0, int64_t c1, const float* Wslice,
                                             const float* Ec, int64_t D, float* dE, float* dW) {
   for (int64_t i = 0; i < nr; i++) {
     const float* g = G + i * ldg;
@@ -147,7 +148,7 @@ CUTLOSS_CPU_CLONES void sparseSliceProducts(const float* G, int64_t ldg, int64_t
       for (int64_t j = j0; j < j1; j++) {
         const float v = g[j];
         if (v == 0.0f) continue;
-        axpy(D, v, W + j * D, dEi);
+        axpy(D, v, Wslice + (j - c0) * D, dEi);
         if (dW != nullptr) axpy(D, v, Ei, dW + j * D);
       }
     }
@@ -270,24 +271,27 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   const int64_t budgetRows = std::max<int64_t>(1, std::min<int64_t>(N, static_cast<int64_t>(workspaceBytes / rowBytes)));
   const int64_t chunkCount = (N + budgetRows - 1) / budgetRows;
   const int64_t chunkRows = (N + chunkCount - 1) / chunkCount;
-  HostBuffer logits(static_cast<size_t>(chunkRows) * rowBytes);
+  PooledScratch logits(static_cast<size_t>(chunkRows) * rowBytes);
   stats.chunkRows = chunkRows;
   stats.workspaceBytes = static_cast<int64_t>(logits.bytes());
 
-  // bf16 inputs: W widened once (the GEMMs take f32), E a chunk at a time.
-  std::unique_ptr<HostBuffer> wide;
-  const float* W32 = static_cast<const float*>(W.data);
-  if (W.dtype == DType::BF16) {
-    wide = std::make_unique<HostBuffer>(static_cast<size_t>(V * D) * sizeof(float));
+  // bf16 E and W where the CPU has bf16 matrix instructions: the GEMMs take their bits; the
+  // backward GEMMs take G as bf16 terms (bf16GradientTerms: G rounded, or hi + lo).
+  const bool bf16Gemm = E.dtype == DType::BF16 && W.dtype == DType::BF16 && bf16GemmActive();
+  const bool harmonic = p.harmonicExponent > 0.0f;
+  // bf16 W widened once where f32 GEMMs or harmonic logits read it whole; on the bf16 GEMMs a
+  // sparse slice widens its own rows (wSlice). E is widened a chunk at a time.
+  std::unique_ptr<PooledScratch> wide;
+  const float* W32 = W.dtype == DType::BF16 ? nullptr : static_cast<const float*>(W.data);
+  if (W.dtype == DType::BF16 && (!bf16Gemm || harmonic)) {
+    wide = std::make_unique<PooledScratch>(static_cast<size_t>(V * D) * sizeof(float));
     float* dst = wide->as<float>();
     const auto* src = static_cast<const uint16_t*>(W.data);
     parallelFor(V, rowGrain(D), [&](int64_t v0, int64_t v1, int) { widenRows(src + v0 * D, dst + v0 * D, (v1 - v0) * D); });
     W32 = dst;
   }
-  // bf16 E and W where the CPU has bf16 matrix instructions: the GEMMs take their bits (the
-  // widened copies serve the sparse slices); the backward GEMMs take G as bf16 terms
-  // (bf16GradientTerms: hi + lo, or G rounded).
-  const bool bf16Gemm = E.dtype == DType::BF16 && W.dtype == DType::BF16 && bf16GemmActive();
+  const bool wideSlices = W.dtype == DType::BF16 && wide == nullptr;
+  std::vector<std::vector<float>> wSlice(wideSlices && grad ? threads : 0);
   const int gTerms = bf16GradientTerms();
   const auto* Wb = static_cast<const uint16_t*>(W.data);
   const int64_t gTile = chunkRows * std::min(V, kFilterBlockCols);
@@ -303,7 +307,6 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   Scratch z(call.plain ? 0 : V);
   Scratch candidates(p.normalizer == kNormalizerSparsemax ? V : 0);
   // harmonic logits: the norms once, each row's d² for its gradient, Σ_i H_ij over the chunks
-  const bool harmonic = p.harmonicExponent > 0.0f;
   const std::vector<float> rowSq = harmonic ? squaredRowNorms(E) : std::vector<float>();
   const std::vector<float> colSq = harmonic ? squaredRowNorms(W) : std::vector<float>();
   Scratch sqDistance(harmonic ? V : 0);
@@ -364,7 +367,16 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
     if (kept[s] && sparse[s]) {
       if (!dEStarted[w]) std::memset(dEPartial[w], 0, static_cast<size_t>(nr * D) * sizeof(float));
       dEStarted[w] = 1;
-      sparseSliceProducts(L, V, nr, c0, c1, W32, c.Ec, D, dEPartial[w], out.dW);
+      const float* Wslice = nullptr;
+      if (wideSlices) {
+        std::vector<float>& buf = wSlice[static_cast<size_t>(w)];
+        buf.resize(static_cast<size_t>((c1 - c0) * D));
+        widenRows(Wb + c0 * D, buf.data(), (c1 - c0) * D);
+        Wslice = buf.data();
+      } else {
+        Wslice = W32 + c0 * D;
+      }
+      sparseSliceProducts(L, V, nr, c0, c1, Wslice, c.Ec, D, dEPartial[w], out.dW);
     } else if (kept[s] && bf16Gemm) {
       uint16_t* Gb = gBf16[w].data();
       roundToBf16(L + c0, V, nr, c1 - c0, Gb, gTerms == 2 ? Gb + gTile : nullptr);
