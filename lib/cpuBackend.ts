@@ -11,7 +11,7 @@ import { CutlossError, describe } from './errors.js';
 import { fromNativeError, native as loadNative, nativeLossParams, unshared, type NativeAddon, type NativeLossParams } from './native.js';
 import { gradientScales, reduceLoss } from './nativeBackend.js';
 import type { HostOutput, ResolvedLossOptions } from './options.js';
-import type { Matrix } from './tensor.js';
+import { useNativeBf16Rounding, type Matrix } from './tensor.js';
 
 /**
  * Default budget for linearCrossEntropy's chunk of logits (`workspaceBytes`): each chunk reads W
@@ -107,6 +107,8 @@ export interface CpuOps {
   ): CpuLinearResult;
   /** C = op(A)·op(B) [M, N] with the backend's GEMM (benchmarks, tests), into `out` where given. */
   cpuSgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, out?: Float32Array): Float32Array;
+  /** values rounded to bf16 bits (nearest even; NaN stays NaN), on all threads into pooled memory. */
+  cpuRoundToBf16(values: Float32Array): Uint16Array;
   /** The same with A and B bf16 bits: bf16 linearCrossEntropy's GEMM (benchmarks). */
   cpuBf16Gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Uint16Array, B: Uint16Array, out?: Float32Array): Float32Array;
 }
@@ -126,6 +128,11 @@ export interface CpuAddon extends CpuOps, CpuAsyncOps {
    * bf16 terms), 'onednn' (oneDNN's bf16 GEMM, whatever the ISA) or 'off' (bf16 widened, the fp32 GEMM).
    */
   cpuSetBf16Gemm(name: 'auto' | 'split' | 'onednn' | 'off'): boolean;
+  /**
+   * Detaches values and gives its memory back to the output pool when it is a whole result of
+   * this addon (true); leaves anything else alone (false).
+   */
+  cpuRecycle(values: Float32Array): boolean;
 }
 
 /** The addon's CPU part, or null when this build of the addon has none. */
@@ -319,6 +326,11 @@ export function probeCpu(addon: NativeAddon | null, loadError: string | null, fi
       info: { name, available: false, reason: 'the native addon was built without the CPU backend: rebuild it (npm run build:native)', details: {} },
     };
   }
+  useNativeBf16Rounding((values, consumed) => {
+    const bits = native(() => cpu.cpuRoundToBf16(values));
+    if (consumed) cpu.cpuRecycle(values);
+    return bits;
+  });
   const i = cpu.cpuInfo();
   const details: BackendInfo['details'] = (cpuDetails = {
     addon: file === null ? 'unknown' : `${file} (${file.startsWith('prebuilds') ? 'prebuilt' : 'built from source'})`,

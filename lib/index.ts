@@ -743,7 +743,7 @@ function lossArgs(logits: { rows: number; cols: number; dtype: Matrix['dtype'] }
  * when the backend wrote it there, else filled from them now), or a new tensor like `m`.
  */
 function gradientResult(m: Matrix, values: Float32Array, dest: HostOutput | null | undefined): Tensor {
-  if (dest === null || dest === undefined) return resultLike(m, values);
+  if (dest === null || dest === undefined) return resultLike(m, values, true);
   if (values !== dest.data) writeGradient(dest, values, 'options.out');
   return dest.tensor;
 }

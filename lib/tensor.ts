@@ -148,14 +148,29 @@ export function toF32(m: Matrix): Float32Array {
   return out;
 }
 
-export function fromF32(values: Float32Array, dtype: Dtype): Float32Array | Uint16Array {
+/**
+ * Rounds large results natively where the cpu addon loaded (cpuBackend.ts): all threads, pooled
+ * memory; `consumed` values (a backend's f32 result that nothing else holds) may go back to the
+ * addon's pool at once, so that a loop that never yields reuses them.
+ */
+let nativeBf16Rounding: ((values: Float32Array, consumed: boolean) => Uint16Array) | null = null;
+/** Results of at least this many elements go to nativeBf16Rounding: below, one JS loop is as quick. */
+const NATIVE_ROUNDING_MIN = 1 << 16;
+
+export function useNativeBf16Rounding(round: (values: Float32Array, consumed: boolean) => Uint16Array): void {
+  nativeBf16Rounding = round;
+}
+
+/** values as `dtype`; `consumed`: values is a backend's fresh result that nothing reads after this. */
+export function fromF32(values: Float32Array, dtype: Dtype, consumed = false): Float32Array | Uint16Array {
   if (dtype === 'f32') return values;
+  if (nativeBf16Rounding !== null && values.length >= NATIVE_ROUNDING_MIN) return nativeBf16Rounding(values, consumed);
   const out = allocate(Uint16Array, values.length, 'the bf16 result');
   roundIntoBf16(values, out);
   return out;
 }
 
-/** Wraps f32 results in a tensor of the input's dtype and shape. */
-export function resultLike(m: Matrix, values: Float32Array): Tensor {
-  return { data: fromF32(values, m.dtype), shape: [...m.shape] as Tensor['shape'], dtype: m.dtype };
+/** Wraps f32 results in a tensor of the input's dtype and shape (consumed: see fromF32). */
+export function resultLike(m: Matrix, values: Float32Array, consumed = false): Tensor {
+  return { data: fromF32(values, m.dtype, consumed), shape: [...m.shape] as Tensor['shape'], dtype: m.dtype };
 }

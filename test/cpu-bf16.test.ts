@@ -277,3 +277,73 @@ describe.skipIf(addon === null)('bf16 GEMM on the cpu backend (cpuBf16Gemm)', ()
     });
   }
 });
+
+// Large bf16 results of every op are rounded by the addon (lib/tensor.ts fromF32): the same bits
+// as the JS rounding, over random bit patterns (NaN, ±inf, subnormals, ties included).
+describe.skipIf(addon === null)('bf16 rounding of results on the cpu addon (cpuRoundToBf16)', () => {
+  it('gives the bits lib.f32ToBf16 gives, for every kind of float', () => {
+    const n = 3 * 2 ** 16 + 7;
+    const bits = new Uint32Array(n);
+    const rng = ref.mulberry32(909);
+    for (let i = 0; i < n; i++) bits[i] = Math.floor(rng() * 2 ** 32) >>> 0;
+    // ties to even at both parities, NaNs whose payload sits below the kept bits, infinities, subnormals
+    bits.set([0x3f808000, 0x3f818000, 0x7f800001, 0xff800000, 0x7f800000, 0x00008000, 0x80018000, 0x7f7fffff], 0);
+    const values = new Float32Array(bits.buffer);
+    const got = addon!.cpuRoundToBf16(values);
+    expect(got).toBeInstanceOf(Uint16Array);
+    expect(got.length).toBe(n);
+    for (let i = 0; i < n; i++) {
+      const want = lib.f32ToBf16(values[i]!);
+      if (got[i] !== want) throw new Error(`[${i}] bits 0x${bits[i]!.toString(16)}: got 0x${got[i]!.toString(16)}, want 0x${want.toString(16)}`);
+    }
+    expect(Array.from(new Uint32Array(values.buffer, 0, 4))).toEqual([0x3f808000, 0x3f818000, 0x7f800001, 0xff800000]); // input untouched
+  });
+});
+
+// The facade hands a bf16 call's f32 gradient back to the addon once rounded (lib/tensor.ts
+// fromF32 with `consumed`): only a whole result of the addon is taken, and it is detached first.
+describe.skipIf(addon === null)('recycling a consumed result (cpuRecycle)', () => {
+  it('takes a whole pooled result once and detaches it; leaves callers\' arrays and views alone', () => {
+    const [M, N] = [2048, 2048]; // 16 MiB: a pooled-size output
+    const A = new Float32Array(M).fill(1);
+    const B = new Float32Array(N).fill(2);
+    const C = addon!.cpuSgemm(false, false, M, N, 1, A, B);
+    expect(C.length).toBe(M * N);
+    expect(addon!.cpuRecycle(C.subarray(1))).toBe(false); // part of a buffer
+    expect(C[M * N - 1]).toBe(2); // still there
+    expect(addon!.cpuRecycle(C)).toBe(true);
+    expect(C.length).toBe(0); // detached: nothing reaches the memory now
+    expect(addon!.cpuRecycle(C)).toBe(false);
+    const mine = new Float32Array(M * N).fill(3);
+    expect(addon!.cpuRecycle(mine)).toBe(false);
+    expect(mine.length).toBe(M * N);
+    expect(mine[17]).toBe(3);
+    // the next result of that size is whole and correct (it may reuse the memory)
+    const again = addon!.cpuSgemm(false, false, M, N, 1, A, B);
+    expect(again.length).toBe(M * N);
+    expect(again.every((x) => x === 2)).toBe(true);
+  });
+
+  it('bf16 linearCrossEntropy results stay whole when the f32 gradients go back to the pool', { timeout: 60_000 }, () => {
+    lib.setBackend('cpu');
+    try {
+      const [n, d, v] = [8, 64, 40000]; // dW: 2.56 M entries, 10 MB of f32: below the pool's size
+      const [n2, d2, v2] = [8, 128, 40000]; // dW: 20 MB of f32, recycled
+      for (const [rows, dim, vocab] of [[n, d, v], [n2, d2, v2]] as const) {
+        const rng = ref.mulberry32(rows * dim);
+        const e = lib.tensor(bf16(ref.randomRows(rng, rows, dim, 1)), [rows, dim], 'bf16');
+        const w = lib.tensor(bf16(ref.randomRows(rng, vocab, dim, 0.05)), [vocab, dim], 'bf16');
+        const labels = Int32Array.from({ length: rows }, (_, i) => (i * 997) % vocab);
+        const first = lib.linearCrossEntropy(e, w, labels, { filterEps: 0 });
+        const second = lib.linearCrossEntropy(e, w, labels, { filterEps: 0 });
+        expect(first.dClassifier!.data.length).toBe(vocab * dim);
+        const same = (x: ArrayLike<number>, y: ArrayLike<number>) => x.length === y.length && Array.prototype.every.call(x, (a: number, i: number) => a === y[i]);
+        expect(same(second.dClassifier!.data, first.dClassifier!.data)).toBe(true);
+        expect(same(second.dEmbeddings!.data, first.dEmbeddings!.data)).toBe(true);
+        expect(Array.prototype.some.call(first.dClassifier!.data, (x: number) => x !== 0)).toBe(true);
+      }
+    } finally {
+      lib.setBackend('auto');
+    }
+  });
+});

@@ -42,17 +42,21 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 /**
  * Each contestant once per round after one warm-up call each; medians and per-round ratios to
- * the first, and to the contestant named by `limit` where one is.
+ * the first, and to the contestant named by `limit` where one is. The first runs last in each
+ * round: an f32 call keeps its 64 MB gradient, taking a pooled buffer that the bf16 calls (which
+ * hand theirs back) would otherwise find gone, a fresh mapping they never meet in a loop of their
+ * own; each contestant then sees memory as in a loop of its own calls.
  */
 function inTurns(runs: number, contestants: { name: string; run: () => unknown; note?: string; limit?: string }[]): Bf16Row[] {
   for (const c of contestants) c.run();
   const times = contestants.map(() => [] as number[]);
+  const order = [...contestants.keys()].slice(1).concat(0);
   for (let r = 0; r < runs; r++) {
-    contestants.forEach((c, i) => {
+    for (const i of order) {
       const t0 = performance.now();
-      c.run();
+      contestants[i]!.run();
       times[i]!.push(performance.now() - t0);
-    });
+    }
   }
   const perRound = (i: number, ref: number) => median(times[i]!.map((t, r) => t / times[ref]![r]!));
   return contestants.map((c, i) => {

@@ -43,7 +43,8 @@ constexpr int64_t kMaxElements = int64_t{1} << 53;
 struct Output {
   const char* name;
   size_t length;
-  float* data;
+  void* data;
+  bool bf16;  // a Uint16Array of bf16 bits, else a Float32Array
   Napi::Reference<Napi::ArrayBuffer> buffer;
 };
 
@@ -68,20 +69,18 @@ Napi::ArrayBuffer newOutputBuffer(Napi::Env env, size_t bytes, Fill fill) {
     }
     if (data != nullptr) {
       napi_value value = nullptr;
+      const uint64_t id = outputPool::startLive(data, bytes);
       const napi_status status = napi_create_external_arraybuffer(
-          env, data, bytes,
-          [](napi_env, void* p, void* hint) {
-            const size_t n = reinterpret_cast<size_t>(hint);
-            outputPool::addLive(-static_cast<ptrdiff_t>(n));
-            outputPool::give(p, n);
-          },
-          reinterpret_cast<void*>(bytes), &value);
+          env, data, bytes, [](napi_env, void*, void* hint) { outputPool::endLive(reinterpret_cast<uint64_t>(hint)); },
+          reinterpret_cast<void*>(id), &value);
       if (status == napi_ok) {
         if (fresh) fresh->detach();
-        outputPool::addLive(static_cast<ptrdiff_t>(bytes));
         return Napi::ArrayBuffer(env, value);
       }
-      if (!fresh) outputPool::give(data, bytes);
+      if (fresh) {
+        fresh->detach();  // endLive releases it
+      }
+      outputPool::endLive(id);
     }
   }
   // v8::ArrayBuffer::New ends the process when its allocator (calloc) is refused: ask malloc
@@ -114,7 +113,15 @@ class CpuJob : public Job {
   float* output(Napi::Env env, size_t length, const char* name = nullptr, Fill fill = Fill::Zero) {
     Napi::ArrayBuffer ab = newOutputBuffer(env, length * sizeof(float), fill);
     auto* data = static_cast<float*>(ab.Data());
-    outputs_.push_back(Output{name, length, data, Napi::Persistent(ab)});
+    outputs_.push_back(Output{name, length, data, false, Napi::Persistent(ab)});
+    return data;
+  }
+
+  /** A new Uint16Array of `length` (bf16 bits) that run() writes whole. */
+  uint16_t* outputBf16(Napi::Env env, size_t length, const char* name = nullptr) {
+    Napi::ArrayBuffer ab = newOutputBuffer(env, length * sizeof(uint16_t), Fill::Overwritten);
+    auto* data = static_cast<uint16_t*>(ab.Data());
+    outputs_.push_back(Output{name, length, data, true, Napi::Persistent(ab)});
     return data;
   }
 
@@ -178,7 +185,7 @@ class CpuJob : public Job {
     auto view = [&](Output& o) {
       Napi::ArrayBuffer ab = o.buffer.Value();
       o.buffer.Reset();
-      return Napi::Float32Array::New(env, o.length, ab, 0);
+      return o.bf16 ? Napi::Value(Napi::Uint16Array::New(env, o.length, ab, 0)) : Napi::Value(Napi::Float32Array::New(env, o.length, ab, 0));
     };
     if (outputs_.size() == 1 && outputs_[0].name == nullptr && !extra_) return view(outputs_[0]);
     Napi::Object out = Napi::Object::New(env);
@@ -591,6 +598,43 @@ std::unique_ptr<Job> makeBf16Gemm(const Napi::CallbackInfo& info, bool async) {
   return job;
 }
 
+/**
+ * cpuRoundToBf16(values) → Uint16Array: the values rounded to bf16 (nearest even; NaN stays NaN)
+ * on every thread, into pooled memory: large bf16 results of any op, which in JS cost a page
+ * fault per 4 KiB of fresh memory and one thread.
+ */
+std::unique_ptr<Job> makeRoundToBf16(const Napi::CallbackInfo& info, bool async) {
+  auto job = std::make_unique<CpuJob>(async);
+  const HostView view = readTypedView(info[0], "values", napi_float32_array);
+  const auto n = static_cast<int64_t>(view.byteLength / sizeof(float));
+  const auto* src = static_cast<const float*>(job->input(view));
+  uint16_t* dst = job->outputBf16(info.Env(), static_cast<size_t>(n));
+  job->setWork([=] {
+    parallelFor(n, int64_t{1} << 16, [&](int64_t i0, int64_t i1, int) { roundToBf16(src + i0, 0, 1, i1 - i0, dst + i0, nullptr); });
+  });
+  return job;
+}
+
+/**
+ * cpuRecycle(values) → whether values' memory went back to the output pool now: a result of this
+ * addon that its caller has consumed (a gradient the facade just rounded to bf16). Its ArrayBuffer
+ * is detached first, so nothing in JavaScript can reach the memory again; anything else
+ * (a caller's array, a view of part of a buffer, V8's own memory) is left alone.
+ */
+Napi::Value Recycle(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    if (!info[0].IsTypedArray()) return Napi::Boolean::New(env, false);
+    Napi::TypedArray view = info[0].As<Napi::TypedArray>();
+    Napi::ArrayBuffer ab = view.ArrayBuffer();
+    if (view.ByteOffset() != 0 || view.ByteLength() != ab.ByteLength()) return Napi::Boolean::New(env, false);
+    const uint64_t id = outputPool::liveAt(ab.Data(), ab.ByteLength());
+    if (id == 0 || napi_detach_arraybuffer(env, ab) != napi_ok) return Napi::Boolean::New(env, false);
+    outputPool::endLive(id);
+    return Napi::Boolean::New(env, true);
+  });
+}
+
 // ---------------------------------------------------------------- pairwise sigmoid loss (SigLIP)
 
 /**
@@ -798,6 +842,8 @@ void registerCpu(Napi::Env env, Napi::Object exports) {
   exportOp<makeLinearCrossEntropy>(env, exports, "cpuLinearCrossEntropy");
   exportOp<makeSgemm>(env, exports, "cpuSgemm");
   exportOp<makeBf16Gemm>(env, exports, "cpuBf16Gemm");
+  exportOp<makeRoundToBf16>(env, exports, "cpuRoundToBf16");
+  exports.Set("cpuRecycle", Napi::Function::New(env, Recycle, "cpuRecycle"));
   exportOp<makeSigmoidPairLoss>(env, exports, "cpuSigmoidPairLoss");
   exportOp<makeZscoreLinear>(env, exports, "cpuZscoreLinear");
   exportOp<makeUnitRows>(env, exports, "cpuUnitRows");

@@ -8,6 +8,7 @@
 #include <new>
 #include <utility>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -62,15 +63,51 @@ void give(void* data, size_t bytes) noexcept {
 }
 
 namespace {
+struct LiveOutput {
+  void* data;
+  size_t bytes;
+};
+std::mutex gLiveMutex;
+std::unordered_map<uint64_t, LiveOutput> gLiveOutputs;  // by id
+uint64_t gNextId = 1;
 std::atomic<size_t> gLive{0};
 }  // namespace
+
+uint64_t startLive(void* data, size_t bytes) {
+  std::lock_guard<std::mutex> lock(gLiveMutex);
+  const uint64_t id = gNextId++;
+  gLiveOutputs.emplace(id, LiveOutput{data, bytes});
+  gLive.fetch_add(bytes);
+  return id;
+}
+
+bool endLive(uint64_t id) {
+  LiveOutput o{};
+  {
+    std::lock_guard<std::mutex> lock(gLiveMutex);
+    auto it = gLiveOutputs.find(id);
+    if (it == gLiveOutputs.end()) return false;
+    o = it->second;
+    gLiveOutputs.erase(it);
+    gLive.fetch_sub(o.bytes);
+  }
+  give(o.data, o.bytes);
+  return true;
+}
+
+uint64_t liveAt(const void* data, size_t bytes) {
+  std::lock_guard<std::mutex> lock(gLiveMutex);
+  for (const auto& [id, o] : gLiveOutputs) {
+    if (o.data == data && o.bytes == bytes) return id;
+  }
+  return 0;
+}
 
 size_t liveCapFor(size_t bytes) {
   const size_t four = bytes <= SIZE_MAX / 4 ? 4 * bytes : SIZE_MAX;
   return four > kMaxLiveBytes ? four : kMaxLiveBytes;
 }
 
-void addLive(ptrdiff_t bytes) { gLive.fetch_add(static_cast<size_t>(bytes)); }
 size_t liveBytes() { return gLive.load(); }
 
 size_t heldBytes() {
@@ -90,7 +127,7 @@ HostBuffer::HostBuffer(size_t bytes) : data_(nullptr), bytes_(bytes) {
     if (p == MAP_FAILED) throw outOfHostMemory(bytes);
 #ifdef MADV_HUGEPAGE
     // 2 MiB pages where the kernel offers them on request: first writes into a fresh 64 MiB
-    // gradient otherwise fault 16 384 times (~10 µs each under a hypervisor)
+    // gradient otherwise fault 16 384 times (host_memory.h says what it cost and saved)
     if (bytes >= kHugePageThreshold) madvise(p, bytes, MADV_HUGEPAGE);
 #endif
     data_ = p;

@@ -1,9 +1,13 @@
 // Host buffers for the CPU backend's workspaces and the inputs an async call copies:
 // zero-filled, large ones mapped on their own (page-aligned, returned to the system on release).
-// Transparent huge pages are not requested: where THP defragments on request (the common
-// `madvise` setting), a fault can stall on compaction, and here that cost far more than the
-// 4 KiB faults it saves.
+// Mappings of 8 MiB and more ask for transparent huge pages (MADV_HUGEPAGE): on a 2-core EPYC
+// VM (THP `madvise`, defrag `madvise`) S2's linearCrossEntropy took 705 ms with them and 780 ms
+// without, bf16 425 / 455 ms, its fresh gradients faulting once per 2 MiB instead of per 4 KiB.
+// Where memory is fragmented such a fault can stall on compaction instead (an earlier machine
+// measured that cost more than it saved); the pools below keep most calls off fresh memory.
 #pragma once
+
+#include <cstdint>
 
 #include <cstddef>
 #include <new>
@@ -57,7 +61,15 @@ constexpr size_t kMaxLiveBytes = size_t{1} << 30;
  * 500 MB dLogits, five times the op).
  */
 size_t liveCapFor(size_t bytes);
-void addLive(ptrdiff_t bytes);
+/** Registers an output handed to JavaScript under a new id (its finalizer's hint). */
+uint64_t startLive(void* data, size_t bytes);
+/**
+ * Ends the output's life and gives its memory to the pool, the first time for its id (true);
+ * later calls do nothing. Its finalizer calls it; recycling (cpuRecycle) may do so earlier.
+ */
+bool endLive(uint64_t id);
+/** The id of the live output whose memory is exactly [data, data + bytes), or 0. */
+uint64_t liveAt(const void* data, size_t bytes);
 size_t liveBytes();
 }  // namespace outputPool
 
