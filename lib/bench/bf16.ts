@@ -8,7 +8,8 @@
 //                   path (matmul in bf16, cross_entropy in fp32) where python3-torch is installed.
 //   S2-peaked-bf16  S2 with logits of std ≈ 20 and the default filterEps, uniform and Zipf labels.
 //   sweep-bf16      V 8k .. 256k at N 4096, D 256: bf16 and f32 (also with label smoothing 0.1)
-//                   against the bf16 and f32 GEMM limits (each row's ratio to its own limit).
+//                   against the bf16 and f32 GEMM limits (each row's ratio to its own limit; f32
+//                   against the GEMMs into fresh outputs, as PyTorch times them, and into reused ones).
 //   tsx lib/bench/bf16-child.ts [--tiny] [--quick] [--runs 3] [--groups S2-bf16,sweep-bf16]
 
 import { spawnSync } from 'node:child_process';
@@ -27,6 +28,9 @@ export interface Bf16Row {
   /** Median over rounds of this row's time over its limit row's (named in `limit`). */
   vsLimit?: number;
   limit?: string;
+  /** The same over a second limit row (`limit2`). */
+  vsLimit2?: number;
+  limit2?: string;
   note?: string;
 }
 
@@ -47,7 +51,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
  * hand theirs back) would otherwise find gone, a fresh mapping they never meet in a loop of their
  * own; each contestant then sees memory as in a loop of its own calls.
  */
-function inTurns(runs: number, contestants: { name: string; run: () => unknown; note?: string; limit?: string }[]): Bf16Row[] {
+function inTurns(runs: number, contestants: { name: string; run: () => unknown; note?: string; limit?: string; limit2?: string }[]): Bf16Row[] {
   for (const c of contestants) c.run();
   const times = contestants.map(() => [] as number[]);
   const order = [...contestants.keys()].slice(1).concat(0);
@@ -61,8 +65,10 @@ function inTurns(runs: number, contestants: { name: string; run: () => unknown; 
   const perRound = (i: number, ref: number) => median(times[i]!.map((t, r) => t / times[ref]![r]!));
   return contestants.map((c, i) => {
     const limit = c.limit === undefined ? -1 : contestants.findIndex((d) => d.name === c.limit);
+    const limit2 = c.limit2 === undefined ? -1 : contestants.findIndex((d) => d.name === c.limit2);
     return {
       name: c.name, ms: median(times[i]!), ratio: perRound(i, 0), ...(limit >= 0 ? { vsLimit: perRound(i, limit), limit: c.limit } : {}),
+      ...(limit2 >= 0 ? { vsLimit2: perRound(i, limit2), limit2: c.limit2 } : {}),
       ...(c.note ? { note: c.note } : {}),
     };
   });
@@ -86,15 +92,18 @@ function zipfLabels(N: number, V: number, seed: number): Int32Array {
   });
 }
 
-/** Outputs of the three products, allocated once: the limit times the GEMMs, not fresh memory. */
-function limitOutputs(N: number, D: number, block: number) {
-  return { logits: new Float32Array(N * block), dE: new Float32Array(N * D), dW: new Float32Array(block * D) };
+/**
+ * Outputs of the three products: allocated once (the limit times the GEMMs alone), or null: each
+ * product into a new array, as PyTorch times them (the issue's "three full-size GEMMs").
+ */
+function limitOutputs(N: number, D: number, block: number, reuse: boolean) {
+  return reuse ? { logits: new Float32Array(N * block), dE: new Float32Array(N * D), dW: new Float32Array(block * D) } : null;
 }
 
 /** E·Wᵀ, G·W, Gᵀ·E with bf16 operands (G a fixed block, reused), over the vocabulary in blocks of `block` columns. */
 function bf16GemmLimit(a: CpuAddon, E: Uint16Array, W: Uint16Array, N: number, D: number, V: number, block: number): () => void {
   const G = toBf16(uniformValues(N * Math.min(block, V), 7, 1e-3));
-  const out = limitOutputs(N, D, Math.min(block, V));
+  const out = limitOutputs(N, D, Math.min(block, V), true)!;
   return () => {
     for (let v0 = 0; v0 < V; v0 += block) {
       const vb = Math.min(block, V - v0);
@@ -107,17 +116,18 @@ function bf16GemmLimit(a: CpuAddon, E: Uint16Array, W: Uint16Array, N: number, D
   };
 }
 
-function f32GemmLimit(a: CpuAddon, E: Float32Array, W: Float32Array, N: number, D: number, V: number, block: number): () => void {
+function f32GemmLimit(a: CpuAddon, E: Float32Array, W: Float32Array, N: number, D: number, V: number, block: number,
+  reuse = true): () => void {
   const G = uniformValues(N * Math.min(block, V), 7, 1e-3);
-  const out = limitOutputs(N, D, Math.min(block, V));
+  const out = limitOutputs(N, D, Math.min(block, V), reuse);
   return () => {
     for (let v0 = 0; v0 < V; v0 += block) {
       const vb = Math.min(block, V - v0);
       const Wb = W.subarray(v0 * D, (v0 + vb) * D);
       const Gb = vb === block || vb === V ? G : G.subarray(0, N * vb);
-      a.cpuSgemm(false, true, N, vb, D, E, Wb, out.logits.subarray(0, N * vb));
-      a.cpuSgemm(false, false, N, D, vb, Gb, Wb, out.dE);
-      a.cpuSgemm(true, false, vb, D, N, Gb, E, out.dW.subarray(0, vb * D));
+      a.cpuSgemm(false, true, N, vb, D, E, Wb, out?.logits.subarray(0, N * vb));
+      a.cpuSgemm(false, false, N, D, vb, Gb, Wb, out?.dE);
+      a.cpuSgemm(true, false, vb, D, N, Gb, E, out?.dW.subarray(0, vb * D));
     }
   };
 }
@@ -217,15 +227,17 @@ export function measureBf16(o: { tiny: boolean; quick: boolean; runs: number; gr
     for (const V of vocabs) {
       const p = problem(N, D, V, 0.05);
       const labels = labelValues(N, V, 3);
-      const f32Limit = 'f32 GEMM limit (E·Wᵀ, G·W, Gᵀ·E)', bf16Limit = 'bf16 GEMM limit';
+      const f32Limit = 'f32 GEMM limit (fresh outputs)', f32Reused = 'f32 GEMMs, outputs reused', bf16Limit = 'bf16 GEMM limit';
       const block = o.tiny ? V : 4000;
       const rows = inTurns(o.runs, [
         { name: bf16Limit, run: bf16GemmLimit(a, p.E16.data as Uint16Array, p.W16.data as Uint16Array, N, D, V, block) },
         { name: 'cutloss bf16', run: withMode('auto', () => lib.linearCrossEntropy(p.E16, p.W16, labels)), limit: bf16Limit },
         { name: "cutloss bf16 'split'", run: withMode('split', () => lib.linearCrossEntropy(p.E16, p.W16, labels)), limit: bf16Limit },
-        { name: f32Limit, run: f32GemmLimit(a, p.E32.data as Float32Array, p.W32.data as Float32Array, N, D, V, block) },
-        { name: 'cutloss f32', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels), limit: f32Limit },
-        { name: 'cutloss f32, label smoothing 0.1', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels, { labelSmoothing: 0.1 }), limit: f32Limit },
+        { name: f32Limit, run: f32GemmLimit(a, p.E32.data as Float32Array, p.W32.data as Float32Array, N, D, V, block, false) },
+        { name: f32Reused, run: f32GemmLimit(a, p.E32.data as Float32Array, p.W32.data as Float32Array, N, D, V, block) },
+        { name: 'cutloss f32', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels), limit: f32Limit, limit2: f32Reused },
+        { name: 'cutloss f32, label smoothing 0.1', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels, { labelSmoothing: 0.1 }),
+          limit: f32Limit, limit2: f32Reused },
       ]);
       out.groups.push({ name: `sweep-bf16 V ${V}`, shape: { N, D, V }, rows });
     }
@@ -238,7 +250,8 @@ export function bf16Table(r: Bf16Result): string {
   for (const g of r.groups) {
     lines.push(`${g.name}: N ${g.shape.N}, D ${g.shape.D}, V ${g.shape.V}   (ratio: time over the first row's, per round)`);
     for (const row of g.rows) {
-      const vsLimit = row.vsLimit === undefined ? '' : `   ${row.vsLimit.toFixed(2)}× the ${row.limit!.replace(/ \(.*/, '')}`;
+      const vsLimit = (row.vsLimit === undefined ? '' : `   ${row.vsLimit.toFixed(2)}× the ${row.limit!.replace(/ \(.*/, '')}`) +
+        (row.vsLimit2 === undefined ? '' : `, ${row.vsLimit2.toFixed(2)}× the ${row.limit2!.replace(/ \(.*/, '')}`);
       lines.push(`  ${row.name.padEnd(44)} ${row.ms.toFixed(1).padStart(9)} ms   ${row.ratio.toFixed(2)}×${vsLimit}${row.note ? `   ${row.note}` : ''}`);
     }
   }
