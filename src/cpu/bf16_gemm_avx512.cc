@@ -26,12 +26,21 @@ constexpr int kNr = 32;
 /** The pair (x[k], x[k + 1]) as one 32-bit word. */
 inline uint32_t pairWord(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16; }
 
+/** The 32-bit word at p (two bf16 side by side), read without breaking the bf16 data's type. */
+inline uint32_t wordAt(const void* p) {
+  uint32_t w;
+  std::memcpy(&w, p, sizeof w);
+  return w;
+}
+
 /** Up to 16 bf16 from lo and hi (hi null: zeros) side by side as pair words; lanes past n are zero. */
 CUTLOSS_AVX512_BF16 inline __m512i pairWords16(const uint16_t* lo, const uint16_t* hi, int n) {
   const __mmask16 m = n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1);
-  const __m512i l = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, lo));
+  // (zero-masked forms: GCC 12 warns about the plain ones' unused pass-through as uninitialized)
+  const __m512i l = _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_maskz_loadu_epi16(m, lo));
   if (hi == nullptr) return l;
-  return _mm512_or_si512(l, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, hi)), 16));
+  const __m512i h = _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_maskz_loadu_epi16(m, hi));
+  return _mm512_or_si512(l, _mm512_maskz_slli_epi32(0xffff, h, 16));
 }
 
 /**
@@ -85,11 +94,11 @@ CUTLOSS_AVX512_BF16 void packB(bool transB, const uint16_t* B, int64_t ldb, int6
 
 /**
  * C[rows × cols] (= or +=) a block of A times the packed panel, over all K-pairs. The block is
- * packed (kDirect false: a[kp·kMr + r]) or kMr rows of A's pair words as they lie in memory
- * (a[r·aStride + kp]), which spares packing where A's rows hold whole, aligned pairs.
+ * packed (kDirect false: word kp·kMr + r) or kMr rows of A's bf16 as they lie in memory (kDirect:
+ * the pair word at element 2·(r·aStride + kp)), which spares packing where A's rows hold whole pairs.
  */
 template <bool kDirect>
-CUTLOSS_AVX512_BF16 void blockTimesPanel(int64_t K2, const uint32_t* a, int64_t aStride, const uint32_t* b, int rows, int cols,
+CUTLOSS_AVX512_BF16 void blockTimesPanel(int64_t K2, const void* a, int64_t aStride, const uint32_t* b, int rows, int cols,
                                         bool accumulate, float* C, int64_t ldc) {
   // C's lines are far in memory (a slice of dW is 1 MB): ask for them now, use them after the K loop
   for (int r = 0; r < rows; r++) {
@@ -104,7 +113,8 @@ CUTLOSS_AVX512_BF16 void blockTimesPanel(int64_t K2, const uint32_t* a, int64_t 
     const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + kp * kNr + 16));
 #pragma GCC unroll 12
     for (int r = 0; r < kMr; r++) {
-      const uint32_t word = kDirect ? a[r * aStride + kp] : a[kp * kMr + r];
+      const uint32_t word = kDirect ? wordAt(static_cast<const uint16_t*>(a) + 2 * (r * aStride + kp))
+                                    : static_cast<const uint32_t*>(a)[kp * kMr + r];
       const __m512bh ar = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(word)));
       acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
       acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
@@ -150,19 +160,19 @@ void bf16GemmAvx512(bool transA, bool transB, int64_t M, int64_t N, int64_t K, c
   packedA.resize(static_cast<size_t>(K2 * kMr));
   packedB.resize(static_cast<size_t>(panels * K2 * kNr));
   packB(transB, B, ldb, N, K, packedB.data());
-  // whole blocks of A's rows read in place where its rows are whole 4-byte-aligned pairs
-  const bool inPlace = !transA && K % 2 == 0 && lda % 2 == 0 && reinterpret_cast<uintptr_t>(A) % 4 == 0;
+  // whole blocks of A's rows read in place where its rows are whole pairs
+  const bool inPlace = !transA && K % 2 == 0 && lda % 2 == 0;
   for (int64_t i0 = 0; i0 < M; i0 += kMr) {
     const int rows = static_cast<int>(std::min<int64_t>(kMr, M - i0));
     const bool direct = inPlace && rows == kMr;
     if (!direct) packA(transA, A, lda, i0, rows, K, packedA.data());
-    const auto* rowWords = reinterpret_cast<const uint32_t*>(A + i0 * lda);
+    const uint16_t* rowPairs = A + i0 * lda;
     for (int64_t p = 0; p < panels; p++) {
       const int cols = static_cast<int>(std::min<int64_t>(kNr, N - p * kNr));
       const uint32_t* panel = packedB.data() + p * K2 * kNr;
       float* c = C + i0 * ldc + p * kNr;
       if (direct) {
-        blockTimesPanel<true>(K2, rowWords, lda / 2, panel, rows, cols, beta != 0.0f, c, ldc);
+        blockTimesPanel<true>(K2, rowPairs, lda / 2, panel, rows, cols, beta != 0.0f, c, ldc);
       } else {
         blockTimesPanel<false>(K2, packedA.data(), 0, panel, rows, cols, beta != 0.0f, c, ldc);
       }
