@@ -337,9 +337,13 @@ describe.skipIf(addon === null)('recycling a consumed result (cpuRecycle)', () =
         const first = lib.linearCrossEntropy(e, w, labels, { filterEps: 0 });
         const second = lib.linearCrossEntropy(e, w, labels, { filterEps: 0 });
         expect(first.dClassifier!.data.length).toBe(vocab * dim);
+        // dW: each slice summed by one thread in chunk order, the same bits every call; dE: the
+        // threads' partial sums meet in the order they finish, so equal within its bf16 rounding
         const same = (x: ArrayLike<number>, y: ArrayLike<number>) => x.length === y.length && Array.prototype.every.call(x, (a: number, i: number) => a === y[i]);
         expect(same(second.dClassifier!.data, first.dClassifier!.data)).toBe(true);
-        expect(same(second.dEmbeddings!.data, first.dEmbeddings!.data)).toBe(true);
+        const [dE1, dE2] = [decode(first.dEmbeddings!), decode(second.dEmbeddings!)];
+        const scale = Math.max(...dE1.map(Math.abs));
+        expect(dE1.every((x, i) => Math.abs(x - dE2[i]!) <= 2 ** -7 * Math.abs(x) + 2 ** -16 * scale)).toBe(true);
         expect(Array.prototype.some.call(first.dClassifier!.data, (x: number) => x !== 0)).toBe(true);
       }
     } finally {

@@ -293,8 +293,10 @@ describe.skipIf(!cpuInfo.available)('cpu backend', () => {
         const got = linearCrossEntropy(E, W, labels, o);
         const js = onJs(() => linearCrossEntropy(E, W, labels, o));
         expectClose(lossList(got.loss), lossList(js.loss), { ...LOSS_TOL, label: 'loss' });
-        expectClose(values(got.dEmbeddings!), values(js.dEmbeddings!), { ...gradTolerance(dtype), label: `${dtype} dE` });
-        expectClose(values(got.dClassifier!), values(js.dClassifier!), { ...gradTolerance(dtype), label: `${dtype} dW` });
+        // bf16: the bf16 GEMMs round G to bf16 (README, Numerics): up to 2^-8 of the row's terms where they cancel
+        const products = dtype === 'bf16' ? { rtol: 1e-2, atol: 1e-6, rowTol: 2 ** -8 } : gradTolerance(dtype);
+        expectClose(values(got.dEmbeddings!), values(js.dEmbeddings!), { ...products, label: `${dtype} dE` });
+        expectClose(values(got.dClassifier!), values(js.dClassifier!), { ...products, label: `${dtype} dW` });
         expectClose(got.dBias!, js.dBias!, { ...gradTolerance(dtype), label: `${dtype} dBias` });
       }
     }, 60_000);
