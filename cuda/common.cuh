@@ -137,6 +137,11 @@ __device__ __forceinline__ int shuffleXor(int v, int lane) { return __shfl_xor_s
 __device__ __forceinline__ LseState shuffleXor(LseState v, int lane) {
   return LseState{shuffleXor(v.max, lane), shuffleXor(v.sum, lane)};
 }
+__device__ __forceinline__ TileRowSums shuffleXor(TileRowSums v, int lane) {
+  return TileRowSums{shuffleXor(v.lse, lane),         shuffleXor(v.cLabel, lane),    shuffleXor(v.weightedGap, lane),
+                     shuffleXor(v.sumW, lane),        shuffleXor(v.sumSqOthers, lane), shuffleXor(v.stableSum, lane),
+                     shuffleXor(v.sumWeightedLogS, lane)};
+}
 
 struct FloatPair {  // plain aggregates throughout: they live in __shared__ scratch
   float a, b;

@@ -165,48 +165,15 @@ struct MatrixColumns {
 
 // ---------------------------------------------------------------- forward
 
-// A row's sums over some of its classes. Its logits enter as capped logits c = softcap(x), before
-// ÷T: the lse state is kept in c (lse.cuh's invT) and the merge forms the row's z = c/T frame
-// (RowStats, with the shift of shiftedBeforeTemperature), so no gap is rounded at |c/T| ≫ 1.
-// A plain aggregate, as it lives in __shared__.
-struct TileRowSums {
-  LseState lse;          // of c, with invT
-  float cLabel;          // c_t (0 where the label is not among the classes)
-  float weightedGap;     // (α/V)·Σ_j w_j (lse.max − c_j) (smoothing): terms ≥ 0, moved with the max, never cancelled
-  float sumW;            // Σ_j w_j of the classes summed (smoothing): what a larger max moves weightedGap by
-  float sumSqOthers;     // Σ_{j≠t} z_j² (squentropy, never shifted)
-  float stableSum;       // StableMax: Σ s(z_j)·stablemaxSumScale(lse.max·invT); Gumbel: Σ_{j≠t} ψ(z_j)
-  float sumWeightedLogS;
-};
-__device__ __forceinline__ TileRowSums shuffleXor(TileRowSums v, int lane) {
-  return TileRowSums{shuffleXor(v.lse, lane),         shuffleXor(v.cLabel, lane),    shuffleXor(v.weightedGap, lane),
-                     shuffleXor(v.sumW, lane),        shuffleXor(v.sumSqOthers, lane), shuffleXor(v.stableSum, lane),
-                     shuffleXor(v.sumWeightedLogS, lane)};
-}
-__device__ __forceinline__ TileRowSums emptyTileRowSums() {
-  return TileRowSums{lseEmpty(), 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-}
-/** (α/V)·Σ w (from − c) over classes of weight sumW, moved to a max `to` ≥ from (nothing where no class was summed). */
-__device__ __forceinline__ float moveGap(float gap, float sumW, float from, float to, float spreadScale) {
-  return sumW == 0.0f ? gap : gap + scaledGap(to, from, spreadScale) * sumW;
-}
+// A row's sums over some of its classes: TileRowSums (cuda/math/row_sums.cuh), shuffled and
+// combined across the lanes of a tile row, merged across splits.
+/** combineTileRowSums as the functor the shuffle reductions take. */
 struct CombineTileRowSums {
-  float invT;
-  float spreadScale;  // α/V
-  bool stable;  // stableSum is StableMax's, so it moves with the max's scale
-  __device__ __forceinline__ TileRowSums operator()(TileRowSums a, TileRowSums b) const {
-    const LseState lse = mergeLse(a.lse, b.lse, invT);
-    const float stableSum = stable ? stablemaxRescale(a.stableSum, a.lse.max * invT, lse.max * invT) +
-                                         stablemaxRescale(b.stableSum, b.lse.max * invT, lse.max * invT)
-                                   : a.stableSum + b.stableSum;
-    const float gap = moveGap(a.weightedGap, a.sumW, a.lse.max, lse.max, spreadScale) +
-                      moveGap(b.weightedGap, b.sumW, b.lse.max, lse.max, spreadScale);
-    return TileRowSums{lse, a.cLabel + b.cLabel, gap, a.sumW + b.sumW, a.sumSqOthers + b.sumSqOthers, stableSum,
-                       a.sumWeightedLogS + b.sumWeightedLogS};
-  }
+  TileSumOptions o;
+  __device__ __forceinline__ TileRowSums operator()(TileRowSums a, TileRowSums b) const { return combineTileRowSums(o, a, b); }
 };
-__device__ __forceinline__ CombineTileRowSums combineTileRowSums(const LossParams& p) {
-  return CombineTileRowSums{p.invTemperature, p.smoothing / static_cast<float>(p.vocab), p.normalizer == kNormalizerStablemax};
+__device__ __forceinline__ CombineTileRowSums tileRowSumsCombiner(const LossParams& p) {
+  return CombineTileRowSums{tileSumOptions(p.normalizer, p.smoothing, p.squentropy, p.invTemperature, p.vocab)};
 }
 
 /** A row's running forward state in the FloatTile kernel. */
@@ -365,7 +332,7 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeForwardKernel(LinearC
                     : nullptr;
   if (leader) state[m] = RowPartial{emptyTileRowSums(), 0};
   const float invT = a.p.invTemperature;
-  const CombineTileRowSums combine = combineTileRowSums(a.p);
+  const CombineTileRowSums combine = tileRowSumsCombiner(a.p);
   const bool harmonic = a.p.harmonicExponent > 0.0f;
   __shared__ HarmonicTile norms;
   for (int vt = firstTile; vt < endTile; ++vt) {
@@ -386,8 +353,8 @@ __global__ void __launch_bounds__(kTileThreads, 1) linearCeForwardKernel(LinearC
       if (n == t) s.cLabel = x;
       if (smoothing) {
         const float w = classWeight(a.p, c0 + n);
-        s.weightedGap = moveGap(s.weightedGap, s.sumW, maxBefore, s.lse.max, combine.spreadScale) +
-                        w * scaledGap(s.lse.max, x, combine.spreadScale);
+        s.weightedGap = moveGap(s.weightedGap, s.sumW, maxBefore, s.lse.max, combine.o.spreadScale) +
+                        w * scaledGap(s.lse.max, x, combine.o.spreadScale);
         s.sumW += w;
       }
       if (squentropy && n != t) s.sumSqOthers += z * z;
@@ -447,12 +414,15 @@ __global__ void __launch_bounds__(kMmaForwardThreads, 2) linearCeForwardMmaKerne
   const int wm = warp / kMmaForwardWarpColumns, wn = warp % kMmaForwardWarpColumns;
   const int g = lane / 4, t = lane % 4;
   const bool smoothing = kOptions && a.p.smoothing > 0.0f;
-  const bool squentropy = kOptions && a.p.squentropy != 0.0f;
   const bool stable = kOptions && a.p.normalizer == kNormalizerStablemax;
-  const bool gumbel = kOptions && a.p.normalizer == kNormalizerGumbel;
   const float softcap = kOptions ? a.p.softcap : 0.0f;
   const float invT = a.p.invTemperature;
-  const CombineTileRowSums combine = combineTileRowSums(a.p);
+  const CombineTileRowSums combine = tileRowSumsCombiner(a.p);
+  TileSumOptions sumOptions = combine.o;  // the options' sums fold away where kOptions is false
+  sumOptions.smoothing = smoothing;
+  sumOptions.squentropy = kOptions && sumOptions.squentropy;
+  sumOptions.stable = stable;
+  sumOptions.gumbel = kOptions && sumOptions.gumbel;
 
   for (int i = static_cast<int>(threadIdx.x); i < kMmaForwardWarpColumns * kMmaBlockRows; i += kMmaForwardThreads) {
     state[i] = emptyTileRowSums();
@@ -536,21 +506,8 @@ CUTLOSS_UNROLL
           for (int j = 0; j < 2; ++j) {
             const int64_t col = c0 + nt * 8 + 2 * t + j;
             if (col >= colEnd || r0 + m >= N) continue;
-            const float x = acc[mt][nt][2 * h + j];
-            const float z = x * invT;
-            const bool isLabel = col == label;
-            if (isLabel) sums.cLabel = x;
-            if (smoothing) {
-              const float w = classWeight(a.p, col);
-              sums.weightedGap += w * scaledGap(rowMax, x, combine.spreadScale);
-              sums.sumW += w;
-            }
-            if (squentropy && !isLabel) sums.sumSqOthers += z * z;
-            if (stable) {
-              sums.stableSum += stablemaxS(z) * stableScale;
-              if (smoothing) sums.sumWeightedLogS += classWeight(a.p, col) * stablemaxLogS(z);
-            }
-            if (gumbel && !isLabel) sums.stableSum += gumbelPsi(z);  // Gumbel's row sum takes stableSum's slot
+            const float w = smoothing ? classWeight(a.p, col) : 1.0f;
+            addToTileRowSums(sumOptions, sums, acc[mt][nt][2 * h + j], rowMax, stableScale, col == label, w);
           }
         }
         sums = rowGroupAllReduce(sums, combine);
@@ -631,7 +588,7 @@ __global__ void __launch_bounds__(kTileThreads) linearCeMergeKernel(LinearCeArgs
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (row >= N) return;  // whole warps: this kernel has no block barrier
-  const CombineTileRowSums combine = combineTileRowSums(a.p);
+  const CombineTileRowSums combine = tileRowSumsCombiner(a.p);
   TileRowSums s = emptyTileRowSums();
   int overflow = 0;
   for (int split = lane; split < a.splits; split += 32) {
@@ -641,23 +598,9 @@ __global__ void __launch_bounds__(kTileThreads) linearCeMergeKernel(LinearCeArgs
   }
   s = warpAllReduce(s, combine);
   overflow = __any_sync(kFullWarp, overflow != 0);
-  // the row's z = (c − shift)/T frame (RowStats); the lse state's sum is already Σ exp(z − zMax)
   const float invT = a.p.invTemperature;
   const float cMax = s.lse.max;
-  const float shift = shiftedBeforeTemperature(a.p.normalizer, a.p.squentropy, invT) ? effectiveShift(cMax) : 0.0f;
-  RowStats st;
-  st.zMax = (cMax - shift) * invT;
-  st.lse = lseValue(LseState{st.zMax, s.lse.sum}) + shift * invT;
-  st.logSum = logf(s.lse.sum);
-  st.zLabel = (s.cLabel - shift) * invT;
-  st.spreadGap = s.weightedGap * invT;
-  st.sumSqOthers = s.sumSqOthers;
-  st.stableSum = s.stableSum;  // StableMax's: already times stablemaxSumScale(zMax) (never shifted)
-  st.sumWeightedLogS = s.sumWeightedLogS;
-  st.tau = 0.0f;
-  st.omega = 0.0f;
-  st.support = 0.0f;
-  st.shift = shift;
+  RowStats st = rowStatsOfSums(s, a.p.normalizer, a.p.squentropy, invT);
   float active = 0.0f;
   if (a.p.normalizer == kNormalizerSparsemax) {
     const float m = st.zMax;

@@ -40,6 +40,8 @@ interface CpuLinearResult extends CpuLossRows {
   dClassifier?: Float32Array;
   dBias?: Float32Array;
   chunkRows: number;
+  /** Vocabulary columns per tile of a chunk's rows (the fourth GEMM's path); 0: whole rows. */
+  tileCols: number;
   chunks: number;
   workspaceBytes: number;
   blocks: number;
@@ -60,6 +62,10 @@ export interface CpuGradientWork {
   slices: number;
   skippedSlices: number;
   sparseSlices: number;
+  /** Rows per chunk; vocabulary columns per tile of them (0: whole rows); the workspace allocated. */
+  chunkRows: number;
+  tileCols: number;
+  workspaceBytes: number;
 }
 
 let lastGradientWork: CpuGradientWork | null = null;
@@ -300,6 +306,7 @@ export class CpuBackend implements Backend {
       lastGradientWork = {
         entries: r.gradEntries, used: r.gradEntriesUsed, skippedFraction: 1 - r.gradEntriesUsed / r.gradEntries,
         slices: r.blocks, skippedSlices: r.skippedBlocks, sparseSlices: r.sparseBlocks,
+        chunkRows: r.chunkRows, tileCols: r.tileCols, workspaceBytes: r.workspaceBytes,
       };
     }
     const [dE, dW, dB] = linearOuts(o, s);

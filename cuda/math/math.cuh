@@ -8,6 +8,7 @@
 #include "lse.cuh"
 #include "michelot.cuh"
 #include "philox.cuh"
+#include "row_sums.cuh"
 #include "scalar.cuh"
 #include "softcap.cuh"
 #include "stablemax.cuh"

@@ -7,7 +7,8 @@
 //                   G·W, Gᵀ·E, bf16 operands, fp32 results) and the f32 one; PyTorch's bf16 CPU
 //                   path (matmul in bf16, cross_entropy in fp32) where python3-torch is installed.
 //   S2-peaked-bf16  S2 with logits of std ≈ 20 and the default filterEps, uniform and Zipf labels.
-//   sweep-bf16      V 8k .. 256k at N 4096, D 256: bf16 and f32 (also with label smoothing 0.1)
+//   sweep-bf16      V 8k .. 256k at N 4096, D 256: bf16 and f32 (also with label smoothing 0.1, and
+//                   each of the cpu backend's layouts forced: whole rows, vocabulary tiles)
 //                   against the bf16 and f32 GEMM limits (each row's ratio to its own limit; f32
 //                   against the GEMMs into fresh outputs, as PyTorch times them, and into reused ones).
 //   tsx lib/bench/bf16-child.ts [--tiny] [--quick] [--runs 3] [--groups S2-bf16,sweep-bf16]
@@ -180,6 +181,17 @@ export function measureBf16(o: { tiny: boolean; quick: boolean; runs: number; gr
       a.cpuSetBf16Gemm('auto');
     }
   };
+  // the cpu backend's two layouts of a call, forced (auto picks tiles where the budget holds few whole rows)
+  const withTiles = (tiles: 'on' | 'off', fn: () => unknown) => () => {
+    const before = process.env.CUTLOSS_CPU_VOCAB_TILES;
+    process.env.CUTLOSS_CPU_VOCAB_TILES = tiles;
+    try {
+      return fn();
+    } finally {
+      if (before === undefined) delete process.env.CUTLOSS_CPU_VOCAB_TILES;
+      else process.env.CUTLOSS_CPU_VOCAB_TILES = before;
+    }
+  };
   const problem = (N: number, D: number, V: number, std: number) => {
     const Ef = uniformValues(N * D, 1, 1), Wf = uniformValues(V * D, 2, std);
     return {
@@ -237,6 +249,10 @@ export function measureBf16(o: { tiny: boolean; quick: boolean; runs: number; gr
         { name: f32Reused, run: f32GemmLimit(a, p.E32.data as Float32Array, p.W32.data as Float32Array, N, D, V, block) },
         { name: 'cutloss f32', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels), limit: f32Limit, limit2: f32Reused },
         { name: 'cutloss f32, label smoothing 0.1', run: () => lib.linearCrossEntropy(p.E32, p.W32, labels, { labelSmoothing: 0.1 }),
+          limit: f32Limit, limit2: f32Reused },
+        { name: 'cutloss f32, whole rows', run: withTiles('off', () => lib.linearCrossEntropy(p.E32, p.W32, labels)),
+          limit: f32Limit, limit2: f32Reused },
+        { name: 'cutloss f32, vocabulary tiles', run: withTiles('on', () => lib.linearCrossEntropy(p.E32, p.W32, labels)),
           limit: f32Limit, limit2: f32Reused },
       ]);
       out.groups.push({ name: `sweep-bf16 V ${V}`, shape: { N, D, V }, rows });

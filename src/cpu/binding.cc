@@ -469,8 +469,8 @@ std::unique_ptr<Job> makeCrossEntropy(const Napi::CallbackInfo& info, bool async
 /**
  * cpuLinearCrossEntropy(E, N, D, eDtype, W, V, wDtype, labels, params, classWeights, bias,
  * scaleWeighted, scaleUnweighted, filterEps, workspaceBytes, dEOut?, dWOut?, dBiasOut?) → { lse,
- * weighted, unweighted, dEmbeddings?, dClassifier?, dBias?, chunkRows, chunks, workspaceBytes,
- * blocks, skippedBlocks }; gradients given an output Float32Array go there instead.
+ * weighted, unweighted, dEmbeddings?, dClassifier?, dBias?, chunkRows, tileCols, chunks,
+ * workspaceBytes, blocks, skippedBlocks, ... }; gradients given an output Float32Array go there instead.
  */
 std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info, bool async) {
   const MatrixArgs e = readMatrixArgs(info, 0, "embeddings");
@@ -516,6 +516,7 @@ std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info, bool
   });
   job->setExtra([stats](Napi::Env env, Napi::Object& o) {
     o.Set("chunkRows", Napi::Number::New(env, static_cast<double>(stats->chunkRows)));
+    o.Set("tileCols", Napi::Number::New(env, static_cast<double>(stats->tileCols)));
     o.Set("chunks", Napi::Number::New(env, static_cast<double>(stats->chunks)));
     o.Set("workspaceBytes", Napi::Number::New(env, static_cast<double>(stats->workspaceBytes)));
     o.Set("blocks", Napi::Number::New(env, static_cast<double>(stats->blocks)));

@@ -59,8 +59,9 @@ struct LinearCrossEntropyOut {
 /** What the fused linear loss did, for tests and benchmarks. */
 struct LinearCrossEntropyStats {
   int64_t chunkRows = 0;
+  int64_t tileCols = 0;  // vocabulary columns per tile of a chunk's rows; 0: whole rows
   int64_t chunks = 0;
-  int64_t workspaceBytes = 0;  // the logit chunk actually allocated
+  int64_t workspaceBytes = 0;  // the logits' workspace actually allocated (with the tiles' row sums)
   int64_t blocks = 0;          // vocabulary blocks visited by the backward (all chunks)
   int64_t skippedBlocks = 0;   // of those, skipped by filterEps
   int64_t sparseBlocks = 0;    // of those, done as per-entry products of the entries filterEps left
@@ -72,7 +73,9 @@ struct LinearCrossEntropyStats {
  * Cross-entropy of E·Wᵀ + b in chunks of rows with the whole vocabulary: per chunk the
  * logits come from one GEMM into a workspace of at most workspaceBytes (at least one row),
  * each row is reduced and turned into its gradient in place, and two more GEMMs give
- * dE_chunk = G·W and dW += Gᵀ·E_chunk. Nothing of size N×V exists.
+ * dE_chunk = G·W and dW += Gᵀ·E_chunk. Where the budget holds few whole rows, blocks of rows go
+ * by tiles of vocabulary slices instead: a forward over the tiles merges each row's sums, a
+ * backward forms the tiles' logits again (a fourth GEMM). Nothing of size N×V exists.
  */
 LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix& W, const float* bias,
                                            const int32_t* labels, const LossParams& p, const float* scaleWeighted,

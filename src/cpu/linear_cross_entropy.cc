@@ -40,6 +40,7 @@
 #include "cpu_math.h"
 // after cpu_math.h, which must come first
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -59,6 +60,18 @@ namespace {
  * one costs two D-long axpys from rows in cache, about what a GEMM spends on 8 entries.
  */
 constexpr double kSparseSliceDensity = 1.0 / 8.0;
+
+/**
+ * Below this many rows of whole-vocabulary logits in the budget, a call goes by vocabulary tiles
+ * (a fourth GEMM, no traffic growing with V²).
+ */
+constexpr int64_t kWholeRowsMin = 96;
+
+/** W and dW beyond this stream from memory (a last-level cache's share of a few cores). */
+constexpr double kCachedBytes = 16.0 * (1 << 20);
+
+/** Rows of a vocabulary-tiled block, at most: dW is read and written once per block. */
+constexpr int64_t kTileRowsMax = 512;
 
 
 /** x_j += b_j: the bias joins the logits before anything reads them. */
@@ -128,19 +141,19 @@ CUTLOSS_CPU_INLINE void axpy(int64_t n, float a, const float* __restrict x, floa
 }
 
 /**
- * The products of one sparse slice [c0, c1) of the chunk's gradient G (zeros where dropped):
- * dE_i += g_ij·W_j into the thread's partial, dW_j += g_ij·E_i (dW starts zero-filled). Wslice
- * holds W's rows from c0.
+ * The products of one sparse slice of the gradient: Gs holds its nr × cols entries (zeros where
+ * dropped) at stride ldg, Wslice and dWslice W's and dW's rows of its classes (dW zero-filled
+ * at the start, or null): dE_i += g_ij·W_j into the thread's partial, dW_j += g_ij·E_i.
  * Groups of 16 columns are tested at once: most hold nothing.
  */
-CUTLOSS_CPU_CLONES void sparseSliceProducts(const float* G, int64_t ldg, int64_t nr, int64_t c0, int64_t c1, const float* Wslice,
-                                            const float* Ec, int64_t D, float* dE, float* dW) {
+CUTLOSS_CPU_CLONES void sparseSliceProducts(const float* Gs, int64_t ldg, int64_t nr, int64_t cols, const float* Wslice,
+                                            const float* Ec, int64_t D, float* dE, float* dWslice) {
   for (int64_t i = 0; i < nr; i++) {
-    const float* g = G + i * ldg;
+    const float* g = Gs + i * ldg;
     float* dEi = dE + i * D;
     const float* Ei = Ec + i * D;
-    for (int64_t j0 = c0; j0 < c1; j0 += 16) {
-      const int64_t j1 = std::min(c1, j0 + 16);
+    for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+      const int64_t j1 = std::min(cols, j0 + 16);
       int any = 0;
 #pragma omp simd reduction(| : any)
       for (int64_t j = j0; j < j1; j++) any |= g[j] != 0.0f ? 1 : 0;  // NaN counts
@@ -148,8 +161,8 @@ CUTLOSS_CPU_CLONES void sparseSliceProducts(const float* G, int64_t ldg, int64_t
       for (int64_t j = j0; j < j1; j++) {
         const float v = g[j];
         if (v == 0.0f) continue;
-        axpy(D, v, Wslice + (j - c0) * D, dEi);
-        if (dW != nullptr) axpy(D, v, Ei, dW + j * D);
+        axpy(D, v, Wslice + j * D, dEi);
+        if (dWslice != nullptr) axpy(D, v, Ei, dWslice + j * D);
       }
     }
   }
@@ -231,6 +244,101 @@ CUTLOSS_CPU_CLONES void linearChunkRows(const ChunkRowsArgs& a, float* z, float*
   }
 }
 
+// ---- vocabulary tiles: a block of rows meets the vocabulary a slice at a time (row_sums.cuh)
+
+/** What a row of a vocabulary-tiled block carries from its forward to its backward tiles. */
+struct TileRow {
+  RowGrad rg;
+  float shift;           // RowStats::shift
+  float entryThreshold;  // entry filtering: drop |dloss/dx| below it
+  float sliceThreshold;  // entry filtering: a slice is kept by an entry at or above it
+  float coefThreshold;   // per-slice filtering (softcap): a slice is kept by a |dloss/dz| at or above it
+  bool active;           // false: an ignored row, no gradient
+};
+
+/** The label's column in a tile of classes c0.. (margin map, cLabel), or −1. */
+CUTLOSS_CPU_INLINE int labelColumn(int32_t label, int64_t c0, int n) {
+  const int64_t t = static_cast<int64_t>(label) - c0;
+  return t >= 0 && t < n ? static_cast<int>(t) : -1;
+}
+
+/**
+ * A tile row's logits (e·w) → its capped logits in place (bias, the label's margin map,
+ * softcap), and their sums: the max first, then one exponential per class (as the GPU's
+ * tensor-core forward). w: the class weights of the tile's classes.
+ */
+CUTLOSS_CPU_CLONES TileRowSums tileRowForward(const LossCall& call, const TileSumOptions& o, float* x, int n,
+                                              const float* bias, int t, const float* w) {
+  const LossParams& p = call.p;
+  if (bias != nullptr) addBias(x, bias, n);
+  if (t >= 0 && p.labelMargin.scale > 0.0f) x[t] = marginLabelLogit(p.labelMargin, x[t]);
+  if (p.softcap > 0.0f) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) x[j] = effectiveLogit(x[j], p.softcap, 1.0f);
+  }
+  const float m = rowMax(x, n);
+  float sum = 0.0f;
+  specialize(infiniteMax(m), [&](auto) CUTLOSS_CPU_LAMBDA {
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < n; j++) sum += expShifted(x[j], m, o.invT);
+  });
+  TileRowSums s = emptyTileRowSums();
+  s.lse = m == negativeInfinity() ? lseEmpty() : LseState{m, sum};
+  if (o.smoothing || o.squentropy || o.stable || o.gumbel) {
+    const float stableScale = o.stable ? stablemaxSumScale(m * o.invT) : 1.0f;
+    for (int j = 0; j < n; j++) addToTileRowSums(o, s, x[j], m, stableScale, j == t, w[j]);
+  } else if (t >= 0) {
+    s.cLabel = x[t];
+  }
+  return s;
+}
+
+/**
+ * A tile row's logits (e·w) → its gradient dloss/dx in place (the formulas of the GPU's
+ * backward); returns whether a |dloss/dz| reaches coefThreshold.
+ */
+CUTLOSS_CPU_CLONES bool tileRowGradient(const LossCall& call, const TileRow& r, float* x, int n, const float* bias, int t,
+                                        const float* w) {
+  if (!r.active) {
+    std::memset(x, 0, static_cast<size_t>(n) * sizeof(float));
+    return false;
+  }
+  const LossParams& p = call.p;
+  if (bias != nullptr) addBias(x, bias, n);
+  float marginSlope = 1.0f;
+  if (t >= 0 && p.labelMargin.scale > 0.0f) {
+    marginSlope = marginLabelSlope(p.labelMargin, x[t]);
+    x[t] = marginLabelLogit(p.labelMargin, x[t]);
+  }
+  int significant = 0;
+  specialize(p.softcap > 0.0f, [&](auto capped) CUTLOSS_CPU_LAMBDA {
+    const float cap = decltype(capped)::value ? p.softcap : 0.0f;
+#pragma omp simd reduction(| : significant)
+    for (int j = 0; j < n; j++) {
+      const float z = shiftedEffectiveLogit(x[j], cap, p.invTemperature, r.shift);
+      const float coef = gradCoefficient(r.rg, z, j == t, w[j]);
+      significant |= !(fabsf(coef) < r.coefThreshold) ? 1 : 0;  // NaN is never filtered
+      x[j] = coef * effectiveSlope(x[j], cap, p.invTemperature);
+    }
+  });
+  if (t >= 0) x[t] *= marginSlope;
+  return significant != 0;
+}
+
+/**
+ * Whether a call runs in vocabulary tiles (CUTLOSS_CPU_VOCAB_TILES=on|off forces it): where the
+ * budget holds few whole rows and W and dW stream from memory (each chunk of whole rows reads
+ * them again); sparsemax and harmonic logits keep whole rows.
+ */
+bool vocabularyTiles(int64_t budgetRows, int64_t N, int64_t V, int64_t D, const LossParams& p) {
+  if (p.normalizer == kNormalizerSparsemax || p.harmonicExponent > 0.0f) return false;
+  const char* env = std::getenv("CUTLOSS_CPU_VOCAB_TILES");
+  if (env != nullptr && std::strcmp(env, "on") == 0) return true;
+  if (env != nullptr && std::strcmp(env, "off") == 0) return false;
+  const double streamedBytes = 2.0 * static_cast<double>(V) * static_cast<double>(D) * sizeof(float);  // W and dW
+  return budgetRows < N && budgetRows < kWholeRowsMin && streamedBytes > kCachedBytes;
+}
+
 CUTLOSS_CPU_CLONES void widenRows(const uint16_t* src, float* dst, int64_t n) { widenBf16(src, dst, n); }
 
 /** ‖row‖² of every row of M (f32 or bf16), accumulated in double: harmonic logits' r_i and c_j. */
@@ -264,16 +372,30 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   LinearCrossEntropyStats stats;
   if (N == 0) return stats;
   const int threads = threadCount();
+  const int64_t slices = (V + kFilterBlockCols - 1) / kFilterBlockCols;
+  const auto sliceCols = [&](int64_t s) { return std::pair<int64_t, int64_t>{s * kFilterBlockCols, std::min(V, (s + 1) * kFilterBlockCols)}; };
 
-  // The workspace holds whole rows of logits: at least one, at most N. The fewest chunks the
-  // budget allows, of equal size (a short last chunk would cost a full pass over W and dW).
+  // Whole rows: the workspace holds whole rows of logits, at least one, at most N; the fewest
+  // chunks the budget allows, of equal size (a short last chunk would cost a full pass over W
+  // and dW). Vocabulary tiles: blocks of rows, each thread a tile of one slice of them, and
+  // every slice's row sums.
   const size_t rowBytes = static_cast<size_t>(V) * sizeof(float);
   const int64_t budgetRows = std::max<int64_t>(1, std::min<int64_t>(N, static_cast<int64_t>(workspaceBytes / rowBytes)));
-  const int64_t chunkCount = (N + budgetRows - 1) / budgetRows;
+  const bool tiles = vocabularyTiles(budgetRows, N, V, D, p);
+  const size_t tileRowBytes = static_cast<size_t>(threads * kFilterBlockCols) * sizeof(float) +
+                              static_cast<size_t>(slices) * sizeof(TileRowSums) + sizeof(TileRow);
+  const int64_t blockRows = tiles ? std::max<int64_t>(1, std::min<int64_t>({N, kTileRowsMax, static_cast<int64_t>(workspaceBytes / tileRowBytes)}))
+                                  : budgetRows;
+  const int64_t chunkCount = (N + blockRows - 1) / blockRows;
   const int64_t chunkRows = (N + chunkCount - 1) / chunkCount;
-  PooledScratch logits(static_cast<size_t>(chunkRows) * rowBytes);
+  PooledScratch logits(tiles ? static_cast<size_t>(threads * chunkRows * kFilterBlockCols) * sizeof(float)
+                             : static_cast<size_t>(chunkRows) * rowBytes);
+  std::vector<TileRowSums> tileSums(tiles ? static_cast<size_t>(slices * chunkRows) : 0);  // [slice][row]
+  std::vector<TileRow> tileRows(tiles ? static_cast<size_t>(chunkRows) : 0);
   stats.chunkRows = chunkRows;
-  stats.workspaceBytes = static_cast<int64_t>(logits.bytes());
+  stats.tileCols = tiles ? kFilterBlockCols : 0;
+  stats.workspaceBytes = static_cast<int64_t>(logits.bytes() + tileSums.size() * sizeof(TileRowSums) +
+                                              tileRows.size() * sizeof(TileRow));
 
   // bf16 E and W where the CPU has bf16 matrix instructions: the GEMMs take their bits; the
   // backward GEMMs take G as bf16 terms (bf16GradientTerms: G rounded, or hi + lo).
@@ -304,7 +426,7 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   std::vector<float> ones;
   if (p.classWeights == nullptr) ones.assign(static_cast<size_t>(V), 1.0f);
   const LossCall call = makeLossCall(p, ones.data(), grad ? filterEps : 0.0f);
-  Scratch z(call.plain ? 0 : V);
+  Scratch z(call.plain || tiles ? 0 : V);
   Scratch candidates(p.normalizer == kNormalizerSparsemax ? V : 0);
   // harmonic logits: the norms once, each row's d² for its gradient, Σ_i H_ij over the chunks
   const std::vector<float> rowSq = harmonic ? squaredRowNorms(E) : std::vector<float>();
@@ -312,20 +434,19 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   Scratch sqDistance(harmonic ? V : 0);
   std::vector<double> colSumH(harmonic && grad ? static_cast<size_t>(V) : 0);
   std::vector<std::vector<double>> rowSumH(harmonic && grad ? threads : 0, std::vector<double>(static_cast<size_t>(chunkRows)));  // per thread
-  Scratch biasPartial(grad && bias != nullptr && out.dBias != nullptr ? V : 0);
+  const bool withBias = grad && bias != nullptr && out.dBias != nullptr;
+  Scratch biasPartial(withBias ? (tiles ? kFilterBlockCols : V) : 0);
   Scratch dEPartial(grad ? chunkRows * D : 0);  // each thread's share of G·W for the chunk
-  const int64_t slices = (V + kFilterBlockCols - 1) / kFilterBlockCols;
   const bool filtering = call.filterEps > 0.0f;
   // per-entry filtering where dloss/dx is dloss/dz times one constant (1/T); per-slice flags otherwise
   const bool entryFiltering = filtering && p.softcap == 0.0f;
-  std::vector<std::vector<uint8_t>> flags(filtering ? threads : 0, std::vector<uint8_t>(static_cast<size_t>(slices)));
+  std::vector<std::vector<uint8_t>> flags(filtering && !tiles ? threads : 0, std::vector<uint8_t>(static_cast<size_t>(slices)));
   // a row's dropped single entries sum to under kFilterRowMass of its scale
   const float entryEps = std::min(call.filterEps, static_cast<float>(kFilterRowMass / static_cast<double>(p.vocab)));
-  std::vector<std::vector<int32_t>> counts(entryFiltering ? threads : 0, std::vector<int32_t>(static_cast<size_t>(slices)));
+  std::vector<std::vector<int32_t>> counts(entryFiltering && !tiles ? threads : 0, std::vector<int32_t>(static_cast<size_t>(slices)));
   std::vector<uint8_t> sparse(static_cast<size_t>(slices), 0);
   std::vector<uint8_t> kept(static_cast<size_t>(slices), 1);
   std::vector<uint8_t> dEStarted(static_cast<size_t>(threads));
-  const auto sliceCols = [&](int64_t s) { return std::pair<int64_t, int64_t>{s * kFilterBlockCols, std::min(V, (s + 1) * kFilterBlockCols)}; };
 
   SerialGemmScope serialGemm;  // every thread runs its own products on slices of the vocabulary
   // A chunk's rows of E: f32 as given, bf16 widened into one of two buffers (the slice pass
@@ -349,22 +470,21 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
     return c;
   };
   float* L = logits.as<float>();
-  // 1. L[:, slice] = E_chunk·W[slice]ᵀ
-  const auto logitSlice = [&](const Chunk& c, int64_t s) {
+  // 1. Ls = E_chunk·W[slice]ᵀ, Ls the slice's columns of logits at stride ldl
+  const auto logitSlice = [&](const Chunk& c, int64_t s, float* Ls, int64_t ldl) {
     const auto [c0, c1] = sliceCols(s);
     if (bf16Gemm) {
-      bf16GemmSerial(false, true, c.nr, c1 - c0, D, c.Ecb, D, Wb + c0 * D, D, 0.0f, L + c0, V);
+      bf16GemmSerial(false, true, c.nr, c1 - c0, D, c.Ecb, D, Wb + c0 * D, D, 0.0f, Ls, ldl);
     } else {
-      sgemmSerial(false, true, c.nr, c1 - c0, D, 1.0f, c.Ec, D, W32 + c0 * D, D, 0.0f, L + c0, V);
+      sgemmSerial(false, true, c.nr, c1 - c0, D, 1.0f, c.Ec, D, W32 + c0 * D, D, 0.0f, Ls, ldl);
     }
   };
-  // 3. a kept slice: dE_chunk += G[:, slice]·W[slice] (into the thread's partial),
-  //    dW[slice] += G[:, slice]ᵀ·E_chunk (dW starts zero-filled: the first chunk need not read it),
-  //    dBias[slice] += the threads' column sums of G
-  const auto gradientSlice = [&](const Chunk& c, int64_t s, int w) {
+  // 3. a kept slice, its gradient Gs at stride ldg: dE_chunk += Gs·W[slice] (into the thread's
+  //    partial), dW[slice] += Gsᵀ·E_chunk (dW starts zero-filled: the first chunk need not read it)
+  const auto sliceProducts = [&](const Chunk& c, int64_t s, int w, const float* Gs, int64_t ldg, bool sparseSlice) {
     const auto [c0, c1] = sliceCols(s);
     const int64_t nr = c.nr;
-    if (kept[s] && sparse[s]) {
+    if (sparseSlice) {
       if (!dEStarted[w]) std::memset(dEPartial[w], 0, static_cast<size_t>(nr * D) * sizeof(float));
       dEStarted[w] = 1;
       const float* Wslice = nullptr;
@@ -376,10 +496,10 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
       } else {
         Wslice = W32 + c0 * D;
       }
-      sparseSliceProducts(L, V, nr, c0, c1, Wslice, c.Ec, D, dEPartial[w], out.dW);
-    } else if (kept[s] && bf16Gemm) {
+      sparseSliceProducts(Gs, ldg, nr, c1 - c0, Wslice, c.Ec, D, dEPartial[w], out.dW != nullptr ? out.dW + c0 * D : nullptr);
+    } else if (bf16Gemm) {
       uint16_t* Gb = gBf16[w].data();
-      roundToBf16(L + c0, V, nr, c1 - c0, Gb, gTerms == 2 ? Gb + gTile : nullptr);
+      roundToBf16(Gs, ldg, nr, c1 - c0, Gb, gTerms == 2 ? Gb + gTile : nullptr);
       for (int t = 0; t < gTerms; t++) {
         const uint16_t* Gt = Gb + t * gTile;
         bf16GemmSerial(false, false, nr, D, c1 - c0, Gt, c1 - c0, Wb + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
@@ -390,15 +510,21 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
                          out.dW + c0 * D, D);
         }
       }
-    } else if (kept[s]) {
-      sgemmSerial(false, false, nr, D, c1 - c0, 1.0f, L + c0, V, W32 + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
+    } else {
+      sgemmSerial(false, false, nr, D, c1 - c0, 1.0f, Gs, ldg, W32 + c0 * D, D, dEStarted[w] ? 1.0f : 0.0f,
                   dEPartial[w], D);
       dEStarted[w] = 1;
       if (out.dW != nullptr) {
-        sgemmSerial(true, false, c1 - c0, D, nr, 1.0f, L + c0, V, c.Ec, D, c.r0 == 0 ? 0.0f : 1.0f, out.dW + c0 * D, D);
+        sgemmSerial(true, false, c1 - c0, D, nr, 1.0f, Gs, ldg, c.Ec, D, c.r0 == 0 ? 0.0f : 1.0f, out.dW + c0 * D, D);
       }
     }
-    if (out.dBias != nullptr && bias != nullptr) {
+  };
+  // 3, whole rows: the slice's products, dBias[slice] += the threads' column sums of G, harmonic sums
+  const auto gradientSlice = [&](const Chunk& c, int64_t s, int w) {
+    const auto [c0, c1] = sliceCols(s);
+    const int64_t nr = c.nr;
+    if (kept[s]) sliceProducts(c, s, w, L + c0, V, sparse[s] != 0);
+    if (withBias) {
       for (int t = 0; t < threads; t++) {
         float* part = biasPartial[t];
         if (kept[s]) {
@@ -420,10 +546,135 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
       }
     }
   };
+  // dE rows of the chunk = the sum of the threads' partials (harmonic: − e_i·Σ_j H_ij over the kept slices)
+  const auto finishChunkDE = [&](const Chunk& c) {
+    float* dEc = out.dE + c.r0 * D;
+    parallelFor(c.nr, rowGrain(D), [&](int64_t i0, int64_t i1, int) {
+      for (int64_t i = i0; i < i1; i++) {
+        float* dst = dEc + i * D;
+        std::memset(dst, 0, static_cast<size_t>(D) * sizeof(float));
+        for (int t = 0; t < threads; t++) {
+          if (!dEStarted[t]) continue;
+          const float* src = dEPartial[t] + i * D;
+          for (int64_t k2 = 0; k2 < D; k2++) dst[k2] += src[k2];
+        }
+        if (!harmonic) continue;
+        double rowSum = 0.0;
+        for (const auto& r : rowSumH) rowSum += r[static_cast<size_t>(i)];
+        const float h = static_cast<float>(rowSum);
+        const float* e = c.Ec + i * D;
+        if (h != 0.0f) for (int64_t k2 = 0; k2 < D; k2++) dst[k2] -= h * e[k2];
+      }
+    });
+  };
+
+  if (tiles) {
+    // Vocabulary tiles (rows × slices): per block of rows, a forward over the slices keeps each
+    // row's sums per slice (cuda/math/row_sums.cuh), merged in slice order into its RowStats,
+    // loss and RowGrad; the backward forms each slice's logits again, its gradient, products.
+    const TileSumOptions sumOptions = tileSumOptions(p.normalizer, p.smoothing, p.squentropy, p.invTemperature, p.vocab);
+    const int64_t ldt = kFilterBlockCols;
+    std::vector<int64_t> sparseCount(static_cast<size_t>(threads)), skippedCount(static_cast<size_t>(threads)),
+        usedCount(static_cast<size_t>(threads));
+    for (int64_t k = 0; k < chunkCount; k++) {
+      const Chunk c = chunkAt(k);
+      stats.chunks++;
+      parallelFor(slices, 1, [&](int64_t s0, int64_t s1, int w) {
+        float* T = L + static_cast<int64_t>(w) * chunkRows * ldt;
+        for (int64_t s = s0; s < s1; s++) {
+          const auto [c0, c1] = sliceCols(s);
+          const int n = static_cast<int>(c1 - c0);
+          logitSlice(c, s, T, ldt);
+          for (int64_t i = 0; i < c.nr; i++) {
+            tileSums[static_cast<size_t>(s * chunkRows + i)] = tileRowForward(
+                call, sumOptions, T + i * ldt, n, bias != nullptr ? bias + c0 : nullptr, labelColumn(labels[c.r0 + i], c0, n),
+                call.weights + c0);
+          }
+        }
+      });
+      parallelFor(c.nr, 64, [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; i++) {
+          const int64_t r = c.r0 + i;
+          TileRowSums sums = emptyTileRowSums();
+          for (int64_t s = 0; s < slices; s++) sums = combineTileRowSums(sumOptions, sums, tileSums[static_cast<size_t>(s * chunkRows + i)]);
+          const RowStats st = rowStatsOfSums(sums, p.normalizer, p.squentropy, p.invTemperature);
+          const int32_t label = labels[r];
+          TileRow& row = tileRows[static_cast<size_t>(i)];
+          row = TileRow{};
+          row.active = false;
+          row.coefThreshold = row.entryThreshold = row.sliceThreshold = positiveInfinity();
+          out.rows.lse[r] = st.lse;
+          out.rows.weighted[r] = 0.0f;
+          out.rows.unweighted[r] = 0.0f;
+          if (label == p.ignoreIndex) continue;
+          const float wLabel = label >= 0 && label < V ? call.weights[label] : quietNaN();
+          const RowLoss rl = rowLoss(call.k, st, wLabel, p.sumWeights);
+          out.rows.weighted[r] = rl.weighted;
+          out.rows.unweighted[r] = rl.unweighted;
+          if (!grad) continue;
+          const float sW = scaleWeighted[r], sU = scaleUnweighted[r];
+          row.active = true;
+          row.rg = rowGrad(call.k, st, rl, wLabel, sW, sU);
+          row.shift = st.shift;
+          // as whole rows': a row whose scale is 0 has no gradient to keep; filterEps 0 keeps everything
+          const float scale = fmaxf(fabsf(sW), fabsf(sU));
+          const float scaleX = scale * p.invTemperature;
+          row.coefThreshold = scale == 0.0f || !filtering ? positiveInfinity() : call.filterEps * scale;
+          row.entryThreshold = scale == 0.0f ? positiveInfinity() : (entryFiltering ? entryEps : 0.0f) * scaleX;
+          row.sliceThreshold = scale == 0.0f ? positiveInfinity() : call.filterEps * scaleX;
+        }
+      });
+      if (!grad) continue;
+      stats.gradEntries += c.nr * V;
+      stats.blocks += slices;
+      std::fill(dEStarted.begin(), dEStarted.end(), 0);
+      parallelFor(slices, 1, [&](int64_t s0, int64_t s1, int w) {
+        float* T = L + static_cast<int64_t>(w) * chunkRows * ldt;
+        float* biasSlice = withBias ? biasPartial[w] : nullptr;
+        for (int64_t s = s0; s < s1; s++) {
+          const auto [c0, c1] = sliceCols(s);
+          const int n = static_cast<int>(c1 - c0);
+          logitSlice(c, s, T, ldt);
+          if (biasSlice != nullptr) std::memset(biasSlice, 0, static_cast<size_t>(n) * sizeof(float));
+          int32_t left = 0;
+          uint8_t significant = 0;
+          for (int64_t i = 0; i < c.nr; i++) {
+            const TileRow& row = tileRows[static_cast<size_t>(i)];
+            float* g = T + i * ldt;
+            const bool coefKept = tileRowGradient(call, row, g, n, bias != nullptr ? bias + c0 : nullptr,
+                                                  labelColumn(labels[c.r0 + i], c0, n), call.weights + c0);
+            if (filtering && !entryFiltering && coefKept) significant = 1;
+            if (entryFiltering) {
+              finishGradRow(g, n, biasSlice, row.entryThreshold, row.sliceThreshold, &left, &significant);
+            } else {
+              finishGradRow(g, n, biasSlice, 0.0f, 0.0f, nullptr, nullptr);
+            }
+          }
+          const int64_t entries = c.nr * n;
+          const bool keep = !filtering || (significant != 0 && (!entryFiltering || left > 0));
+          const bool sparseSlice = keep && entryFiltering && static_cast<double>(left) <= kSparseSliceDensity * static_cast<double>(entries);
+          if (keep) sliceProducts(c, s, w, T, ldt, sparseSlice);
+          if (keep && biasSlice != nullptr) {
+            for (int j = 0; j < n; j++) out.dBias[c0 + j] += biasSlice[j];  // this thread owns the slice
+          }
+          sparseCount[static_cast<size_t>(w)] += sparseSlice ? 1 : 0;
+          skippedCount[static_cast<size_t>(w)] += keep ? 0 : 1;
+          usedCount[static_cast<size_t>(w)] += sparseSlice ? left : keep ? entries : 0;
+        }
+      });
+      finishChunkDE(c);
+    }
+    for (int t = 0; t < threads; t++) {
+      stats.sparseBlocks += sparseCount[static_cast<size_t>(t)];
+      stats.skippedBlocks += skippedCount[static_cast<size_t>(t)];
+      stats.gradEntriesUsed += usedCount[static_cast<size_t>(t)];
+    }
+    return stats;
+  }
 
   Chunk chunk = chunkAt(0);
   parallelFor(slices, 1, [&](int64_t s0, int64_t s1, int) {
-    for (int64_t s = s0; s < s1; s++) logitSlice(chunk, s);
+    for (int64_t s = s0; s < s1; s++) logitSlice(chunk, s, L + sliceCols(s).first, V);
   });
   for (int64_t k = 0; k < chunkCount; k++) {
     const int64_t r0 = chunk.r0, nr = chunk.nr;
@@ -439,7 +690,6 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
       linearChunkRows(args, z[w], candidates[w], sqDistance[w], biasPartial[w], filtering ? flags[w].data() : nullptr,
                       entryFiltering ? counts[w].data() : nullptr, i0, i1);
     });
-
     if (grad) {
       // Which vocabulary slices the backward visits, and how: a slice of few entries left costs
       // less as per-entry products than as a GEMM over all of it.
@@ -486,32 +736,12 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
       parallelFor(slices, 1, [&](int64_t s0, int64_t s1, int w) {
         for (int64_t s = s0; s < s1; s++) {
           if (grad) gradientSlice(chunk, s, w);
-          if (more) logitSlice(next, s);
+          if (more) logitSlice(next, s, L + sliceCols(s).first, V);
         }
       });
     }
 
-    if (grad) {
-      // dE rows of the chunk = the sum of the threads' partials (harmonic: − e_i·Σ_j H_ij over the kept slices)
-      float* dEc = out.dE + r0 * D;
-      parallelFor(nr, rowGrain(D), [&](int64_t i0, int64_t i1, int) {
-        for (int64_t i = i0; i < i1; i++) {
-          float* dst = dEc + i * D;
-          std::memset(dst, 0, static_cast<size_t>(D) * sizeof(float));
-          for (int t = 0; t < threads; t++) {
-            if (!dEStarted[t]) continue;
-            const float* src = dEPartial[t] + i * D;
-            for (int64_t k2 = 0; k2 < D; k2++) dst[k2] += src[k2];
-          }
-          if (!harmonic) continue;
-          double rowSum = 0.0;
-          for (const auto& r : rowSumH) rowSum += r[static_cast<size_t>(i)];
-          const float h = static_cast<float>(rowSum);
-          const float* e = chunk.Ec + i * D;
-          if (h != 0.0f) for (int64_t k2 = 0; k2 < D; k2++) dst[k2] -= h * e[k2];
-        }
-      });
-    }
+    if (grad) finishChunkDE(chunk);
     chunk = next;
   }
   // harmonic: dW_j −= w_j·Σ_i H_ij, once every chunk is in
