@@ -62,15 +62,17 @@ namespace {
 constexpr double kSparseSliceDensity = 1.0 / 8.0;
 
 /**
- * Below this many rows of whole-vocabulary logits in the budget, a call goes by vocabulary tiles
- * (a fourth GEMM, no traffic growing with V²).
+ * Below this many rows of whole-vocabulary logits in the budget, a call goes by vocabulary tiles:
+ * a fourth GEMM, against W and dW streamed once per chunk of whole rows (traffic ∝ V²/budget).
+ * Measured at N 4096, D 256, 48 MiB: V 128k (96 rows) whole rows 3.1–3.3 s, tiles 3.55–3.65;
+ * V 256k (48 rows) whole rows 7.5 s, tiles 7.2.
  */
-constexpr int64_t kWholeRowsMin = 96;
+constexpr int64_t kWholeRowsMin = 64;
 
 /** W and dW beyond this stream from memory (a last-level cache's share of a few cores). */
 constexpr double kCachedBytes = 16.0 * (1 << 20);
 
-/** Rows of a vocabulary-tiled block, at most: dW is read and written once per block. */
+/** Rows of a vocabulary-tiled block, at most: dW is read and written once per block (256 to 2048 within 5%). */
 constexpr int64_t kTileRowsMax = 512;
 
 
@@ -294,6 +296,33 @@ CUTLOSS_CPU_CLONES TileRowSums tileRowForward(const LossCall& call, const TileSu
 }
 
 /**
+ * A tile row's dloss/dx in place of its biased logits x, and whether a |dloss/dz| reaches
+ * coefThreshold. The normalizer a constant and the row constants the formulas branch on
+ * specialized (loss_rows.h), so the loop vectorizes.
+ */
+template <int kNormalizer>
+CUTLOSS_CPU_INLINE bool tileGradientLoop(const LossParams& p, RowGrad rg, float shift, float coefThreshold, float* x, int n,
+                                         int t, const float* w) {
+  rg.normalizer = kNormalizer;
+  int significant = 0;
+  specialize(p.softcap > 0.0f, [&](auto capped) CUTLOSS_CPU_LAMBDA {
+    const float cap = decltype(capped)::value ? p.softcap : 0.0f;
+    specialize(infiniteMax(rg.zMax), [&](auto) CUTLOSS_CPU_LAMBDA {
+      specialize(rg.sqCoef != 0.0f, [&](auto) CUTLOSS_CPU_LAMBDA {
+#pragma omp simd reduction(| : significant)
+        for (int j = 0; j < n; j++) {
+          const float z = shiftedEffectiveLogit(x[j], cap, p.invTemperature, shift);
+          const float coef = gradCoefficient(rg, z, j == t, w[j]);
+          significant |= !(fabsf(coef) < coefThreshold) ? 1 : 0;  // NaN is never filtered
+          x[j] = coef * effectiveSlope(x[j], cap, p.invTemperature);
+        }
+      });
+    });
+  });
+  return significant != 0;
+}
+
+/**
  * A tile row's logits (e·w) → its gradient dloss/dx in place (the formulas of the GPU's
  * backward); returns whether a |dloss/dz| reaches coefThreshold.
  */
@@ -310,19 +339,20 @@ CUTLOSS_CPU_CLONES bool tileRowGradient(const LossCall& call, const TileRow& r, 
     marginSlope = marginLabelSlope(p.labelMargin, x[t]);
     x[t] = marginLabelLogit(p.labelMargin, x[t]);
   }
-  int significant = 0;
-  specialize(p.softcap > 0.0f, [&](auto capped) CUTLOSS_CPU_LAMBDA {
-    const float cap = decltype(capped)::value ? p.softcap : 0.0f;
-#pragma omp simd reduction(| : significant)
-    for (int j = 0; j < n; j++) {
-      const float z = shiftedEffectiveLogit(x[j], cap, p.invTemperature, r.shift);
-      const float coef = gradCoefficient(r.rg, z, j == t, w[j]);
-      significant |= !(fabsf(coef) < r.coefThreshold) ? 1 : 0;  // NaN is never filtered
-      x[j] = coef * effectiveSlope(x[j], cap, p.invTemperature);
-    }
-  });
+  bool significant = false;
+  switch (p.normalizer) {
+    case kNormalizerStablemax:
+      significant = tileGradientLoop<kNormalizerStablemax>(p, r.rg, r.shift, r.coefThreshold, x, n, t, w);
+      break;
+    case kNormalizerGumbel:
+      significant = tileGradientLoop<kNormalizerGumbel>(p, r.rg, r.shift, r.coefThreshold, x, n, t, w);
+      break;
+    default:  // softmax (sparsemax keeps whole rows)
+      significant = tileGradientLoop<kNormalizerSoftmax>(p, r.rg, r.shift, r.coefThreshold, x, n, t, w);
+      break;
+  }
   if (t >= 0) x[t] *= marginSlope;
-  return significant != 0;
+  return significant;
 }
 
 /**

@@ -43,7 +43,7 @@ rm -f bench/out/sanitize-report.*
 # multi-ISA build, and its 6 minutes repeat what edges, fuzz and load already run through the
 # cpu kernels.
 ASAN_FILES=(test/native/async.test.ts test/native/device.test.ts test/native/sharing.test.ts
-  test/native/fuzz.test.ts test/edges.test.ts test/load.test.ts test/cpu-bf16.test.ts)
+  test/native/fuzz.test.ts test/edges.test.ts test/load.test.ts test/cpu-bf16.test.ts test/cpu-vocab-tiles.test.ts)
 ASAN_SKIP='^(?!.*(address-space cap|without the addon|memory stays flat))'
 EMU_FILES=(test/native/kernels-emu.test.ts test/native/linear-emu.test.ts)
 EMU_ONLY='the addon running these kernels'
