@@ -11,6 +11,12 @@
 // each slice of W is read from memory once per chunk, not twice, and the next chunk's logits
 // overwrite the slice of G just used. At a large vocabulary the chunks are short and the call
 // is bound by memory traffic (W and dW once per chunk), so that read is a fifth of it.
+// Vocabulary tiles, where the budget holds few whole rows (vocabularyTiles): blocks of up to
+// kTileRowsMax rows, each thread a tile of the block × one slice. A forward over the slices keeps
+// each row's sums per slice (cuda/math/row_sums.cuh, as the GPU's forward), merged in slice order
+// into the row's RowStats, loss and RowGrad; a backward forms each tile's logits again (a fourth
+// GEMM), its gradient by the GPU backward's per-entry formulas, and the tile's products. dW is
+// then read and written once per block at any V; sparsemax and harmonic rows keep whole rows.
 // Harmonic logits (p.harmonicExponent > 0, cuda/math/harmonic.cuh): step 2 first turns each
 // row's e·w into −(n/2)·log d² (the squared norms computed once per call), and its G into
 // H = n·G/d² after filtering; GEMMs 2 and 3 take H, then dE_i −= e_i·Σ_j H_ij per chunk and
