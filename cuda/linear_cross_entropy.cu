@@ -165,9 +165,10 @@ struct MatrixColumns {
 
 // ---------------------------------------------------------------- forward
 
-// A row's sums over some of its classes: TileRowSums (cuda/math/row_sums.cuh), shuffled and
-// combined across the lanes of a tile row, merged across splits.
-/** combineTileRowSums as the functor the shuffle reductions take. */
+/**
+ * combineTileRowSums (cuda/math/row_sums.cuh) as the functor the shuffle reductions take: a row's
+ * sums over some of its classes are combined across the lanes of a tile row, then across splits.
+ */
 struct CombineTileRowSums {
   TileSumOptions o;
   __device__ __forceinline__ TileRowSums operator()(TileRowSums a, TileRowSums b) const { return combineTileRowSums(o, a, b); }
@@ -774,7 +775,7 @@ __device__ __forceinline__ ThreadRow threadRow(const LinearCeArgs& a, int64_t ro
   const float sW = a.scaleWeighted[row];
   const float sU = a.scaleUnweighted[row];
   r.rg = rowGrad(k, st, rl, wLabel, sW, sU);
-  const float scale = fmaxf(fabsf(sW), fabsf(sU));
+  const float scale = rowGradScale(sW, sU);
   r.invScale = scale > 0.0f ? 1.0f / scale : 0.0f;
   r.shift = st.shift;
   return r;

@@ -49,6 +49,7 @@ interface CpuLinearResult extends CpuLossRows {
   sparseBlocks: number;
   gradEntries: number;
   gradEntriesUsed: number;
+  deferredEntries: number;
 }
 
 /** What the last linearCrossEntropy's backward did with filterEps, for backends() and the benchmark. */
@@ -62,6 +63,8 @@ export interface CpuGradientWork {
   slices: number;
   skippedSlices: number;
   sparseSlices: number;
+  /** Of the sparse slices' entries, those whose products waited for the end of the call (sorted by column there). */
+  deferredEntries: number;
   /** Rows per chunk; vocabulary columns per tile of them (0: whole rows); the workspace allocated. */
   chunkRows: number;
   tileCols: number;
@@ -305,7 +308,7 @@ export class CpuBackend implements Backend {
     if (r.gradEntries > 0) {
       lastGradientWork = {
         entries: r.gradEntries, used: r.gradEntriesUsed, skippedFraction: 1 - r.gradEntriesUsed / r.gradEntries,
-        slices: r.blocks, skippedSlices: r.skippedBlocks, sparseSlices: r.sparseBlocks,
+        slices: r.blocks, skippedSlices: r.skippedBlocks, sparseSlices: r.sparseBlocks, deferredEntries: r.deferredEntries,
         chunkRows: r.chunkRows, tileCols: r.tileCols, workspaceBytes: r.workspaceBytes,
       };
     }

@@ -190,4 +190,73 @@ describe.runIf(cpuAvailable)('cpu sparse gradients (filterEps per entry)', () =>
       expect(worstRatio(r.dClassifier!.data as Float32Array, want.dW, want.magW, want.dropW), backend).toBeLessThanOrEqual(1);
     }
   });
+
+  it('sparse products deferred to the call\'s end, or done at once where a slice\'s share of the budget is full: the same gradients', () => {
+    lib.setBackend('cpu');
+    const p = problem('peaked', 31);
+    const want = float64(p, DEFAULT_EPS);
+    const rowBytes = V * 4;
+    // a budget of 13.9 rows: 4 chunks of 10 (equal sizes), and the 47 kB left hold the deferred entries (12 bytes each)
+    const all = run(p, { workspaceBytes: 13 * rowBytes + 11000 });
+    const none = run(p, { workspaceBytes: 10 * rowBytes });
+    expect(all.work.chunkRows).toBe(10);
+    expect(none.work.chunkRows).toBe(10);
+    expect(all.work.sparseSlices).toBe(all.work.slices);
+    expect(all.work.deferredEntries).toBe(all.work.used);
+    expect(none.work.deferredEntries).toBe(0);
+    // room for about half of them: each slice's first chunks wait, its later ones go at once
+    const share = Math.floor(all.work.deferredEntries / SLICES / 2);
+    const some = run(p, { workspaceBytes: 10 * rowBytes + SLICES * 12 * share });
+    expect(some.work.deferredEntries).toBeGreaterThan(0);
+    expect(some.work.deferredEntries).toBeLessThan(all.work.deferredEntries);
+    for (const [name, r] of Object.entries({ all, none, some })) {
+      expect(worstRatio(r.dE, want.dE, want.magE, want.dropE), name).toBeLessThanOrEqual(1);
+      expect(worstRatio(r.dW, want.dW, want.magW, want.dropW), name).toBeLessThanOrEqual(1);
+      expect(r.work.used, name).toBe(all.work.used);
+    }
+    // every product deferred: the order of every sum depends on the data alone
+    const again = run(p, { workspaceBytes: 13 * rowBytes + 11000 });
+    expect(Buffer.from(again.dW.buffer).equals(Buffer.from(all.dW.buffer))).toBe(true);
+    expect(Buffer.from(again.dE.buffer).equals(Buffer.from(all.dE.buffer))).toBe(true);
+  });
+
+  it('outputs given with any contents: every element of dE and dW is written (skipped, sparse and dense slices; whole rows and tiles)', () => {
+    lib.setBackend('cpu');
+    const p = problem('zipf', 11, 2);
+    p.temperature = 0.5;
+    const E = lib.tensor(p.E, [N, D]);
+    const W = lib.tensor(p.W, [V, D]);
+    const before = process.env.CUTLOSS_CPU_VOCAB_TILES;
+    try {
+      for (const tiles of ['off', 'on']) {
+        process.env.CUTLOSS_CPU_VOCAB_TILES = tiles;
+        for (const filterEps of [0, undefined, 2 ** -8]) {
+          const options = { temperature: p.temperature, filterEps, workspaceBytes: 7 * V * 4 };
+          const plain = lib.linearCrossEntropy(E, W, p.labels, options);
+          const work = cpuLastGradientWork()!;
+          expect(work.tileCols).toBe(tiles === 'on' ? 512 : 0);
+          if (filterEps === 2 ** -8) expect(work.skippedSlices).toBeGreaterThan(0);
+          const dE = new Float32Array(N * D).fill(NaN);
+          const dW = new Float32Array(V * D).fill(NaN);
+          const out = { dEmbeddings: lib.tensor(dE, [N, D]), dClassifier: lib.tensor(dW, [V, D]) };
+          const r = lib.linearCrossEntropy(E, W, p.labels, { ...options, out });
+          const label = `tiles ${tiles}, filterEps ${filterEps}`;
+          expect(r.dClassifier!.data, label).toBe(dW);
+          expect(Buffer.from(dW.buffer).equals(Buffer.from((plain.dClassifier!.data as Float32Array).buffer)), label).toBe(true);
+          // dE: the threads' partials meet in the order they finish (bit-identical only with `deterministic`)
+          const plainE = plain.dEmbeddings!.data as Float32Array;
+          const scale = plainE.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+          for (let k = 0; k < dE.length; k++) expect(Math.abs(dE[k]! - plainE[k]!), `${label}: dE[${k}]`).toBeLessThanOrEqual(1e-6 * scale);
+        }
+      }
+      // no rows: dW is all zeros
+      process.env.CUTLOSS_CPU_VOCAB_TILES = 'off';
+      const dW = new Float32Array(V * D).fill(NaN);
+      lib.linearCrossEntropy(lib.tensor(new Float32Array(0), [0, D]), W, new Int32Array(0), { out: { dClassifier: lib.tensor(dW, [V, D]) } });
+      expect(dW.every((v) => v === 0)).toBe(true);
+    } finally {
+      if (before === undefined) delete process.env.CUTLOSS_CPU_VOCAB_TILES;
+      else process.env.CUTLOSS_CPU_VOCAB_TILES = before;
+    }
+  });
 });

@@ -130,6 +130,11 @@ describe('cuda/math matches lib/js/math.ts', () => {
     checkFloats('gumbelPsiSlope', ([x]) => [m.gumbelPsiSlope(x!)], gumbelTol);
   });
 
+  it("gradient filtering: a row's scale and its thresholds", () => {
+    checkFloats('rowGradScale', ([sW, sU]) => [m.rowGradScale(sW!, sU!)], () => ({ rtol: 0, atol: 0 }));
+    checkFloats('filterThreshold', ([eps, scale]) => [m.filterThreshold(eps!, scale!)], () => plain);
+  });
+
   it('harmonic logits: d², the floored log, H = n·g/d²', () => {
     // d²: r + c − 2·dot rounds at the inputs' scale; the log's argument is exact, logf within ulps
     checkFloats('harmonicSqDistance', ([r, c, dot]) => [m.harmonicSqDistance(r!, c!, dot!)],

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "bf16.cuh"
+#include "filter.cuh"
 #include "harmonic.cuh"
 #include "loss.cuh"
 #include "lse.cuh"

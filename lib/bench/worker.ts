@@ -62,7 +62,7 @@ async function cutlossHost(spec: WorkerSpec, backend: 'cpu' | 'js'): Promise<Pre
     get note() {
       const work = backend === 'cpu' && spec.case.kind === 'linear' ? cpuLastGradientWork() : null;
       return (backend === 'cpu' ? `${String(info.details.threads)} threads, ${String(info.details.simd)}, ${String(info.details.gemm)} ${String(info.details.gemmKernel)}` : 'float64 inside, 1 thread') +
-        (work === null ? '' : `; gradient work skipped by filterEps: ${(100 * work.skippedFraction).toFixed(2)}% (${work.sparseSlices} of ${work.slices} slices as per-entry products, ${work.skippedSlices} skipped)`);
+        (work === null ? '' : `; gradient work skipped by filterEps: ${(100 * work.skippedFraction).toFixed(2)}% (${work.sparseSlices} of ${work.slices} slices as per-entry products, ${work.deferredEntries} of their entries deferred to the end of the call, ${work.skippedSlices} skipped)`);
     },
     returnedBytes: returnedBytes(spec.case, spec.rows),
     run: make(spec.case, spec.rows),

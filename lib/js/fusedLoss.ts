@@ -13,7 +13,7 @@ import { sparsemaxThreshold } from './sparse.js';
 import {
   NORMALIZER_GUMBEL, NORMALIZER_SPARSEMAX, NORMALIZER_STABLEMAX, effectiveLogit, gumbelPsi, effectiveSlope, gradCoefficient, lseOfBlock,
   lseValue, marginLabelLogit, marginLabelSlope, mergeLse, rowGrad, rowLoss, SEARCH_DONE, SPARSEMAX_PASS_LIMIT, sparsemaxSearchStart, sparsemaxSearchStep,
-  stablemaxLogS, stablemaxS, type LabelMargin, type LossConstants, type RowGrad, type RowStats, type SparsemaxSearch,
+  stablemaxLogS, stablemaxS, type LabelMargin, type LossConstants, type RowGrad, type RowStats, type SparsemaxSearch, rowGradScale,
 } from './math.js';
 
 export type Reduction = 'mean' | 'sum' | 'none';
@@ -307,7 +307,7 @@ export function runFusedLoss(cfg: LossConfig, source: LogitSource): LossOutput {
       sU = g / nValid;
     }
     grads[row] = rowGrad(cfg, st, rl, wLabel, sW, sU);
-    const scale = Math.max(Math.abs(sW), Math.abs(sU));
+    const scale = rowGradScale(sW, sU);
     invScale![row] = scale > 0 ? 1 / scale : 0;
   }
   let loss: number | Float32Array;

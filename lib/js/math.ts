@@ -269,6 +269,19 @@ export function gumbelFromUniform(u: number): number {
 /** Gradient filtering's f32 default is FILTER_ROW_MASS / V (cuda/math/filter.cuh kFilterRowMass). */
 export const FILTER_ROW_MASS = 2 ** -24;
 
+/** The row's gradient scale, max(|s_W|, |s_U|): what filterEps is relative to (as fmaxf: a NaN gives way to the other). */
+export function rowGradScale(scaleWeighted: number, scaleUnweighted: number): number {
+  const a = Math.abs(scaleWeighted);
+  const b = Math.abs(scaleUnweighted);
+  if (Number.isNaN(a)) return b;
+  return Number.isNaN(b) ? a : Math.max(a, b);
+}
+
+/** eps·scale; ∞ where the scale is 0 (the row has no gradient to keep). eps 0 keeps everything. */
+export function filterThreshold(eps: number, scale: number): number {
+  return scale === 0 ? Infinity : eps * scale;
+}
+
 export const NORMALIZER_SOFTMAX = 0;
 export const NORMALIZER_STABLEMAX = 1;
 export const NORMALIZER_SPARSEMAX = 2;

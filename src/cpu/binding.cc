@@ -501,14 +501,14 @@ std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info, bool
   if ((!grad && (given(info[15]) || given(info[16]) || given(info[17]))) || (bias == nullptr && given(info[17]))) {
     throw ArgError("E_OPTION", "gradient outputs need the gradient scales (and dBias a bias)");
   }
-  // the kernel accumulates into zeroed gradients
-  auto gradient = [&](const Napi::Value& dest, const char* name, size_t length) {
-    return given(dest) ? job->outputInto(dest, name, length, Fill::Zero) : job->output(env, length, name);
+  // the kernel writes every element of dE and dW, and accumulates into a zeroed dBias
+  auto gradient = [&](const Napi::Value& dest, const char* name, size_t length, Fill fill) {
+    return given(dest) ? job->outputInto(dest, name, length, fill) : job->output(env, length, name, fill);
   };
   if (grad) {
-    out.dE = gradient(info[15], "dEmbeddings", static_cast<size_t>(N * D));
-    out.dW = gradient(info[16], "dClassifier", static_cast<size_t>(V * D));
-    if (bias != nullptr) out.dBias = gradient(info[17], "dBias", static_cast<size_t>(V));
+    out.dE = gradient(info[15], "dEmbeddings", static_cast<size_t>(N * D), Fill::Overwritten);
+    out.dW = gradient(info[16], "dClassifier", static_cast<size_t>(V * D), Fill::Overwritten);
+    if (bias != nullptr) out.dBias = gradient(info[17], "dBias", static_cast<size_t>(V), Fill::Zero);
   }
   auto stats = std::make_shared<LinearCrossEntropyStats>();
   job->setWork([=] {
@@ -524,6 +524,7 @@ std::unique_ptr<Job> makeLinearCrossEntropy(const Napi::CallbackInfo& info, bool
     o.Set("sparseBlocks", Napi::Number::New(env, static_cast<double>(stats->sparseBlocks)));
     o.Set("gradEntries", Napi::Number::New(env, static_cast<double>(stats->gradEntries)));
     o.Set("gradEntriesUsed", Napi::Number::New(env, static_cast<double>(stats->gradEntriesUsed)));
+    o.Set("deferredEntries", Napi::Number::New(env, static_cast<double>(stats->deferredEntries)));
   });
   return job;
 }

@@ -51,8 +51,8 @@ void crossEntropy(const HostMatrix& logits, const int32_t* labels, const LossPar
 
 struct LinearCrossEntropyOut {
   LossRowsOut rows;
-  float* dE;     // [N, D] or null (forward only)
-  float* dW;     // [V, D], zero-filled by the caller, or null
+  float* dE;     // [N, D] or null (forward only); any contents: every element is written
+  float* dW;     // [V, D] or null; any contents: every element is written
   float* dBias;  // [V], zero-filled, or null
 };
 
@@ -67,6 +67,7 @@ struct LinearCrossEntropyStats {
   int64_t sparseBlocks = 0;    // of those, done as per-entry products of the entries filterEps left
   int64_t gradEntries = 0;     // entries of the gradient N×V the backward formed
   int64_t gradEntriesUsed = 0;  // of those, the ones its products spent work on (dense slices whole)
+  int64_t deferredEntries = 0;  // of the sparse slices' entries, those whose products waited for the call's end
 };
 
 /**

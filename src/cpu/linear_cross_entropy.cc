@@ -42,7 +42,11 @@
 // (without softcap, where dloss/dx = dloss/dz / T), so a slice's count of the entries left says
 // what its products cost: a sparse slice (a trained model's peaked rows leave a few entries per
 // row, in different columns for every row, so no slice is empty) runs as per-entry products,
-// dE_i += g_ij·W_j and dW_j += g_ij·E_i, a dense one as the GEMMs.
+// dE_i += g_ij·W_j and dW_j += g_ij·E_i, a dense one as the GEMMs. The per-entry products wait
+// for the end of the call where the budget has room (DeferredSparseProducts): sorted by column,
+// they then read and write each row of dW once, not once per chunk.
+// dE and dW may come with any contents: each slice of dW is overwritten by the first product
+// that reaches it (or zeroed at the end), each chunk's rows of dE by the sum of its partials.
 #include "cpu_math.h"
 // after cpu_math.h, which must come first
 #include <algorithm>
@@ -150,8 +154,8 @@ CUTLOSS_CPU_INLINE void axpy(int64_t n, float a, const float* __restrict x, floa
 
 /**
  * The products of one sparse slice of the gradient: Gs holds its nr × cols entries (zeros where
- * dropped) at stride ldg, Wslice and dWslice W's and dW's rows of its classes (dW zero-filled
- * at the start, or null): dE_i += g_ij·W_j into the thread's partial, dW_j += g_ij·E_i.
+ * dropped) at stride ldg, Wslice and dWslice W's and dW's rows of its classes (dW's rows
+ * zeroed or started, or null): dE_i += g_ij·W_j into the thread's partial, dW_j += g_ij·E_i.
  * Groups of 16 columns are tested at once: most hold nothing.
  */
 CUTLOSS_CPU_CLONES void sparseSliceProducts(const float* Gs, int64_t ldg, int64_t nr, int64_t cols, const float* Wslice,
@@ -175,6 +179,160 @@ CUTLOSS_CPU_CLONES void sparseSliceProducts(const float* Gs, int64_t ldg, int64_
     }
   }
 }
+
+/** y += a·x over n floats, x as bf16 bits. */
+CUTLOSS_CPU_INLINE void axpyBf16(int64_t n, float a, const uint16_t* __restrict x, float* __restrict y) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; k++) y[k] += a * bf16ToF32(x[k]);
+}
+
+/** y = a·(row r of x), x f32 or bf16. */
+CUTLOSS_CPU_INLINE void scaleRow(float a, const HostMatrix& x, int64_t r, float* __restrict y) {
+  const int64_t n = x.cols;
+  if (x.dtype == DType::F32) {
+    const float* __restrict src = static_cast<const float*>(x.data) + r * n;
+#pragma omp simd
+    for (int64_t k = 0; k < n; k++) y[k] = a * src[k];
+  } else {
+    const uint16_t* __restrict src = static_cast<const uint16_t*>(x.data) + r * n;
+#pragma omp simd
+    for (int64_t k = 0; k < n; k++) y[k] = a * bf16ToF32(src[k]);
+  }
+}
+
+/** y += a·(row r of x), x f32 or bf16. */
+CUTLOSS_CPU_INLINE void axpyRow(float a, const HostMatrix& x, int64_t r, float* y) {
+  const int64_t n = x.cols;
+  if (x.dtype == DType::F32) {
+    axpy(n, a, static_cast<const float*>(x.data) + r * n, y);
+  } else {
+    axpyBf16(n, a, static_cast<const uint16_t*>(x.data) + r * n, y);
+  }
+}
+
+/**
+ * The per-entry products of sparse slices, deferred to the end of the call. A peaked row's few
+ * kept entries fall in nearly every slice of every chunk, so done per chunk they read W_j and
+ * read and write dW_j about once per entry: S2-peaked went over all of dW once per chunk.
+ * Sorted by column at the end, each dW_j is written once, and each W_j read once per thread.
+ * A slice keeps at most `perSlice` entries (its share of what the workspace budget leaves);
+ * a chunk whose entries do not fit has its products done at once. Entries are kept in chunk
+ * and row order per slice, so the order of every sum depends on the data alone.
+ */
+class DeferredSparseProducts {
+ public:
+  DeferredSparseProducts(int64_t slices, size_t budgetBytes)
+      : perSlice_(slices > 0 ? budgetBytes / sizeof(Entry) / static_cast<size_t>(slices) : 0),
+        entries_(static_cast<size_t>(slices)) {}
+
+  /** Entries taken. */
+  int64_t entryCount() const {
+    size_t n = 0;
+    for (const auto& list : entries_) n += list.size();
+    return static_cast<int64_t>(n);
+  }
+
+  /** The most memory its entries take (within the workspace budget). */
+  size_t capacityBytes() const { return perSlice_ * entries_.size() * sizeof(Entry); }
+
+  /**
+   * Takes a sparse slice's `count` nonzero entries (Gs: nr × cols at stride ldg, rows from
+   * row0, columns from c0) if they fit; only the thread working on slice s calls it.
+   */
+  bool take(int64_t s, int64_t row0, int64_t c0, const float* Gs, int64_t ldg, int64_t nr, int64_t cols, int64_t count) {
+    if (perSlice_ == 0) return false;
+    std::vector<Entry>& list = entries_[static_cast<size_t>(s)];
+    if (list.size() + static_cast<size_t>(count) > perSlice_) return false;
+    if (list.capacity() == 0) list.reserve(perSlice_);
+    for (int64_t i = 0; i < nr; i++) {
+      const float* g = Gs + i * ldg;
+      // rows a stride apart (whole rows: V floats) defeat the hardware's prefetch
+      if (i + kPrefetchRows < nr) {
+        for (int64_t j = 0; j < cols; j += 16) __builtin_prefetch(g + kPrefetchRows * ldg + j);
+      }
+      for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+        const int64_t j1 = std::min(cols, j0 + 16);
+        int any = 0;
+#pragma omp simd reduction(| : any)
+        for (int64_t j = j0; j < j1; j++) any |= g[j] != 0.0f ? 1 : 0;  // NaN counts
+        if (!any) continue;
+        for (int64_t j = j0; j < j1; j++) {
+          if (g[j] != 0.0f) list.push_back(Entry{static_cast<int32_t>(row0 + i), static_cast<int32_t>(c0 + j), g[j]});
+        }
+      }
+    }
+    return true;
+  }
+
+  /**
+   * dW_j += Σ_i g_ij·E_i (a thread per slice, each column's entries in row order; the slices
+   * no product has started are zeroed first), then dE_i += Σ_j g_ij·W_j (a thread per range of
+   * rows, columns in order). dW may be null.
+   */
+  void apply(const HostMatrix& E, const HostMatrix& W, float* dE, float* dW, const std::vector<uint8_t>& dWStarted) {
+    const int64_t D = E.cols, V = W.rows;
+    const int64_t slices = static_cast<int64_t>(entries_.size());
+    std::vector<std::vector<Entry>> sorted(static_cast<size_t>(threadCount()));
+    parallelFor(slices, 1, [&](int64_t s0, int64_t s1, int w) {
+      std::vector<Entry>& tmp = sorted[static_cast<size_t>(w)];
+      for (int64_t s = s0; s < s1; s++) {
+        const int64_t c0 = s * kFilterBlockCols, c1 = std::min(V, c0 + kFilterBlockCols);
+        const bool started = dWStarted[static_cast<size_t>(s)] != 0;
+        std::vector<Entry>& list = entries_[static_cast<size_t>(s)];
+        if (list.empty()) {
+          if (dW != nullptr && !started) std::memset(dW + c0 * D, 0, static_cast<size_t>((c1 - c0) * D) * sizeof(float));
+          continue;
+        }
+        // a stable counting sort by column: within a column, the rows stay in order
+        int32_t start[kFilterBlockCols + 1] = {};
+        for (const Entry& e : list) start[e.col - c0 + 1]++;
+        for (int64_t j = 0; j < kFilterBlockCols; j++) start[j + 1] += start[j];
+        tmp.resize(list.size());
+        for (const Entry& e : list) tmp[static_cast<size_t>(start[e.col - c0]++)] = e;
+        list.swap(tmp);
+        if (dW == nullptr) continue;
+        // start[j] is now where column j's entries end; a row of a slice not started is
+        // written by its first entry (0 + g·e rounds as g·e) or zeroed, never read
+        for (int64_t j = 0, k = 0; j < c1 - c0; j++) {
+          float* dWj = dW + (c0 + j) * D;
+          const int64_t end = start[j];
+          if (!started) {
+            if (k == end) {
+              std::memset(dWj, 0, static_cast<size_t>(D) * sizeof(float));
+              continue;
+            }
+            scaleRow(list[static_cast<size_t>(k)].g, E, list[static_cast<size_t>(k)].row, dWj);
+            k++;
+          }
+          for (; k < end; k++) axpyRow(list[static_cast<size_t>(k)].g, E, list[static_cast<size_t>(k)].row, dWj);
+        }
+      }
+    });
+    if (perSlice_ == 0) return;
+    const int parts = threadCount();
+    const int64_t N = E.rows;
+    parallelFor(parts, 1, [&](int64_t p0, int64_t p1, int) {
+      for (int64_t part = p0; part < p1; part++) {
+        const int64_t r0 = N * part / parts, r1 = N * (part + 1) / parts;
+        for (const std::vector<Entry>& list : entries_) {
+          for (const Entry& e : list) {
+            if (e.row >= r0 && e.row < r1) axpyRow(e.g, W, e.col, dE + e.row * D);
+          }
+        }
+      }
+    });
+  }
+
+ private:
+  static constexpr int64_t kPrefetchRows = 4;
+  struct Entry {
+    int32_t row;
+    int32_t col;
+    float g;
+  };
+  size_t perSlice_;
+  std::vector<std::vector<Entry>> entries_;  // per slice
+};
 
 struct ChunkRowsArgs {
   const LossCall* call;
@@ -242,10 +400,10 @@ CUTLOSS_CPU_CLONES void linearChunkRows(const ChunkRowsArgs& a, float* z, float*
     if (marginRow) x[label] *= marginLabelSlope(margin, labelRaw);
     float entryThreshold = 0.0f, sliceThreshold = 0.0f;
     if (sliceCounts != nullptr) {
-      // as lossRow's: a row whose scale is 0 has no gradient to keep
-      const float scale = fmaxf(fabsf(io.scaleWeighted), fabsf(io.scaleUnweighted)) * a.call->p.invTemperature;
-      entryThreshold = scale == 0.0f ? positiveInfinity() : a.entryFilterEps * scale;
-      sliceThreshold = scale == 0.0f ? positiveInfinity() : a.sliceFilterEps * scale;
+      // on dloss/dx = dloss/dz / T
+      const float scaleX = rowGradScale(io.scaleWeighted, io.scaleUnweighted) * a.call->p.invTemperature;
+      entryThreshold = filterThreshold(a.entryFilterEps, scaleX);
+      sliceThreshold = filterThreshold(a.sliceFilterEps, scaleX);
     }
     finishGradRow(x, V, biasPartial, entryThreshold, sliceThreshold, sliceCounts, blockFlags);
     if (a.rowSq != nullptr) harmonicGradRow(x, sq, harmonicN, V);  // after filtering, which looks at dloss/dz
@@ -406,7 +564,10 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   const int64_t N = E.rows, D = E.cols, V = W.rows;
   const bool grad = out.dE != nullptr;
   LinearCrossEntropyStats stats;
-  if (N == 0) return stats;
+  if (N == 0) {
+    if (out.dW != nullptr) std::memset(out.dW, 0, static_cast<size_t>(V * D) * sizeof(float));
+    return stats;
+  }
   const int threads = threadCount();
   const int64_t slices = (V + kFilterBlockCols - 1) / kFilterBlockCols;
   const auto sliceCols = [&](int64_t s) { return std::pair<int64_t, int64_t>{s * kFilterBlockCols, std::min(V, (s + 1) * kFilterBlockCols)}; };
@@ -481,8 +642,14 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   const float entryEps = std::min(call.filterEps, static_cast<float>(kFilterRowMass / static_cast<double>(p.vocab)));
   std::vector<std::vector<int32_t>> counts(entryFiltering && !tiles ? threads : 0, std::vector<int32_t>(static_cast<size_t>(slices)));
   std::vector<uint8_t> sparse(static_cast<size_t>(slices), 0);
+  std::vector<int64_t> sliceEntries(static_cast<size_t>(entryFiltering && !tiles ? slices : 0));  // a chunk's entries left
+  // sparse slices' products wait for the end of the call in what the budget leaves
+  const size_t budgetUsed = static_cast<size_t>(stats.workspaceBytes);
+  DeferredSparseProducts deferred(grad && entryFiltering ? slices : 0, workspaceBytes > budgetUsed ? workspaceBytes - budgetUsed : 0);
+  stats.workspaceBytes += static_cast<int64_t>(deferred.capacityBytes());
   std::vector<uint8_t> kept(static_cast<size_t>(slices), 1);
   std::vector<uint8_t> dEStarted(static_cast<size_t>(threads));
+  std::vector<uint8_t> dWStarted(static_cast<size_t>(slices));  // dW's slices hold any contents until then
 
   SerialGemmScope serialGemm;  // every thread runs its own products on slices of the vocabulary
   // A chunk's rows of E: f32 as given, bf16 widened into one of two buffers (the slice pass
@@ -516,10 +683,11 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
     }
   };
   // 3. a kept slice, its gradient Gs at stride ldg: dE_chunk += Gs·W[slice] (into the thread's
-  //    partial), dW[slice] += Gsᵀ·E_chunk (dW starts zero-filled: the first chunk need not read it)
-  const auto sliceProducts = [&](const Chunk& c, int64_t s, int w, const float* Gs, int64_t ldg, bool sparseSlice) {
+  //    partial), dW[slice] += Gsᵀ·E_chunk (dW's slice is overwritten by the first product that reaches it)
+  const auto sliceProducts = [&](const Chunk& c, int64_t s, int w, const float* Gs, int64_t ldg, bool sparseSlice, int64_t count) {
     const auto [c0, c1] = sliceCols(s);
     const int64_t nr = c.nr;
+    if (sparseSlice && deferred.take(s, c.r0, c0, Gs, ldg, nr, c1 - c0, count)) return;
     if (sparseSlice) {
       if (!dEStarted[w]) std::memset(dEPartial[w], 0, static_cast<size_t>(nr * D) * sizeof(float));
       dEStarted[w] = 1;
@@ -532,7 +700,10 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
       } else {
         Wslice = W32 + c0 * D;
       }
-      sparseSliceProducts(Gs, ldg, nr, c1 - c0, Wslice, c.Ec, D, dEPartial[w], out.dW != nullptr ? out.dW + c0 * D : nullptr);
+      float* dWslice = out.dW != nullptr ? out.dW + c0 * D : nullptr;
+      if (dWslice != nullptr && !dWStarted[s]) std::memset(dWslice, 0, static_cast<size_t>((c1 - c0) * D) * sizeof(float));
+      dWStarted[s] = 1;
+      sparseSliceProducts(Gs, ldg, nr, c1 - c0, Wslice, c.Ec, D, dEPartial[w], dWslice);
     } else if (bf16Gemm) {
       uint16_t* Gb = gBf16[w].data();
       roundToBf16(Gs, ldg, nr, c1 - c0, Gb, gTerms == 2 ? Gb + gTile : nullptr);
@@ -542,8 +713,9 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
                        dEPartial[w], D);
         dEStarted[w] = 1;
         if (out.dW != nullptr) {
-          bf16GemmSerial(true, false, c1 - c0, D, nr, Gt, c1 - c0, c.Ecb, D, c.r0 == 0 && t == 0 ? 0.0f : 1.0f,
+          bf16GemmSerial(true, false, c1 - c0, D, nr, Gt, c1 - c0, c.Ecb, D, dWStarted[s] ? 1.0f : 0.0f,
                          out.dW + c0 * D, D);
+          dWStarted[s] = 1;
         }
       }
     } else {
@@ -551,7 +723,8 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
                   dEPartial[w], D);
       dEStarted[w] = 1;
       if (out.dW != nullptr) {
-        sgemmSerial(true, false, c1 - c0, D, nr, 1.0f, Gs, ldg, c.Ec, D, c.r0 == 0 ? 0.0f : 1.0f, out.dW + c0 * D, D);
+        sgemmSerial(true, false, c1 - c0, D, nr, 1.0f, Gs, ldg, c.Ec, D, dWStarted[s] ? 1.0f : 0.0f, out.dW + c0 * D, D);
+        dWStarted[s] = 1;
       }
     }
   };
@@ -559,7 +732,7 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   const auto gradientSlice = [&](const Chunk& c, int64_t s, int w) {
     const auto [c0, c1] = sliceCols(s);
     const int64_t nr = c.nr;
-    if (kept[s]) sliceProducts(c, s, w, L + c0, V, sparse[s] != 0);
+    if (kept[s]) sliceProducts(c, s, w, L + c0, V, sparse[s] != 0, sparse[s] != 0 ? sliceEntries[static_cast<size_t>(s)] : 0);
     if (withBias) {
       for (int t = 0; t < threads; t++) {
         float* part = biasPartial[t];
@@ -652,12 +825,12 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
           row.active = true;
           row.rg = rowGrad(call.k, st, rl, wLabel, sW, sU);
           row.shift = st.shift;
-          // as whole rows': a row whose scale is 0 has no gradient to keep; filterEps 0 keeps everything
-          const float scale = fmaxf(fabsf(sW), fabsf(sU));
+          // as whole rows': the coefficients dloss/dz, the entries dloss/dx = dloss/dz / T
+          const float scale = rowGradScale(sW, sU);
           const float scaleX = scale * p.invTemperature;
-          row.coefThreshold = scale == 0.0f || !filtering ? positiveInfinity() : call.filterEps * scale;
-          row.entryThreshold = scale == 0.0f ? positiveInfinity() : (entryFiltering ? entryEps : 0.0f) * scaleX;
-          row.sliceThreshold = scale == 0.0f ? positiveInfinity() : call.filterEps * scaleX;
+          row.coefThreshold = filtering ? filterThreshold(call.filterEps, scale) : positiveInfinity();
+          row.entryThreshold = filterThreshold(entryFiltering ? entryEps : 0.0f, scaleX);
+          row.sliceThreshold = filterThreshold(call.filterEps, scaleX);
         }
       });
       if (!grad) continue;
@@ -689,7 +862,7 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
           const int64_t entries = c.nr * n;
           const bool keep = !filtering || (significant != 0 && (!entryFiltering || left > 0));
           const bool sparseSlice = keep && entryFiltering && static_cast<double>(left) <= kSparseSliceDensity * static_cast<double>(entries);
-          if (keep) sliceProducts(c, s, w, T, ldt, sparseSlice);
+          if (keep) sliceProducts(c, s, w, T, ldt, sparseSlice, left);
           if (keep && biasSlice != nullptr) {
             for (int j = 0; j < n; j++) out.dBias[c0 + j] += biasSlice[j];  // this thread owns the slice
           }
@@ -699,6 +872,10 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
         }
       });
       finishChunkDE(c);
+    }
+    if (grad) {
+      stats.deferredEntries = deferred.entryCount();
+      deferred.apply(E, W, out.dE, out.dW, dWStarted);
     }
     for (int t = 0; t < threads; t++) {
       stats.sparseBlocks += sparseCount[static_cast<size_t>(t)];
@@ -744,6 +921,7 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
           const int64_t entries = nr * (c1 - c0);
           kept[s] = any && left > 0 ? 1 : 0;
           sparse[s] = kept[s] && static_cast<double>(left) <= kSparseSliceDensity * static_cast<double>(entries) ? 1 : 0;
+          sliceEntries[static_cast<size_t>(s)] = left;
           stats.sparseBlocks += sparse[s];
           stats.gradEntriesUsed += sparse[s] ? left : kept[s] ? entries : 0;
         }
@@ -779,6 +957,10 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
 
     if (grad) finishChunkDE(chunk);
     chunk = next;
+  }
+  if (grad) {
+    stats.deferredEntries = deferred.entryCount();
+    deferred.apply(E, W, out.dE, out.dW, dWStarted);
   }
   // harmonic: dW_j −= w_j·Σ_i H_ij, once every chunk is in
   if (harmonic && grad && out.dW != nullptr) {

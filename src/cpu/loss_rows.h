@@ -207,9 +207,7 @@ CUTLOSS_CPU_INLINE LossRowResult lossRow(const LossCall& c, const float* x, int 
   // ---- backward: dloss/dx_j = gradCoefficient(z_j)·dz_j/dx_j
   RowGrad rg = rowGrad(c.k, st, rl, wLabel, io.scaleWeighted, io.scaleUnweighted);
   rg.normalizer = kNormalizer;  // a constant, so gradCoefficient's branches fold away
-  const float scale = fmaxf(fabsf(io.scaleWeighted), fabsf(io.scaleUnweighted));
-  // a row whose scale is 0 has no gradient to keep; filterEps 0 keeps everything
-  const float threshold = scale == 0.0f ? positiveInfinity() : c.filterEps * scale;
+  const float threshold = filterThreshold(c.filterEps, rowGradScale(io.scaleWeighted, io.scaleUnweighted));
   uint8_t* flags = c.filterEps > 0.0f ? io.blockFlags : nullptr;
   const float invSum = kept != nullptr ? 1.0f / lse.sum : 0.0f;
   // the row-constant branches: whether e^(z − max) was kept; gradCoefficient's lse, squentropy's
