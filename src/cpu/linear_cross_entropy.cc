@@ -158,11 +158,25 @@ CUTLOSS_CPU_INLINE void axpy(int64_t n, float a, const float* __restrict x, floa
   for (int64_t k = 0; k < n; k++) y[k] += a * x[k];
 }
 
+/** f(j, g[j]) for each nonzero (or NaN) g[j], j < n, in order; 16 at a time are tested first: most hold none. */
+template <class F>
+CUTLOSS_CPU_INLINE void forEachNonzero(const float* g, int64_t n, F&& f) {
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int64_t j1 = std::min(n, j0 + 16);
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (int64_t j = j0; j < j1; j++) any |= g[j] != 0.0f ? 1 : 0;  // NaN counts
+    if (!any) continue;
+    for (int64_t j = j0; j < j1; j++) {
+      if (g[j] != 0.0f) f(j, g[j]);
+    }
+  }
+}
+
 /**
  * The products of one sparse slice of the gradient: Gs holds its nr × cols entries (zeros where
  * dropped) at stride ldg, Wslice and dWslice W's and dW's rows of its classes (dW's rows
  * zeroed or started, or null): dE_i += g_ij·W_j into the thread's partial, dW_j += g_ij·E_i.
- * Groups of 16 columns are tested at once: most hold nothing.
  */
 CUTLOSS_CPU_CLONES void sparseSliceProducts(const float* Gs, int64_t ldg, int64_t nr, int64_t cols, const float* Wslice,
                                             const float* Ec, int64_t D, float* dE, float* dWslice) {
@@ -170,19 +184,10 @@ CUTLOSS_CPU_CLONES void sparseSliceProducts(const float* Gs, int64_t ldg, int64_
     const float* g = Gs + i * ldg;
     float* dEi = dE + i * D;
     const float* Ei = Ec + i * D;
-    for (int64_t j0 = 0; j0 < cols; j0 += 16) {
-      const int64_t j1 = std::min(cols, j0 + 16);
-      int any = 0;
-#pragma omp simd reduction(| : any)
-      for (int64_t j = j0; j < j1; j++) any |= g[j] != 0.0f ? 1 : 0;  // NaN counts
-      if (!any) continue;
-      for (int64_t j = j0; j < j1; j++) {
-        const float v = g[j];
-        if (v == 0.0f) continue;
-        axpy(D, v, Wslice + j * D, dEi);
-        if (dWslice != nullptr) axpy(D, v, Ei, dWslice + j * D);
-      }
-    }
+    forEachNonzero(g, cols, [&](int64_t j, float v) CUTLOSS_CPU_LAMBDA {
+      axpy(D, v, Wslice + j * D, dEi);
+      if (dWslice != nullptr) axpy(D, v, Ei, dWslice + j * D);
+    });
   }
 }
 
@@ -213,6 +218,43 @@ CUTLOSS_CPU_INLINE void axpyRow(float a, const HostMatrix& x, int64_t r, float* 
     axpy(n, a, static_cast<const float*>(x.data) + r * n, y);
   } else {
     axpyBf16(n, a, static_cast<const uint16_t*>(x.data) + r * n, y);
+  }
+}
+
+/** A kept entry g of the gradient at (row, col). */
+struct SparseEntry {
+  int32_t row;
+  int32_t col;
+  float g;
+};
+
+/**
+ * dW's rows c0 .. c0 + cols from their entries sorted by column (column j's end at end[j]): a
+ * row not started yet is written by its first entry (0 + g·e rounds as g·e) or zeroed, never read.
+ */
+CUTLOSS_CPU_CLONES void columnProducts(const SparseEntry* entries, const int32_t* end, int64_t c0, int64_t cols, bool started,
+                                       const HostMatrix& E, float* dW) {
+  const int64_t D = E.cols;
+  for (int64_t j = 0, k = 0; j < cols; j++) {
+    float* dWj = dW + (c0 + j) * D;
+    if (!started) {
+      if (k == end[j]) {
+        std::memset(dWj, 0, static_cast<size_t>(D) * sizeof(float));
+        continue;
+      }
+      scaleRow(entries[k].g, E, entries[k].row, dWj);
+      k++;
+    }
+    for (; k < end[j]; k++) axpyRow(entries[k].g, E, entries[k].row, dWj);
+  }
+}
+
+/** dE_i += g·W_col over the entries of rows r0 .. r1 − 1. */
+CUTLOSS_CPU_CLONES void rowProducts(const SparseEntry* entries, size_t count, int64_t r0, int64_t r1, const HostMatrix& W, float* dE) {
+  const int64_t D = W.cols;
+  for (size_t k = 0; k < count; k++) {
+    const SparseEntry& e = entries[k];
+    if (e.row >= r0 && e.row < r1) axpyRow(e.g, W, e.col, dE + e.row * D);
   }
 }
 
@@ -256,16 +298,9 @@ class DeferredSparseProducts {
       if (i + kPrefetchRows < nr) {
         for (int64_t j = 0; j < cols; j += 16) __builtin_prefetch(g + kPrefetchRows * ldg + j);
       }
-      for (int64_t j0 = 0; j0 < cols; j0 += 16) {
-        const int64_t j1 = std::min(cols, j0 + 16);
-        int any = 0;
-#pragma omp simd reduction(| : any)
-        for (int64_t j = j0; j < j1; j++) any |= g[j] != 0.0f ? 1 : 0;  // NaN counts
-        if (!any) continue;
-        for (int64_t j = j0; j < j1; j++) {
-          if (g[j] != 0.0f) list.push_back(Entry{static_cast<int32_t>(row0 + i), static_cast<int32_t>(c0 + j), g[j]});
-        }
-      }
+      forEachNonzero(g, cols, [&](int64_t j, float v) CUTLOSS_CPU_LAMBDA {
+        list.push_back(Entry{static_cast<int32_t>(row0 + i), static_cast<int32_t>(c0 + j), v});
+      });
     }
     return true;
   }
@@ -296,22 +331,7 @@ class DeferredSparseProducts {
         tmp.resize(list.size());
         for (const Entry& e : list) tmp[static_cast<size_t>(start[e.col - c0]++)] = e;
         list.swap(tmp);
-        if (dW == nullptr) continue;
-        // start[j] is now where column j's entries end; a row of a slice not started is
-        // written by its first entry (0 + g·e rounds as g·e) or zeroed, never read
-        for (int64_t j = 0, k = 0; j < c1 - c0; j++) {
-          float* dWj = dW + (c0 + j) * D;
-          const int64_t end = start[j];
-          if (!started) {
-            if (k == end) {
-              std::memset(dWj, 0, static_cast<size_t>(D) * sizeof(float));
-              continue;
-            }
-            scaleRow(list[static_cast<size_t>(k)].g, E, list[static_cast<size_t>(k)].row, dWj);
-            k++;
-          }
-          for (; k < end; k++) axpyRow(list[static_cast<size_t>(k)].g, E, list[static_cast<size_t>(k)].row, dWj);
-        }
+        if (dW != nullptr) columnProducts(list.data(), start, c0, c1 - c0, started, E, dW);  // start[j]: column j's end
       }
     });
     if (perSlice_ == 0) return;
@@ -320,22 +340,14 @@ class DeferredSparseProducts {
     parallelFor(parts, 1, [&](int64_t p0, int64_t p1, int) {
       for (int64_t part = p0; part < p1; part++) {
         const int64_t r0 = N * part / parts, r1 = N * (part + 1) / parts;
-        for (const std::vector<Entry>& list : entries_) {
-          for (const Entry& e : list) {
-            if (e.row >= r0 && e.row < r1) axpyRow(e.g, W, e.col, dE + e.row * D);
-          }
-        }
+        for (const std::vector<Entry>& list : entries_) rowProducts(list.data(), list.size(), r0, r1, W, dE);
       }
     });
   }
 
  private:
   static constexpr int64_t kPrefetchRows = 4;
-  struct Entry {
-    int32_t row;
-    int32_t col;
-    float g;
-  };
+  using Entry = SparseEntry;
   size_t perSlice_;
   std::vector<std::vector<Entry>> entries_;  // per slice
 };
