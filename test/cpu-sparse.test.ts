@@ -230,8 +230,9 @@ describe.runIf(cpuAvailable)('cpu sparse gradients (filterEps per entry)', () =>
     try {
       for (const tiles of ['off', 'on']) {
         process.env.CUTLOSS_CPU_VOCAB_TILES = tiles;
-        for (const filterEps of [0, undefined, 2 ** -8]) {
-          const options = { temperature: p.temperature, filterEps, workspaceBytes: 7 * V * 4 };
+        // softcap: whole slices filtered on dloss/dz, no entries dropped
+        for (const [filterEps, softcap] of [[0, 0], [undefined, 0], [2 ** -8, 0], [2 ** -8, 30]]) {
+          const options = { temperature: p.temperature, filterEps, softcap: softcap || undefined, workspaceBytes: 7 * V * 4 };
           const plain = lib.linearCrossEntropy(E, W, p.labels, options);
           const work = cpuLastGradientWork()!;
           expect(work.tileCols).toBe(tiles === 'on' ? 512 : 0);
@@ -240,7 +241,7 @@ describe.runIf(cpuAvailable)('cpu sparse gradients (filterEps per entry)', () =>
           const dW = new Float32Array(V * D).fill(NaN);
           const out = { dEmbeddings: lib.tensor(dE, [N, D]), dClassifier: lib.tensor(dW, [V, D]) };
           const r = lib.linearCrossEntropy(E, W, p.labels, { ...options, out });
-          const label = `tiles ${tiles}, filterEps ${filterEps}`;
+          const label = `tiles ${tiles}, filterEps ${filterEps}, softcap ${softcap}`;
           expect(r.dClassifier!.data, label).toBe(dW);
           expect(Buffer.from(dW.buffer).equals(Buffer.from((plain.dClassifier!.data as Float32Array).buffer)), label).toBe(true);
           // dE: the threads' partials meet in the order they finish (bit-identical only with `deterministic`)

@@ -663,7 +663,8 @@ LinearCrossEntropyStats linearCrossEntropy(const HostMatrix& E, const HostMatrix
   std::vector<int64_t> sliceEntries(static_cast<size_t>(entryFiltering && !tiles ? slices : 0));  // a chunk's entries left
   // sparse slices' products wait for the end of the call in what the budget leaves
   const size_t budgetUsed = static_cast<size_t>(stats.workspaceBytes);
-  DeferredSparseProducts deferred(grad && entryFiltering ? slices : 0, workspaceBytes > budgetUsed ? workspaceBytes - budgetUsed : 0);
+  // (every slice, so that apply zeroes the slices of dW no product reached)
+  DeferredSparseProducts deferred(grad ? slices : 0, grad && entryFiltering && workspaceBytes > budgetUsed ? workspaceBytes - budgetUsed : 0);
   stats.workspaceBytes += static_cast<int64_t>(deferred.capacityBytes());
   std::vector<uint8_t> kept(static_cast<size_t>(slices), 1);
   std::vector<uint8_t> dEStarted(static_cast<size_t>(threads));
