@@ -290,8 +290,9 @@ class DeferredSparseProducts {
   bool take(int64_t s, int64_t row0, int64_t c0, const float* Gs, int64_t ldg, int64_t nr, int64_t cols, int64_t count) {
     if (perSlice_ == 0) return false;
     std::vector<Entry>& list = entries_[static_cast<size_t>(s)];
-    if (list.size() + static_cast<size_t>(count) > perSlice_) return false;
-    if (list.capacity() == 0) list.reserve(perSlice_);
+    const size_t need = list.size() + static_cast<size_t>(count);
+    if (need > perSlice_) return false;
+    if (need > list.capacity()) list.reserve(std::min(perSlice_, std::max(need, 2 * list.capacity())));  // within the share
     for (int64_t i = 0; i < nr; i++) {
       const float* g = Gs + i * ldg;
       // rows a stride apart (whole rows: V floats) defeat the hardware's prefetch
