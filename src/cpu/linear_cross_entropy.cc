@@ -307,9 +307,9 @@ class DeferredSparseProducts {
   }
 
   /**
-   * dW_j += Σ_i g_ij·E_i (a thread per slice, each column's entries in row order; the slices
-   * no product has started are zeroed first), then dE_i += Σ_j g_ij·W_j (a thread per range of
-   * rows, columns in order). dW may be null.
+   * dW_j += Σ_i g_ij·E_i (a thread per slice, each column's entries in row order; in a slice
+   * no product has started, a row is written by its first entry or zeroed), then
+   * dE_i += Σ_j g_ij·W_j (a thread per range of rows, columns in order). dW may be null.
    */
   void apply(const HostMatrix& E, const HostMatrix& W, float* dE, float* dW, const std::vector<uint8_t>& dWStarted) {
     const int64_t D = E.cols, V = W.rows;
